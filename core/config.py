@@ -1,0 +1,80 @@
+"""Loom's own settings: `$LOOM_HOME/config.yaml` (default `~/.loom`), with defaults.
+
+    storage:
+      url: postgresql://loom:${PG_PASSWORD}@db/loom   # default: sqlite at $LOOM_HOME/loom.db
+    cache:
+      ttl_days: 30
+    pricing:                                          # per 1M tokens, USD; overrides the table
+      my-finetune: {input: 0.5, output: 1.5, cached_input: 0.25}
+
+`LOOM_STORE_URL` overrides storage.url.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from core.errors import LoomError
+
+
+class ConfigError(LoomError):
+    exit_code = 2
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageConfig(_Strict):
+    url: str | None = None
+
+
+class CacheConfig(_Strict):
+    ttl_days: float | None = Field(30, gt=0)  # None: answers never expire
+
+
+class ModelPrice(_Strict):
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cached_input: float | None = Field(None, ge=0)
+
+
+class LoomConfig(_Strict):
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    pricing: dict[str, ModelPrice] = Field(default_factory=dict)
+
+
+def loom_home() -> Path:
+    return Path(os.environ.get("LOOM_HOME") or Path.home() / ".loom").expanduser()
+
+
+def load_config(home: Path | None = None) -> LoomConfig:
+    home = home or loom_home()
+    path = home / "config.yaml"
+    if not path.is_file():
+        return LoomConfig()
+    try:
+        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return LoomConfig.model_validate(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in error["loc"])
+        raise ConfigError(f"{path}: {key}: {error['msg']}") from None
+
+
+def store_url(config: LoomConfig, home: Path | None = None) -> str:
+    """Where the history lives: LOOM_STORE_URL, then storage.url, then SQLite in LOOM_HOME."""
+    url = os.environ.get("LOOM_STORE_URL") or config.storage.url
+    if url:
+        return url
+    return f"sqlite:///{(home or loom_home()) / 'loom.db'}"

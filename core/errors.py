@@ -1,0 +1,104 @@
+"""One hierarchy for everything Loom can fail with.
+
+A user error (a bad pipeline, a missing file, a missing secret) becomes one line at the
+command-line edge: `str(error)` is that line. Failures keep their type and their cause so
+that the quarantine and the history can say what really happened.
+"""
+
+from __future__ import annotations
+
+
+class LoomError(Exception):
+    """Base of every error Loom raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(LoomError):
+    """A bad command line or option."""
+
+    exit_code = 2
+
+
+class PipelineError(LoomError):
+    """A pipeline file the user can fix: names the file, the line (when known) and the key."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
+                 key: str | None = None) -> None:
+        self.file = file
+        self.line = line
+        self.key = key
+        self.detail = message
+        where = ""
+        if file:
+            where = f"{file}:{line}: " if line else f"{file}: "
+        what = f"{key}: " if key else ""
+        super().__init__(f"{where}{what}{message}")
+
+
+class TemplateError(PipelineError):
+    """A prompt template that does not parse or does not render."""
+
+
+class SecurityError(TemplateError):
+    """A prompt template that reaches for something the sandbox forbids."""
+
+
+class SecretError(LoomError):
+    """A `${NAME}` placeholder that resolves nowhere."""
+
+    exit_code = 2
+
+
+class ConnectorError(LoomError):
+    """A source or a sink that cannot be read or written."""
+
+
+class ExtractError(ConnectorError):
+    """One record that cannot be read (a malformed line): quarantined, not fatal."""
+
+
+class LoadError(ConnectorError):
+    """A batch the sink refused."""
+
+
+class ProviderError(LoomError):
+    """An LLM call that failed after its retries."""
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None,
+                 retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+
+class CassetteMiss(ProviderError):
+    """The replay provider has no recorded answer for this request."""
+
+
+class OutputValidationError(LoomError):
+    """A model answer that is not valid JSON or does not match output_schema."""
+
+
+class EvaluatorError(LoomError):
+    """An evaluator that could not score a record."""
+
+
+class StoreError(LoomError):
+    """The history store cannot be opened or written."""
+
+
+class BudgetExceeded(LoomError):
+    """The next call would pass budget.max_cost_usd."""
+
+    exit_code = 3

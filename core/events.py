@@ -1,0 +1,148 @@
+"""The typed events a run emits: the one contract the store, the reporter and the TUI read.
+
+The engine never prints and never touches a UI. It emits these; consumers decide what to show.
+`RecordFinished` comes once per record; `Progress` is a coalesced snapshot the engine emits a few
+times a second, so a UI never has to redraw per record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from core.records import RecordResult
+
+
+class RunStatus:
+    RUNNING = "running"
+    SUCCESS = "success"
+    PARTIAL = "partial"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    FINISHED = (SUCCESS, PARTIAL, FAILED, CANCELLED)
+
+
+EXIT_CODES = {RunStatus.SUCCESS: 0, RunStatus.FAILED: 1, RunStatus.CANCELLED: 1,
+              RunStatus.PARTIAL: 3}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunStarted(Event):
+    pipeline: str
+    pipeline_path: str
+    started_at: datetime
+    model: str
+    provider: str
+    prompt_hash: str
+    source: str
+    destination: str
+    budget_usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RecordsExtracted(Event):
+    count: int  # in this batch
+    total: int  # so far
+
+
+@dataclass(frozen=True, slots=True)
+class RecordFinished(Event):
+    result: RecordResult
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLoaded(Event):
+    count: int
+    total: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunWarning(Event):
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress(Event):
+    """A snapshot of the run so far; replaces any earlier one."""
+
+    extracted: int
+    transformed: int
+    evaluated: int
+    loaded: int
+    quarantined: int
+    skipped: int
+    in_flight: int
+    elapsed_s: float
+    records_per_s: float
+    cost_usd: float | None
+    budget_usd: float | None
+    input_tokens: int
+    output_tokens: int
+    llm_calls: int
+    cache_hits: int
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    concurrency: int
+    recent_errors: tuple[str, ...] = ()
+    total_hint: int | None = None  # records the source will yield, when it knows
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    run_id: str
+    pipeline: str
+    status: str
+    status_reason: str | None
+    extracted: int
+    loaded: int
+    quarantined: int
+    skipped: int
+    cost_usd: float | None
+    cost_by_stage: dict[str, float | None]
+    cost_by_model: dict[str, float | None]
+    input_tokens: int
+    output_tokens: int
+    llm_calls: int
+    cache_hits: int
+    duration_s: float
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    latency_p99_s: float | None
+    warnings: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.status, 1)
+
+    @property
+    def rejection_rate(self) -> float:
+        processed = self.loaded + self.quarantined
+        return self.quarantined / processed if processed else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` summary, shaped as DESIGN.md promises."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "records": {"extracted": self.extracted, "loaded": self.loaded,
+                        "quarantined": self.quarantined, "skipped": self.skipped},
+            "cost_usd": self.cost_usd,
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "duration_s": round(self.duration_s, 3),
+            "latency_s": {"p50": self.latency_p50_s, "p95": self.latency_p95_s,
+                          "p99": self.latency_p99_s},
+            **self.extra,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RunFinished(Event):
+    summary: RunSummary

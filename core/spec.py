@@ -1,0 +1,559 @@
+"""The pipeline YAML, the user's contract, as validated pydantic models.
+
+`load_spec(path)` reads a pipeline file and returns a `PipelineSpec`, or raises one
+`PipelineError` whose text is a single line naming the file, the line (where YAML gives it)
+and the key: `pipeline.yaml:12: transform.promt: unknown key (did you mean 'prompt'?)`.
+Unknown keys are errors, never silently ignored. Files the pipeline names (prompt, context,
+data, cassette, schema) must exist, and the prompt must parse as a Jinja2 template.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri
+from core.errors import PipelineError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+# ---------------------------------------------------------------- extract / load
+
+
+class ExtractSpec(_Strict):
+    source: str
+    query: str | None = None
+    table: str | None = None
+    id_field: str | None = None
+    batch_size: int = Field(100, ge=1, le=100_000)
+    limit: int | None = Field(None, ge=0)
+    encoding: str = "utf-8"
+
+    @field_validator("source")
+    @classmethod
+    def _known_source(cls, value: str) -> str:
+        scheme = parse_uri(value).scheme
+        if scheme not in SOURCE_SCHEMES:
+            raise ValueError(f"unknown source scheme {scheme + '://' if scheme else value!r}"
+                             f" (known: {', '.join(s + '://' for s in SOURCE_SCHEMES)})")
+        return value
+
+
+class LoadSpec(_Strict):
+    destination: str
+    table: str | None = None
+    mode: Literal["append", "replace", "upsert"] = "append"
+    key: str | list[str] | None = None
+    # Which columns to write, each a dotted path into input.* or output.*; default: the record
+    # id and the output's top-level fields.
+    fields: dict[str, str] | None = None
+    batch_size: int = Field(100, ge=1, le=100_000)
+
+    @field_validator("destination")
+    @classmethod
+    def _known_sink(cls, value: str) -> str:
+        scheme = parse_uri(value).scheme
+        if scheme not in SINK_SCHEMES:
+            raise ValueError(f"unknown destination scheme {scheme + '://' if scheme else value!r}"
+                             f" (known: {', '.join(s + '://' for s in SINK_SCHEMES)})")
+        return value
+
+    @field_validator("fields")
+    @classmethod
+    def _rooted_paths(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for column, path in (value or {}).items():
+            if not (path == "id" or path.split(".")[0] in ("input", "output")):
+                raise ValueError(f"{column}: {path!r} must be id, or start with input. or output.")
+        return value
+
+    @property
+    def key_columns(self) -> list[str]:
+        if self.key is None:
+            return []
+        return [self.key] if isinstance(self.key, str) else list(self.key)
+
+
+# ---------------------------------------------------------------- transform
+
+
+class RateLimitSpec(_Strict):
+    requests_per_minute: float | None = Field(None, gt=0)
+    tokens_per_minute: float | None = Field(None, gt=0)
+
+
+Provider = Literal["openai", "openai_compatible", "anthropic", "replay"]
+
+
+class TransformSpec(_Strict):
+    prompt: str
+    system: str | None = None  # an optional system prompt file, rendered like the prompt
+    context: list[str] | dict[str, str] = Field(default_factory=list)
+    provider: Provider = "openai"
+    model: str
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    top_p: float | None = Field(None, gt=0, le=1)
+    seed: int | None = None
+    output_schema: dict[str, Any] | str | None = None
+    response_format: Literal["json", "text"] | None = None  # default: json with a schema
+    concurrency: int = Field(8, ge=1, le=1024)
+    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec)
+    cache: bool = True
+    api_key: str | None = None
+    base_url: str | None = None
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(4, ge=0, le=20)
+    cassette: str | None = None  # for provider: replay
+
+    @model_validator(mode="after")
+    def _provider_needs(self) -> "TransformSpec":
+        if self.provider == "replay" and not self.cassette:
+            raise ValueError("provider replay needs a cassette: file")
+        if self.provider == "openai_compatible" and not self.base_url:
+            raise ValueError("provider openai_compatible needs base_url")
+        return self
+
+    @property
+    def wants_json(self) -> bool:
+        if self.response_format:
+            return self.response_format == "json"
+        return self.output_schema is not None
+
+    def context_files(self) -> dict[str, str]:
+        """Context name -> file; a list names each file by its stem."""
+        if isinstance(self.context, dict):
+            return dict(self.context)
+        return {Path(p).stem: p for p in self.context}
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+class _EvaluatorBase(_Strict):
+    name: str | None = None
+    field: str = "output"
+    threshold: float = Field(1.0, ge=0, le=1)
+    weight: float = Field(1.0, ge=0)
+
+    @field_validator("field")
+    @classmethod
+    def _rooted(cls, value: str) -> str:
+        if value.split(".")[0] not in ("input", "output"):
+            raise ValueError(f"{value!r} must start with input. or output.")
+        return value
+
+    @property
+    def label(self) -> str:
+        return self.name or self.type  # type: ignore[attr-defined]
+
+
+class ExactMatchSpec(_EvaluatorBase):
+    type: Literal["exact_match"]
+    reference_field: str | None = None
+    value: Any = None
+    ignore_case: bool = False
+    normalize_whitespace: bool = False
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> "ExactMatchSpec":
+        if (self.reference_field is None) == (self.value is None):
+            raise ValueError("exact_match needs exactly one of reference_field or value")
+        return self
+
+
+class OneOfSpec(_EvaluatorBase):
+    type: Literal["one_of"]
+    values: list[Any] = Field(min_length=1)
+    ignore_case: bool = False
+
+
+class RegexSpec(_EvaluatorBase):
+    type: Literal["regex"]
+    pattern: str
+    full_match: bool = False
+    ignore_case: bool = False
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regular expression: {exc}") from None
+        return value
+
+
+class ContainsSpec(_EvaluatorBase):
+    type: Literal["contains"]
+    values: list[str] = Field(min_length=1)
+    mode: Literal["all", "any", "none"] = "all"
+    ignore_case: bool = False
+
+
+class JsonSchemaSpec(_EvaluatorBase):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] | str = Field(alias="schema")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RangeSpec(_EvaluatorBase):
+    type: Literal["range"]
+    min: float | None = None
+    max: float | None = None
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "RangeSpec":
+        if self.min is None and self.max is None:
+            raise ValueError("range needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("range min is above max")
+        return self
+
+
+class LengthSpec(_EvaluatorBase):
+    type: Literal["length"]
+    min: int | None = Field(None, ge=0)
+    max: int | None = Field(None, ge=0)
+    unit: Literal["chars", "words", "items"] = "chars"
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "LengthSpec":
+        if self.min is None and self.max is None:
+            raise ValueError("length needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("length min is above max")
+        return self
+
+
+class ExpressionSpec(_EvaluatorBase):
+    type: Literal["expression"]
+    expr: str
+
+
+EvaluatorSpec = Annotated[
+    Union[ExactMatchSpec, OneOfSpec, RegexSpec, ContainsSpec, JsonSchemaSpec, RangeSpec,
+          LengthSpec, ExpressionSpec],
+    Field(discriminator="type"),
+]
+
+Gate = Literal["all_pass", "majority_pass", "any_pass", "weighted"]
+
+
+class EvaluateSpec(_Strict):
+    evaluators: list[EvaluatorSpec] = Field(default_factory=list)
+    quality_gate: Gate = "all_pass"
+    gate_threshold: float | None = Field(None, ge=0, le=1)
+    max_rejection_rate: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "EvaluateSpec":
+        if self.quality_gate == "weighted" and self.gate_threshold is None:
+            raise ValueError("quality_gate weighted needs gate_threshold")
+        seen: set[str] = set()
+        for evaluator in self.evaluators:
+            if evaluator.label in seen:
+                raise ValueError(f"two evaluators are named {evaluator.label!r}; give each a name")
+            seen.add(evaluator.label)
+        return self
+
+
+# ---------------------------------------------------------------- the rest
+
+
+class BudgetSpec(_Strict):
+    max_cost_usd: float | None = Field(None, ge=0)
+
+
+class MonitoringSpec(_Strict):
+    latency_p95_s: float | None = Field(None, gt=0)
+    min_mean_score: float | None = Field(None, ge=0, le=1)
+    cost_spike_factor: float | None = Field(None, gt=1)
+
+
+class PipelineSpec(_Strict):
+    name: str = Field(max_length=200)
+    version: str = "1"
+    description: str = ""
+    params: dict[str, Any] = Field(default_factory=dict)
+    extract: ExtractSpec
+    transform: TransformSpec
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
+    load: LoadSpec
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", value):
+            raise ValueError(f"{value!r}: a pipeline name is letters, digits, _ . and - (no spaces)")
+        return value
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version_text(cls, value: Any) -> Any:
+        # `version: 1.0` is a float to YAML; people mean the text.
+        return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated pipeline and where it came from."""
+
+    spec: PipelineSpec
+    path: Path
+    raw: dict[str, Any]  # the YAML as written, with overrides applied: the run's config snapshot
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent
+
+    def resolve(self, relative: str) -> Path:
+        path = Path(relative).expanduser()
+        return path if path.is_absolute() else self.base_dir / path
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
+    """Read, parse and validate a pipeline file. Raises PipelineError (one line)."""
+    path = Path(path)
+    shown = str(path)
+    if path.is_dir():
+        path = path / "pipeline.yaml"
+        shown = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PipelineError("no such pipeline file", file=shown) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"cannot read: {exc}", file=shown) from None
+
+    try:
+        raw = yaml.safe_load(text)
+        lines = _key_lines(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise PipelineError(f"YAML syntax error: {problem}", file=shown,
+                            line=mark.line + 1 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise PipelineError("a pipeline is a YAML mapping (name:, extract:, transform:, load:)",
+                            file=shown, line=1)
+
+    overridden: set[tuple[Any, ...]] = set()
+    for item in overrides or []:
+        overridden.add(_apply_override(raw, item))
+
+    try:
+        spec = PipelineSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _first_error(exc, raw, lines, shown, overridden) from None
+
+    loaded = LoadedSpec(spec=spec, path=path.resolve(), raw=raw)
+    _check_files(loaded, {k: v for k, v in lines.items() if k not in overridden}, shown, overridden)
+    return loaded
+
+
+def _apply_override(raw: dict[str, Any], item: str) -> tuple[Any, ...]:
+    """`--set transform.model=gpt-4o`: the value is read as YAML (numbers, booleans, lists)."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise PipelineError(f"--set {item!r}: expected KEY=VALUE, e.g. transform.model=gpt-4o")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError:
+        parsed = value
+    parts = key.strip().split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        child = node.get(part) if isinstance(node, dict) else None
+        if child is None:
+            child = {}
+            node[part] = child
+        if not isinstance(child, dict):
+            raise PipelineError(f"--set {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = parsed
+    return tuple(parts)
+
+
+def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: str,
+                 overridden: set[tuple[Any, ...]]) -> None:
+    """Every file the pipeline names exists, and the prompt parses."""
+    from core.prompts import check_template_syntax  # prompts imports this module's types
+
+    spec = loaded.spec
+
+    def missing(key: tuple[Any, ...], relative: str, what: str) -> PipelineError:
+        if key in overridden:
+            return PipelineError(f"{what} not found: {relative}", key=f"--set {_dotted(key)}")
+        return PipelineError(f"{what} not found: {relative}", file=shown,
+                             line=_line_for(lines, key), key=_dotted(key))
+
+    def must_exist(key: tuple[Any, ...], relative: str, what: str) -> Path:
+        resolved = loaded.resolve(relative)
+        if not resolved.is_file():
+            raise missing(key, relative, what)
+        return resolved
+
+    for key, relative in (("prompt", spec.transform.prompt), ("system", spec.transform.system)):
+        if relative is None:
+            continue
+        template_path = must_exist(("transform", key), relative, f"{key} file")
+        check_template_syntax(template_path, file=shown, line=_line_for(lines, ("transform", key)),
+                              key=f"transform.{key}")
+
+    context = spec.transform.context
+    for index, (name, relative) in enumerate(spec.transform.context_files().items()):
+        key = ("transform", "context", name if isinstance(context, dict) else index)
+        must_exist(key, relative, "context file")
+
+    if isinstance(spec.transform.output_schema, str):
+        must_exist(("transform", "output_schema"), spec.transform.output_schema, "schema file")
+    for index, evaluator in enumerate(spec.evaluate.evaluators):
+        schema = getattr(evaluator, "schema_", None)
+        if isinstance(schema, str):
+            must_exist(("evaluate", "evaluators", index, "schema"), schema, "schema file")
+
+    if spec.transform.provider == "replay" and spec.transform.cassette:
+        must_exist(("transform", "cassette"), spec.transform.cassette, "cassette")
+
+    source = parse_uri(spec.extract.source)
+    if source.is_local_file:
+        must_exist(("extract", "source"), source.target, "data file")
+    if source.scheme == "sqlite" and not (spec.extract.query or spec.extract.table):
+        raise PipelineError("a sqlite source needs query: or table:", file=shown,
+                            line=_line_for(lines, ("extract",)), key="extract")
+    sink = parse_uri(spec.load.destination)
+    if sink.is_sql and not spec.load.table:
+        raise PipelineError(f"a {sink.scheme} destination needs table:", file=shown,
+                            line=_line_for(lines, ("load",)), key="load")
+    if spec.load.mode == "upsert" and not (spec.load.key or spec.extract.id_field):
+        raise PipelineError("mode upsert needs key: (or extract.id_field)", file=shown,
+                            line=_line_for(lines, ("load", "mode")), key="load.mode")
+
+
+# ---------------------------------------------------------------- error text
+
+
+def _first_error(exc: ValidationError, raw: dict[str, Any], lines: dict[tuple[Any, ...], int],
+                 shown: str, overridden: set[tuple[Any, ...]]) -> PipelineError:
+    # An unknown key is usually the cause of the other errors (a typo'd required key): name it first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    error = errors[0]
+    path = _data_path(error["loc"], raw)
+    kind = error["type"]
+    given = error.get("input")
+    if kind == "extra_forbidden":
+        message = "unknown key"
+        parent = _model_for(path[:-1])
+        if parent is not None:
+            allowed = [f.alias or name for name, f in parent.model_fields.items()]
+            close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
+            message += f" (did you mean {close[0]!r}?)" if close else \
+                f" (allowed: {', '.join(sorted(allowed))})"
+    elif kind == "missing":
+        message = "required key is missing"
+    elif kind == "union_tag_invalid":
+        tags = error.get("ctx", {}).get("expected_tags", "")
+        message = f"unknown evaluator type {given.get('type')!r} (known: {tags})" \
+            if isinstance(given, dict) else "unknown evaluator type"
+        path = path + ("type",)
+    elif kind == "union_tag_not_found":
+        message = "an evaluator needs a type:"
+    elif kind == "value_error":
+        message = str(error.get("ctx", {}).get("error", error["msg"]))
+    else:
+        message = error["msg"]
+        if given is not None and not isinstance(given, (dict, list)):
+            text = repr(given)
+            message += f", got {text if len(text) <= 40 else text[:37] + '...'}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more)"
+    key = _dotted(path)
+    if path in overridden:
+        return PipelineError(message, key=f"--set {key}")
+    return PipelineError(message, file=shown, line=_line_for(lines, path), key=key or None)
+
+
+def _data_path(loc: tuple[Any, ...], raw: Any) -> tuple[Any, ...]:
+    """Pydantic's error location without union tags and validator names: the path in the YAML."""
+    path: list[Any] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif isinstance(part, str) and isinstance(node, dict) and part == loc[-1]:
+            path.append(part)  # a missing or unknown key: name it even though it is not there
+        # else: a union tag or a validator's name, not part of the user's file
+    if path and path[-1] == "schema_":
+        path[-1] = "schema"
+    return tuple(path)
+
+
+def _model_for(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    models: dict[tuple[str, ...], type[BaseModel]] = {
+        (): PipelineSpec, ("extract",): ExtractSpec, ("transform",): TransformSpec,
+        ("transform", "rate_limit"): RateLimitSpec, ("evaluate",): EvaluateSpec,
+        ("load",): LoadSpec, ("budget",): BudgetSpec, ("monitoring",): MonitoringSpec,
+    }
+    return models.get(tuple(p for p in path if isinstance(p, str)))
+
+
+def _dotted(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_for(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return None
+
+
+def _key_lines(text: str) -> dict[tuple[Any, ...], int]:
+    """Map each key path in the YAML to the (1-based) line it is written on."""
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    lines: dict[tuple[Any, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                child = path + (key_node.value,)
+                lines[child] = key_node.start_mark.line + 1
+                walk(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = path + (index,)
+                lines[child] = item.start_mark.line + 1
+                walk(item, child)
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def snapshot(loaded: LoadedSpec) -> dict[str, Any]:
+    """The config as written (placeholders such as ${NAME} unresolved): safe to store."""
+    return copy.deepcopy(loaded.raw)
