@@ -1,0 +1,70 @@
+"""From the pipeline's `evaluate.evaluators` list to ready evaluators, and running them.
+
+`EVALUATORS` maps a spec `type` to its class. A class may define
+`from_spec(spec, context: BuildContext)` when it needs more than its spec (the pipeline folder
+for a schema file, the params for an expression, a model client for a judge); otherwise it is
+built as `cls(spec)`. Anything wrong with a spec that only shows when the evaluator is built (an
+unreadable schema file, an expression that does not parse) becomes one PipelineError naming
+the pipeline file and the key, e.g. `evaluate.evaluators[2].schema`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from core.errors import EvaluatorError, PipelineError
+from core.evaluate.base import Evaluator
+from core.evaluate.deterministic import (Contains, ExactMatch, Expression, JsonSchema, Length,
+                                         OneOf, Range, Regex)
+from core.records import Score
+from core.spec import LoadedSpec
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    cls.type: cls
+    for cls in (ExactMatch, OneOf, Regex, Contains, JsonSchema, Range, Length, Expression)
+}
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What an evaluator may need besides its own spec."""
+
+    loaded: LoadedSpec
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+def build_evaluators(loaded: LoadedSpec, params: dict[str, Any] | None = None) -> list[Evaluator]:
+    """One evaluator per spec, in the pipeline's order. Raises PipelineError (one line)."""
+    context = BuildContext(loaded=loaded,
+                           params=dict(loaded.spec.params if params is None else params))
+    evaluators: list[Evaluator] = []
+    for index, spec in enumerate(loaded.spec.evaluate.evaluators):
+        where = f"evaluate.evaluators[{index}]"
+        cls = EVALUATORS.get(spec.type)
+        if cls is None:
+            raise PipelineError(f"no evaluator is available for type {spec.type!r} "
+                                f"(known: {', '.join(sorted(EVALUATORS))})",
+                                file=str(loaded.path), key=f"{where}.type")
+        try:
+            from_spec = getattr(cls, "from_spec", None)
+            evaluator = from_spec(spec, context) if from_spec is not None else cls(spec)
+        except PipelineError as exc:
+            # The evaluator knows which of its keys is wrong; only the pipeline knows where it is.
+            raise type(exc)(exc.detail, file=str(loaded.path),
+                            key=f"{where}.{exc.key}" if exc.key else where) from exc
+        evaluators.append(evaluator)
+    return evaluators
+
+
+async def evaluate_all(evaluators: list[Evaluator], input_data: dict[str, Any],
+                       output: Any) -> list[Score]:
+    """Every evaluator's score for one record, in order. An EvaluatorError propagates with the
+    evaluator's name in front; what to do with the record is the engine's decision."""
+    scores: list[Score] = []
+    for evaluator in evaluators:
+        try:
+            scores.append(await evaluator.score(input_data, output))
+        except EvaluatorError as exc:
+            raise EvaluatorError(f"{evaluator.name}: {exc.message}") from exc
+    return scores
