@@ -1,0 +1,35 @@
+"""Which provider a pipeline's transform: block asks for, built and ready to call."""
+
+from __future__ import annotations
+
+from core.llm.anthropic import AnthropicProvider
+from core.llm.base import Provider
+from core.llm.openai import OpenAIProvider
+from core.llm.replay import ReplayProvider
+from core.spec import LoadedSpec, TransformSpec
+
+
+def make_provider(spec: TransformSpec, loaded: LoadedSpec, *, api_key: str | None,
+                  base_url: str | None) -> Provider:
+    """`api_key` and `base_url` are the pipeline's values with ${NAME} already resolved.
+
+    Without them, a literal value written in the pipeline is used; a placeholder that reached
+    here unresolved is not (it would be sent as the key). Providers then fall back to their
+    environment variables (OPENAI_API_KEY, ANTHROPIC_BASE_URL, ...).
+    """
+    api_key = api_key if api_key is not None else _literal(spec.api_key)
+    base_url = base_url if base_url is not None else _literal(spec.base_url)
+    if spec.provider == "replay":
+        assert spec.cassette is not None  # the spec's validator requires it
+        return ReplayProvider(loaded.resolve(spec.cassette))
+    if spec.provider == "anthropic":
+        return AnthropicProvider(api_key=api_key, base_url=base_url, timeout_s=spec.timeout_s,
+                                 concurrency=spec.concurrency)
+    return OpenAIProvider(name=spec.provider, api_key=api_key, base_url=base_url,
+                          timeout_s=spec.timeout_s, concurrency=spec.concurrency)
+
+
+def _literal(value: str | None) -> str | None:
+    if value is None or "${" in value:
+        return None
+    return value or None

@@ -1,0 +1,66 @@
+"""Trying a failed LLM call again: exponential backoff with full jitter, server hints first.
+
+Only a ProviderError that says `retryable` is tried again; anything else surfaces at once with
+its own type. After the last attempt the error says how many were made and keeps the last
+failure as its cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from core.errors import ProviderError
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[object]]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int = 4  # attempts after the first
+    base_s: float = 0.5
+    cap_s: float = 20.0
+    # A server may ask for a long pause; past this the hint is trimmed rather than obeyed blindly.
+    max_retry_after_s: float = 300.0
+
+    def delay(self, retry: int, error: ProviderError, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait before retry number `retry` (1 for the first retry)."""
+        # Full jitter: a uniformly random wait below the exponential ceiling, so many workers
+        # that failed together do not come back together.
+        ceiling = min(self.cap_s, self.base_s * (2 ** (retry - 1)))
+        wait = rand() * ceiling
+        if error.retry_after is not None:
+            wait = max(wait, min(error.retry_after, self.max_retry_after_s))
+        return wait
+
+
+async def call_with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    *,
+    sleep: Sleep = asyncio.sleep,
+    rand: Callable[[], float] = random.random,
+    on_retry: Callable[[ProviderError, float], None] | None = None,
+) -> tuple[T, int]:
+    """(result, attempts made). `on_retry(error, wait)` runs before each wait."""
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return await attempt(), attempts
+        except ProviderError as error:
+            if not error.retryable:
+                raise
+            if attempts > policy.max_retries:
+                raise ProviderError(
+                    f"{error.message} (gave up after {attempts} attempt{'s' if attempts > 1 else ''})",
+                    retryable=True, status=error.status, retry_after=error.retry_after,
+                ) from error
+            wait = policy.delay(attempts, error, rand)
+            if on_retry is not None:
+                on_retry(error, wait)
+            await sleep(wait)

@@ -1,0 +1,219 @@
+"""OpenAIProvider against the loopback server: the request on the wire, the parsed answer, and
+each failure mapped to a ProviderError that says whether to retry."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+
+import pytest
+
+from core.errors import PipelineError, ProviderError, SecretError
+from core.llm.base import LLMRequest
+from core.llm.openai import DEFAULT_BASE_URL, OpenAIProvider
+from core.llm.transport import ConnectionPools, MAX_POOL_CONNECTIONS
+
+SCHEMA = {"type": "object", "required": ["sentiment"],
+          "properties": {"sentiment": {"enum": ["positive", "negative", "neutral"]}}}
+
+
+def request(text: str = 'Classify.\nreply: {"sentiment": "positive"}', **fields) -> LLMRequest:
+    fields.setdefault("model", "gpt-4o-mini")
+    return LLMRequest(messages=[{"role": "system", "content": "You classify reviews."},
+                                {"role": "user", "content": text}], **fields)
+
+
+@pytest.fixture
+async def provider(llm_server):
+    provider = OpenAIProvider(api_key="sk-test-key-0123456789", base_url=llm_server.base_url,
+                              timeout_s=5)
+    yield provider
+    await provider.aclose()
+
+
+async def test_request_carries_messages_params_and_the_schema(provider, llm_server):
+    await provider.complete(request(temperature=0.2, max_tokens=50, top_p=0.9, seed=42,
+                                    output_schema=SCHEMA))
+    body = llm_server.requests[-1]
+    assert body["model"] == "gpt-4o-mini"
+    assert body["messages"][0] == {"role": "system", "content": "You classify reviews."}
+    assert body["messages"][1]["role"] == "user"
+    assert (body["temperature"], body["max_tokens"], body["top_p"], body["seed"]) == (0.2, 50, 0.9, 42)
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "output", "schema": SCHEMA, "strict": False}}
+    headers = {k.lower(): v for k, v in llm_server.headers[-1].items()}
+    assert headers["authorization"] == "Bearer sk-test-key-0123456789"
+    assert llm_server.count["/v1/chat/completions"] == 1
+
+
+async def test_unset_params_are_not_sent_and_json_mode_asks_for_an_object(provider, llm_server):
+    await provider.complete(request(json_mode=True))
+    body = llm_server.requests[-1]
+    assert body["response_format"] == {"type": "json_object"}
+    assert not {"max_tokens", "top_p", "seed"} & set(body)
+    await provider.complete(request())
+    assert "response_format" not in llm_server.requests[-1]
+
+
+async def test_reasoning_models_get_max_completion_tokens_and_no_temperature(provider, llm_server):
+    await provider.complete(request(model="o4-mini", max_tokens=64, temperature=0.0))
+    body = llm_server.requests[-1]
+    assert body["max_completion_tokens"] == 64
+    assert "max_tokens" not in body and "temperature" not in body
+
+
+async def test_answer_usage_and_finish_reason_are_parsed(provider, llm_server):
+    llm_server.cached_tokens = 3
+    answer = await provider.complete(request())
+    assert answer.text == '{"sentiment": "positive"}'
+    prompt = "You classify reviews." + 'Classify.\nreply: {"sentiment": "positive"}'
+    assert answer.input_tokens == len(prompt) // 4 + 1
+    assert answer.output_tokens == len(answer.text) // 4 + 1
+    assert answer.cached_tokens == 3
+    assert answer.model == "gpt-4o-mini"
+    assert answer.finish_reason == "stop"
+    assert answer.latency_s > 0
+
+
+async def test_an_answer_cut_by_max_tokens_says_length(provider):
+    answer = await provider.complete(request("reply: " + "x" * 200, max_tokens=5))
+    assert answer.finish_reason == "length"
+    assert len(answer.text) == 20
+
+
+@pytest.mark.parametrize("action, status, retry_after", [
+    ("429:7", 429, 7.0),  # Retry-After in whole seconds
+    ("429:0.25", 429, 0.25),  # retry-after-ms is preferred when sent
+    ("500", 500, None),
+    ("529", 529, None),
+])
+async def test_status_failures_are_retryable_with_the_servers_hint(provider, llm_server, action,
+                                                                    status, retry_after):
+    llm_server.script([action])
+    with pytest.raises(ProviderError) as caught:
+        await provider.complete(request())
+    assert caught.value.retryable is True
+    assert caught.value.status == status
+    assert caught.value.retry_after == retry_after
+
+
+@pytest.mark.parametrize("action, words", [
+    ("malformed", "not JSON"),
+    ("empty", "without choices[0].message"),
+    ("reset", "connection to"),
+])
+async def test_broken_answers_and_resets_are_retryable(provider, llm_server, action, words):
+    llm_server.script([action])
+    with pytest.raises(ProviderError) as caught:
+        await provider.complete(request())
+    assert caught.value.retryable is True
+    assert words in str(caught.value)
+    assert (await provider.complete(request())).text == '{"sentiment": "positive"}'
+
+
+async def test_a_timeout_is_retryable(llm_server):
+    llm_server.faults.timeout_sleep_s = 5
+    llm_server.script(["timeout"])
+    provider = OpenAIProvider(api_key="k", base_url=llm_server.base_url, timeout_s=0.2)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await provider.complete(request())
+        assert caught.value.retryable is True
+        assert "within 0.2s" in str(caught.value)
+    finally:
+        await provider.aclose()
+
+
+async def test_a_client_error_is_final_and_quotes_the_api_without_the_key(provider, llm_server):
+    llm_server.script(["400:Invalid schema for response_format 'output' (key sk-test-key-0123456789)"])
+    with pytest.raises(ProviderError) as caught:
+        await provider.complete(request())
+    error = caught.value
+    assert error.retryable is False and error.status == 400
+    assert "Invalid schema for response_format 'output'" in str(error)
+    assert "sk-test-key-0123456789" not in str(error)
+    assert "HTTP 400" in str(error) and "gpt-4o-mini" in str(error)
+
+
+async def test_a_long_api_message_is_truncated(provider, llm_server):
+    llm_server.script(["400:" + "very long complaint " * 100])
+    with pytest.raises(ProviderError) as caught:
+        await provider.complete(request())
+    assert len(str(caught.value)) < 450
+    assert str(caught.value).endswith("...")
+
+
+async def test_a_wrong_key_is_a_final_401(llm_server):
+    llm_server.api_key = "sk-the-right-key"
+    provider = OpenAIProvider(api_key="sk-a-wrong-key-42", base_url=llm_server.base_url)
+    try:
+        with pytest.raises(ProviderError) as caught:
+            await provider.complete(request())
+        assert caught.value.status == 401 and caught.value.retryable is False
+    finally:
+        await provider.aclose()
+
+
+async def test_missing_openai_key_is_a_secret_error_before_any_call(llm_server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(SecretError, match="OPENAI_API_KEY"):
+        OpenAIProvider(base_url=llm_server.base_url)
+    assert llm_server.count == 0
+
+
+async def test_key_and_base_url_come_from_the_environment(llm_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    monkeypatch.setenv("OPENAI_BASE_URL", llm_server.base_url + "/")
+    provider = OpenAIProvider()
+    try:
+        assert provider.base_url == llm_server.base_url
+        await provider.complete(request())
+        headers = {k.lower(): v for k, v in llm_server.headers[-1].items()}
+        assert headers["authorization"] == "Bearer sk-from-the-environment"
+    finally:
+        await provider.aclose()
+    monkeypatch.delenv("OPENAI_BASE_URL")
+    explicit = OpenAIProvider(api_key="sk-explicit")
+    assert explicit.base_url == DEFAULT_BASE_URL
+    await explicit.aclose()
+
+
+async def test_openai_compatible_needs_a_base_url_and_no_key(llm_server, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-must-not-leak-to-other-servers")
+    with pytest.raises(PipelineError, match="base_url"):
+        OpenAIProvider(name="openai_compatible")
+    provider = OpenAIProvider(name="openai_compatible", base_url=llm_server.base_url)
+    try:
+        assert (await provider.complete(request())).text
+        headers = {k.lower() for k in llm_server.headers[-1]}
+        assert "authorization" not in headers
+    finally:
+        await provider.aclose()
+
+
+async def test_connection_pools_stay_small_and_requests_go_to_free_ones():
+    one = ConnectionPools(concurrency=3, timeout_s=1, headers={})
+    many = ConnectionPools(concurrency=100, timeout_s=1, headers={})
+    try:
+        assert len(one.clients) == 1
+        assert len(many.clients) == 25
+        pool = many.clients[0]._transport._pool  # what httpcore enforces
+        assert pool._max_connections == MAX_POOL_CONNECTIONS == 4
+        with contextlib.ExitStack() as stack:
+            leased = [stack.enter_context(many.lease()) for _ in range(100)]
+            # Every connection of every pool is in use once, never five on one pool.
+            assert collections.Counter(map(id, leased)).most_common(1)[0][1] == 4
+            assert len(set(map(id, leased[:25]))) == 25
+            extra = stack.enter_context(many.lease())  # past capacity: still served
+            assert extra in many.clients
+        assert len(many._free) == 100
+    finally:
+        await one.aclose()
+        await many.aclose()
+
+
+@pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.com/v1", "http://"])
+def test_a_base_url_that_is_not_http_is_a_pipeline_error(url):
+    with pytest.raises(PipelineError) as caught:
+        OpenAIProvider(name="openai_compatible", base_url=url)
+    assert caught.value.key == "transform.base_url"
