@@ -10,7 +10,8 @@ Every LLM test and benchmark talks to this instead of a vendor. Two ways to run 
     python tests/support/llm_server.py --port 0 --latency-ms 50   # benchmarks: prints "PORT <n>"
 
 Answers are deterministic: a line `reply: <text>` in the last user message is the answer (a
-prompt template can say `reply: {"sentiment": "{{ input.expected }}"}`); otherwise the
+prompt template can say `reply: {"sentiment": "{{ input.expected }}"}`); a later user turn
+without such a line (a repair request) gets the earlier turn's reply again. Otherwise the
 `responder` callable's answer, otherwise `{"ok": true}`. Usage is about a token per 4 chars.
 
 Scripted or random faults: "429[:seconds]" (with Retry-After), "500", "529", "400[:message]",
@@ -230,9 +231,14 @@ class LoopbackLLM:
         prompt = "".join(_text(m.get("content")) for m in messages if isinstance(m, dict))
         if path == ANTHROPIC_PATH:
             prompt = _text(body.get("system")) + prompt
-        last_user = next((_text(m.get("content")) for m in reversed(messages)
-                          if isinstance(m, dict) and m.get("role") == "user"), "")
-        found = _REPLY.search(last_user)
+        # The latest user turn with a reply: line decides, so a follow-up turn without one (a
+        # repair request) gets the same answer again, as a stubborn model would give.
+        found = None
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                found = _REPLY.search(_text(message.get("content")))
+                if found:
+                    break
         if found:
             answer = found.group(1)
         elif self.responder is not None:

@@ -11,6 +11,15 @@ from core.llm.anthropic import DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, AnthropicPr
 from core.llm.base import LLMRequest
 from core.llm.client import LLMClient
 from core.llm.pricing import Pricing
+from tests.support.llm_server import LLMServer
+
+
+@pytest.fixture
+def llm_server():
+    # Same as the shared conftest fixture; kept here so these tests stand on their own.
+    with LLMServer(latency_s=0.0, seed=7) as server:
+        yield server
+
 
 SCHEMA = {"type": "object", "required": ["sentiment"],
           "properties": {"sentiment": {"enum": ["positive", "negative", "neutral"]}}}

@@ -18,6 +18,15 @@ from core.llm.openai import OpenAIProvider
 from core.llm.pricing import Pricing
 from core.llm.replay import CassetteRecorder, ReplayProvider
 from core.llm.retry import RetryPolicy
+from tests.support.llm_server import LLMServer
+
+
+@pytest.fixture
+def llm_server():
+    # Same as the shared conftest fixture; kept here so these tests stand on their own.
+    with LLMServer(latency_s=0.0, seed=7) as server:
+        yield server
+
 
 SCHEMA = {"type": "object", "properties": {"sentiment": {"type": "string"}}}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from core.errors import SecretError
 from core.llm.anthropic import AnthropicProvider
@@ -12,9 +13,15 @@ from core.llm.base import LLMRequest
 from core.llm.factory import make_provider
 from core.llm.openai import OpenAIProvider
 from core.llm.replay import ReplayProvider
-import yaml
-
 from core.spec import load_spec
+from tests.support.llm_server import LLMServer
+
+
+@pytest.fixture
+def llm_server():
+    # Same as the shared conftest fixture; kept here so these tests stand on their own.
+    with LLMServer(latency_s=0.0, seed=7) as server:
+        yield server
 
 
 def write_pipeline(folder, **transform):

@@ -12,6 +12,15 @@ from core.errors import PipelineError, ProviderError, SecretError
 from core.llm.base import LLMRequest
 from core.llm.openai import DEFAULT_BASE_URL, OpenAIProvider
 from core.llm.transport import ConnectionPools, MAX_POOL_CONNECTIONS
+from tests.support.llm_server import LLMServer
+
+
+@pytest.fixture
+def llm_server():
+    # Same as the shared conftest fixture; kept here so these tests stand on their own.
+    with LLMServer(latency_s=0.0, seed=7) as server:
+        yield server
+
 
 SCHEMA = {"type": "object", "required": ["sentiment"],
           "properties": {"sentiment": {"enum": ["positive", "negative", "neutral"]}}}

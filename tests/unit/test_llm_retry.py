@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import email.utils
+
+import httpx
 import pytest
 
 from core.errors import CassetteMiss, ProviderError
 from core.llm.retry import RetryPolicy, call_with_retries
+from core.llm.transport import parse_retry_after
 
 
 def retryable(retry_after: float | None = None) -> ProviderError:
@@ -102,3 +106,15 @@ async def test_zero_retries_means_one_attempt():
 
     with pytest.raises(ProviderError, match="gave up after 1 attempt\\)"):
         await call_with_retries(Flaky([retryable()]), RetryPolicy(max_retries=0), sleep=sleep)
+
+
+def test_retry_after_headers_in_every_form():
+    now = 1_700_000_000.0
+    date = email.utils.formatdate(now + 42, usegmt=True)
+    assert parse_retry_after(httpx.Headers({"retry-after": date}), now=now) == pytest.approx(42)
+    assert parse_retry_after(httpx.Headers({"retry-after": email.utils.formatdate(now - 5, usegmt=True)}),
+                             now=now) == 0.0
+    assert parse_retry_after(httpx.Headers({"retry-after": "12"})) == 12.0
+    assert parse_retry_after(httpx.Headers({"retry-after": "12", "retry-after-ms": "1500"})) == 1.5
+    assert parse_retry_after(httpx.Headers({"retry-after": "soon"})) is None
+    assert parse_retry_after(httpx.Headers({})) is None

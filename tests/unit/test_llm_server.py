@@ -101,3 +101,15 @@ def test_max_tokens_cuts_the_answer(limit, finish):
         body = httpx.post(f"{server.base_url}/chat/completions",
                           json=chat("reply: " + "word " * 20, max_tokens=limit)).json()
     assert body["choices"][0]["finish_reason"] == finish
+
+
+def test_a_follow_up_turn_without_a_reply_line_gets_the_earlier_reply():
+    conversation = {"model": "m", "messages": [
+        {"role": "user", "content": "reply: first"},
+        {"role": "assistant", "content": "first"},
+        {"role": "user", "content": "That was wrong, try again."}]}
+    with LLMServer() as server:
+        url = f"{server.base_url}/chat/completions"
+        assert httpx.post(url, json=conversation).json()["choices"][0]["message"]["content"] == "first"
+        conversation["messages"].append({"role": "user", "content": "reply: second"})
+        assert httpx.post(url, json=conversation).json()["choices"][0]["message"]["content"] == "second"
