@@ -222,3 +222,27 @@ def resolve_field(path: str, input_data: Any, output: Any) -> Any:
         if value is _MISSING:
             raise KeyError(f"{walked} is missing")
     return value
+
+
+@dataclass(slots=True)
+class EvaluatorStats:
+    """One evaluator's scores over a whole run, as the history keeps them."""
+
+    evaluator: str
+    type: str
+    threshold: float
+    weight: float
+    count: int = 0  # records scored (errors included)
+    passed: int = 0
+    errors: int = 0  # records the evaluator could not score
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    p50: float | None = None
+    p95: float | None = None
+    cost_usd: float | None = 0.0  # None: a judge model had no known price
+
+    @property
+    def pass_rate(self) -> float | None:
+        return self.passed / self.count if self.count else None

@@ -1,0 +1,669 @@
+"""The history store: runs, record results, quarantine, prompt versions and the LLM cache.
+
+Writes are Core statements in short transactions (one per call); reads return SQLModel
+instances, detached and fully loaded. Another process may be writing the same SQLite file at
+the same time: transactions stay short and writers queue on SQLite's lock (WAL, busy_timeout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import ColumnElement, Table, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.sql import Select
+
+from core.config import load_config, store_url
+from core.errors import StoreError
+from core.events import Progress, RunStatus, RunSummary
+from core.records import EvaluatorStats, Outcome, RecordResult, Stage
+from core.store.engine import SINGLE_READ, WRITE, StoreTarget, raw_json
+from core.store.migrate import migrate
+from core.store.models import (
+    ContextVersion,
+    EvaluationResult,
+    LLMCacheEntry,
+    Lineage,
+    MonitoringAlert,
+    Pipeline,
+    PipelineRun,
+    PromptVersion,
+    QuarantineAction,
+    QuarantinedRecord,
+    RecordResultRow,
+    utcnow,
+)
+
+QUARANTINE_STATUSES = ("open", "approved", "reprocessed", "discarded")
+VERSION_KINDS = ("prompt", "system", "context")
+LINEAGE_KEYS = frozenset({"source", "query", "destination", "table_name", "records_in",
+                          "records_out"})
+# Cache hits are counted in memory and written with the next write (or at this many), so that
+# a cache lookup on the hot path stays a read.
+_HIT_FLUSH_AT = 256
+# Keys per `IN (...)` when concurrent cache lookups are read together.
+_CACHE_READ_CHUNK = 500
+
+_runs: Table = PipelineRun.__table__  # type: ignore[assignment]
+_pipelines: Table = Pipeline.__table__  # type: ignore[assignment]
+_record_results: Table = RecordResultRow.__table__  # type: ignore[assignment]
+_evaluations: Table = EvaluationResult.__table__  # type: ignore[assignment]
+_quarantine: Table = QuarantinedRecord.__table__  # type: ignore[assignment]
+_actions: Table = QuarantineAction.__table__  # type: ignore[assignment]
+_prompts: Table = PromptVersion.__table__  # type: ignore[assignment]
+_contexts: Table = ContextVersion.__table__  # type: ignore[assignment]
+_cache: Table = LLMCacheEntry.__table__  # type: ignore[assignment]
+_lineage: Table = Lineage.__table__  # type: ignore[assignment]
+_alerts: Table = MonitoringAlert.__table__  # type: ignore[assignment]
+
+
+@dataclass(slots=True)
+class RunStart:
+    """What a run is about to do: the snapshot that makes it reproducible."""
+
+    run_id: str
+    pipeline: str
+    pipeline_version: str
+    pipeline_path: str
+    started_at: datetime
+    config: dict[str, Any]  # the YAML as written, placeholders unresolved
+    model: str
+    provider: str
+    prompt_hash: str
+    system_hash: str | None
+    context_hashes: dict[str, str]
+    params: dict[str, Any]
+    options: dict[str, Any]
+    source: str
+    destination: str
+
+
+class Store:
+    """The history store. Open with `await Store.open()` (or `async with await Store.open()`)."""
+
+    def __init__(self, engine: AsyncEngine, target: StoreTarget) -> None:
+        self._engine = engine
+        self._writer = engine.execution_options(**{WRITE: True})
+        # Every read is one statement: no transaction around it (see engine.SINGLE_READ).
+        self._reader = engine.execution_options(**{SINGLE_READ: True})
+        self._sessions = async_sessionmaker(self._reader, class_=AsyncSession,
+                                            expire_on_commit=False)
+        self._target = target
+        self._pending_hits: Counter[str] = Counter()
+        self._cache_waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
+        self._cache_reader: asyncio.Task[None] | None = None
+        self.url = target.display
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    async def open(cls, url: str | None = None) -> "Store":
+        """Open (and create or upgrade) the store at `url`, by default Loom's configured one."""
+        target = StoreTarget.parse(url or store_url(load_config()))
+        target.prepare()
+        try:
+            await migrate(target)
+        except (SQLAlchemyError, OSError) as exc:
+            raise target.error("open", exc) from exc
+        return cls(target.create_engine(), target)
+
+    async def close(self) -> None:
+        try:
+            if self._cache_reader is not None:
+                await self._cache_reader
+            if self._pending_hits:
+                async with self._write() as conn:
+                    await self._flush_hits(conn)
+        finally:
+            await self._engine.dispose()
+
+    async def __aenter__(self) -> "Store":
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncConnection]:
+        """One short write transaction; database failures become one-line StoreErrors."""
+        try:
+            async with self._writer.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise self._target.error("write to", exc) from exc
+
+    async def _all(self, statement: Select[Any]) -> list[Any]:
+        try:
+            async with self._sessions() as session:
+                return list((await session.scalars(statement)).all())
+        except SQLAlchemyError as exc:
+            raise self._target.error("read", exc) from exc
+
+    async def _first(self, statement: Select[Any]) -> Any:
+        rows = await self._all(statement.limit(1))
+        return rows[0] if rows else None
+
+    def _upsert(self, table: Table, values: dict[str, Any], keys: Sequence[str],
+                update_columns: Sequence[str] | None) -> Any:
+        """INSERT … ON CONFLICT: update `update_columns`, or do nothing when None."""
+        dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(table).values(values)
+        if update_columns is None:
+            return statement.on_conflict_do_nothing(index_elements=list(keys))
+        return statement.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={name: statement.excluded[name] for name in update_columns})
+
+    # -- pipelines and versions ----------------------------------------------------------------
+
+    async def record_pipeline(self, name: str, version: str, description: str | None,
+                              definition: dict[str, Any], path: str) -> None:
+        """Remember a pipeline's latest definition (insert or update)."""
+        async with self._write() as conn:
+            await conn.execute(self._pipeline_upsert(name, version, description, definition, path))
+
+    async def list_pipelines(self) -> list[Pipeline]:
+        """Every pipeline the store has seen, by name."""
+        return await self._all(select(Pipeline).order_by(_pipelines.c.name))
+
+    def _pipeline_upsert(self, name: str, version: str, description: str | None,
+                         definition: dict[str, Any], path: str | None) -> Any:
+        now = utcnow()
+        values = {"name": name, "version": str(version), "description": description,
+                  "definition": definition, "path": path, "created_at": now, "updated_at": now}
+        return self._upsert(_pipelines, values, ["name"],
+                            ["version", "description", "definition", "path", "updated_at"])
+
+    async def save_version(self, kind: str, content_hash: str, content: str, *, path: str,
+                           pipeline: str, name: str | None = None) -> None:
+        """Keep a prompt, system or context text under its hash; saving it again does nothing."""
+        if kind not in VERSION_KINDS:
+            raise ValueError(f"version kind must be one of {VERSION_KINDS}, not {kind!r}")
+        values: dict[str, Any] = {"hash": content_hash, "pipeline_name": pipeline, "path": path,
+                                  "content": content, "created_at": utcnow()}
+        if kind == "context":
+            values["name"] = name or Path(path).stem
+            statement = self._upsert(_contexts, values, ["hash"], None)
+        else:
+            values["kind"] = kind
+            statement = self._upsert(_prompts, values, ["hash"], None)
+        async with self._write() as conn:
+            await conn.execute(statement)
+
+    async def get_version(self, content_hash: str) -> tuple[str, str] | None:
+        """(kind, content) of a saved text, or None."""
+        prompt = await self._first(select(PromptVersion).where(PromptVersion.hash == content_hash))
+        if prompt is not None:
+            return prompt.kind, prompt.content
+        context = await self._first(select(ContextVersion).where(ContextVersion.hash == content_hash))
+        if context is not None:
+            return "context", context.content
+        return None
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    async def start_run(self, run: RunStart) -> None:
+        """Record a run as `running`, with its configuration snapshot."""
+        description = run.config.get("description") if isinstance(run.config, dict) else None
+        values = {
+            "run_id": run.run_id, "pipeline_name": run.pipeline,
+            "pipeline_version": str(run.pipeline_version), "pipeline_path": run.pipeline_path,
+            "started_at": run.started_at, "updated_at": run.started_at,
+            "status": RunStatus.RUNNING, "config": run.config, "model": run.model,
+            "provider": run.provider, "prompt_hash": run.prompt_hash,
+            "system_hash": run.system_hash, "context_hashes": run.context_hashes,
+            "params": run.params, "options": run.options, "source": run.source,
+            "destination": run.destination,
+            "cost_usd": 0.0, "cost_by_stage": {}, "cost_by_model": {}, "warnings": [], "extra": {},
+        }
+        async with self._write() as conn:
+            # The run points at its pipeline: keep the pipeline's latest definition too.
+            await conn.execute(self._pipeline_upsert(run.pipeline, run.pipeline_version,
+                                                     description, run.config, run.pipeline_path))
+            await conn.execute(insert(_runs), values)
+
+    async def heartbeat(self, run_id: str, progress: Progress) -> None:
+        """Write a running run's counts so far; `updated_at` shows it is alive."""
+        values = {
+            "updated_at": utcnow(), "extracted": progress.extracted,
+            "transformed": progress.transformed, "evaluated": progress.evaluated,
+            "loaded": progress.loaded, "quarantined": progress.quarantined,
+            "skipped": progress.skipped, "cost_usd": progress.cost_usd,
+            "input_tokens": progress.input_tokens, "output_tokens": progress.output_tokens,
+            "llm_calls": progress.llm_calls, "cache_hits": progress.cache_hits,
+            "latency_p50_s": progress.latency_p50_s, "latency_p95_s": progress.latency_p95_s,
+            "duration_s": progress.elapsed_s,
+        }
+        async with self._write() as conn:
+            result = await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(values))
+            self._require_run(result.rowcount, run_id)
+
+    def _require_run(self, rowcount: int, run_id: str) -> None:
+        if rowcount == 0:
+            raise StoreError(f"history store {self._target.where}: run {run_id} was never started")
+
+    async def write_results(self, run_id: str, pipeline: str, results: list[RecordResult]) -> None:
+        """Write a batch of finished records, and a quarantine row for each quarantined one.
+
+        The engine's hot path: one transaction, one executemany per table, and each JSON value
+        serialized exactly once even when it goes to two tables.
+        """
+        if not results:
+            return
+        now = utcnow()
+        rows: list[dict[str, Any]] = []
+        quarantined: list[dict[str, Any]] = []
+        for result in results:
+            record = result.record
+            transform = result.transform
+            input_tokens = output_tokens = made = 0
+            latency = 0.0
+            cost: float | None = 0.0
+            for call in result.calls:
+                input_tokens += call.input_tokens
+                output_tokens += call.output_tokens
+                latency += call.latency_s
+                if cost is not None:
+                    cost = None if call.cost_usd is None else cost + call.cost_usd
+                if not call.cached:
+                    made += 1
+            output = raw_json(transform.output) if transform is not None else None
+            scores = raw_json([score.to_dict() for score in result.scores])
+            verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
+            outcome = result.outcome.value
+            stage = result.stage.value if result.stage is not None else None
+            reason = result.reason
+            data = raw_json(record.data)
+            rows.append({
+                "run_id": run_id, "record_id": record.id, "ordinal": record.ordinal,
+                "outcome": outcome, "stage": stage, "reason": reason,
+                "error_type": result.error_type, "input": data, "output": output, "scores": scores,
+                "verdict": verdict, "input_tokens": input_tokens, "output_tokens": output_tokens,
+                "cost_usd": cost, "latency_s": latency,
+                "cached": transform is not None and transform.cached, "llm_calls": made,
+                "created_at": now,
+            })
+            if outcome == Outcome.QUARANTINED.value:
+                quarantined.append({
+                    "run_id": run_id, "pipeline_name": pipeline, "record_id": record.id,
+                    "ordinal": record.ordinal, "stage": stage or _inferred_stage(result),
+                    "reason": reason or record.extract_error, "error_type": result.error_type,
+                    "input": data, "output": output,
+                    "raw_output": transform.raw_text if transform is not None else None,
+                    "messages": raw_json(transform.messages) if transform is not None else None,
+                    "scores": scores, "verdict": verdict, "quarantined_at": now,
+                    "status": "open", "resolved_at": None, "resolution_note": None,
+                    "final_output": None,
+                })
+        async with self._write() as conn:
+            await conn.execute(insert(_record_results), rows)
+            if quarantined:
+                await conn.execute(insert(_quarantine), quarantined)
+            if self._pending_hits:
+                await self._flush_hits(conn)
+
+    async def demote_loaded(self, run_id: str, reason: str, *, quarantine: bool = False) -> int:
+        """Records of a run written as loaded that did not reach the destination after all.
+
+        The sink's commit failed (`quarantine=True`: each becomes an open quarantined record at
+        stage `load`, with its input, output, scores and verdict) or a `replace` load was
+        abandoned (they become skipped). Returns how many records changed.
+        """
+        outcome = Outcome.QUARANTINED.value if quarantine else Outcome.SKIPPED.value
+        loaded = (_record_results.c.run_id == run_id) & (
+            _record_results.c.outcome == Outcome.LOADED.value)
+        async with self._write() as conn:
+            if quarantine:
+                pipeline = select(_runs.c.pipeline_name).where(_runs.c.run_id == run_id) \
+                    .scalar_subquery()
+                now = utcnow()
+                copied = select(
+                    _record_results.c.run_id, pipeline, _record_results.c.record_id,
+                    _record_results.c.ordinal, literal(Stage.LOAD.value), literal(reason),
+                    _record_results.c.input, _record_results.c.output, _record_results.c.scores,
+                    _record_results.c.verdict, literal(now, _quarantine.c.quarantined_at.type),
+                    literal("open"),
+                ).where(loaded).order_by(_record_results.c.id)
+                await conn.execute(insert(_quarantine).from_select(
+                    ["run_id", "pipeline_name", "record_id", "ordinal", "stage", "reason", "input",
+                     "output", "scores", "verdict", "quarantined_at", "status"], copied))
+            result = await conn.execute(update(_record_results).where(loaded).values(
+                outcome=outcome, stage=Stage.LOAD.value, reason=reason))
+            return int(result.rowcount)
+
+    async def finish_run(self, summary: RunSummary, evaluator_stats: list[EvaluatorStats],
+                         lineage: dict[str, Any] | None = None) -> None:
+        """Close a run: final status, counts, cost, latency, per-evaluator stats and lineage."""
+        if lineage is not None and not LINEAGE_KEYS.issuperset(lineage):
+            unknown = ", ".join(sorted(set(lineage) - LINEAGE_KEYS))
+            raise ValueError(f"unknown lineage keys: {unknown}")
+        now = utcnow()
+        values = {
+            "status": summary.status, "status_reason": summary.status_reason,
+            "error_message": summary.status_reason if summary.status == RunStatus.FAILED else None,
+            "finished_at": now, "updated_at": now, "extracted": summary.extracted,
+            "loaded": summary.loaded, "quarantined": summary.quarantined,
+            "skipped": summary.skipped, "rejection_rate": summary.rejection_rate,
+            "cost_usd": summary.cost_usd, "cost_by_stage": summary.cost_by_stage,
+            "cost_by_model": summary.cost_by_model, "input_tokens": summary.input_tokens,
+            "output_tokens": summary.output_tokens, "llm_calls": summary.llm_calls,
+            "cache_hits": summary.cache_hits, "duration_s": summary.duration_s,
+            "latency_p50_s": summary.latency_p50_s, "latency_p95_s": summary.latency_p95_s,
+            "latency_p99_s": summary.latency_p99_s, "warnings": list(summary.warnings),
+            "extra": summary.extra,
+        }
+        stats = [{
+            "run_id": summary.run_id, "evaluator": s.evaluator, "type": s.type,
+            "threshold": s.threshold, "weight": s.weight, "count": s.count, "passed": s.passed,
+            "errors": s.errors, "mean": s.mean, "std": s.std, "min": s.min, "max": s.max,
+            "p50": s.p50, "p95": s.p95, "pass_rate": s.pass_rate, "cost_usd": s.cost_usd,
+            "details": {}, "created_at": now,
+        } for s in evaluator_stats]
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(_runs).where(_runs.c.run_id == summary.run_id).values(values))
+            self._require_run(result.rowcount, summary.run_id)
+            if stats:
+                await conn.execute(insert(_evaluations), stats)
+            if lineage is not None:
+                await conn.execute(insert(_lineage),
+                                   {**dict.fromkeys(LINEAGE_KEYS), **lineage,
+                                    "run_id": summary.run_id, "created_at": now})
+            if self._pending_hits:
+                await self._flush_hits(conn)
+
+    async def list_runs(self, *, pipeline: str | None = None, status: str | None = None,
+                        limit: int = 50,
+                        before: tuple[datetime, str] | None = None) -> list[PipelineRun]:
+        """Runs, newest first. Page with `before=(last.started_at, last.run_id)`."""
+        statement = select(PipelineRun)
+        if pipeline is not None:
+            statement = statement.where(PipelineRun.pipeline_name == pipeline)
+        if status is not None:
+            statement = statement.where(PipelineRun.status == status)
+        if before is not None:
+            started_at, run_id = before
+            statement = statement.where(or_(
+                _runs.c.started_at < started_at,
+                (_runs.c.started_at == started_at) & (_runs.c.run_id < run_id)))
+        statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        return await self._all(statement.limit(limit))
+
+    async def get_run(self, run_id: str) -> PipelineRun | None:
+        """A run by its id or by a prefix of it that matches one run only."""
+        run = await self._first(select(PipelineRun).where(PipelineRun.run_id == run_id))
+        if run is not None or not run_id:
+            return run
+        # substr, not LIKE: exact case on both SQLite and PostgreSQL, no escaping.
+        matches = await self._all(select(PipelineRun)
+                                  .where(func.substr(_runs.c.run_id, 1, len(run_id)) == run_id)
+                                  .order_by(_runs.c.run_id).limit(3))
+        if len(matches) > 1:
+            shown = ", ".join(m.run_id for m in matches[:2])
+            raise StoreError(f"run id {run_id!r} matches more than one run ({shown}, …): "
+                             "give more of it")
+        return matches[0] if matches else None
+
+    async def last_run_per_pipeline(self) -> dict[str, PipelineRun]:
+        """Each pipeline's newest run."""
+        rank = func.row_number().over(
+            partition_by=_runs.c.pipeline_name,
+            order_by=(_runs.c.started_at.desc(), _runs.c.run_id.desc())).label("rank")
+        newest = select(_runs.c.run_id, rank).subquery()
+        statement = (select(PipelineRun).join(newest, newest.c.run_id == _runs.c.run_id)
+                     .where(newest.c.rank == 1).order_by(_runs.c.pipeline_name))
+        return {run.pipeline_name: run for run in await self._all(statement)}
+
+    async def evaluation_results(self, run_id: str) -> list[EvaluationResult]:
+        return await self._all(select(EvaluationResult)
+                               .where(EvaluationResult.run_id == run_id)
+                               .order_by(_evaluations.c.id))
+
+    async def record_results(self, run_id: str, *, after_ordinal: int | None = None,
+                             limit: int = 100) -> list[RecordResultRow]:
+        """A run's records in source order; page with `after_ordinal=last.ordinal`."""
+        statement = select(RecordResultRow).where(RecordResultRow.run_id == run_id)
+        if after_ordinal is not None:
+            statement = statement.where(_record_results.c.ordinal > after_ordinal)
+        return await self._all(statement.order_by(_record_results.c.ordinal,
+                                                  _record_results.c.id).limit(limit))
+
+    async def lineage(self, run_id: str) -> list[Lineage]:
+        return await self._all(select(Lineage).where(Lineage.run_id == run_id)
+                               .order_by(_lineage.c.id))
+
+    # -- quarantine ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _quarantine_filters(pipeline: str | None, run_id: str | None, stage: str | None,
+                            reason_contains: str | None,
+                            status: str | None) -> list[ColumnElement[bool]]:
+        filters: list[ColumnElement[bool]] = []
+        if pipeline is not None:
+            filters.append(_quarantine.c.pipeline_name == pipeline)
+        if run_id is not None:
+            filters.append(_quarantine.c.run_id == run_id)
+        if stage is not None:
+            filters.append(_quarantine.c.stage == str(stage))
+        if reason_contains:
+            filters.append(_quarantine.c.reason.icontains(reason_contains, autoescape=True))
+        if status is not None:
+            filters.append(_quarantine.c.status == status)
+        return filters
+
+    async def list_quarantine(self, *, pipeline: str | None = None, run_id: str | None = None,
+                              stage: str | None = None, reason_contains: str | None = None,
+                              status: str | None = "open", limit: int = 50,
+                              after_id: int | None = None) -> list[QuarantinedRecord]:
+        """Quarantined records by id; page with `after_id=last.id`. `status=None`: any status."""
+        filters = self._quarantine_filters(pipeline, run_id, stage, reason_contains, status)
+        if after_id is not None:
+            filters.append(_quarantine.c.id > after_id)
+        statement = select(QuarantinedRecord).where(*filters).order_by(_quarantine.c.id)
+        return await self._all(statement.limit(limit))
+
+    async def count_quarantine(self, *, pipeline: str | None = None, run_id: str | None = None,
+                               stage: str | None = None, reason_contains: str | None = None,
+                               status: str | None = "open") -> int:
+        filters = self._quarantine_filters(pipeline, run_id, stage, reason_contains, status)
+        rows = await self._all(select(func.count()).select_from(_quarantine).where(*filters))
+        return int(rows[0])
+
+    async def get_quarantined(self, quarantine_id: int) -> QuarantinedRecord | None:
+        return await self._first(select(QuarantinedRecord)
+                                 .where(QuarantinedRecord.id == quarantine_id))
+
+    async def resolve_quarantined(self, quarantine_id: int, *, action: str, status: str,
+                                  final_output: Any = None, note: str | None = None,
+                                  actor: str | None = None, reason: str | None = None,
+                                  scores: list[Any] | None = None, verdict: Any = None) -> None:
+        """Record what someone did to a quarantined record, and its new state, atomically.
+
+        `reason`, `scores` and `verdict` replace the stored ones when given (a reprocess that
+        still fails says why now). Status `open` clears `resolved_at`.
+        """
+        if status not in QUARANTINE_STATUSES:
+            raise ValueError(f"quarantine status must be one of {QUARANTINE_STATUSES}, not {status!r}")
+        now = utcnow()
+        values: dict[str, Any] = {"status": status, "resolved_at": None if status == "open" else now}
+        if final_output is not None:
+            values["final_output"] = final_output
+        if note is not None:
+            values["resolution_note"] = note
+        if reason is not None:
+            values["reason"] = reason
+        if scores is not None:
+            values["scores"] = [s.to_dict() if hasattr(s, "to_dict") else s for s in scores]
+        if verdict is not None:
+            values["verdict"] = verdict.to_dict() if hasattr(verdict, "to_dict") else verdict
+        async with self._write() as conn:
+            current = (await conn.execute(
+                select(_quarantine.c.status).where(_quarantine.c.id == quarantine_id)
+                .with_for_update())).first()
+            if current is None:
+                raise StoreError(f"there is no quarantined record {quarantine_id}")
+            await conn.execute(update(_quarantine).where(_quarantine.c.id == quarantine_id)
+                               .values(values))
+            details = {"from": current.status, "to": status, "note": note, "reason": reason,
+                       "final_output": final_output}
+            await conn.execute(insert(_actions), {
+                "quarantine_id": quarantine_id, "action": action, "at": now, "actor": actor,
+                "details": {k: v for k, v in details.items() if v is not None}})
+
+    async def quarantine_actions(self, quarantine_id: int) -> list[QuarantineAction]:
+        return await self._all(select(QuarantineAction)
+                               .where(QuarantineAction.quarantine_id == quarantine_id)
+                               .order_by(_actions.c.id))
+
+    # -- LLM response cache --------------------------------------------------------------------
+
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        """The cached response, or None when missing or expired. Counts a hit.
+
+        Lookups made while another is in flight are read together in one query: the transform
+        workers look up concurrently, and one round trip per lookup would cost more CPU than
+        the rest of a record's bookkeeping.
+        """
+        future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._cache_waiting.setdefault(key, []).append(future)
+        if self._cache_reader is None:
+            self._cache_reader = asyncio.create_task(self._read_cache_batches())
+        value = await future
+        if value is not None:
+            self._pending_hits[key] += 1
+            if len(self._pending_hits) >= _HIT_FLUSH_AT:
+                async with self._write() as conn:
+                    await self._flush_hits(conn)
+        return value
+
+    async def _read_cache_batches(self) -> None:
+        try:
+            while self._cache_waiting:
+                waiting, self._cache_waiting = self._cache_waiting, {}
+                try:
+                    found = await self._read_cache(list(waiting))
+                except Exception as exc:  # every waiter gets the failure, none hangs
+                    for futures in waiting.values():
+                        for future in futures:
+                            if not future.done():
+                                future.set_exception(exc)
+                    continue
+                for key, futures in waiting.items():
+                    value = found.get(key)
+                    for n, future in enumerate(futures):
+                        if not future.done():  # a waiter may have been cancelled
+                            # Waiters on the same key each get their own copy.
+                            future.set_result(value if n == 0 or value is None else copy.deepcopy(value))
+        finally:
+            self._cache_reader = None
+
+    async def _read_cache(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        now = utcnow()
+        found: dict[str, dict[str, Any]] = {}
+        try:
+            async with self._reader.connect() as conn:
+                for start in range(0, len(keys), _CACHE_READ_CHUNK):
+                    chunk = keys[start:start + _CACHE_READ_CHUNK]
+                    rows = await conn.execute(
+                        select(_cache.c.key, _cache.c.response, _cache.c.expires_at)
+                        .where(_cache.c.key.in_(chunk)))
+                    for row in rows:
+                        if row.expires_at is None or row.expires_at > now:
+                            found[row.key] = row.response
+        except SQLAlchemyError as exc:
+            raise self._target.error("read", exc) from exc
+        return found
+
+    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str,
+                        ttl_s: float | None = None) -> None:
+        """Keep a response (replacing any older one); `ttl_s=None` keeps it for good."""
+        now = utcnow()
+        values = {"key": key, "provider": provider, "model": model, "response": value,
+                  "created_at": now,
+                  "expires_at": now + timedelta(seconds=ttl_s) if ttl_s is not None else None,
+                  "hits": 0}
+        async with self._write() as conn:
+            await conn.execute(self._upsert(_cache, values, ["key"],
+                                            ["provider", "model", "response", "created_at",
+                                             "expires_at", "hits"]))
+            if self._pending_hits:
+                await self._flush_hits(conn)
+
+    async def cache_prune(self) -> int:
+        """Delete expired responses; returns how many."""
+        async with self._write() as conn:
+            result = await conn.execute(_cache.delete().where(_cache.c.expires_at <= utcnow()))
+            return int(result.rowcount)
+
+    async def cache_entry(self, key: str) -> LLMCacheEntry | None:
+        """The whole cache row (hits, expiry), for inspection."""
+        return await self._first(select(LLMCacheEntry).where(LLMCacheEntry.key == key))
+
+    async def _flush_hits(self, conn: AsyncConnection) -> None:
+        pending, self._pending_hits = self._pending_hits, Counter()
+        try:
+            await conn.execute(
+                update(_cache).where(_cache.c.key == bindparam("hit_key"))
+                .values(hits=_cache.c.hits + bindparam("hit_count")),
+                [{"hit_key": key, "hit_count": count} for key, count in pending.items()])
+        except BaseException:
+            self._pending_hits.update(pending)
+            raise
+
+    # -- monitoring alerts ---------------------------------------------------------------------
+
+    async def add_alert(self, *, pipeline: str, alert_type: str, severity: str, message: str,
+                        run_id: str | None = None, details: dict[str, Any] | None = None,
+                        threshold_value: float | None = None,
+                        actual_value: float | None = None,
+                        notification_channel: str | None = None) -> int:
+        """Record an alert; returns its id."""
+        values = {"pipeline_name": pipeline, "run_id": run_id, "alert_type": alert_type,
+                  "severity": severity, "message": message, "details": details or {},
+                  "threshold_value": threshold_value, "actual_value": actual_value,
+                  "triggered_at": utcnow(), "acknowledged": False,
+                  "notification_channel": notification_channel, "notification_sent": False}
+        async with self._write() as conn:
+            result = await conn.execute(insert(_alerts), values)
+            return int(result.inserted_primary_key[0])
+
+    async def list_alerts(self, *, run_id: str | None = None, pipeline: str | None = None,
+                          unacknowledged: bool = False, limit: int = 100) -> list[MonitoringAlert]:
+        """Alerts, newest first."""
+        statement = select(MonitoringAlert)
+        if run_id is not None:
+            statement = statement.where(MonitoringAlert.run_id == run_id)
+        if pipeline is not None:
+            statement = statement.where(MonitoringAlert.pipeline_name == pipeline)
+        if unacknowledged:
+            statement = statement.where(_alerts.c.acknowledged.is_(False))
+        statement = statement.order_by(_alerts.c.triggered_at.desc(), _alerts.c.id.desc())
+        return await self._all(statement.limit(limit))
+
+    async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
+        async with self._write() as conn:
+            result = await conn.execute(update(_alerts).where(_alerts.c.id == alert_id).values(
+                acknowledged=True, acknowledged_at=utcnow(), acknowledged_by=by))
+            if result.rowcount == 0:
+                raise StoreError(f"there is no alert {alert_id}")
+
+
+def _inferred_stage(result: RecordResult) -> str:
+    """The stage of a quarantined result that did not say (the column cannot be empty)."""
+    if result.record.extract_error is not None:
+        return Stage.EXTRACT.value
+    if result.verdict is not None or result.scores:
+        return Stage.EVALUATE.value
+    return Stage.TRANSFORM.value
