@@ -432,11 +432,14 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
         must_exist(("transform", "cassette"), spec.transform.cassette, "cassette")
 
     source = parse_uri(spec.extract.source)
-    if source.is_local_file:
+    if source.is_local_file and "${" not in source.target:
         must_exist(("extract", "source"), source.target, "data file")
-    if source.scheme == "sqlite" and not (spec.extract.query or spec.extract.table):
-        raise PipelineError("a sqlite source needs query: or table:", file=shown,
-                            line=_line_for(lines, ("extract",)), key="extract")
+    if source.scheme == "sqlite":
+        if not (spec.extract.query or spec.extract.table):
+            raise PipelineError("a sqlite source needs query: or table:", file=shown,
+                                line=_line_for(lines, ("extract",)), key="extract")
+        if "${" not in source.target:
+            must_exist(("extract", "source"), source.target, "database")
     sink = parse_uri(spec.load.destination)
     if sink.is_sql and not spec.load.table:
         raise PipelineError(f"a {sink.scheme} destination needs table:", file=shown,
@@ -465,6 +468,10 @@ def _first_error(exc: ValidationError, raw: dict[str, Any], lines: dict[tuple[An
             close = difflib.get_close_matches(str(path[-1]), allowed, n=1)
             message += f" (did you mean {close[0]!r}?)" if close else \
                 f" (allowed: {', '.join(sorted(allowed))})"
+            if close:
+                # The misspelt key is also why its right spelling is "missing": one problem.
+                errors = [e for e in errors if not (
+                    e["type"] == "missing" and _data_path(e["loc"], raw) == path[:-1] + (close[0],))]
     elif kind == "missing":
         message = "required key is missing"
     elif kind == "union_tag_invalid":

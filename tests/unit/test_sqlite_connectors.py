@@ -15,7 +15,7 @@ from core.records import Record
 from core.connectors.registry import open_sink, open_source
 from core.connectors.sql_params import render_sql
 from core.connectors.sqlite import SqliteSink, SqliteSource
-from core.errors import ConnectorError, LoadError, SecurityError, TemplateError
+from core.errors import ConnectorError, LoadError, PipelineError, SecurityError, TemplateError
 from core.spec import LoadedSpec, load_spec
 
 INJECTION = "'; DROP TABLE reviews; --"
@@ -180,9 +180,15 @@ async def test_sql_errors_are_one_line_connector_errors(tmp_path: Path) -> None:
     with pytest.raises(ConnectorError, match="extract.table: no such table"):
         await open_source(no_table).count_hint()
 
-    no_file = make_spec(tmp_path / "d", "sqlite://absent.db")
-    with pytest.raises(ConnectorError, match="absent.db: no such database file"):
-        await read_all(open_source(no_file))
+    # A missing database is a pipeline error at validation; one deleted after it, a connector error.
+    with pytest.raises(PipelineError, match="extract.source: database not found: absent.db"):
+        make_spec(tmp_path / "d", "sqlite://absent.db")
+    (tmp_path / "e").mkdir()
+    make_reviews(tmp_path / "e" / "gone.db")
+    gone = make_spec(tmp_path / "e", "sqlite://gone.db")
+    (tmp_path / "e" / "gone.db").unlink()
+    with pytest.raises(ConnectorError, match="gone.db: no such database file"):
+        await read_all(open_source(gone))
 
 
 async def test_the_source_is_read_only(tmp_path: Path) -> None:

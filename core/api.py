@@ -1,0 +1,238 @@
+"""The facade the command line and the workbench use: `Workspace`.
+
+Everything a UI needs goes through here — finding pipelines, validating them, previewing
+records, rendering a prompt for a record, running a sample, running a whole pipeline as an
+async stream of events, and reading the history and the quarantine — so that the TUI never
+reaches into the engine's internals and the headless CLI behaves exactly like the TUI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from core.config import LoomConfig, load_config, store_url
+from core.connectors.registry import open_source
+from core.credentials import SecretResolver
+from core.engine import Engine, Listener, RunController, RunOptions
+from core.errors import LoomError, PipelineError, TemplateError
+from core.events import Event, RunFinished, RunSummary
+from core.processing import Runtime
+from core.prompts import template_syntax_error
+from core.records import Record, RecordResult
+from core.spec import LoadedSpec, load_spec
+from core.store import Store
+
+# Folders never worth scanning for pipelines.
+_SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache",
+              ".pytest_cache", "site-packages", "dist", "build", ".loom"}
+_MAX_DEPTH = 5
+
+
+@dataclass(frozen=True)
+class PipelineEntry:
+    """A pipeline file found under a folder, valid or not."""
+
+    path: Path
+    name: str
+    loaded: LoadedSpec | None
+    error: str | None  # the one-line validation error, when invalid
+
+    @property
+    def valid(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    messages: list[dict[str, str]] | None
+    error: str | None = None
+    error_line: int | None = None
+
+
+def find_pipeline_files(folder: Path) -> list[Path]:
+    """YAML files under `folder` that look like pipelines (top-level extract: and transform:)."""
+    found: list[Path] = []
+    folder = folder.resolve()
+    for root, dirs, files in os.walk(folder):
+        depth = len(Path(root).relative_to(folder).parts)
+        dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith(".")
+                         and depth < _MAX_DEPTH)
+        for name in sorted(files):
+            if name.endswith((".yaml", ".yml")) and _looks_like_pipeline(Path(root) / name):
+                found.append(Path(root) / name)
+    return found
+
+
+def _looks_like_pipeline(path: Path) -> bool:
+    try:
+        with path.open(encoding="utf-8") as handle:
+            head = handle.read(65536)
+    except (OSError, UnicodeDecodeError):
+        return False
+    keys = {line.split(":", 1)[0] for line in head.splitlines()
+            if line and not line[0].isspace() and ":" in line}
+    return {"extract", "transform"} <= keys
+
+
+class Workspace:
+    """Pipelines under a folder, and the history store they run against."""
+
+    def __init__(self, folder: str | Path = ".", *, store: Store | None = None,
+                 store_url_override: str | None = None, config: LoomConfig | None = None) -> None:
+        self.folder = Path(folder)
+        self.config = config or load_config()
+        self._store = store
+        self._store_url = store_url_override
+        self._owns_store = store is None
+
+    async def __aenter__(self) -> "Workspace":
+        await self.store()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def store(self) -> Store:
+        if self._store is None:
+            self._store = await Store.open(self._store_url or store_url(self.config))
+        return self._store
+
+    async def close(self) -> None:
+        if self._store is not None and self._owns_store:
+            await self._store.close()
+            self._store = None
+
+    # ------------------------------------------------------------ pipelines
+
+    def pipelines(self) -> list[PipelineEntry]:
+        entries = []
+        for path in find_pipeline_files(self.folder):
+            entries.append(self.inspect(path))
+        return entries
+
+    def inspect(self, path: str | Path) -> PipelineEntry:
+        path = Path(path)
+        try:
+            loaded = load_spec(path)
+            return PipelineEntry(path=path, name=loaded.spec.name, loaded=loaded, error=None)
+        except LoomError as exc:
+            return PipelineEntry(path=path, name=_declared_name(path), loaded=None, error=str(exc))
+
+    def load(self, path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
+        return load_spec(path, overrides)
+
+    # ------------------------------------------------------------ records and prompts
+
+    async def preview(self, loaded: LoadedSpec, *, limit: int = 50, offset: int = 0) -> list[Record]:
+        """Records `offset`..`offset+limit` the source yields (reads only that far)."""
+        from core.processing import resolve_secrets
+
+        resolved = resolve_secrets(loaded, SecretResolver())
+        source = open_source(resolved)
+        out: list[Record] = []
+        try:
+            async for batch in source.batches(limit=offset + limit):
+                for record in batch:
+                    if record.ordinal >= offset:
+                        out.append(record)
+        finally:
+            await source.aclose()
+        return out
+
+    def render(self, loaded: LoadedSpec, record: Record, prompt_text: str | None = None) -> RenderResult:
+        """The messages a record's call would send; template errors come back with their line."""
+        from core.prompts import load_prompts
+
+        prompts = load_prompts(loaded)
+        if prompt_text is not None:
+            syntax = template_syntax_error(prompt_text)
+            if syntax is not None:
+                line, message = syntax
+                return RenderResult(None, f"line {line}: {message}", line)
+            prompts = prompts.with_prompt(prompt_text)
+        try:
+            return RenderResult(prompts.render(record.data))
+        except TemplateError as exc:
+            line = None
+            if exc.detail.startswith("line "):
+                head = exc.detail[5:].split(":", 1)[0]
+                line = int(head) if head.isdigit() else None
+            return RenderResult(None, exc.detail, line)
+
+    async def run_sample(self, loaded: LoadedSpec, records: Iterable[Record], *,
+                         prompt_text: str | None = None, use_cache: bool = True,
+                         concurrency: int = 8) -> list[RecordResult]:
+        """Transform and evaluate records without loading them or recording a run."""
+        warnings: list[str] = []
+        runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
+                                use_cache=use_cache, resolver=SecretResolver(),
+                                on_warning=warnings.append, prompt_text=prompt_text,
+                                concurrency=concurrency)
+        try:
+            return list(await asyncio.gather(*(runtime.processor.process(r) for r in records)))
+        finally:
+            await runtime.aclose()
+
+    # ------------------------------------------------------------ runs
+
+    async def run_to_end(self, loaded: LoadedSpec, options: RunOptions | None = None, *,
+                         listeners: Iterable[Listener] = (),
+                         controller: RunController | None = None) -> RunSummary:
+        engine = Engine(loaded, await self.store(), options=options, config=self.config,
+                        listeners=listeners, controller=controller)
+        return await engine.run()
+
+    async def run(self, loaded: LoadedSpec, options: RunOptions | None = None, *,
+                  controller: RunController | None = None) -> AsyncIterator[Event]:
+        """Run a pipeline, yielding its events as they happen; ends after RunFinished.
+        Errors that prevent the run (a missing secret) are raised from the iterator."""
+        queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        task = asyncio.create_task(self.run_to_end(loaded, options, listeners=[queue.put_nowait],
+                                                   controller=controller))
+        task.add_done_callback(lambda t: queue.put_nowait(
+            t.exception() if not t.cancelled() and t.exception() else _Done()))
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _Done):
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if not task.done():
+                (controller or RunController()).cancel()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------ history
+
+    async def runs(self, *, pipeline: str | None = None, limit: int = 50, **kw: Any) -> list[Any]:
+        return await (await self.store()).list_runs(pipeline=pipeline, limit=limit, **kw)
+
+    async def get_run(self, run_id: str) -> Any:
+        return await (await self.store()).get_run(run_id)
+
+    async def quarantine(self, **filters: Any) -> list[Any]:
+        return await (await self.store()).list_quarantine(**filters)
+
+
+class _Done:
+    pass
+
+
+def _declared_name(path: Path) -> str:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str):
+            return raw["name"]
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        pass
+    return path.parent.name if path.name.startswith("pipeline.") else path.stem

@@ -1,0 +1,282 @@
+"""The headless command line: `loom --run`, `loom validate`, `loom runs`, `loom quarantine`.
+
+Exit codes CI can trust: 0 success; 1 the run failed; 2 invalid pipeline, usage or a missing
+secret; 3 partial (rejection rate above max_rejection_rate, or a budget stop). Every user error
+is one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from core import __version__
+from core.api import Workspace
+from core.engine import RunController, RunOptions
+from core.errors import LoomError
+from core.reporting import STATUS_STYLE, ProgressReporter, money, seconds, summary_table
+
+HEADLESS_COMMANDS = ("validate", "runs", "quarantine")
+
+
+def out_console() -> Console:
+    """stdout for people; when piped, wide enough that tables do not wrap into columns of words."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)
+    return console
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that exits 2 with one line (its default also prints the whole usage)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"loom: {message} (see loom --help)\n")
+        raise SystemExit(2)
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="loom",
+        description="AI(E)TL pipelines: extract, transform with an LLM, evaluate, load or quarantine.",
+        epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list\n"
+                "With no --run, `loom [FOLDER]` opens the workbench."),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder", nargs="?", default=".", help="folder with pipelines (workbench)")
+    parser.add_argument("--run", metavar="PIPELINE", help="run a pipeline headless")
+    parser.add_argument("--limit", type=int, metavar="N", help="process at most N records")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a pipeline key, e.g. --set transform.model=gpt-4o (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
+    parser.add_argument("--no-cache", action="store_true", help="do not use cached LLM answers")
+    parser.add_argument("--record", metavar="FILE", help="record every LLM exchange to a cassette")
+    parser.add_argument("--version", action="version", version=f"loom {__version__}")
+    return parser
+
+
+def build_command_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="loom")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    validate = commands.add_parser("validate", help="check pipelines without running them")
+    validate.add_argument("pipelines", nargs="+", metavar="PIPELINE")
+    validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+
+    runs = commands.add_parser("runs", help="run history")
+    runs.add_argument("--pipeline", help="only this pipeline's runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--json", action="store_true")
+
+    quarantine = commands.add_parser("quarantine", help="records that did not pass")
+    actions = quarantine.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    listing = actions.add_parser("list", help="quarantined records")
+    listing.add_argument("--run", dest="run_id")
+    listing.add_argument("--pipeline")
+    listing.add_argument("--stage", choices=["extract", "transform", "evaluate", "load"])
+    listing.add_argument("--status", default="open",
+                         choices=["open", "approved", "reprocessed", "discarded", "all"])
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] in HEADLESS_COMMANDS:
+            args = build_command_parser().parse_args(argv)
+            return asyncio.run(_dispatch(args))
+        args = build_run_parser().parse_args(argv)
+        if args.run:
+            return _run(args)
+        raise SystemExit(open_workbench(args.folder))
+    except LoomError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+
+
+def open_workbench(folder: str) -> int:
+    """The TUI lives outside core; the entry point (loom_tui.cli) launches it."""
+    build_run_parser().print_help()
+    return 0
+
+
+# ---------------------------------------------------------------- loom --run
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.limit is not None and args.limit < 0:
+        raise SystemExit(build_run_parser().error("--limit must be 0 or more"))
+    controller = RunController()
+    reporter = ProgressReporter()
+    stdout = out_console()
+
+    async def go() -> int:
+        loop = asyncio.get_running_loop()
+        interrupts = 0
+
+        def on_interrupt() -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts == 1:
+                reporter.console.print("[magenta]stopping: finishing records in flight "
+                                       "(ctrl+c again to abandon them)[/]")
+                controller.cancel("cancelled by ctrl+c")
+            else:
+                for task in asyncio.all_tasks(loop):
+                    if task is not asyncio.current_task(loop):
+                        task.cancel()
+
+        try:
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+            loop.add_signal_handler(signal.SIGTERM, on_interrupt)
+        except (NotImplementedError, RuntimeError):
+            pass
+        async with Workspace(".") as workspace:
+            loaded = workspace.load(args.run, args.set)
+            options = RunOptions(limit=args.limit, use_cache=not args.no_cache,
+                                 record_path=Path(args.record) if args.record else None)
+            try:
+                summary = await workspace.run_to_end(loaded, options, listeners=[reporter],
+                                                     controller=controller)
+            finally:
+                reporter.stop()
+        if args.json:
+            sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+        else:
+            stdout.print(summary_table(summary))
+        return summary.exit_code
+
+    return asyncio.run(go())
+
+
+# ---------------------------------------------------------------- other commands
+
+
+async def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "validate":
+        return _validate(args)
+    async with Workspace(".") as workspace:
+        if args.command == "runs":
+            return await _runs(workspace, args)
+        if args.command == "quarantine":
+            return await _quarantine_list(workspace, args)
+    return 2
+
+
+def _validate(args: argparse.Namespace) -> int:
+    workspace = Workspace(".")
+    code = 0
+    out = out_console()
+    for path in args.pipelines:
+        try:
+            loaded = workspace.load(path, args.set)
+            evaluators = len(loaded.spec.evaluate.evaluators)
+            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): {loaded.spec.extract.source} → "
+                      f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
+                      f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
+                      f"{loaded.spec.load.destination}", highlight=False)
+        except LoomError as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            code = max(code, exc.exit_code)
+    return code
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return value.isoformat()
+
+
+def run_to_dict(run: Any) -> dict[str, Any]:
+    processed = (run.loaded or 0) + (run.quarantined or 0)
+    return {
+        "run_id": run.run_id, "pipeline": run.pipeline_name, "status": run.status,
+        "status_reason": run.status_reason or run.error_message,
+        "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
+        "records": {"extracted": run.extracted, "loaded": run.loaded,
+                    "quarantined": run.quarantined, "skipped": run.skipped},
+        "rejection_rate": (run.quarantined or 0) / processed if processed else 0.0,
+        "cost_usd": run.cost_usd, "cost_by_stage": run.cost_by_stage,
+        "tokens": {"input": run.input_tokens, "output": run.output_tokens},
+        "llm_calls": run.llm_calls, "cache_hits": run.cache_hits,
+        "duration_s": run.duration_s, "model": run.model, "prompt_hash": run.prompt_hash,
+        "latency_s": {"p50": run.latency_p50_s, "p95": run.latency_p95_s, "p99": run.latency_p99_s},
+    }
+
+
+async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
+    runs = await workspace.runs(pipeline=args.pipeline, limit=args.limit)
+    if args.json:
+        sys.stdout.write(json.dumps([run_to_dict(r) for r in runs]) + "\n")
+        return 0
+    if not runs:
+        out_console().print("no runs yet: try loom --run PIPELINE")
+        return 0
+    table = Table(box=None, header_style="bold")
+    for column in ("run", "pipeline", "status", "started", "loaded", "quar.", "skip", "rejection",
+                   "cost", "duration", "p95"):
+        table.add_column(column, justify="right" if column in {"loaded", "quar.", "skip", "rejection",
+                                                               "cost", "duration", "p95"} else "left")
+    for run in runs:
+        data = run_to_dict(run)
+        style = STATUS_STYLE.get(run.status, "white")
+        table.add_row(run.run_id, run.pipeline_name, f"[{style}]{run.status}[/]",
+                      run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
+                      str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
+                      f"{data['rejection_rate']:.1%}", money(run.cost_usd),
+                      f"{run.duration_s:.1f} s" if run.duration_s is not None else "-",
+                      seconds(run.latency_p95_s))
+    out_console().print(table)
+    return 0
+
+
+def quarantined_to_dict(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "run_id": row.run_id, "pipeline": row.pipeline_name,
+        "record_id": row.record_id, "stage": row.stage, "reason": row.reason,
+        "error_type": row.error_type, "status": row.status,
+        "quarantined_at": _iso(row.quarantined_at), "input": row.input, "output": row.output,
+        "raw_output": row.raw_output, "scores": row.scores, "verdict": row.verdict,
+    }
+
+
+async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> int:
+    store = await workspace.store()
+    run_id = args.run_id
+    if run_id:
+        run = await store.get_run(run_id)
+        if run is None:
+            sys.stderr.write(f"error: no run {run_id}\n")
+            return 2
+        run_id = run.run_id
+    rows = await store.list_quarantine(pipeline=args.pipeline, run_id=run_id, stage=args.stage,
+                                       status=None if args.status == "all" else args.status,
+                                       limit=args.limit)
+    if args.json:
+        sys.stdout.write(json.dumps([quarantined_to_dict(r) for r in rows], default=str) + "\n")
+        return 0
+    if not rows:
+        out_console().print("the quarantine is empty" + (f" for run {run_id}" if run_id else ""))
+        return 0
+    table = Table(box=None, header_style="bold")
+    for column in ("id", "run", "pipeline", "record", "stage", "reason"):
+        table.add_column(column, overflow="ellipsis", no_wrap=column != "reason")
+    for row in rows:
+        reason = (row.reason or "").replace("\n", " ")
+        table.add_row(str(row.id), row.run_id, row.pipeline_name, row.record_id, row.stage,
+                      reason[:160] + ("…" if len(reason) > 160 else ""))
+    out_console().print(table)
+    return 0

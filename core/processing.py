@@ -1,0 +1,154 @@
+"""What happens to one record: render -> transform -> evaluate -> gate.
+
+`RecordProcessor` is shared by the engine (whole runs) and the workbench (sample runs), so a
+prompt edited in the TUI is judged exactly as a headless run would judge it. `Runtime` wires
+a pipeline's prompts, model client and evaluators together.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.config import LoomConfig
+from core.credentials import SecretResolver
+from core.errors import (EvaluatorError, LoomError, ProviderError, SecretError, SecurityError,
+                         TemplateError)
+from core.evaluate.base import Evaluator
+from core.evaluate.gates import apply_gate
+from core.evaluate.registry import build_evaluators
+from core.llm.client import LLMClient
+from core.llm.factory import make_provider
+from core.llm.pricing import Pricing
+from core.llm.replay import CassetteRecorder
+from core.prompts import PromptSet, load_prompts
+from core.records import Outcome, Record, RecordResult, Stage
+from core.spec import EvaluateSpec, LoadedSpec, PipelineSpec
+from core.transform import Transformer, TransformFailed, load_output_schema
+
+# Provider answers that will not get better by trying the next record: stop the run.
+_FATAL_STATUS = {401, 403, 404}
+
+
+class FatalRunError(LoomError):
+    """An error that stops the whole run (bad credentials, a template the sandbox refuses)."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def fatal_cause(exc: BaseException) -> LoomError | None:
+    """The error behind `exc` if it should stop the run rather than quarantine one record."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (SecurityError, SecretError)):
+            return seen
+        if isinstance(seen, ProviderError) and seen.status in _FATAL_STATUS:
+            return seen
+        seen = seen.__cause__
+    return None
+
+
+class RecordProcessor:
+    def __init__(self, prompts: PromptSet, transformer: Transformer, evaluators: list[Evaluator],
+                 evaluate_spec: EvaluateSpec) -> None:
+        self.prompts = prompts
+        self.transformer = transformer
+        self.evaluators = evaluators
+        self.evaluate_spec = evaluate_spec
+
+    async def process(self, record: Record) -> RecordResult:
+        """The record's fate before loading: outcome LOADED here means "passed the gate"."""
+        if record.extract_error is not None:
+            return RecordResult(record, Outcome.QUARANTINED, Stage.EXTRACT, record.extract_error,
+                                "ExtractError")
+        try:
+            messages = self.prompts.render(record.data)
+        except SecurityError as exc:
+            raise FatalRunError(str(exc), exit_code=2) from exc
+        except TemplateError as exc:
+            return RecordResult(record, Outcome.QUARANTINED, Stage.TRANSFORM, exc.detail,
+                                "TemplateError")
+        try:
+            transformed = await self.transformer.run(messages)
+        except TransformFailed as exc:
+            cause = fatal_cause(exc)
+            if cause is not None:
+                raise FatalRunError(str(cause), exit_code=cause.exit_code if isinstance(
+                    cause, (SecretError, SecurityError)) else 1) from exc
+            return RecordResult(record, Outcome.QUARANTINED, Stage.TRANSFORM, str(exc),
+                                exc.error_type, transform=exc.partial)
+        scores = []
+        for evaluator in self.evaluators:
+            try:
+                scores.append(await evaluator.score(record.data, transformed.output))
+            except EvaluatorError as exc:
+                cause = fatal_cause(exc)
+                if cause is not None:
+                    raise FatalRunError(str(cause)) from exc
+                return RecordResult(record, Outcome.QUARANTINED, Stage.EVALUATE,
+                                    f"{evaluator.name}: {exc}", type(exc).__name__,
+                                    transform=transformed, scores=scores)
+        verdict = apply_gate(scores, self.evaluate_spec)
+        if not verdict.passed:
+            return RecordResult(record, Outcome.QUARANTINED, Stage.EVALUATE, verdict.reason,
+                                "QualityGate", transform=transformed, scores=scores,
+                                verdict=verdict)
+        return RecordResult(record, Outcome.LOADED, transform=transformed, scores=scores,
+                            verdict=verdict)
+
+
+def resolve_secrets(loaded: LoadedSpec, resolver: SecretResolver) -> LoadedSpec:
+    """The pipeline with every ${NAME} resolved, for making connections. `raw` stays as written,
+    so what is stored and shown keeps the placeholders."""
+    if "${" not in repr(loaded.raw):
+        return loaded
+    resolved = resolver.resolve_tree(loaded.raw)
+    spec = PipelineSpec.model_validate(resolved)
+    return LoadedSpec(spec=spec, path=loaded.path, raw=loaded.raw)
+
+
+@dataclass
+class Runtime:
+    """A pipeline ready to process records."""
+
+    loaded: LoadedSpec  # secrets resolved: never print or store this one's values
+    prompts: PromptSet
+    client: LLMClient
+    processor: RecordProcessor
+    schema: dict[str, Any] | None
+
+    @classmethod
+    def build(cls, loaded: LoadedSpec, *, config: LoomConfig, cache: Any, use_cache: bool,
+              resolver: SecretResolver, on_warning: Callable[[str], None],
+              record_path: Path | None = None, prompt_text: str | None = None,
+              concurrency: int | None = None) -> "Runtime":
+        resolved = resolve_secrets(loaded, resolver)
+        spec = resolved.spec
+        prompts = load_prompts(loaded)
+        if prompt_text is not None:
+            prompts = prompts.with_prompt(prompt_text)
+        schema = load_output_schema(loaded)
+        evaluators = build_evaluators(loaded)
+        provider = make_provider(spec.transform, resolved, api_key=spec.transform.api_key,
+                                 base_url=spec.transform.base_url)
+        recorder = CassetteRecorder(record_path) if record_path else None
+        ttl_days = config.cache.ttl_days
+        client = LLMClient(
+            provider, pricing=Pricing(config.pricing), cache=cache if spec.transform.cache else None,
+            use_cache=use_cache and spec.transform.cache,
+            cache_ttl_s=ttl_days * 86400 if ttl_days else None,
+            max_retries=spec.transform.max_retries,
+            concurrency=concurrency or spec.transform.concurrency, recorder=recorder,
+            on_warning=on_warning,
+        )
+        transformer = Transformer(spec.transform, client, schema)
+        processor = RecordProcessor(prompts, transformer, evaluators, spec.evaluate)
+        return cls(loaded=resolved, prompts=prompts, client=client, processor=processor,
+                   schema=schema)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()

@@ -1,0 +1,94 @@
+"""What people see of a headless run: a live progress line on stderr and a summary at the end.
+
+Machines get `--json` on stdout instead (see RunSummary.to_json); the progress display only
+draws when stderr is a terminal, so logs under cron and Airflow stay clean.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from core.events import Event, Progress, RunFinished, RunStarted, RunStatus, RunSummary, RunWarning
+
+STATUS_STYLE = {RunStatus.SUCCESS: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red",
+                RunStatus.CANCELLED: "magenta", RunStatus.RUNNING: "cyan"}
+
+
+def money(value: float | None) -> str:
+    if value is None:
+        return "unknown"
+    if value == 0:
+        return "$0"
+    return f"${value:.4f}" if value >= 0.01 else f"${value:.6f}"
+
+
+def seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
+
+
+class ProgressReporter:
+    """An event listener drawing a rich progress bar on stderr."""
+
+    def __init__(self, console: Console | None = None, *, show_progress: bool | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.show = self.console.is_terminal if show_progress is None else show_progress
+        self._progress: RichProgress | None = None
+        self._task: Any = None
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, RunWarning):
+            self.console.print(f"[yellow]warning:[/] {event.message}", highlight=False)
+        elif isinstance(event, RunStarted) and self.show:
+            self._progress = RichProgress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                console=self.console, transient=True, refresh_per_second=4)
+            self._progress.start()
+            self._task = self._progress.add_task(event.pipeline, total=None, detail="starting")
+        elif isinstance(event, Progress) and self._progress is not None:
+            done = event.loaded + event.quarantined + event.skipped
+            detail = (f"[green]{event.loaded} loaded[/] [yellow]{event.quarantined} quarantined[/]"
+                      f" {event.records_per_s:.0f}/s {money(event.cost_usd)}")
+            self._progress.update(self._task, completed=done,
+                                  total=event.total_hint or max(event.extracted, 1), detail=detail)
+        elif isinstance(event, RunFinished):
+            self.stop()
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def summary_table(summary: RunSummary) -> Table:
+    """The end-of-run summary people read; fits an 80-column terminal."""
+    style = STATUS_STYLE.get(summary.status, "white")
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column()
+    table.add_row(Text(summary.pipeline, style="bold"), Text.assemble(
+        "run ", summary.run_id, " · ", (summary.status, f"bold {style}"),
+        f" · {summary.duration_s:.1f} s"))
+    if summary.status_reason:
+        table.add_row("reason", Text(summary.status_reason, style=style))
+    table.add_row("records", (
+        f"{summary.extracted} extracted, {summary.loaded} loaded, {summary.quarantined} "
+        f"quarantined, {summary.skipped} skipped ({summary.rejection_rate:.1%} rejected)"))
+    by_stage = ", ".join(f"{stage} {money(cost)}" for stage, cost in summary.cost_by_stage.items())
+    table.add_row("cost", f"{money(summary.cost_usd)}" + (f" ({by_stage})" if by_stage else ""))
+    table.add_row("tokens", f"{summary.input_tokens:,} in, {summary.output_tokens:,} out · "
+                            f"{summary.llm_calls} calls, {summary.cache_hits} cached")
+    table.add_row("latency", f"p50 {seconds(summary.latency_p50_s)} · p95 "
+                             f"{seconds(summary.latency_p95_s)} · p99 {seconds(summary.latency_p99_s)}")
+    for warning in summary.warnings:
+        table.add_row("warning", Text(warning, style="yellow"))
+    if summary.quarantined:
+        table.add_row("next", f"loom quarantine list --run {summary.run_id}")
+    return table

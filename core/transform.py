@@ -1,0 +1,130 @@
+"""The transform stage: rendered messages -> model call -> parse -> validate -> one repair.
+
+A JSON answer is parsed and validated against `output_schema` locally (whatever the provider
+promised). When it does not validate, the model gets one chance to repair it, with the
+validation error quoted; if that fails too, the record is quarantined at stage `transform`
+with the error, the raw answer and every call it cost.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+import yaml
+
+from core.errors import LoomError, PipelineError
+from core.llm.base import LLMRequest
+from core.llm.client import LLMClient
+from core.records import LLMCall, TransformResult
+from core.spec import LoadedSpec, TransformSpec
+
+_FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
+
+
+class TransformFailed(LoomError):
+    """The record could not be transformed; `partial` keeps what was spent and answered."""
+
+    def __init__(self, message: str, *, error_type: str, partial: TransformResult) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.partial = partial
+
+
+def load_output_schema(loaded: LoadedSpec) -> dict[str, Any] | None:
+    """The output schema, inline or from a .json/.yaml file; checked to be a valid JSON schema."""
+    schema = loaded.spec.transform.output_schema
+    if isinstance(schema, str):
+        path = loaded.resolve(schema)
+        try:
+            text = path.read_text(encoding="utf-8")
+            schema = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise PipelineError(f"cannot read schema {path.name}: {exc}".splitlines()[0],
+                                file=str(loaded.path), key="transform.output_schema") from None
+    if schema is None:
+        return None
+    if not isinstance(schema, dict):
+        raise PipelineError("output_schema must be a JSON schema object", file=str(loaded.path),
+                            key="transform.output_schema")
+    try:
+        jsonschema.validators.validator_for(schema).check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise PipelineError(f"not a valid JSON schema: {exc.message}", file=str(loaded.path),
+                            key="transform.output_schema") from None
+    return schema
+
+
+def parse_json_answer(text: str) -> Any:
+    """The JSON in a model's answer; tolerates a ```json fence around it."""
+    match = _FENCE.match(text)
+    return json.loads(match.group(1) if match else text)
+
+
+class Transformer:
+    def __init__(self, spec: TransformSpec, client: LLMClient, schema: dict[str, Any] | None) -> None:
+        self.spec = spec
+        self.client = client
+        self.schema = schema
+        self.wants_json = spec.wants_json or schema is not None
+        self._validator = (jsonschema.validators.validator_for(schema)(schema)
+                           if schema is not None else None)
+
+    def request(self, messages: list[dict[str, str]]) -> LLMRequest:
+        spec = self.spec
+        return LLMRequest(
+            model=spec.model, messages=messages, temperature=spec.temperature,
+            max_tokens=spec.max_tokens, top_p=spec.top_p, seed=spec.seed,
+            output_schema=self.schema, json_mode=self.wants_json and self.schema is None,
+            stage="transform",
+        )
+
+    async def run(self, messages: list[dict[str, str]]) -> TransformResult:
+        calls: list[LLMCall] = []
+        result = TransformResult(output=None, raw_text="", messages=messages, calls=calls)
+        response = await self._call(messages, result)
+        if not self.wants_json:
+            result.output = {"text": response}
+            return result
+        problem = self._check(response, result)
+        if problem is None:
+            return result
+        # One repair: show the model its answer and what was wrong with it.
+        repair = messages + [
+            {"role": "assistant", "content": response},
+            {"role": "user", "content": (
+                f"Your answer was not valid: {problem}\n"
+                "Reply again with only the corrected JSON, nothing else.")},
+        ]
+        response = await self._call(repair, result)
+        second = self._check(response, result)
+        if second is None:
+            return result
+        raise TransformFailed(f"output invalid after one repair: {second}",
+                              error_type="OutputValidationError", partial=result)
+
+    async def _call(self, messages: list[dict[str, str]], result: TransformResult) -> str:
+        try:
+            response, call = await self.client.complete(self.request(messages))
+        except LoomError as exc:
+            raise TransformFailed(str(exc), error_type=type(exc).__name__, partial=result) from exc
+        result.calls.append(call)
+        result.raw_text = response.text
+        return response.text
+
+    def _check(self, text: str, result: TransformResult) -> str | None:
+        """Parse and validate; on success set result.output and return None, else the problem."""
+        try:
+            value = parse_json_answer(text)
+        except ValueError as exc:
+            snippet = text if len(text) <= 80 else text[:77] + "..."
+            return f"not JSON ({exc.msg if hasattr(exc, 'msg') else exc}): {snippet!r}"
+        if self._validator is not None:
+            error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                return f"does not match output_schema at {where}: {error.message}"
+        result.output = value
+        return None

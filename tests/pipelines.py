@@ -1,0 +1,71 @@
+"""Write small, real pipelines into a temp folder for tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The loopback server answers with whatever follows `reply:` in the prompt, so the data
+# decides the model's answer and a test can make any record pass or fail.
+REPLY_PROMPT = 'Classify this review.\n{{ input.text }}\nreply: {{ input.reply }}\n'
+
+
+def write_pipeline(folder: Path, *, rows: list[dict[str, Any]] | None = None,
+                   prompt: str = REPLY_PROMPT, base_url: str | None = None,
+                   data_name: str = "reviews.csv", **sections: Any) -> Path:
+    """A pipeline.yaml with a CSV source, the reply prompt and the given sections merged in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "prompt.j2").write_text(prompt, encoding="utf-8")
+    if rows is not None:
+        write_csv(folder / data_name, rows)
+    spec: dict[str, Any] = {
+        "name": "test_pipeline",
+        "version": "1",
+        "extract": {"source": f"csv://{data_name}", "id_field": "id", "batch_size": 50},
+        "transform": {
+            "prompt": "prompt.j2", "provider": "openai_compatible", "model": "gpt-4o-mini",
+            "base_url": base_url or "http://127.0.0.1:9/v1", "api_key": "test-key",
+            "max_retries": 3, "timeout_s": 5, "concurrency": 8,
+            "output_schema": {"type": "object", "required": ["sentiment"],
+                              "properties": {"sentiment": {"enum": ["positive", "negative", "neutral"]}}},
+        },
+        "evaluate": {"evaluators": [
+            {"name": "label_ok", "type": "one_of", "field": "output.sentiment",
+             "values": ["positive", "negative", "neutral"]},
+            {"name": "matches", "type": "exact_match", "field": "output.sentiment",
+             "reference_field": "input.expected"},
+        ]},
+        "load": {"destination": "jsonl://out/results.jsonl"},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(spec.get(key), dict):
+            spec[key] = {**spec[key], **value}
+        else:
+            spec[key] = value
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns: list[str] = []
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def reply(sentiment: str) -> str:
+    return json.dumps({"sentiment": sentiment})
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
