@@ -76,7 +76,7 @@ async def test_run_series_and_comparison_of_two_real_runs(tmp_path: Path, llm_se
         comparison = await workspace.compare_runs(first.run_id, second.run_id[:18])
         config = {row.label: row for row in comparison.config}
         assert config["prompt"].differs and not config["model"].differs
-        assert (config["temperature"].a, config["temperature"].b) == (0.0, 0.5)
+        assert (config["temperature"].a, config["temperature"].b) == (None, 0.5)  # as written: unset is the default
         results = {row.label: row for row in comparison.results}
         assert (results["quarantined"].a, results["quarantined"].b) == (3, 0)
         evaluators = {row.label: row for row in comparison.evaluators}
