@@ -38,7 +38,7 @@ from core.store import (EvaluationResult, PipelineRun, QuarantineAction, Quarant
 # What a UI needs from the engine, importable from this one module (the workbench imports
 # nothing else from core but the events and the record types).
 __all__ = [
-    "ActionResult", "ComparedValue", "EvaluationResult", "LoadedSpec", "PipelineEntry",
+    "ActionResult", "ComparedValue", "EvaluationResult", "LoadedSpec", "LoomError", "PipelineEntry",
     "PipelineRun", "PromptComparison", "PromptSource", "QuarantineAction", "QuarantinedRecord",
     "RenderResult", "RunComparison", "RunController", "RunOptions", "RunPoint", "SavedPrompt",
     "VerdictChange", "Workspace", "find_pipeline_files",
@@ -85,6 +85,7 @@ class SavedPrompt:
     """A prompt written to its file and stored as a version."""
 
     path: Path
+    text: str
     hash: str
     previous_hash: str
     previous_text: str
@@ -145,6 +146,11 @@ class Workspace:
         self._owns_store = store is None
         # Several workbench workers may ask for the store at once: open it only once.
         self._store_lock: asyncio.Lock | None = None
+
+    def detached(self) -> "Workspace":
+        """The same folder, config and store, for another thread's event loop (a store's
+        connections belong to the loop that opened them). The caller closes it."""
+        return Workspace(self.folder, store_url_override=self._store_url, config=self.config)
 
     async def __aenter__(self) -> "Workspace":
         await self.store()
@@ -245,7 +251,7 @@ class Workspace:
             except OSError as exc:
                 raise PipelineError(f"cannot write the prompt: {exc.strerror or exc}",
                                     file=str(current.path)) from None
-        saved = SavedPrompt(current.path, content_hash(text), current.hash, current.text)
+        saved = SavedPrompt(current.path, text, content_hash(text), current.hash, current.text)
         await store.save_version("prompt", saved.hash, text, path=str(current.path), pipeline=name)
         return saved
 

@@ -40,6 +40,8 @@ class PromptComparison:
     before_hash: str
     after_hash: str
     rows: tuple[VerdictChange, ...]
+    before_results: tuple[RecordResult, ...] = ()
+    after_results: tuple[RecordResult, ...] = ()
 
     @property
     def changed(self) -> list[VerdictChange]:
@@ -75,7 +77,7 @@ def compare_verdicts(before: Sequence[RecordResult], after: Sequence[RecordResul
         rows.append(VerdictChange(result.record.id, passed(old), passed(result),
                                   None if passed(old) else old.reason,
                                   None if passed(result) else result.reason))
-    return PromptComparison(before_hash, after_hash, tuple(rows))
+    return PromptComparison(before_hash, after_hash, tuple(rows), tuple(before), tuple(after))
 
 
 # ---------------------------------------------------------------- two runs
