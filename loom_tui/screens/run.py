@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,7 @@ class RunScreen(LoomScreen):
         self._run_controller: RunController | None = None
         self._run_loop: asyncio.AbstractEventLoop | None = None
         self._run_task: asyncio.Task[Any] | None = None
+        self._run_done = threading.Event()
 
     # ------------------------------------------------------------------ layout
 
@@ -99,11 +101,14 @@ class RunScreen(LoomScreen):
         if self.start:
             self.drive()
 
-    def on_unmount(self) -> None:
-        # Leaving for good (the app quits): stop the engine rather than wait for it.
-        if self.summary is None and self._run_loop is not None and self._run_task is not None:
-            with contextlib.suppress(RuntimeError):  # the run's loop already closed
-                self._run_loop.call_soon_threadsafe(self._run_task.cancel)
+    async def on_unmount(self) -> None:
+        # Leaving for good (the app quits): stop the engine now, and give it the moment it
+        # needs to skip what it had read and record the run as cancelled.
+        if self._run_done.is_set() or self._run_loop is None or self._run_task is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the run's loop already closed
+            self._run_loop.call_soon_threadsafe(self._run_task.cancel)
+        await asyncio.to_thread(self._run_done.wait, 30)
 
     # ------------------------------------------------------------------ the run
 
@@ -112,28 +117,32 @@ class RunScreen(LoomScreen):
         asyncio.run(self._drive())
 
     async def _drive(self) -> None:
-        self._run_controller = RunController()
-        self._run_loop = asyncio.get_running_loop()
-        self._run_task = asyncio.current_task()
-        if self.cancelling:
-            self._run_controller.cancel("cancelled in the workbench")
-        workspace = self.workspace.detached()
         try:
-            loaded = workspace.load(self.path)
-            async for event in workspace.run(loaded, self.options, controller=self._run_controller):
-                if isinstance(event, Progress):
-                    self.post_message(RunProgressed(event))
-                elif isinstance(event, RunStarted):
-                    self.post_message(RunBegan(event))
-                elif isinstance(event, RunWarning):
-                    self.post_message(RunWarned(event.message))
-                elif isinstance(event, RunFinished):
-                    self.post_message(RunEnded(event.summary))
-                # RecordFinished and BatchLoaded: the Progress snapshots already count them.
-        except LoomError as exc:
-            self.post_message(RunCouldNotStart(fmt.error_line(exc)))
+            self._run_controller = RunController()
+            self._run_loop = asyncio.get_running_loop()
+            self._run_task = asyncio.current_task()
+            if self.cancelling:
+                self._run_controller.cancel("cancelled in the workbench")
+            workspace = self.workspace.detached()
+            try:
+                loaded = workspace.load(self.path)
+                async for event in workspace.run(loaded, self.options,
+                                                 controller=self._run_controller):
+                    if isinstance(event, Progress):
+                        self.post_message(RunProgressed(event))
+                    elif isinstance(event, RunStarted):
+                        self.post_message(RunBegan(event))
+                    elif isinstance(event, RunWarning):
+                        self.post_message(RunWarned(event.message))
+                    elif isinstance(event, RunFinished):
+                        self.post_message(RunEnded(event.summary))
+                    # RecordFinished, BatchLoaded: the Progress snapshots already count them.
+            except LoomError as exc:
+                self.post_message(RunCouldNotStart(fmt.error_line(exc)))
+            finally:
+                await workspace.close()
         finally:
-            await workspace.close()
+            self._run_done.set()
 
     @on(RunBegan)
     def _began(self, event: RunBegan) -> None:

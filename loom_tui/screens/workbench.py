@@ -20,7 +20,7 @@ from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
 from textual.widgets import Footer
 
-from core.api import LoadedSpec, RenderResult
+from core.api import LoadedSpec, PromptComparison, RenderResult
 from core.records import Record
 from loom_tui import format as fmt
 from loom_tui.messages import (PageWanted, PipelineOpened, PromptEdited, PromptRendered,
@@ -71,6 +71,7 @@ class WorkbenchScreen(LoomScreen):
         self.sample_size = 5
         self._debounce: dict[str, Timer] = {}
         self._ab_pending = False
+        self.comparison: PromptComparison | None = None  # the last save's A/B, while it holds
 
     # ------------------------------------------------------------------ layout
 
@@ -178,6 +179,7 @@ class WorkbenchScreen(LoomScreen):
         self._title_prompt()
         if changed:
             self._ab_pending = False
+            self.comparison = None
             self._schedule("render", RENDER_DELAY_S)
             self._schedule("sample", self.loom.debounce_s)
 
@@ -234,7 +236,8 @@ class WorkbenchScreen(LoomScreen):
     def _sample_done(self, event: SampleEvaluated) -> None:
         if event.prompt_text != self.text or self._ab_pending:
             return  # typing went on (the next sample is on its way), or a save's A/B is
-        self.query_one(SampleOutput).show_results(event.results)
+        # A comparison stays on screen until the prompt changes again.
+        self.query_one(SampleOutput).show_results(event.results, self.comparison)
         self._title_output()
 
     @on(SampleFailed)
@@ -260,8 +263,10 @@ class WorkbenchScreen(LoomScreen):
     # ------------------------------------------------------------------ saving: the A/B
 
     def action_save(self) -> None:
-        if self.loaded is None or self.text is None:
+        if self.loaded is None:
             return
+        # The editor's text itself: a keystroke's PromptEdited may still be queued.
+        self.text = self.query_one(PromptEditor).text
         self._ab_pending = True
         self.query_one(SampleOutput).show_busy(len(self.sample_records()))
         self.save(self.loaded, self.text, self.sample_records())
@@ -288,6 +293,7 @@ class WorkbenchScreen(LoomScreen):
         comparison = event.comparison
         self._ab_pending = False
         if self.text is not None and _hash_matches(self.text, comparison.after_hash):
+            self.comparison = comparison
             self.query_one(SampleOutput).show_results(comparison.after_results, comparison)
         else:
             self.query_one(SampleOutput).remove_class("-busy")

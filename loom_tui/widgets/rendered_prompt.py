@@ -19,10 +19,15 @@ class RenderedPrompt(VerticalScroll):
     }
     """
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.result: RenderResult | None = None  # what the pane shows now
+
     def compose(self):
         yield Static(Text("Pick a record to see its prompt.", style="dim"), id="rendered-text")
 
     def show(self, record_id: str, result: RenderResult) -> None:
+        self.result = result
         colors = self.app.theme_variables
         body = self.query_one("#rendered-text", Static)
         if result.messages is None:

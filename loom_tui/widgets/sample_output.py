@@ -34,6 +34,13 @@ class SampleOutput(VerticalScroll):
     }
     """
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.results: list[RecordResult] = []  # what the pane shows now
+        self.comparison: PromptComparison | None = None
+        self.note: str | None = None
+        self.busy = False
+
     def compose(self) -> ComposeResult:
         yield Static(id="sample-status")
         yield Static(id="sample-results")
@@ -46,11 +53,13 @@ class SampleOutput(VerticalScroll):
         return self.app.theme_variables
 
     def show_note(self, text: str, *, error: bool = False) -> None:
+        self.note, self.busy = text, False
         self.remove_class("-busy")
         style = f"bold {self._colors.get('error', '')}" if error else "dim"
         self.query_one("#sample-status", Static).update(Text(text, style=style))
 
     def show_busy(self, count: int) -> None:
+        self.busy = True
         self.add_class("-busy")
         self.query_one("#sample-status", Static).update(Text(
             f"◌ transforming and judging {fmt.plural(count, 'record')}…",
@@ -58,6 +67,7 @@ class SampleOutput(VerticalScroll):
 
     def show_results(self, results: Sequence[RecordResult],
                      comparison: PromptComparison | None = None) -> None:
+        self.results, self.comparison, self.note, self.busy = list(results), comparison, None, False
         self.remove_class("-busy")
         colors = self._colors
         passed = sum(1 for r in results if r.outcome is Outcome.LOADED)
