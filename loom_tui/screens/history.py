@@ -106,7 +106,7 @@ class HistoryScreen(LoomScreen):
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
         key = {"h-pipeline": "pipeline", "h-status": "status"}.get(event.select.id or "")
-        value = None if event.value is Select.BLANK else event.value
+        value = None if event.value is Select.NULL else event.value
         if key is None or self.filters.get(key) == value:
             return
         self.filters[key] = value

@@ -41,6 +41,7 @@ STAGES = ("extract", "transform", "evaluate", "load")
 STATUSES = ("open", "approved", "reprocessed", "discarded")
 ANY = "any"
 PAGE = 100
+DETAIL_DELAY_S = 0.06
 
 
 class QuarantineScreen(LoomScreen):
@@ -71,6 +72,7 @@ class QuarantineScreen(LoomScreen):
         self.filters: dict[str, Any] = {"status": "open"}
         self.busy: str | None = None
         self._typing: Timer | None = None
+        self._detail_timer: Timer | None = None
         self._pipelines_known: list[str] = []
 
     def compose(self) -> ComposeResult:
@@ -142,7 +144,7 @@ class QuarantineScreen(LoomScreen):
 
     @on(Select.Changed)
     def _select_changed(self, event: Select.Changed) -> None:
-        value = None if event.value in (Select.BLANK, ANY) else event.value
+        value = None if event.value is Select.NULL or event.value == ANY else event.value
         key = {"q-pipeline": "pipeline", "q-stage": "stage", "q-status": "status"}.get(
             event.select.id or "")
         if key is None or self.filters.get(key) == value:
@@ -261,7 +263,17 @@ class QuarantineScreen(LoomScreen):
             if event.table.rows == []:
                 detail.show(None)
             return
-        detail.show(row, None)
+        # Holding a key down scrolls the list; the detail follows once the cursor rests.
+        if self._detail_timer is not None:
+            self._detail_timer.stop()
+        self._detail_timer = self.set_timer(DETAIL_DELAY_S, lambda: self._show_detail(row))
+
+    def _show_detail(self, row: QuarantinedRecord) -> None:
+        current = self.query_one(PagedTable).highlighted
+        if current is None or current.key != row.id:
+            return
+        detail = self.query_one(QuarantineDetail)
+        detail.show(current.item, None)
         detail.scroll_home(animate=False)
         self.fetch_detail(row.id)
 

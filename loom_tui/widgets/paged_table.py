@@ -13,6 +13,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
@@ -128,6 +129,7 @@ class PagedTable(ScrollView, can_focus=True):
         self._index: dict[Hashable, int] = {}
         self._widths: list[int] = []
         self._cache: LRUCache[tuple[Any, ...], Strip] = LRUCache(1024)
+        self._styles: dict[str, Style] = {}
 
     # ------------------------------------------------------------------ the screen's side
 
@@ -234,7 +236,6 @@ class PagedTable(ScrollView, can_focus=True):
             del self.marks[row.key]
         else:
             self.marks[row.key] = row.item
-        self._cache.clear()
         self.refresh()
 
     def clear_marks(self) -> None:
@@ -284,7 +285,7 @@ class PagedTable(ScrollView, can_focus=True):
     # ------------------------------------------------------------------ reactivity
 
     def watch_cursor(self, old: int, new: int) -> None:
-        self._cache.clear()
+        # No cache to clear: the cursor is part of each cached line's key.
         self._scroll_to_cursor()
         self.refresh()
         self.post_message(self.Highlighted(self, self.highlighted))
@@ -298,11 +299,9 @@ class PagedTable(ScrollView, can_focus=True):
         self._check_edges()
 
     def on_focus(self) -> None:
-        self._cache.clear()
         self.refresh()
 
     def on_blur(self) -> None:
-        self._cache.clear()
         self.refresh()
 
     def on_resize(self, event: events.Resize) -> None:
@@ -314,6 +313,7 @@ class PagedTable(ScrollView, can_focus=True):
     def notify_style_update(self) -> None:
         super().notify_style_update()
         self._cache.clear()
+        self._styles = {}
 
     def on_click(self, event: events.Click) -> None:
         offset = event.get_content_offset(self)
@@ -348,48 +348,56 @@ class PagedTable(ScrollView, can_focus=True):
         return strip
 
     def _header(self, width: int) -> Strip:
-        style = self.get_component_rich_style("paged-table--header")
+        style = self._style("paged-table--header")
         cells = [Text(column.label) for column in self.columns]
         return self._line(cells, width, style, mark=" " if self.markable else None)
 
     def _note(self, width: int, text: str) -> Strip:
-        style = self.get_component_rich_style("paged-table--dim")
+        style = self._style("paged-table--dim")
         return Strip([Segment(f" {text}", style)]).crop_extend(0, width, self.rich_style)
+
+    def _style(self, name: str) -> Style:
+        style = self._styles.get(name)
+        if style is None:
+            style = self._styles[name] = self.get_component_rich_style(name)
+        return style
 
     def _draw(self, row: Row, width: int, is_cursor: bool, marked: bool) -> Strip:
         base = self.rich_style
         if is_cursor:
-            base = base + self.get_component_rich_style(
+            base = base + self._style(
                 "paged-table--cursor" if self.has_focus else "paged-table--cursor-blurred")
-        cells = [cell if isinstance(cell, Text) else Text(str(cell)) for cell in row.cells]
         mark = None
         if self.markable:
             mark = "●" if marked else " "
-        return self._line(cells, width, base, mark=mark,
-                          mark_style=self.get_component_rich_style("paged-table--marked"))
+        return self._line(list(row.cells), width, base, mark=mark,
+                          mark_style=self._style("paged-table--marked"))
 
-    def _line(self, cells: list[Text], width: int, style: Style, *, mark: str | None,
+    def _line(self, cells: list[str | Text], width: int, style: Style, *, mark: str | None,
               mark_style: Style | None = None) -> Strip:
+        """Segments straight from the cells: plain strings (most cells) are cropped and padded
+        without Rich's layout machinery, which matters when a page of rows scrolls in."""
         if not self._widths:
             self._layout_columns()
-        line = Text(no_wrap=True, overflow="ellipsis")
-        line.append(" ")
+        segments = [Segment(" ")]
         if mark is not None:
-            line.append(mark, mark_style if mark != " " and mark_style else None)
-            line.append(" ")
+            segments.append(Segment(mark, mark_style if mark != " " else None))
+            segments.append(Segment(" "))
+        console = self.app.console
         for column, cell_width, cell in zip(self.columns, self._widths, cells):
-            cell = cell.copy()
-            cell.no_wrap = True
-            cell.truncate(cell_width, overflow="ellipsis")
-            if column.justify == "right":
-                cell.pad_left(cell_width - cell.cell_len)
+            if isinstance(cell, Text):
+                cell = cell.copy()
+                cell.no_wrap = True
+                cell.truncate(cell_width, overflow="ellipsis")
+                if column.justify == "right":
+                    cell.pad_left(cell_width - cell.cell_len)
+                else:
+                    cell.pad_right(cell_width - cell.cell_len)
+                segments.extend(cell.render(console))
             else:
-                cell.pad_right(cell_width - cell.cell_len)
-            line.append_text(cell)
-            line.append(" ")
-        segments = list(line.render(self.app.console))
-        strip = Strip(segments).apply_style(style) if segments else Strip([])
-        return strip.crop_extend(0, width, style)
+                segments.append(Segment(_fit(cell, cell_width, column.justify)))
+            segments.append(Segment(" "))
+        return Strip(segments).apply_style(style).crop_extend(0, width, style)
 
     # ------------------------------------------------------------------ helpers
 
@@ -445,6 +453,19 @@ class PagedTable(ScrollView, can_focus=True):
                 (self.cursor < self.margin or top < self.margin):
             self._pending.add("before")
             self.post_message(PageWanted(self, "before", self.rows[0].item, self.generation))
+
+
+def _fit(text: str, width: int, justify: str) -> str:
+    """`text` in exactly `width` cells: cut with an ellipsis, or padded."""
+    text = str(text)
+    if "\n" in text:
+        text = " ".join(text.split())
+    length = cell_len(text)
+    if length > width:
+        text = set_cell_size(text, max(0, width - 1)) + "…" if width > 0 else ""
+        length = width
+    padding = " " * (width - length)
+    return padding + text if justify == "right" else text + padding
 
 
 def rows_from(items: Iterable[Any], key: Any, cells: Any) -> list[Row]:

@@ -25,11 +25,17 @@ class QuarantineDetail(VerticalScroll):
     }
     """
 
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.row: QuarantinedRecord | None = None  # what the pane shows now
+        self.actions: list[QuarantineAction] | None = None
+
     def compose(self):
         yield Static(Text("Pick a record.", style="dim"), id="detail-text")
 
     def show(self, row: QuarantinedRecord | None,
              actions: Sequence[QuarantineAction] | None = None) -> None:
+        self.row, self.actions = row, None if actions is None else list(actions)
         body = self.query_one("#detail-text", Static)
         if row is None:
             body.update(Text("Nothing to show: the quarantine is empty for these filters.",

@@ -68,3 +68,12 @@ async def settle(pilot) -> None:
         await pilot.pause(0.05)
     await app.workers.wait_for_complete()
     await pilot.pause()
+
+
+def text_of(widget) -> str:
+    """What a Static shows, as plain text (its Rich content rendered at 100 columns)."""
+    from rich.console import Console
+
+    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    console.print(widget.content)
+    return console.export_text()
