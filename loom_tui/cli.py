@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from core import cli as headless
+import core.cli as headless
 
 
 def main(argv: Sequence[str] | None = None) -> int:

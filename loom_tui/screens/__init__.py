@@ -25,6 +25,7 @@ class Section:
     @property
     def binding(self) -> Binding:
         return Binding(self.key, f"app.section('{self.mode}')", self.title, show=False,
+                       tooltip=f"Go to {self.title}: {self.description.lower()}",
                        id=f"section.{self.mode}")
 
 

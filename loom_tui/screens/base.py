@@ -55,6 +55,12 @@ class LoomScreen(Screen[None]):
         self.refresh_top_bar()
         if self.app.is_headless:
             self.quiet_cursors()
+        self.app.theme_changed_signal.subscribe(self, lambda _theme: self.restyle())
+
+    def restyle(self) -> None:
+        """The theme changed: redraw what was drawn with the old theme's colours (CSS follows
+        by itself; Rich content built from theme colours does not)."""
+        self.refresh_top_bar()
 
     def quiet_cursors(self) -> None:
         """No blinking cursors under test or benchmark: screenshots stay the same."""

@@ -50,6 +50,14 @@ class CompareScreen(LoomScreen):
 
     def on_mount(self) -> None:
         super().on_mount()
+        self._draw()
+        self.query_one("#compare-config").focus()
+
+    def restyle(self) -> None:
+        super().restyle()
+        self._draw()
+
+    def _draw(self) -> None:
         c = self.comparison
         colors = self.app.theme_variables
         head = Text()
@@ -69,7 +77,6 @@ class CompareScreen(LoomScreen):
                 self._row(results, row, indent=True)
         self.query_one("#compare-results-text", Static).update(results)
         self.query_one("#compare-diff-text", Static).update(self._diff())
-        self.query_one("#compare-config").focus()
 
     def _table(self, rows: tuple[ComparedValue, ...]) -> Table:
         table = Table.grid(padding=(0, 1), expand=True)

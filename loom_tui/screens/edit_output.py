@@ -42,6 +42,7 @@ class EditOutputScreen(ModalScreen[QuarantineActionsApplied | None]):
                 yield Button("Cancel", id="edit-cancel")
 
     def on_mount(self) -> None:
+        self.query_one("#edit-error").display = False
         if self.app.is_headless:
             for widget in self.query("TextArea, Input"):
                 widget.cursor_blink = False  # type: ignore[attr-defined]
@@ -93,8 +94,9 @@ class EditOutputScreen(ModalScreen[QuarantineActionsApplied | None]):
 
     def _error(self, message: str) -> None:
         colors = self.app.theme_variables
-        self.query_one("#edit-error", Static).update(
-            Text(message, style=f"bold {colors.get('error', '')}") if message else "")
+        error = self.query_one("#edit-error", Static)
+        error.update(Text(message, style=f"bold {colors.get('error', '')}"))
+        error.display = bool(message)
 
     @on(Button.Pressed, "#edit-cancel")
     def action_cancel(self) -> None:

@@ -13,6 +13,8 @@ from textual.widgets import Static
 GENERAL = (
     ("ctrl+p", "command palette: this screen's actions, other screens, themes"),
     ("tab / shift+tab", "move between panes"),
+    ("↑ ↓ pgup pgdn", "move in a list; long lists load the next page as you go"),
+    ("home / end", "the first / the last row of a list"),
 )
 
 
@@ -46,14 +48,14 @@ class HelpScreen(ModalScreen[None]):
         seen = set()
         for key, active in self.under.active_bindings.items():
             binding = active.binding
-            if not binding.description or (binding.action, binding.description) in seen:
+            # Loom's own keys (they all have ids); list navigation is summed up below.
+            if not binding.id or binding.id.startswith("table.") or not binding.description \
+                    or (binding.action, binding.description) in seen:
                 continue
             seen.add((binding.action, binding.description))
             shown = app.get_key_display(binding)
             row = (shown, binding.tooltip or binding.description)
             (everywhere if active.node is app else here).append(row)
-        for section in getattr(app, "sections", ()):
-            everywhere.append((app.get_key_display(section.binding), f"go to {section.title}"))
         grid.add_row(Text("This screen", style="bold"), "")
         for key, text in here or [("", "no keys of its own")]:
             grid.add_row(key, text)

@@ -17,7 +17,7 @@ from loom_tui import format as fmt
 from loom_tui.messages import (PageFetched, PageWanted, RunsCompared, RunsCounted,
                                RunSeriesFetched)
 from loom_tui.screens.base import LoomScreen
-from loom_tui.widgets.paged_table import Column, PagedTable, Row
+from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
 from loom_tui.widgets.run_charts import RunCharts
 from loom_tui.widgets.top_bar import TopBar
 
@@ -160,9 +160,8 @@ class HistoryScreen(LoomScreen):
     def _subtitle(self) -> None:
         self.query_one("#h-list").border_subtitle = self.query_one(PagedTable).position
 
-    def _cells(self, run: PipelineRun) -> tuple[str | Text, ...]:
-        colors = self.app.theme_variables
-        status = Text(run.status, style=colors.get(fmt.STATUS_COLOR.get(run.status, ""), ""))
+    def _cells(self, run: PipelineRun) -> tuple[Cell, ...]:
+        status = Tone(run.status, fmt.STATUS_COLOR.get(run.status, "foreground"))
         return (run.run_id, run.pipeline_name, status, fmt.when(run.started_at),
                 fmt.count(run.extracted), fmt.percent(fmt.rejection(run.loaded, run.quarantined)),
                 fmt.money(run.cost_usd), fmt.duration(run.duration_s),
@@ -189,6 +188,12 @@ class HistoryScreen(LoomScreen):
         if run.pipeline_name != self.charted:
             self.charted = run.pipeline_name
             self.fetch_series(run.pipeline_name)
+
+    def restyle(self) -> None:
+        super().restyle()
+        row = self.query_one(PagedTable).highlighted
+        if row is not None:
+            self.query_one("#h-run-detail", Static).update(self._detail(row.item))
 
     def _detail(self, run: PipelineRun) -> Text:
         colors = self.app.theme_variables

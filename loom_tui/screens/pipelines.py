@@ -19,17 +19,17 @@ from core.api import PipelineEntry, PipelineRun
 from loom_tui import format as fmt
 from loom_tui.messages import PageWanted, PipelinesScanned
 from loom_tui.screens.base import LoomScreen
-from loom_tui.widgets.paged_table import Column, PagedTable, Row
+from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
 from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
-    Column("pipeline", 22),
-    Column("file", 28),
-    Column("state", None, min_width=16),
-    Column("last run", 10),
-    Column("loaded", 7, "right"),
-    Column("quar.", 6, "right"),
-    Column("cost", 10, "right"),
+    Column("pipeline", 20),
+    Column("file", None, min_width=12),
+    Column("state", None, min_width=14),
+    Column("last run", 9),
+    Column("loaded", 6, "right"),
+    Column("quar.", 5, "right"),
+    Column("cost", 9, "right"),
     Column("when", 16),
 )
 
@@ -57,6 +57,7 @@ class PipelinesScreen(LoomScreen):
         yield TopBar()
         with Vertical(id="pipelines-list", classes="pane") as pane:
             pane.border_title = "Pipelines"
+            pane.tooltip = str(self.loom.folder)
             yield PagedTable(COLUMNS, page_size=10_000, id="pipelines-table",
                              empty=self._empty_text())
         with Vertical(id="pipelines-detail", classes="pane") as detail:
@@ -69,7 +70,7 @@ class PipelinesScreen(LoomScreen):
                 "extract: and transform: (see sample_pipelines/ in Loom's repository)")
 
     def crumbs(self) -> list[str]:
-        return [_home_relative(self.loom.folder)]
+        return [self.loom.folder.name or str(self.loom.folder)]
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -116,23 +117,26 @@ class PipelinesScreen(LoomScreen):
 
     # ------------------------------------------------------------------ display
 
-    def _cells(self, entry: PipelineEntry) -> tuple[str | Text, ...]:
-        colors = self.app.theme_variables
+    def _cells(self, entry: PipelineEntry) -> tuple[Cell, ...]:
         relative = _relative(entry.path, self.loom.folder)
         if entry.valid:
-            state = Text("✓ valid", style=colors.get("success", ""))
+            state = Tone("✓ valid", "success")
         else:
-            state = Text(f"✗ {_error_without_path(entry)}", style=colors.get("error", ""))
+            state = Tone(f"✗ {_error_without_path(entry)}", "error")
         run = self.last_runs.get(entry.name)
         if run is None:
-            return (entry.name, relative, state, Text("never", style="dim"), "", "", "", "")
-        status = Text(run.status, style=colors.get(fmt.STATUS_COLOR.get(run.status, ""), ""))
+            return (entry.name, relative, state, Tone("never", "dim"), "", "", "", "")
+        status = Tone(run.status, fmt.STATUS_COLOR.get(run.status, "foreground"))
         return (entry.name, relative, state, status, fmt.count(run.loaded),
                 fmt.count(run.quarantined), fmt.money(run.cost_usd), fmt.when(run.started_at))
 
     @on(PagedTable.Highlighted, "#pipelines-table")
     def _highlighted(self, event: PagedTable.Highlighted) -> None:
         self._show_detail(event.row.item if event.row else None)
+
+    def restyle(self) -> None:
+        super().restyle()
+        self._show_detail(self._chosen())
 
     def _show_detail(self, entry: PipelineEntry | None) -> None:
         detail = self.query_one("#pipelines-detail-text", Static)
@@ -147,8 +151,8 @@ class PipelinesScreen(LoomScreen):
         grid.add_column(style="dim", no_wrap=True)
         grid.add_column()
         if not entry.valid or entry.loaded is None:
-            grid.add_row("file", str(entry.path))
-            grid.add_row("error", Text(entry.error or "", style=colors.get("error", "")))
+            grid.add_row("file", _relative(entry.path, self.loom.folder))
+            grid.add_row("error", Text(_error_without_path(entry), style=colors.get("error", "")))
             grid.add_row("", Text("Fix the file, then ctrl+r rescans.", style="dim"))
             return grid
         spec = entry.loaded.spec
@@ -216,13 +220,6 @@ def _relative(path: Path, folder: Path) -> str:
         return str(Path(path).resolve().relative_to(folder))
     except ValueError:
         return str(path)
-
-
-def _home_relative(folder: Path) -> str:
-    try:
-        return "~/" + str(folder.relative_to(Path.home()))
-    except ValueError:
-        return str(folder)
 
 
 def _error_without_path(entry: PipelineEntry) -> str:

@@ -24,7 +24,7 @@ from loom_tui import format as fmt
 from loom_tui.messages import (PageFetched, PageWanted, QuarantineActionsApplied,
                                QuarantineCounted, QuarantineDetailFetched)
 from loom_tui.screens.base import LoomScreen
-from loom_tui.widgets.paged_table import Column, PagedTable, Row
+from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
 from loom_tui.widgets.quarantine_detail import QuarantineDetail
 from loom_tui.widgets.top_bar import TopBar
 
@@ -236,9 +236,8 @@ class QuarantineScreen(LoomScreen):
         busy = f" · {self.busy}…" if self.busy else ""
         pane.border_subtitle = f"{table.position}{marks}{busy}"
 
-    def _cells(self, row: QuarantinedRecord) -> tuple[str | Text, ...]:
-        colors = self.app.theme_variables
-        status = Text(row.status, style=colors.get(fmt.STATUS_COLOR.get(row.status, ""), ""))
+    def _cells(self, row: QuarantinedRecord) -> tuple[Cell, ...]:
+        status = Tone(row.status, fmt.STATUS_COLOR.get(row.status, "foreground"))
         return (str(row.id), row.run_id, row.pipeline_name, row.record_id, row.stage, status,
                 fmt.one_line(row.reason or "", 200))
 
@@ -276,6 +275,12 @@ class QuarantineScreen(LoomScreen):
         detail.show(current.item, None)
         detail.scroll_home(animate=False)
         self.fetch_detail(row.id)
+
+    def restyle(self) -> None:
+        super().restyle()
+        detail = self.query_one(QuarantineDetail)
+        if detail.row is not None:
+            detail.show(detail.row, detail.actions)
 
     @work(exclusive=True, group="detail", exit_on_error=False)
     async def fetch_detail(self, quarantine_id: int) -> None:

@@ -245,6 +245,15 @@ class RunScreen(LoomScreen):
 
     # ------------------------------------------------------------------ drawing
 
+    def restyle(self) -> None:
+        super().restyle()
+        self._draw_head()
+        self._draw_metrics()
+        if self.progress is not None:
+            self._draw_errors(self.progress.recent_errors)
+        if self.summary is not None:
+            self.query_one("#run-summary-text", Static).update(self._summary(self.summary))
+
     def _draw_head(self) -> None:
         colors = self.app.theme_variables
         head = Text()
@@ -272,6 +281,22 @@ class RunScreen(LoomScreen):
         grid = Table.grid(padding=(0, 2))
         grid.add_column(style="dim", no_wrap=True)
         grid.add_column()
+        summary = self.summary
+        if summary is not None:
+            # Finished: the summary's numbers are the final word.
+            done = summary.loaded + summary.quarantined + summary.skipped
+            rate = done / summary.duration_s if summary.duration_s else 0.0
+            budget = self.started.budget_usd if self.started is not None else None
+            grid.add_row("throughput", f"{rate:,.1f} records/s over {fmt.duration(summary.duration_s)}")
+            grid.add_row("latency", f"p50 {fmt.latency(summary.latency_p50_s)} · "
+                                    f"p95 {fmt.latency(summary.latency_p95_s)}")
+            grid.add_row("cost", self._cost_line(summary.cost_usd, budget))
+            grid.add_row("tokens", f"{summary.input_tokens:,} in · {summary.output_tokens:,} out · "
+                                   f"{fmt.plural(summary.llm_calls, 'call')} · "
+                                   f"{summary.cache_hits:,} cached")
+            self.query_one("#run-metrics").border_title = "Final"
+            self.query_one("#run-metrics-text", Static).update(grid)
+            return
         if p is None:
             grid.add_row("", Text("waiting for the first records…", style="dim"))
             self.query_one("#run-metrics-text", Static).update(grid)

@@ -33,7 +33,7 @@ from loom_tui.widgets.rendered_prompt import RenderedPrompt
 from loom_tui.widgets.sample_output import SampleOutput
 from loom_tui.widgets.top_bar import TopBar
 
-RECORD_COLUMNS = (Column("id", 10), Column("record", None))
+RECORD_COLUMNS = (Column("id", 8), Column("record", None))
 RENDER_DELAY_S = 0.12
 SAMPLE_SIZES = (1, 3, 5, 10, 20)
 
@@ -153,6 +153,9 @@ class WorkbenchScreen(LoomScreen):
         table = self.query_one("#records-table", PagedTable)
         rows = [Row(record.ordinal, (record.id, fmt.record_summary(record.data, record.id)), record)
                 for record in event.records]
+        if event.direction == "first" and rows:
+            # Ids are often short (R001): give the rest of the pane to the record itself.
+            table.fit_column(0, max(2, min(16, max(len(r.id) for r in event.records))))
         table.show_page(rows, event.direction, event.generation)  # type: ignore[arg-type]
         self.query_one("#records-pane").border_subtitle = table.position
         if not table.rows:
@@ -339,6 +342,16 @@ class WorkbenchScreen(LoomScreen):
         for size in SAMPLE_SIZES:
             yield PaletteCommand(f"Sample size: {size}", f"Judge {fmt.plural(size, 'record')}",
                                  lambda size=size: self.set_sample_size(size))
+
+    def restyle(self) -> None:
+        super().restyle()
+        output = self.query_one(SampleOutput)
+        if output.results and not output.busy:
+            output.show_results(output.results, output.comparison)
+        rendered = self.query_one(RenderedPrompt)
+        if rendered.result is not None and self.picked is not None:
+            rendered.show(self.picked.id, rendered.result)
+        self._title_prompt(rendered.result)
 
     # ------------------------------------------------------------------ titles
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from rich.cells import cell_len, set_cell_size
 from rich.segment import Segment
@@ -39,10 +39,21 @@ class Column:
     min_width: int = 8
 
 
+class Tone(NamedTuple):
+    """A cell coloured by a theme variable ("success", "error", …), resolved when drawn, so a
+    theme switch recolours the table."""
+
+    text: str
+    color: str
+
+
+Cell = str | Text | Tone
+
+
 @dataclass(slots=True)
 class Row:
     key: Hashable
-    cells: tuple[str | Text, ...]
+    cells: tuple[Cell, ...]
     item: Any  # what the row shows (a quarantined record, a run); the anchor for paging
 
 
@@ -204,7 +215,7 @@ class PagedTable(ScrollView, can_focus=True):
             self.fetching = False
             self.refresh()
 
-    def update_row(self, key: Hashable, cells: tuple[str | Text, ...], item: Any) -> None:
+    def update_row(self, key: Hashable, cells: tuple[Cell, ...], item: Any) -> None:
         index = self._index.get(key)
         if index is None:
             return
@@ -215,6 +226,15 @@ class PagedTable(ScrollView, can_focus=True):
         self.refresh()
         if index == self.cursor:
             self.post_message(self.Highlighted(self, self.rows[index]))
+
+    def fit_column(self, index: int, width: int) -> None:
+        """Give a column a new fixed width (to fit the values a first page brought)."""
+        column = self.columns[index]
+        if column.width != width:
+            self.columns[index] = Column(column.label, width, column.justify, column.min_width)
+            self._layout_columns()
+            self._cache.clear()
+            self.refresh()
 
     @property
     def highlighted(self) -> Row | None:
@@ -362,19 +382,33 @@ class PagedTable(ScrollView, can_focus=True):
             style = self._styles[name] = self.get_component_rich_style(name)
         return style
 
+    def _tone(self, variable: str) -> Style | None:
+        key = f"${variable}"
+        if key not in self._styles:
+            if variable == "dim":
+                style = Style(dim=True)
+            else:
+                try:
+                    style = Style(color=self.app.theme_variables.get(variable))
+                except Exception:  # not a plain colour (e.g. "auto 60%"): leave it be
+                    style = Style()
+            self._styles[key] = style
+        return self._styles[key]
+
     def _draw(self, row: Row, width: int, is_cursor: bool, marked: bool) -> Strip:
-        base = self.rich_style
+        # The cursor goes over the cells' own colours (a red reason stays readable on it).
+        cursor = None
         if is_cursor:
-            base = base + self._style(
+            cursor = self._style(
                 "paged-table--cursor" if self.has_focus else "paged-table--cursor-blurred")
         mark = None
         if self.markable:
             mark = "●" if marked else " "
-        return self._line(list(row.cells), width, base, mark=mark,
-                          mark_style=self._style("paged-table--marked"))
+        return self._line(list(row.cells), width, self.rich_style, mark=mark,
+                          mark_style=self._style("paged-table--marked"), over=cursor)
 
-    def _line(self, cells: list[str | Text], width: int, style: Style, *, mark: str | None,
-              mark_style: Style | None = None) -> Strip:
+    def _line(self, cells: list[Cell], width: int, style: Style, *, mark: str | None,
+              mark_style: Style | None = None, over: Style | None = None) -> Strip:
         """Segments straight from the cells: plain strings (most cells) are cropped and padded
         without Rich's layout machinery, which matters when a page of rows scrolls in."""
         if not self._widths:
@@ -393,11 +427,19 @@ class PagedTable(ScrollView, can_focus=True):
                     cell.pad_left(cell_width - cell.cell_len)
                 else:
                     cell.pad_right(cell_width - cell.cell_len)
-                segments.extend(cell.render(console))
+                # Text.render leaves out the text's own base style: put it back under the spans.
+                base = console.get_style(cell.style) if cell.style else None
+                segments.extend(Segment.apply_style(cell.render(console), base))
+            elif isinstance(cell, Tone):
+                segments.append(Segment(_fit(cell.text, cell_width, column.justify),
+                                        self._tone(cell.color)))
             else:
                 segments.append(Segment(_fit(cell, cell_width, column.justify)))
             segments.append(Segment(" "))
-        return Strip(segments).apply_style(style).crop_extend(0, width, style)
+        if over is None:
+            return Strip(segments).apply_style(style).crop_extend(0, width, style)
+        styled = Segment.apply_style(segments, style, over)
+        return Strip(list(styled)).crop_extend(0, width, style + over)
 
     # ------------------------------------------------------------------ helpers
 

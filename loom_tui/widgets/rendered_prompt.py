@@ -35,7 +35,8 @@ class RenderedPrompt(VerticalScroll):
                 result.error or "").startswith("line ") else ""
             body.update(Group(
                 Text(f"✗ template error {where}{result.error}", style=f"bold {colors.get('error', '')}"),
-                Text("The output refreshes once the template renders.", style="dim")))
+                Text("Every record fails at transform until the template renders.",
+                     style="dim")))
             return
         parts = []
         for message in result.messages:

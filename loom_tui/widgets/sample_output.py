@@ -107,10 +107,12 @@ class SampleOutput(VerticalScroll):
         lines = [head]
         for row in changed:
             good = row.after and not row.before
-            lines.append(Text.assemble(
+            line = Text.assemble(
                 "  ", (row.record_id, "bold"), "  ",
                 (row.label, colors.get("success" if good else "error", "")),
-                (f"  {fmt.one_line(row.after_reason or row.before_reason or '', 70)}", "dim")))
+                (f"  {fmt.one_line(row.after_reason or row.before_reason or '')}", "dim"))
+            line.no_wrap, line.overflow = True, "ellipsis"
+            lines.append(line)
         return Group(*lines)
 
     def _card(self, result: RecordResult, change: object | None) -> RenderableType:
@@ -148,6 +150,8 @@ class SampleOutput(VerticalScroll):
         transform = result.transform
         if transform is not None and transform.cached:
             speed = "cached"
+        elif all(c.provider == "replay" for c in calls):
+            speed = "replayed"  # from a cassette: its timing says nothing about a model
         else:
             speed = fmt.latency(sum(c.latency_s for c in calls if not c.cached))
         return Text(f"{tokens_in:,}→{tokens_out:,} tok · {fmt.money(cost)} · {speed}", style="dim")

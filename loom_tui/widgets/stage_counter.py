@@ -12,7 +12,7 @@ class StageCounter(Static):
     StageCounter {
         width: 1fr;
         height: 3;
-        border: round $panel-lighten-2;
+        border: round $foreground 25%;
         border-title-color: $text-muted;
         content-align: center middle;
         text-align: center;
