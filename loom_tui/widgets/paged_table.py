@@ -46,6 +46,9 @@ class Tone(NamedTuple):
     text: str
     color: str
 
+    def __str__(self) -> str:
+        return self.text
+
 
 Cell = str | Text | Tone
 
