@@ -38,10 +38,10 @@ from core.store import (EvaluationResult, PipelineRun, QuarantineAction, Quarant
 # What a UI needs from the engine, importable from this one module (the workbench imports
 # nothing else from core but the events and the record types).
 __all__ = [
-    "ActionResult", "ComparedValue", "EvaluationResult", "LoadedSpec", "LoomError", "PipelineEntry",
-    "PipelineRun", "PromptComparison", "PromptSource", "QuarantineAction", "QuarantinedRecord",
-    "RenderResult", "RunComparison", "RunController", "RunOptions", "RunPoint", "SavedPrompt",
-    "VerdictChange", "Workspace", "find_pipeline_files",
+    "ActionResult", "ComparedValue", "EvaluationResult", "LoadedSpec", "LoomError",
+    "PipelineEntry", "PipelineRun", "PromptComparison", "PromptSource", "QuarantineAction",
+    "QuarantinedRecord", "RenderResult", "RunComparison", "RunController", "RunOptions",
+    "RunPoint", "SavedPrompt", "VerdictChange", "Workspace", "find_pipeline_files",
 ]
 
 # Folders never worth scanning for pipelines.

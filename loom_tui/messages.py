@@ -15,17 +15,15 @@ History     PageWanted → PageFetched · RunsCounted · RunSeriesFetched · Run
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from textual.message import Message
 
-from core.api import (ActionResult, PipelineEntry, PipelineRun, PromptComparison, QuarantineAction,
-                      QuarantinedRecord, RenderResult, RunComparison, RunPoint, SavedPrompt)
+from core.api import (ActionResult, LoadedSpec, PipelineEntry, PipelineRun, PromptComparison,
+                      QuarantineAction, QuarantinedRecord, RenderResult, RunComparison, RunPoint,
+                      SavedPrompt)
 from core.events import Progress, RunStarted, RunSummary
 from core.records import Record, RecordResult
-
-if TYPE_CHECKING:
-    from core.api import LoadedSpec
 
 
 # ---------------------------------------------------------------- pipelines
@@ -48,7 +46,7 @@ class PipelinesScanned(Message):
 class PipelineOpened(Message):
     """The workbench's pipeline is loaded, with its prompt file as it is on disk."""
 
-    def __init__(self, loaded: "LoadedSpec", prompt_text: str, prompt_path: str) -> None:
+    def __init__(self, loaded: LoadedSpec, prompt_text: str, prompt_path: str) -> None:
         self.loaded = loaded
         self.prompt_text = prompt_text
         self.prompt_path = prompt_path

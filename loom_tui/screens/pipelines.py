@@ -24,8 +24,8 @@ from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
     Column("pipeline", 20),
-    Column("file", None, min_width=12),
-    Column("state", None, min_width=14),
+    Column("file", None, min_width=12, ratio=3),
+    Column("state", None, min_width=14, ratio=2),
     Column("last run", 9),
     Column("loaded", 6, "right"),
     Column("quar.", 5, "right"),
@@ -52,6 +52,7 @@ class PipelinesScreen(LoomScreen):
         super().__init__()
         self.last_runs: dict[str, PipelineRun] = {}
         self._scanned_once = False
+        self._keep: object = None  # the pipeline the cursor was on before a rescan
 
     def compose(self) -> ComposeResult:
         yield TopBar()
@@ -79,8 +80,13 @@ class PipelinesScreen(LoomScreen):
     def on_screen_resume(self) -> None:
         # Back from a run or the workbench: the last-run columns may have changed.
         if self._scanned_once:
-            self.query_one(PagedTable).reset()
+            self._rescan()
         self._scanned_once = True
+
+    def _rescan(self) -> None:
+        table = self.query_one(PagedTable)
+        self._keep = table.highlighted.key if table.highlighted is not None else None
+        table.reset()
 
     # ------------------------------------------------------------------ work
 
@@ -102,6 +108,10 @@ class PipelinesScreen(LoomScreen):
         table.total = len(event.entries)
         rows = [Row(entry.path, self._cells(entry), entry) for entry in event.entries]
         table.show_page(rows, "first", event.generation)
+        # A rescan (back from a run, a modal closed) keeps the cursor on the same pipeline.
+        keys = [row.key for row in rows]
+        if self._keep in keys:
+            table.cursor = keys.index(self._keep)
         pane = self.query_one("#pipelines-list")
         invalid = sum(1 for entry in event.entries if not entry.valid)
         pane.border_subtitle = (fmt.plural(len(event.entries), "pipeline")
@@ -212,7 +222,7 @@ class PipelinesScreen(LoomScreen):
             self.loom.start_run(entry.path)
 
     def action_rescan(self) -> None:
-        self.query_one(PagedTable).reset()
+        self._rescan()
 
 
 def _relative(path: Path, folder: Path) -> str:

@@ -29,10 +29,10 @@ from loom_tui.widgets.quarantine_detail import QuarantineDetail
 from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
-    Column("id", 7, "right"),
+    Column("id", 6, "right"),
     Column("run", 22),
-    Column("pipeline", 16),
-    Column("record", 10),
+    Column("pipeline", 14),
+    Column("record", 8),
     Column("stage", 9),
     Column("status", 11),
     Column("reason", None, min_width=12),
@@ -41,7 +41,7 @@ STAGES = ("extract", "transform", "evaluate", "load")
 STATUSES = ("open", "approved", "reprocessed", "discarded")
 ANY = "any"
 PAGE = 100
-DETAIL_DELAY_S = 0.06
+DETAIL_DELAY_S = 0.15  # holding page-down renders no detail until the cursor rests
 
 
 class QuarantineScreen(LoomScreen):

@@ -9,6 +9,8 @@ with the anchor row (keyset pagination) and the screen answers with `show_page`.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -37,6 +39,7 @@ class Column:
     width: int | None = None  # None: shares what the fixed columns leave
     justify: Literal["left", "right"] = "left"
     min_width: int = 8
+    ratio: int = 1  # how flexible columns share the spare width
 
 
 class Tone(NamedTuple):
@@ -144,6 +147,10 @@ class PagedTable(ScrollView, can_focus=True):
         self._widths: list[int] = []
         self._cache: LRUCache[tuple[Any, ...], Strip] = LRUCache(1024)
         self._styles: dict[str, Style] = {}
+        # How long the last pages took from asking to showing (for the status line and the
+        # benchmark): direction -> when it was asked.
+        self._asked: dict[str, float] = {}
+        self.page_times: deque[float] = deque(maxlen=256)
 
     # ------------------------------------------------------------------ the screen's side
 
@@ -160,7 +167,7 @@ class PagedTable(ScrollView, can_focus=True):
         self._resize_virtual()
         self.scroll_to(y=0, animate=False, immediate=True)
         self.cursor = 0
-        self.post_message(PageWanted(self, "first", None, self.generation))
+        self._ask("first", None)
 
     def show_page(self, rows: Sequence[Row], direction: Direction, generation: int) -> None:
         """A page the screen fetched for `PageWanted`. Pages for an older generation (the
@@ -168,6 +175,9 @@ class PagedTable(ScrollView, can_focus=True):
         if generation != self.generation:
             return
         self._pending.discard(direction)
+        asked = self._asked.pop(direction, None)
+        if asked is not None:
+            self.page_times.append(time.perf_counter() - asked)
         more = len(rows) >= self.page_size
         self.fetching = False
         keep_key = self.rows[self.cursor].key if self.rows else None
@@ -234,7 +244,8 @@ class PagedTable(ScrollView, can_focus=True):
         """Give a column a new fixed width (to fit the values a first page brought)."""
         column = self.columns[index]
         if column.width != width:
-            self.columns[index] = Column(column.label, width, column.justify, column.min_width)
+            self.columns[index] = Column(column.label, width, column.justify, column.min_width,
+                                         column.ratio)
             self._layout_columns()
             self._cache.clear()
             self.refresh()
@@ -296,7 +307,7 @@ class PagedTable(ScrollView, can_focus=True):
             self._pending.add("last")
             self.fetching = True
             self.refresh()
-            self.post_message(PageWanted(self, "last", None, self.generation))
+            self._ask("last", None)
         elif self.rows:
             self.cursor = len(self.rows) - 1
 
@@ -450,11 +461,11 @@ class PagedTable(ScrollView, can_focus=True):
         width = max(self.scrollable_content_region.width, 20)
         fixed = sum(column.width or 0 for column in self.columns)
         gaps = len(self.columns) + 1 + (2 if self.markable else 0)
-        flexible = [column for column in self.columns if column.width is None]
         spare = max(0, width - fixed - gaps)
-        share = spare // len(flexible) if flexible else 0
+        parts = sum(column.ratio for column in self.columns if column.width is None) or 1
         self._widths = [column.width if column.width is not None
-                        else max(column.min_width, share) for column in self.columns]
+                        else max(column.min_width, spare * column.ratio // parts)
+                        for column in self.columns]
 
     def _reindex(self) -> None:
         self._index = {row.key: i for i, row in enumerate(self.rows)}
@@ -472,6 +483,15 @@ class PagedTable(ScrollView, can_focus=True):
         index = self._index.get(keep_key) if keep_key is not None else None
         self.set_reactive(PagedTable.cursor, index if index is not None else
                           max(0, min(len(self.rows) - 1, self.cursor + delta)))
+
+    def _ask(self, direction: Direction, anchor: Any) -> None:
+        self._asked[direction] = time.perf_counter()
+        self.post_message(PageWanted(self, direction, anchor, self.generation))
+
+    @property
+    def waiting(self) -> bool:
+        """A page is on its way."""
+        return bool(self._pending)
 
     def _visible_rows(self) -> int:
         return max(1, self.scrollable_content_region.height - 1)
@@ -493,11 +513,11 @@ class PagedTable(ScrollView, can_focus=True):
         if self._more_after and "after" not in self._pending and \
                 (self.cursor >= end - self.margin or bottom >= end - self.margin):
             self._pending.add("after")
-            self.post_message(PageWanted(self, "after", self.rows[-1].item, self.generation))
+            self._ask("after", self.rows[-1].item)
         if self._more_before and "before" not in self._pending and \
                 (self.cursor < self.margin or top < self.margin):
             self._pending.add("before")
-            self.post_message(PageWanted(self, "before", self.rows[0].item, self.generation))
+            self._ask("before", self.rows[0].item)
 
 
 def _fit(text: str, width: int, justify: str) -> str:

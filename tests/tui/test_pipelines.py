@@ -36,6 +36,12 @@ async def test_pipelines_are_listed_valid_or_not(tmp_path: Path) -> None:
         await pilot.pause()
         assert isinstance(app.screen, PipelinesScreen)
         assert any("broken_pipeline is invalid" in n.message for n in app._notifications)
+        # Coming back to the screen rescans the folder and keeps the cursor where it was.
+        before = table.highlighted.key
+        await pilot.press("f1")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: not table.fetching and table.rows, what="the rescan")
+        assert table.highlighted.key == before
 
 
 async def test_enter_opens_the_workbench_and_r_runs(tmp_path: Path) -> None:
