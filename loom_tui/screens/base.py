@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from textual import on
+from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Input, TextArea
 from textual.worker import Worker, WorkerState
@@ -74,7 +75,8 @@ class LoomScreen(Screen[None]):
         """This screen's actions: its bindings with a description, then any extras."""
         seen = set()
         for binding in self._bindings_for_palette():
-            if binding.action in seen or not binding.description:
+            # Loom's own actions (they have ids), not Textual's focus and scroll keys.
+            if not binding.id or binding.action in seen or not binding.description:
                 continue
             seen.add(binding.action)
             action = binding.action
@@ -82,7 +84,7 @@ class LoomScreen(Screen[None]):
                                  lambda action=action: self.run_action(action))
         yield from self.extra_commands()
 
-    def _bindings_for_palette(self) -> Iterator[object]:
+    def _bindings_for_palette(self) -> Iterator[Binding]:
         for _key, binding in self._bindings:
             yield binding
 

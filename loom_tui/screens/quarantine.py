@@ -247,6 +247,7 @@ class QuarantineScreen(LoomScreen):
             for direction in ("first", "after", "before", "last"):
                 table.page_failed(direction, table.generation)  # type: ignore[arg-type]
         if group == "act":
+            message = f"{self.busy or 'the action'} failed: {message}"
             self.busy = None
             self._subtitle()
         super().work_failed(group, message)

@@ -278,7 +278,7 @@ class WorkbenchScreen(LoomScreen):
     async def save(self, loaded: LoadedSpec, text: str, records: list[Record]) -> None:
         saved = await self.workspace.save_prompt(loaded, text)
         self.post_message(PromptSaved(saved))
-        if records:
+        if records and saved.changed:
             self.post_message(VerdictsCompared(await self.workspace.compare_prompts(
                 loaded, records, saved.previous_text, text)))
 
@@ -287,6 +287,12 @@ class WorkbenchScreen(LoomScreen):
         saved = event.saved
         self.saved_text = saved.text
         self._title_prompt()
+        if not saved.changed:
+            # Nothing new to compare against: the output stays as it was.
+            self._ab_pending = False
+            output = self.query_one(SampleOutput)
+            if output.results:
+                output.show_results(output.results, self.comparison)
         what = (f"saved {self.prompt_path} as version {fmt.short_hash(saved.hash)}"
                 if saved.changed else f"{self.prompt_path} unchanged")
         self.notify(what, title="prompt", timeout=4)
