@@ -85,6 +85,14 @@ def summary_table(summary: RunSummary) -> Table:
     table.add_row("cost", f"{money(summary.cost_usd)}" + (f" ({by_stage})" if by_stage else ""))
     table.add_row("tokens", f"{summary.input_tokens:,} in, {summary.output_tokens:,} out · "
                             f"{summary.llm_calls} calls, {summary.cache_hits} cached")
+    if summary.retries or summary.throttled:
+        limits = f"{summary.retries} retries, {summary.throttled} rate-limited (429)"
+        if summary.concurrency_min is not None and summary.concurrency_min != summary.concurrency:
+            limits += (f" · concurrency {summary.concurrency}, lowered to "
+                       f"{summary.concurrency_min}, ended at {summary.concurrency_final}")
+        table.add_row("limits", limits)
+    if summary.budget_usd is not None:
+        table.add_row("budget", f"{money(summary.cost_usd)} of ${summary.budget_usd:g}")
     table.add_row("latency", f"p50 {seconds(summary.latency_p50_s)} · p95 "
                              f"{seconds(summary.latency_p95_s)} · p99 {seconds(summary.latency_p99_s)}")
     for warning in summary.warnings:

@@ -117,6 +117,15 @@ class PipelineRun(SQLModel, table=True):
     warnings: list[str] = Field(default_factory=list, sa_type=JSONType)
     extra: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)  # RunSummary.extra
 
+    # How the LLM limits behaved (revision 0002): requests in flight as configured, the lowest
+    # the adaptive limit went after 429s and where it ended; 429 answers; retries of any kind.
+    concurrency: int | None = None
+    concurrency_min: int | None = None
+    concurrency_final: int | None = None
+    throttled: int = 0
+    retries: int = 0
+    budget_usd: float | None = None  # budget.max_cost_usd when the run had one
+
 
 class RecordResultRow(SQLModel, table=True):
     """Where one record of one run ended (core.records.RecordResult, flattened)."""

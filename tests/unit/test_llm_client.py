@@ -41,7 +41,8 @@ class DictCache:
     async def cache_get(self, key: str) -> dict[str, Any] | None:
         return self.entries.get(key)
 
-    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str) -> None:
+    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str,
+                        ttl_s: float | None = None) -> None:
         self.entries[key] = value
         self.puts.append((key, provider, model))
 
@@ -50,7 +51,8 @@ class BrokenCache:
     async def cache_get(self, key: str) -> dict[str, Any] | None:
         raise OSError("database is locked")
 
-    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str) -> None:
+    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str,
+                        ttl_s: float | None = None) -> None:
         raise OSError("database is locked")
 
 
