@@ -24,7 +24,9 @@ from core import __version__
 from core.api import Workspace
 from core.engine import RunController, RunOptions
 from core.errors import LoomError
-from core.reporting import STATUS_STYLE, ProgressReporter, money, seconds, summary_table
+from core.estimate import DEFAULT_SAMPLE
+from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, money, seconds,
+                            summary_table)
 
 HEADLESS_COMMANDS = ("validate", "runs", "quarantine")
 
@@ -60,6 +62,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument("--no-cache", action="store_true", help="do not use cached LLM answers")
     parser.add_argument("--record", metavar="FILE", help="record every LLM exchange to a cassette")
+    parser.add_argument("--estimate", type=int, nargs="?", const=DEFAULT_SAMPLE, metavar="N",
+                        help=f"run N sample records (default {DEFAULT_SAMPLE}) without loading them "
+                             "and project the cost, tokens and time of the whole run")
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     return parser
 
@@ -97,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_command_parser().parse_args(argv)
             return asyncio.run(_dispatch(args))
         args = build_run_parser().parse_args(argv)
+        if args.estimate is not None and not args.run:
+            build_run_parser().error("--estimate needs --run PIPELINE")
+        if args.run and args.estimate is not None:
+            return _estimate(args)
         if args.run:
             return _run(args)
         raise SystemExit(open_workbench(args.folder))
@@ -156,6 +165,28 @@ def _run(args: argparse.Namespace) -> int:
         else:
             stdout.print(summary_table(summary))
         return summary.exit_code
+
+    return asyncio.run(go())
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    if args.estimate < 1:
+        build_run_parser().error("--estimate needs at least 1 sample record")
+    if args.limit is not None and args.limit < 0:
+        build_run_parser().error("--limit must be 0 or more")
+
+    async def go() -> int:
+        async with Workspace(".") as workspace:
+            loaded = workspace.load(args.run, args.set)
+            result = await workspace.estimate(loaded, sample=args.estimate, limit=args.limit,
+                                              use_cache=not args.no_cache)
+        if args.json:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        else:
+            for warning in result.warnings:
+                sys.stderr.write(f"warning: {warning}\n")
+            out_console().print(estimate_table(result))
+        return 0
 
     return asyncio.run(go())
 

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgres
 from rich.table import Table
 from rich.text import Text
 
+from core.estimate import Estimate
 from core.events import Event, Progress, RunFinished, RunStarted, RunStatus, RunSummary, RunWarning
 
 STATUS_STYLE = {RunStatus.SUCCESS: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red",
@@ -100,3 +101,32 @@ def summary_table(summary: RunSummary) -> Table:
     if summary.quarantined:
         table.add_row("next", f"loom quarantine list --run {summary.run_id}")
     return table
+
+
+def estimate_table(estimate: Estimate) -> Table:
+    """What `--estimate` prints for people."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column()
+    table.add_row(Text(estimate.pipeline, style="bold"),
+                  f"estimate from {estimate.sample} of {estimate.total:,} records")
+    table.add_row("sample", (
+        f"{estimate.loaded} would load, {estimate.quarantined} quarantined, "
+        f"{estimate.skipped} skipped · {estimate.calls} calls ({estimate.cache_hits} from the "
+        f"cache, counted at full price) · {money(estimate.cost_usd)}"))
+    duration = estimate.projected_duration_s
+    when = "unknown (every sample answer came from the cache)" if duration is None else \
+        _duration(duration)
+    table.add_row("projected", (
+        f"{money(estimate.projected_cost_usd)} · {estimate.projected_input_tokens:,} tokens in, "
+        f"{estimate.projected_output_tokens:,} out · {estimate.projected_calls:,} calls"))
+    table.add_row("time", f"{when} at concurrency {estimate.concurrency}")
+    return table
+
+
+def _duration(value: float) -> str:
+    if value < 90:
+        return f"about {value:.0f} s"
+    if value < 5400:
+        return f"about {value / 60:.0f} min"
+    return f"about {value / 3600:.1f} h"

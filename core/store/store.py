@@ -56,7 +56,7 @@ LINEAGE_KEYS = frozenset({"source", "query", "destination", "table_name", "recor
 _HIT_FLUSH_AT = 256
 # New cache entries wait in memory and are written together: with the next batch of record
 # results, when this many wait, or when the oldest has waited this long.
-_CACHE_WRITE_AT = 256
+_CACHE_WRITE_AT = 1024
 _CACHE_WRITE_AFTER_S = 2.0
 # Keys per `IN (...)` when concurrent cache lookups are read together.
 _CACHE_READ_CHUNK = 500
