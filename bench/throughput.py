@@ -134,7 +134,7 @@ def write_docetl_pipeline(folder: Path, base_url: str, concurrency: int) -> Path
         "datasets": {"reviews": {"type": "file", "path": str(folder / "records.json")}},
         "operations": [{
             "name": "classify", "type": "map", "prompt": prompt,
-            "output": {"schema": {"sentiment": "string"}},
+            "output": {"schema": {"sentiment": "string"}, "mode": "structured_output"},
         }],
         "pipeline": {
             "steps": [{"name": "classify_step", "input": "reviews", "operations": ["classify"]}],
@@ -192,6 +192,13 @@ def run_docetl(python: str, folder: Path, records: int) -> Measure:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "ANTHROPIC_"))}
     env["OPENAI_API_KEY"] = "bench-key"
     env["DOCETL_HOME_DIR"] = str(folder / "docetl_home")
+    # tiktoken downloads its encodings on first use; there is no network here, and litellm
+    # ships them (named by the sha1 of their URL) in its own package.
+    tokenizers = subprocess.run(
+        [python, "-c", "import os, litellm; print(os.path.join(os.path.dirname(litellm.__file__),"
+                       " 'litellm_core_utils', 'tokenizers'))"],
+        capture_output=True, text=True, check=True, env=env).stdout.strip()
+    env.setdefault("TIKTOKEN_CACHE_DIR", tokenizers)
     wall, cpu, rss, _, _ = measure([str(docetl), "run", str(folder / "docetl.yaml")],
                                    cwd=folder, env=env)
     out = json.loads((folder / "out" / "docetl.json").read_text())

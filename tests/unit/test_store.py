@@ -689,3 +689,10 @@ async def test_revision_0002_adds_the_limit_columns_to_existing_runs(tmp_path: P
     async with await Store.open(f"sqlite:///{path}") as store:
         run = await store.get_run("old-run")
     assert (run.throttled, run.retries, run.concurrency, run.budget_usd) == (0, 0, None, None)
+
+
+def test_schema_head_names_the_newest_migration() -> None:
+    # Opening a store skips Alembic when the store is at SCHEMA_HEAD: the two must agree.
+    from core.store.migrate import SCHEMA_HEAD
+
+    assert SCHEMA_HEAD == head_revision()
