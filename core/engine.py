@@ -300,7 +300,9 @@ class Engine:
 
     async def _pump(self, runtime: Runtime, source: Source, sink: Sink) -> None:
         spec = self.loaded.spec
-        workers_count = max(1, spec.transform.concurrency)
+        # More workers than calls in flight: while some render, validate and evaluate, others
+        # hold every one of the provider's `concurrency` slots (the client enforces that bound).
+        workers_count = max(1, spec.transform.concurrency) + max(2, spec.transform.concurrency // 4)
         work: asyncio.Queue[Any] = asyncio.Queue(maxsize=workers_count * 2)
         done: asyncio.Queue[Any] = asyncio.Queue(maxsize=workers_count * 2 + spec.load.batch_size)
         stop = self.controller.cancelled

@@ -30,6 +30,7 @@ class Estimate:
     pipeline: str
     sample: int  # records processed
     total: int  # records a run would read
+    total_exact: bool  # counted, rather than the source's quick count (a CSV's lines...)
     loaded: int  # of the sample: passed the gate
     quarantined: int
     skipped: int
@@ -51,6 +52,7 @@ class Estimate:
     def to_json(self) -> dict[str, Any]:
         return {
             "pipeline": self.pipeline, "total_records": self.total,
+            "total_records_exact": self.total_exact,
             "sample": {"records": self.sample, "loaded": self.loaded,
                        "quarantined": self.quarantined, "skipped": self.skipped,
                        "calls": self.calls, "cache_hits": self.cache_hits,
@@ -72,26 +74,27 @@ def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(value, digits)
 
 
-async def count_records(loaded: LoadedSpec, limit: int | None = None) -> int:
-    """How many records a run would read: the source's own count when it has a cheap one,
-    else counted by reading it through (in batches: nothing is kept)."""
+async def count_records(loaded: LoadedSpec, limit: int | None = None) -> tuple[int, bool]:
+    """(records a run would read, whether that was counted exactly): the source's own quick
+    count when it has one, else counted by reading it through (in batches: nothing is kept)."""
     limit = limit if limit is not None else loaded.spec.extract.limit
     source = open_source(resolve_secrets(loaded, SecretResolver()))
     try:
         hint = None
         with contextlib.suppress(Exception):
             hint = await source.count_hint()
+        exact = hint is None
         if hint is None:
             hint = 0
             async for batch in source.batches(limit):
                 hint += len(batch)
-        return hint if limit is None else min(hint, limit)
+        return (hint if limit is None else min(hint, limit)), exact
     finally:
         await source.aclose()
 
 
 def project(loaded: LoadedSpec, results: list[RecordResult], *, total: int,
-            duration_s: float, warnings: tuple[str, ...] = ()) -> Estimate:
+            duration_s: float, warnings: tuple[str, ...] = (), total_exact: bool = True) -> Estimate:
     """Scale a sample's results to `total` records."""
     spec = loaded.spec
     calls = [call for result in results for call in result.calls]
@@ -116,7 +119,7 @@ def project(loaded: LoadedSpec, results: list[RecordResult], *, total: int,
             duration = max(duration, (projected_in + projected_out) / rate.tokens_per_minute * 60)
     outcomes = [result.outcome for result in results]
     return Estimate(
-        pipeline=spec.name, sample=sample, total=total,
+        pipeline=spec.name, sample=sample, total=total, total_exact=total_exact,
         loaded=outcomes.count(Outcome.LOADED), quarantined=outcomes.count(Outcome.QUARANTINED),
         skipped=outcomes.count(Outcome.SKIPPED), calls=len(calls),
         cache_hits=len(calls) - len(real), input_tokens=input_tokens,
@@ -131,12 +134,12 @@ async def estimate(workspace: Any, loaded: LoadedSpec, *, sample: int = DEFAULT_
                    limit: int | None = None, use_cache: bool = True) -> Estimate:
     """Run `sample` records (transform + evaluate, no load, no run recorded) and project.
     `workspace` is a core.api.Workspace."""
-    total = await count_records(loaded, limit)
+    total, exact = await count_records(loaded, limit)
     records = await workspace.preview(loaded, limit=min(sample, total) if total else sample)
     warnings: list[str] = []
     started = time.monotonic()
     results = await workspace.run_sample(loaded, records, use_cache=use_cache,
                                          concurrency=loaded.spec.transform.concurrency,
                                          warnings=warnings)
-    return project(loaded, results, total=max(total, len(results)),
+    return project(loaded, results, total=max(total, len(results)), total_exact=exact,
                    duration_s=time.monotonic() - started, warnings=tuple(dict.fromkeys(warnings)))

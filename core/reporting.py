@@ -109,7 +109,8 @@ def estimate_table(estimate: Estimate) -> Table:
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
     table.add_row(Text(estimate.pipeline, style="bold"),
-                  f"estimate from {estimate.sample} of {estimate.total:,} records")
+                  f"estimate from {estimate.sample} of {'' if estimate.total_exact else 'about '}"
+                  f"{estimate.total:,} records")
     table.add_row("sample", (
         f"{estimate.loaded} would load, {estimate.quarantined} quarantined, "
         f"{estimate.skipped} skipped · {estimate.calls} calls ({estimate.cache_hits} from the "

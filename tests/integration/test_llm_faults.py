@@ -184,10 +184,10 @@ def test_the_acceptance_mix_of_429_500_and_malformed_loads_at_least_95_percent(t
 
 def test_a_record_that_still_fails_is_quarantined_with_its_cause(tmp_path, llm_server, capsys):
     llm_server.script(["500", "500", "500"])
-    pipeline = write_pipeline(tmp_path / "p", rows=rows_for(3), base_url=llm_server.base_url,
-                              transform={"concurrency": 1, "max_retries": 2})
+    pipeline = write_pipeline(tmp_path / "p", rows=rows_for(1), base_url=llm_server.base_url,
+                              transform={"max_retries": 2})
     code, summary, _ = run_cli(capsys, "--run", str(pipeline), "--json")
-    assert summary["records"] == {"extracted": 3, "loaded": 2, "quarantined": 1, "skipped": 0}
+    assert summary["records"] == {"extracted": 1, "loaded": 0, "quarantined": 1, "skipped": 0}
     code, items, _ = run_cli(capsys, "quarantine", "list", "--json")
     (item,) = items
     assert item["stage"] == "transform" and item["error_type"] == "ProviderError"
@@ -284,5 +284,5 @@ def test_estimate_prints_a_projection_for_people(tmp_path, llm_server, capsys):
     code = cli.main(["--run", str(pipeline), "--estimate", "4"])
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "estimate from 4 of 40 records" in out
+    assert "estimate from 4 of about 40 records" in out  # a CSV's quick count reads lines
     assert "projected" in out and "40 calls" in out
