@@ -310,6 +310,10 @@ def render(rows: list[tuple[str, Measure, float]], notes: list[str], args: argpa
         f"{args.latency_ms:g} ms per call · limit {limit:,.0f} records/s · "
         f"load average (1 / 5 min) {load_before} before, {load_after} after",
         "",
+        "Measured on a machine that may be shared with other work (the load average above says "
+        "how busy it was, the HTTP floor below what it allowed a bare client): re-run on a quiet "
+        "machine for reference figures.",
+        "",
         "| run | records/s | % of limit | wall s | CPU s | CPU ms/record | CPU ms/record after start-up | peak RSS MB |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
