@@ -245,6 +245,10 @@ def run_to_dict(run: Any) -> dict[str, Any]:
         "llm_calls": run.llm_calls, "cache_hits": run.cache_hits,
         "duration_s": run.duration_s, "model": run.model, "prompt_hash": run.prompt_hash,
         "latency_s": {"p50": run.latency_p50_s, "p95": run.latency_p95_s, "p99": run.latency_p99_s},
+        "cost_by_model": run.cost_by_model, "budget_usd": run.budget_usd,
+        "llm": {"retries": run.retries, "throttled": run.throttled,
+                "concurrency": {"configured": run.concurrency, "min": run.concurrency_min,
+                                "final": run.concurrency_final}},
     }
 
 

@@ -148,6 +148,9 @@ def test_429s_honour_retry_after_and_cut_the_concurrency_for_everyone(tmp_path, 
                              "concurrency_final FROM pipeline_runs")[0]
     assert row == (llm["throttled"], llm["retries"], 16, llm["concurrency"]["min"],
                    llm["concurrency"]["final"])
+    code, runs, _ = run_cli(capsys, "runs", "--json")
+    assert runs[0]["llm"] == {"retries": llm["retries"], "throttled": llm["throttled"],
+                              "concurrency": llm["concurrency"]}
 
 
 @pytest.mark.parametrize("fault,rate", [("500", 0.2), ("timeout", 0.1), ("malformed", 0.15),
