@@ -45,7 +45,7 @@ from core.store.models import (
 )
 
 QUARANTINE_STATUSES = ("open", "approved", "reprocessed", "discarded")
-VERSION_KINDS = ("prompt", "system", "context")
+VERSION_KINDS = ("prompt", "system", "context", "judge")
 LINEAGE_KEYS = frozenset({"source", "query", "destination", "table_name", "records_in",
                           "records_out"})
 # Cache hits are counted in memory and written with the next write (or at this many), so that
@@ -426,6 +426,27 @@ class Store:
                      .where(newest.c.rank == 1).order_by(_runs.c.pipeline_name))
         return {run.pipeline_name: run for run in await self._all(statement)}
 
+    async def trailing_runs(self, pipeline: str, *, before: datetime, exclude_run_id: str | None = None,
+                            statuses: Sequence[str] = (RunStatus.SUCCESS, RunStatus.PARTIAL),
+                            limit: int = 10) -> list[PipelineRun]:
+        """A pipeline's newest runs in `statuses` that started before `before`: the window a
+        run is compared with."""
+        statement = select(PipelineRun).where(
+            PipelineRun.pipeline_name == pipeline, _runs.c.status.in_(list(statuses)),
+            _runs.c.started_at <= before)
+        if exclude_run_id is not None:
+            statement = statement.where(_runs.c.run_id != exclude_run_id)
+        statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        return await self._all(statement.limit(limit))
+
+    async def evaluation_results_for(self, run_ids: Sequence[str]) -> list[EvaluationResult]:
+        """Per-evaluator statistics of several runs, in one query."""
+        if not run_ids:
+            return []
+        return await self._all(select(EvaluationResult)
+                               .where(_evaluations.c.run_id.in_(list(run_ids)))
+                               .order_by(_evaluations.c.id))
+
     async def evaluation_results(self, run_id: str) -> list[EvaluationResult]:
         return await self._all(select(EvaluationResult)
                                .where(EvaluationResult.run_id == run_id)
@@ -651,6 +672,26 @@ class Store:
             statement = statement.where(_alerts.c.acknowledged.is_(False))
         statement = statement.order_by(_alerts.c.triggered_at.desc(), _alerts.c.id.desc())
         return await self._all(statement.limit(limit))
+
+    async def alerts_for_runs(self, run_ids: Sequence[str]) -> dict[str, list[MonitoringAlert]]:
+        """Each run's alerts, oldest first, in one query (for a page of history)."""
+        found: dict[str, list[MonitoringAlert]] = {run_id: [] for run_id in run_ids}
+        if not run_ids:
+            return found
+        rows = await self._all(select(MonitoringAlert)
+                               .where(_alerts.c.run_id.in_(list(run_ids)))
+                               .order_by(_alerts.c.id))
+        for row in rows:
+            found[row.run_id].append(row)
+        return found
+
+    async def mark_alerts_notified(self, alert_ids: Sequence[int]) -> None:
+        """The alerts reached their notification channel."""
+        if not alert_ids:
+            return
+        async with self._write() as conn:
+            await conn.execute(update(_alerts).where(_alerts.c.id.in_(list(alert_ids))).values(
+                notification_sent=True, notification_sent_at=utcnow()))
 
     async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
         async with self._write() as conn:
