@@ -223,6 +223,21 @@ class Workspace:
     async def quarantine(self, **filters: Any) -> list[Any]:
         return await (await self.store()).list_quarantine(**filters)
 
+    # ------------------------------------------------------------ monitoring
+
+    async def alerts(self, *, pipeline: str | None = None, run_id: str | None = None,
+                     unacknowledged: bool = False, limit: int = 100) -> list[Any]:
+        """Monitoring alerts (MonitoringAlert rows), newest first."""
+        return await (await self.store()).list_alerts(pipeline=pipeline, run_id=run_id,
+                                                      unacknowledged=unacknowledged, limit=limit)
+
+    async def run_alerts(self, run_ids: list[str]) -> dict[str, list[Any]]:
+        """Each run's alerts, for a page of history, in one query."""
+        return await (await self.store()).alerts_for_runs(run_ids)
+
+    async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
+        await (await self.store()).acknowledge_alert(alert_id, by=by)
+
 
 class _Done:
     pass

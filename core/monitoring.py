@@ -116,7 +116,7 @@ def _scores(stats: list[EvaluatorStats], monitoring: MonitoringSpec,
             alerts.append(Alert(
                 "score_degradation", "warning",
                 f"{name}: mean score {mean:.3f} is {fell:.1%} below its trailing mean "
-                f"{trailing:.3f} over the last {len(earlier)} runs (score_drop {drop:.0%})",
+                f"{trailing:.3f} over {_last(len(earlier))} (score_drop {drop:.0%})",
                 threshold_value=limit, actual_value=mean,
                 details={"evaluator": name, "check": "score_drop", "trailing_mean": trailing,
                          "runs": len(earlier)}))
@@ -150,7 +150,7 @@ def _cost(summary: RunSummary, monitoring: MonitoringSpec, history: list[Baselin
     what = "cost per record" if per_record else "run cost"
     return [Alert("cost_spike", "warning",
                   f"{what} {_money(current)} is {current / trailing:.1f}× its trailing mean "
-                  f"{_money(trailing)} over the last {len(earlier)} runs "
+                  f"{_money(trailing)} over {_last(len(earlier))} "
                   f"(cost_spike_factor {factor:g})",
                   threshold_value=limit, actual_value=current,
                   details={"basis": monitoring.cost_basis, "trailing_mean": trailing,
@@ -170,8 +170,12 @@ def _latency(summary: RunSummary, monitoring: MonitoringSpec) -> list[Alert]:
 def _money(value: float) -> str:
     if value == 0:
         return "$0"
-    digits = max(2, 2 - int(math.floor(math.log10(abs(value)))) + 1)
+    digits = max(2, 1 - int(math.floor(math.log10(abs(value)))))  # two significant digits
     return f"${value:.{min(digits, 10)}f}"
+
+
+def _last(runs: int) -> str:
+    return "the last run" if runs == 1 else f"the last {runs} runs"
 
 
 # ---------------------------------------------------------------- with the store
