@@ -23,7 +23,7 @@ from rich.table import Table
 from core import __version__
 from core.api import Workspace
 from core.engine import RunController, RunOptions
-from core.errors import LoomError, UsageError
+from core.errors import LoomError, UsageError, one_line
 from core.reporting import STATUS_STYLE, ProgressReporter, money, seconds, summary_table
 
 HEADLESS_COMMANDS = ("validate", "runs", "quarantine")
@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         raise SystemExit(open_workbench(args.folder))
     except LoomError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {one_line(str(exc))}\n")
         return exc.exit_code
 
 
@@ -208,7 +208,7 @@ def _validate(args: argparse.Namespace) -> int:
                       f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
                       f"{loaded.spec.load.destination}", highlight=False)
         except LoomError as exc:
-            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.write(f"error: {one_line(str(exc))}\n")
             code = max(code, exc.exit_code)
     return code
 
