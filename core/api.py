@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from core.engine import Engine, Listener, RunController, RunOptions
 from core.errors import LoomError, PipelineError, TemplateError
 from core.events import Event, RunFinished, RunSummary
 from core.processing import Runtime
+from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import template_syntax_error
 from core.records import Record, RecordResult
 from core.spec import LoadedSpec, load_spec
@@ -221,7 +222,35 @@ class Workspace:
         return await (await self.store()).get_run(run_id)
 
     async def quarantine(self, **filters: Any) -> list[Any]:
+        """Quarantined records, filtered (pipeline, run_id, stage, reason_contains, status) and
+        paged by id (limit, after_id)."""
         return await (await self.store()).list_quarantine(**filters)
+
+    async def count_quarantine(self, **filters: Any) -> int:
+        return await (await self.store()).count_quarantine(**filters)
+
+    async def quarantined(self, quarantine_id: int) -> Any:
+        return await (await self.store()).get_quarantined(quarantine_id)
+
+    async def quarantine_history(self, quarantine_id: int) -> list[Any]:
+        """Every action taken on a quarantined record, oldest first."""
+        return await (await self.store()).quarantine_actions(quarantine_id)
+
+    async def _desk(self) -> QuarantineDesk:
+        return QuarantineDesk(await self.store(), self.config)
+
+    async def approve(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
+        return await (await self._desk()).approve(ids, note=note)
+
+    async def approve_edited(self, quarantine_id: int, output: Any, *,
+                             note: str | None = None) -> ActionResult:
+        return await (await self._desk()).approve_edited(quarantine_id, output, note=note)
+
+    async def reprocess(self, ids: Sequence[int]) -> list[ActionResult]:
+        return await (await self._desk()).reprocess(ids)
+
+    async def discard(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
+        return await (await self._desk()).discard(ids, note=note)
 
     # ------------------------------------------------------------ monitoring
 

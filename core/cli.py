@@ -23,7 +23,7 @@ from rich.table import Table
 from core import __version__
 from core.api import Workspace
 from core.engine import RunController, RunOptions
-from core.errors import LoomError
+from core.errors import LoomError, UsageError, one_line
 from core.reporting import STATUS_STYLE, ProgressReporter, money, seconds, summary_table
 
 HEADLESS_COMMANDS = ("validate", "runs", "quarantine")
@@ -87,6 +87,23 @@ def build_command_parser() -> argparse.ArgumentParser:
                          choices=["open", "approved", "reprocessed", "discarded", "all"])
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="one quarantined record, whole")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    approve = actions.add_parser("approve", help="load the records' outputs as they are")
+    approve.add_argument("ids", type=int, nargs="+", metavar="ID")
+    approve.add_argument("--output", metavar="JSON",
+                         help="replace the output first (one ID): edit, then approve")
+    approve.add_argument("--note")
+    approve.add_argument("--json", action="store_true")
+    reprocess = actions.add_parser(
+        "reprocess", help="transform and evaluate again with the current prompt and model")
+    reprocess.add_argument("ids", type=int, nargs="+", metavar="ID")
+    reprocess.add_argument("--json", action="store_true")
+    discard = actions.add_parser("discard", help="drop the records for good")
+    discard.add_argument("ids", type=int, nargs="+", metavar="ID")
+    discard.add_argument("--note")
+    discard.add_argument("--json", action="store_true")
     return parser
 
 
@@ -101,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         raise SystemExit(open_workbench(args.folder))
     except LoomError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {one_line(str(exc))}\n")
         return exc.exit_code
 
 
@@ -170,7 +187,11 @@ async def _dispatch(args: argparse.Namespace) -> int:
         if args.command == "runs":
             return await _runs(workspace, args)
         if args.command == "quarantine":
-            return await _quarantine_list(workspace, args)
+            if args.action == "list":
+                return await _quarantine_list(workspace, args)
+            if args.action == "show":
+                return await _quarantine_show(workspace, args)
+            return await _quarantine_act(workspace, args)
     return 2
 
 
@@ -187,7 +208,7 @@ def _validate(args: argparse.Namespace) -> int:
                       f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
                       f"{loaded.spec.load.destination}", highlight=False)
         except LoomError as exc:
-            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.write(f"error: {one_line(str(exc))}\n")
             code = max(code, exc.exit_code)
     return code
 
@@ -307,3 +328,70 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
                       reason[:160] + ("…" if len(reason) > 160 else ""))
     out_console().print(table)
     return 0
+
+
+async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> int:
+    row = await workspace.quarantined(args.id)
+    if row is None:
+        sys.stderr.write(f"error: there is no quarantined record {args.id}\n")
+        return 2
+    history = await workspace.quarantine_history(args.id)
+    data = quarantined_to_dict(row)
+    data["actions"] = [{"action": a.action, "at": _iso(a.at), "actor": a.actor,
+                        "details": a.details} for a in history]
+    if args.json:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        return 0
+    out = out_console()
+    out.print(f"[bold]quarantined record {row.id}[/]  {row.pipeline_name} · run {row.run_id} · "
+              f"record {row.record_id} · [yellow]{row.status}[/]", highlight=False)
+    out.print(f"[dim]stage[/]   {row.stage}\n[dim]reason[/]  {row.reason}", highlight=False)
+    out.print("[dim]input[/]")
+    out.print_json(json.dumps(row.input, default=str))
+    out.print("[dim]output[/]")
+    if row.output is not None:
+        out.print_json(json.dumps(row.output, default=str))
+    else:
+        out.print(f"  (none) raw answer: {row.raw_output!r}", highlight=False)
+    if row.scores:
+        table = Table(box=None, header_style="bold")
+        for column in ("evaluator", "score", "passed", "explanation"):
+            table.add_column(column)
+        for score in row.scores:
+            table.add_row(score.get("evaluator", "?"), f"{score.get('value', 0):.2f}",
+                          "yes" if score.get("passed") else "[red]no[/]",
+                          str(score.get("explanation", "")))
+        out.print(table)
+    for action in data["actions"]:
+        out.print(f"[dim]{action['at']}[/] {action['action']} by {action['actor'] or '?'}: "
+                  f"{action['details']}", highlight=False)
+    return 0
+
+
+async def _quarantine_act(workspace: Workspace, args: argparse.Namespace) -> int:
+    if args.action == "approve" and args.output is not None:
+        if len(args.ids) != 1:
+            raise UsageError("--output edits one record: give exactly one ID")
+        try:
+            output = json.loads(args.output)
+        except ValueError as exc:
+            raise UsageError(f"--output is not JSON: {exc}") from None
+        results = [await workspace.approve_edited(args.ids[0], output, note=args.note)]
+    elif args.action == "approve":
+        results = await workspace.approve(args.ids, note=args.note)
+    elif args.action == "reprocess":
+        results = await workspace.reprocess(args.ids)
+    else:
+        results = await workspace.discard(args.ids, note=args.note)
+    if args.json:
+        sys.stdout.write(json.dumps([{"id": r.quarantine_id, "action": r.action,
+                                      "status": r.status, "loaded": r.loaded,
+                                      "message": r.message} for r in results]) + "\n")
+    else:
+        out = out_console()
+        for result in results:
+            style = "green" if result.loaded or result.status == "discarded" else "yellow"
+            out.print(f"{result.quarantine_id}: [{style}]{result.status}[/] {result.message}",
+                      highlight=False)
+    # Nothing done for some records (still failing, nothing to approve): say so in the code.
+    return 0 if all(r.loaded or r.status == "discarded" for r in results) else 1

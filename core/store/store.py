@@ -509,11 +509,13 @@ class Store:
     async def resolve_quarantined(self, quarantine_id: int, *, action: str, status: str,
                                   final_output: Any = None, note: str | None = None,
                                   actor: str | None = None, reason: str | None = None,
-                                  scores: list[Any] | None = None, verdict: Any = None) -> None:
+                                  scores: list[Any] | None = None, verdict: Any = None,
+                                  details: dict[str, Any] | None = None) -> None:
         """Record what someone did to a quarantined record, and its new state, atomically.
 
         `reason`, `scores` and `verdict` replace the stored ones when given (a reprocess that
-        still fails says why now). Status `open` clears `resolved_at`.
+        still fails says why now). Status `open` clears `resolved_at`. `details` adds to what
+        the action row records (what a reprocess cost, say).
         """
         if status not in QUARANTINE_STATUSES:
             raise ValueError(f"quarantine status must be one of {QUARANTINE_STATUSES}, not {status!r}")
@@ -537,11 +539,11 @@ class Store:
                 raise StoreError(f"there is no quarantined record {quarantine_id}")
             await conn.execute(update(_quarantine).where(_quarantine.c.id == quarantine_id)
                                .values(values))
-            details = {"from": current.status, "to": status, "note": note, "reason": reason,
-                       "final_output": final_output}
+            recorded = {"from": current.status, "to": status, "note": note, "reason": reason,
+                        "final_output": final_output, **(details or {})}
             await conn.execute(insert(_actions), {
                 "quarantine_id": quarantine_id, "action": action, "at": now, "actor": actor,
-                "details": {k: v for k, v in details.items() if v is not None}})
+                "details": {k: v for k, v in recorded.items() if v is not None}})
 
     async def quarantine_actions(self, quarantine_id: int) -> list[QuarantineAction]:
         return await self._all(select(QuarantineAction)
