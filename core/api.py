@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from core.agreement import JudgeAgreement
 from core.config import LoomConfig, load_config, store_url
 from core.connectors.registry import open_source
 from core.credentials import SecretResolver
@@ -251,6 +252,11 @@ class Workspace:
 
     async def discard(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
         return await (await self._desk()).discard(ids, note=note)
+
+    async def judge_agreement(self, pipeline: str | None = None) -> list[JudgeAgreement]:
+        """Each LLM judge's agreement rate with the people who approved, edited or discarded
+        the records it scored, per pipeline (core.agreement)."""
+        return await (await self.store()).judge_agreement(pipeline=pipeline)
 
     # ------------------------------------------------------------ monitoring
 

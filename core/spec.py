@@ -14,7 +14,7 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -326,6 +326,7 @@ class PairwiseSpec(_JudgeBase):
 
 JUDGE_SPECS = (CustomCriteriaSpec, SemanticSpec, FactualitySpec, GroundednessSpec, RelevanceSpec,
                InstructionFollowingSpec, PairwiseSpec)
+JUDGE_TYPES = frozenset(get_args(spec.model_fields["type"].annotation)[0] for spec in JUDGE_SPECS)
 
 EvaluatorSpec = Annotated[
     Union[ExactMatchSpec, OneOfSpec, RegexSpec, ContainsSpec, JsonSchemaSpec, RangeSpec,

@@ -17,12 +17,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import (ColumnElement, Table, bindparam, case, func, insert, literal, or_, select,
+                        update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 
+from core.agreement import JudgeAgreement, judge_decisions
 from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
@@ -32,6 +34,7 @@ from core.store.migrate import migrate
 from core.store.models import (
     ContextVersion,
     EvaluationResult,
+    JudgeAgreementRow,
     LLMCacheEntry,
     Lineage,
     MonitoringAlert,
@@ -65,6 +68,7 @@ _contexts: Table = ContextVersion.__table__  # type: ignore[assignment]
 _cache: Table = LLMCacheEntry.__table__  # type: ignore[assignment]
 _lineage: Table = Lineage.__table__  # type: ignore[assignment]
 _alerts: Table = MonitoringAlert.__table__  # type: ignore[assignment]
+_agreements: Table = JudgeAgreementRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -533,17 +537,62 @@ class Store:
             values["verdict"] = verdict.to_dict() if hasattr(verdict, "to_dict") else verdict
         async with self._write() as conn:
             current = (await conn.execute(
-                select(_quarantine.c.status).where(_quarantine.c.id == quarantine_id)
-                .with_for_update())).first()
+                select(_quarantine.c.status, _quarantine.c.scores, _quarantine.c.run_id,
+                       _quarantine.c.pipeline_name, _quarantine.c.record_id)
+                .where(_quarantine.c.id == quarantine_id).with_for_update())).first()
             if current is None:
                 raise StoreError(f"there is no quarantined record {quarantine_id}")
             await conn.execute(update(_quarantine).where(_quarantine.c.id == quarantine_id)
                                .values(values))
+            if status != "open":
+                # The person's decision against each judge's verdict on the scores they saw.
+                for decision in judge_decisions(current.scores, action):
+                    await conn.execute(self._upsert(_agreements, {
+                        "quarantine_id": quarantine_id, "run_id": current.run_id,
+                        "pipeline_name": current.pipeline_name, "record_id": current.record_id,
+                        "evaluator": decision.evaluator, "evaluator_type": decision.evaluator_type,
+                        "judge_value": decision.judge_value, "judge_passed": decision.judge_passed,
+                        "action": decision.action, "agreed": decision.agreed, "actor": actor,
+                        "decided_at": now,
+                    }, ["quarantine_id", "evaluator"],
+                        ["judge_value", "judge_passed", "action", "agreed", "actor", "decided_at"]))
             recorded = {"from": current.status, "to": status, "note": note, "reason": reason,
                         "final_output": final_output, **(details or {})}
             await conn.execute(insert(_actions), {
                 "quarantine_id": quarantine_id, "action": action, "at": now, "actor": actor,
                 "details": {k: v for k, v in recorded.items() if v is not None}})
+
+    async def judge_agreement(self, *, pipeline: str | None = None) -> list[JudgeAgreement]:
+        """Each LLM judge's agreement with the people who resolved its pipeline's quarantine,
+        by pipeline and judge."""
+        statement = select(
+            _agreements.c.pipeline_name, _agreements.c.evaluator, _agreements.c.evaluator_type,
+            func.count().label("decisions"),
+            func.sum(case((_agreements.c.agreed, 1), else_=0)).label("agreed"),
+            func.sum(case((~_agreements.c.judge_passed & (_agreements.c.action == "approve"), 1),
+                          else_=0)).label("too_strict"),
+            func.sum(case((_agreements.c.judge_passed & (_agreements.c.action != "approve"), 1),
+                          else_=0)).label("too_lenient"),
+        ).group_by(_agreements.c.pipeline_name, _agreements.c.evaluator,
+                   _agreements.c.evaluator_type
+                   ).order_by(_agreements.c.pipeline_name, _agreements.c.evaluator)
+        if pipeline is not None:
+            statement = statement.where(_agreements.c.pipeline_name == pipeline)
+        try:
+            async with self._reader.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+        except SQLAlchemyError as exc:
+            raise self._target.error("read", exc) from exc
+        return [JudgeAgreement(pipeline=row.pipeline_name, evaluator=row.evaluator,
+                               evaluator_type=row.evaluator_type, decisions=int(row.decisions),
+                               agreed=int(row.agreed or 0), too_strict=int(row.too_strict or 0),
+                               too_lenient=int(row.too_lenient or 0)) for row in rows]
+
+    async def judge_decisions(self, quarantine_id: int) -> list[JudgeAgreementRow]:
+        """The judges' verdicts on one resolved record, against the person's."""
+        return await self._all(select(JudgeAgreementRow)
+                               .where(JudgeAgreementRow.quarantine_id == quarantine_id)
+                               .order_by(_agreements.c.id))
 
     async def quarantine_actions(self, quarantine_id: int) -> list[QuarantineAction]:
         return await self._all(select(QuarantineAction)
