@@ -102,8 +102,10 @@ class Judge(Evaluator):
     template: ClassVar[str]
     schema: ClassVar[dict[str, Any]]
 
-    def __init__(self, spec: Any, *, models: JudgeModels, prompt_file: Path | None = None) -> None:
+    def __init__(self, spec: Any, *, models: JudgeModels, prompt_file: Path | None = None,
+                 params: dict[str, Any] | None = None) -> None:
         super().__init__(spec)
+        self.params = dict(params or {})
         self.field: str = spec.field
         self.input_field: str | None = spec.input_field
         self.client: LLMClient
@@ -130,7 +132,7 @@ class Judge(Evaluator):
             raise PipelineError("an LLM judge needs the run's model client (build it through "
                                 "core.processing.Runtime)")
         prompt_file = context.loaded.resolve(spec.prompt) if spec.prompt else None
-        return cls(spec, models=context.llm, prompt_file=prompt_file)
+        return cls(spec, models=context.llm, prompt_file=prompt_file, params=context.params)
 
     @staticmethod
     def _compile(prompt: PromptText, key: str) -> jinja2.Template:
@@ -163,6 +165,7 @@ class Judge(Evaluator):
                                    details=settled.details or None, calls=calls)
         variables.setdefault("input", self._input_text(input_data, output))
         variables["record"] = input_data
+        variables["params"] = self.params
         messages = [{"role": "system", "content": self._render(self._system_template, variables)},
                     {"role": "user", "content": self._render(self._prompt_template, variables)}]
         answer = await self._ask(messages, calls)
@@ -427,12 +430,12 @@ class Pairwise(Judge):
     template: ClassVar[str] = "pairwise.j2"
 
     def __init__(self, spec: Any, *, models: JudgeModels, prompt_file: Path | None = None,
-                 against_file: Path | None = None) -> None:
+                 against_file: Path | None = None, params: dict[str, Any] | None = None) -> None:
         self.schema = {  # type: ignore[misc]  # per instance: allow_tie changes it
             "type": "object", "required": ["winner", "confidence", "explanation"],
             "properties": {"winner": {"enum": ["A", "B", "tie"] if spec.allow_tie else ["A", "B"]},
                            "confidence": _number(), "explanation": {"type": "string"}}}
-        super().__init__(spec, models=models, prompt_file=prompt_file)
+        super().__init__(spec, models=models, prompt_file=prompt_file, params=params)
         self.against: PromptText | None = None
         self._other: _OtherPromptTransformer | None = None
         self._other_prompts = None
@@ -458,7 +461,8 @@ class Pairwise(Judge):
         resolve = context.loaded.resolve
         return cls(spec, models=context.llm,
                    prompt_file=resolve(spec.prompt) if spec.prompt else None,
-                   against_file=resolve(spec.against_prompt) if spec.against_prompt else None)
+                   against_file=resolve(spec.against_prompt) if spec.against_prompt else None,
+                   params=context.params)
 
     def prompt_versions(self) -> list[PromptText]:
         return super().prompt_versions() + ([self.against] if self.against else [])

@@ -380,16 +380,19 @@ async def test_a_pipeline_prompt_replaces_the_packaged_one(tmp_path, llm_server)
     folder = tmp_path / "p"
     folder.mkdir()
     (folder / "my_judge.j2").write_text(
-        "House rules: {{ criteria }}\nReview text: {{ record.text }}\nAnswer: {{ output }}\n")
+        "House rules ({{ params.team }}): {{ criteria }}\nReview text: {{ record.text }}\n"
+        "Answer: {{ output }}\n")
     llm_server.responder = judge_responder(lambda body: criteria_answer(0.9))
     loaded = judge_pipeline(folder, llm_server, [
-        {"type": "custom_criteria", "criteria": "Be kind", "prompt": "my_judge.j2"}])
+        {"type": "custom_criteria", "criteria": "Be kind", "prompt": "my_judge.j2"}],
+        params={"team": "support"})
     async with built(loaded) as runtime:
         (judge,) = runtime.processor.evaluators
         await judge.score(INPUT, {"sentiment": "positive"})
         system, prompt = judge.prompt_versions()
     assert judge_prompt(judge_requests(llm_server)[0]) == (
-        'House rules: Be kind\nReview text: The kettle boils fast.\nAnswer: {"sentiment": "positive"}')
+        'House rules (support): Be kind\nReview text: The kettle boils fast.\n'
+        'Answer: {"sentiment": "positive"}')
     assert system.path == "loom:evaluate/judge_prompts/system.j2"
     assert prompt.path.endswith("my_judge.j2")
 
@@ -443,3 +446,18 @@ async def test_a_judge_refused_for_its_credentials_stops_the_run(tmp_path, llm_s
         async with built(loaded) as runtime:
             with pytest.raises(FatalRunError, match="401"):
                 await runtime.processor.process(record)
+
+
+async def test_a_judge_key_placeholder_is_resolved_at_run_time(tmp_path, llm_server, monkeypatch):
+    monkeypatch.setenv("JUDGE_KEY", "resolved-judge-key")
+    with LLMServer(seed=5) as judge_server:
+        judge_server.responder = judge_responder(lambda body: criteria_answer(0.9))
+        loaded = judge_pipeline(tmp_path, llm_server, [
+            {"type": "custom_criteria", "criteria": "x", "base_url": judge_server.base_url,
+             "api_key": "${JUDGE_KEY}"}])
+        assert loaded.raw["evaluate"]["evaluators"][0]["api_key"] == "${JUDGE_KEY}"  # as written
+        async with built(loaded) as runtime:
+            (judge,) = runtime.processor.evaluators
+            score = await judge.score(INPUT, {"sentiment": "positive"})
+        assert judge_server.headers[0]["authorization"] == "Bearer resolved-judge-key"
+    assert score.value == 0.9
