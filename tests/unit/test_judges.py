@@ -459,5 +459,5 @@ async def test_a_judge_key_placeholder_is_resolved_at_run_time(tmp_path, llm_ser
         async with built(loaded) as runtime:
             (judge,) = runtime.processor.evaluators
             score = await judge.score(INPUT, {"sentiment": "positive"})
-        assert judge_server.headers[0]["authorization"] == "Bearer resolved-judge-key"
+        assert judge_server.headers[0]["Authorization"] == "Bearer resolved-judge-key"
     assert score.value == 0.9
