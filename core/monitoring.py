@@ -200,8 +200,11 @@ async def monitor_run(store: Any, spec: PipelineSpec, summary: RunSummary,
     """Check a finished run, keep its alerts, post them when asked; returns them."""
     if summary.status not in MONITORED_STATUSES:
         return []
-    history = await trailing_baselines(store, spec.name, before=started_at,
-                                       run_id=summary.run_id, window=spec.monitoring.window)
+    monitoring = spec.monitoring
+    history: list[Baseline] = []
+    if monitoring.score_drop is not None or monitoring.cost_spike_factor is not None:
+        history = await trailing_baselines(store, spec.name, before=started_at,
+                                           run_id=summary.run_id, window=monitoring.window)
     alerts = check_run(summary, stats, spec, history)
     if not alerts:
         return alerts

@@ -15,6 +15,7 @@ claims / statements that hold up for factuality and groundedness), `passed` by t
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import json
 from dataclasses import dataclass
@@ -176,10 +177,10 @@ class Judge(Evaluator):
         """The template's variables for one record. KeyError: a field the judge needs is missing."""
         return {"output": as_text(value)}
 
+    @abc.abstractmethod
     def interpret(self, answer: dict[str, Any], calls: list[LLMCall],
                   variables: dict[str, Any]) -> Score:
         """The Score for a valid answer."""
-        raise NotImplementedError
 
     def _input_text(self, input_data: dict[str, Any], output: Any) -> str | None:
         if self.input_field is None:
