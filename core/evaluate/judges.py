@@ -196,8 +196,10 @@ class Judge(Evaluator):
         try:
             return template.render(variables)
         except JinjaSecurityError as exc:
-            raise SecurityError(f"the judge prompt of {self.name} tried something the sandbox "
-                                f"forbids: {exc}") from None
+            # Carried as the cause: the record processor stops the run for it.
+            forbidden = SecurityError(f"the judge prompt of {self.name} tried something the "
+                                      f"sandbox forbids: {exc}")
+            raise EvaluatorError(str(forbidden)) from forbidden
         except jinja2.TemplateError as exc:
             raise EvaluatorError(clip(f"judge prompt did not render: {exc}")) from None
 
@@ -496,8 +498,8 @@ class Pairwise(Judge):
         assert self._other is not None and self._other_prompts is not None
         try:
             messages = self._other_prompts.render(input_data)
-        except SecurityError:
-            raise
+        except SecurityError as exc:
+            raise EvaluatorError(str(exc)) from exc  # stops the run, as for the transform
         except LoomError as exc:
             message = f"against_prompt did not render: {exc}"
             raise JudgeFailed(message, score=self._failed(message, calls, None)) from exc

@@ -461,3 +461,32 @@ async def test_a_judge_key_placeholder_is_resolved_at_run_time(tmp_path, llm_ser
             score = await judge.score(INPUT, {"sentiment": "positive"})
         assert judge_server.headers[0]["Authorization"] == "Bearer resolved-judge-key"
     assert score.value == 0.9
+
+
+async def test_a_judge_prompt_the_sandbox_refuses_stops_the_run(tmp_path, llm_server):
+    from core.processing import FatalRunError
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "sneaky.j2").write_text("{{ output.__class__.__mro__ }}\n")
+    loaded = judge_pipeline(folder, llm_server, [
+        {"type": "custom_criteria", "criteria": "x", "prompt": "sneaky.j2"}])
+    record = Record(id="r1", data=INPUT | {"reply": reply("positive")}, ordinal=0)
+    async with built(loaded) as runtime:
+        with pytest.raises(FatalRunError, match="sandbox forbids"):
+            await runtime.processor.process(record)
+    assert judge_requests(llm_server) == []
+
+
+async def test_a_judge_prompt_missing_a_variable_quarantines_the_record(tmp_path, llm_server):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    (folder / "j.j2").write_text("{{ record.no_such_field }}\n")
+    loaded = judge_pipeline(folder, llm_server, [
+        {"name": "j", "type": "custom_criteria", "criteria": "x", "prompt": "j.j2"}])
+    record = Record(id="r1", data=INPUT | {"reply": reply("positive")}, ordinal=0)
+    async with built(loaded) as runtime:
+        result = await runtime.processor.process(record)
+    assert result.outcome is Outcome.QUARANTINED and result.stage is Stage.EVALUATE
+    assert result.reason.startswith("j: judge prompt did not render:")
+    assert "no_such_field" in result.reason
