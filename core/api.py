@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from core.agreement import JudgeAgreement
 from core.config import LoomConfig, load_config, store_url
 from core.connectors.registry import open_source
 from core.credentials import SecretResolver
@@ -251,6 +252,26 @@ class Workspace:
 
     async def discard(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
         return await (await self._desk()).discard(ids, note=note)
+
+    async def judge_agreement(self, pipeline: str | None = None) -> list[JudgeAgreement]:
+        """Each LLM judge's agreement rate with the people who approved, edited or discarded
+        the records it scored, per pipeline (core.agreement)."""
+        return await (await self.store()).judge_agreement(pipeline=pipeline)
+
+    # ------------------------------------------------------------ monitoring
+
+    async def alerts(self, *, pipeline: str | None = None, run_id: str | None = None,
+                     unacknowledged: bool = False, limit: int = 100) -> list[Any]:
+        """Monitoring alerts (MonitoringAlert rows), newest first."""
+        return await (await self.store()).list_alerts(pipeline=pipeline, run_id=run_id,
+                                                      unacknowledged=unacknowledged, limit=limit)
+
+    async def run_alerts(self, run_ids: list[str]) -> dict[str, list[Any]]:
+        """Each run's alerts, for a page of history, in one query."""
+        return await (await self.store()).alerts_for_runs(run_ids)
+
+    async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
+        await (await self.store()).acknowledge_alert(alert_id, by=by)
 
 
 class _Done:

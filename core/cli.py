@@ -221,7 +221,15 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
-def run_to_dict(run: Any) -> dict[str, Any]:
+def alert_to_dict(alert: Any) -> dict[str, Any]:
+    return {"id": alert.id, "run_id": alert.run_id, "type": alert.alert_type,
+            "severity": alert.severity, "message": alert.message,
+            "threshold": alert.threshold_value, "actual": alert.actual_value,
+            "details": alert.details, "triggered_at": _iso(alert.triggered_at),
+            "acknowledged": alert.acknowledged, "notified": alert.notification_sent}
+
+
+def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
     processed = (run.loaded or 0) + (run.quarantined or 0)
     return {
         "run_id": run.run_id, "pipeline": run.pipeline_name, "status": run.status,
@@ -235,22 +243,25 @@ def run_to_dict(run: Any) -> dict[str, Any]:
         "llm_calls": run.llm_calls, "cache_hits": run.cache_hits,
         "duration_s": run.duration_s, "model": run.model, "prompt_hash": run.prompt_hash,
         "latency_s": {"p50": run.latency_p50_s, "p95": run.latency_p95_s, "p99": run.latency_p99_s},
+        "alerts": [alert_to_dict(a) for a in alerts or ()],
     }
 
 
 async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
     runs = await workspace.runs(pipeline=args.pipeline, limit=args.limit)
+    alerts = await workspace.run_alerts([r.run_id for r in runs])
     if args.json:
-        sys.stdout.write(json.dumps([run_to_dict(r) for r in runs]) + "\n")
+        sys.stdout.write(json.dumps([run_to_dict(r, alerts[r.run_id]) for r in runs]) + "\n")
         return 0
     if not runs:
         out_console().print("no runs yet: try loom --run PIPELINE")
         return 0
     table = Table(box=None, header_style="bold")
     for column in ("run", "pipeline", "status", "started", "loaded", "quar.", "skip", "rejection",
-                   "cost", "duration", "p95"):
+                   "cost", "duration", "p95", "alerts"):
         table.add_column(column, justify="right" if column in {"loaded", "quar.", "skip", "rejection",
-                                                               "cost", "duration", "p95"} else "left")
+                                                               "cost", "duration", "p95", "alerts"}
+                         else "left")
     for run in runs:
         data = run_to_dict(run)
         style = STATUS_STYLE.get(run.status, "white")
@@ -259,9 +270,25 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
                       str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                       f"{data['rejection_rate']:.1%}", money(run.cost_usd),
                       f"{run.duration_s:.1f} s" if run.duration_s is not None else "-",
-                      seconds(run.latency_p95_s))
+                      seconds(run.latency_p95_s), _alert_count(alerts[run.run_id]))
     out_console().print(table)
+    raised = [(run.run_id, a) for run in runs for a in alerts[run.run_id]]
+    if raised:
+        listing = Table(box=None, header_style="bold", title="alerts", title_justify="left")
+        for column in ("run", "type", "message"):
+            listing.add_column(column, overflow="fold")
+        for run_id, alert in raised:
+            style = "red" if alert.severity == "error" else "yellow"
+            listing.add_row(run_id, f"[{style}]{alert.alert_type}[/]", alert.message)
+        out_console().print(listing)
     return 0
+
+
+def _alert_count(alerts: list[Any]) -> str:
+    if not alerts:
+        return "-"
+    worst = "red" if any(a.severity == "error" for a in alerts) else "yellow"
+    return f"[{worst}]{len(alerts)}[/]"
 
 
 def quarantined_to_dict(row: Any) -> dict[str, Any]:

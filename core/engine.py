@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import time
@@ -29,6 +30,7 @@ from core.credentials import SecretResolver
 from core.errors import LoadError, LoomError
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
                          RunFinished, RunStarted, RunStatus, RunSummary, RunWarning)
+from core.monitoring import monitor_run
 from core.processing import FatalRunError, Runtime
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
 from core.spec import LoadedSpec, snapshot
@@ -122,7 +124,8 @@ class _Tally:
             stats, values = self.evaluators[score.evaluator]
             stats.count += 1
             stats.passed += score.passed
-            values.add(score.value)
+            if score.error is None:  # a judge that could not score has no value to count
+                values.add(score.value)
             if score.calls:
                 cost = score.cost_usd
                 stats.cost_usd = None if cost is None or stats.cost_usd is None else stats.cost_usd + cost
@@ -272,7 +275,7 @@ class Engine:
             if limit is not None and rate > limit:
                 status = RunStatus.PARTIAL
                 reason = f"rejection rate {rate:.1%} is above max_rejection_rate {limit:.1%}"
-        summary = self._summary(status, reason or error)
+        summary = await self._monitor(self._summary(status, reason or error), started_at)
         await self._record_finish(summary, sink)
         self._emit(Progress(**{**_as_dict(self.progress()), "in_flight": 0}))
         self._emit(RunFinished(self.run_id, summary))
@@ -507,6 +510,12 @@ class Engine:
         for doc in prompts.contexts.values():
             await self.store.save_version("context", doc.hash, doc.text, path=str(doc.path),
                                           pipeline=spec.name, name=doc.name)
+        judge_prompts: dict[str, list[str]] = {}
+        for evaluator in runtime.processor.evaluators:
+            for version in evaluator.prompt_versions():
+                await self.store.save_version("judge", version.hash, version.text,
+                                              path=version.path, pipeline=spec.name)
+                judge_prompts.setdefault(evaluator.name, []).append(version.hash)
         await self.store.start_run(RunStart(
             run_id=self.run_id, pipeline=spec.name, pipeline_version=spec.version,
             pipeline_path=str(self.loaded.path), started_at=started_at, config=snapshot(self.loaded),
@@ -515,8 +524,21 @@ class Engine:
             context_hashes=prompts.context_hashes, params=dict(spec.params),
             options={"limit": self.options.limit, "use_cache": self.options.use_cache,
                      "record": str(self.options.record_path) if self.options.record_path else None,
-                     "pid": os.getpid()},
+                     "pid": os.getpid(), "judge_prompts": judge_prompts},
             source=spec.extract.source, destination=spec.load.destination))
+
+    async def _monitor(self, summary: RunSummary, started_at: datetime) -> RunSummary:
+        """Compare the run with the pipeline's recent runs; the summary gains its alerts (and
+        any warning posting them raised). Monitoring never fails a run."""
+        alerts: list[Any] = []
+        try:
+            alerts = await monitor_run(self.store, self.loaded.spec, summary,
+                                       self.tally.evaluator_stats(), started_at=started_at,
+                                       resolver=self.resolver, on_warning=self._warn)
+        except LoomError as exc:
+            self._warn(f"monitoring skipped: {exc}")
+        return dataclasses.replace(summary, warnings=tuple(self.warnings), extra={
+            **summary.extra, "alerts": [alert.to_dict() for alert in alerts]})
 
     async def _record_finish(self, summary: RunSummary, sink: Sink | None) -> None:
         spec = self.loaded.spec

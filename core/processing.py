@@ -18,6 +18,7 @@ from core.errors import (EvaluatorError, LoomError, ProviderError, SecretError, 
                          TemplateError)
 from core.evaluate.base import Evaluator
 from core.evaluate.gates import apply_gate
+from core.evaluate.judge_models import JudgeModels
 from core.evaluate.registry import build_evaluators
 from core.llm.client import LLMClient
 from core.llm.factory import make_provider
@@ -89,6 +90,9 @@ class RecordProcessor:
                 cause = fatal_cause(exc)
                 if cause is not None:
                     raise FatalRunError(str(cause)) from exc
+                failed = getattr(exc, "score", None)  # a judge's calls and reply: still counted
+                if failed is not None:
+                    scores.append(failed)
                 return RecordResult(record, Outcome.QUARANTINED, Stage.EVALUATE,
                                     f"{evaluator.name}: {exc}", type(exc).__name__,
                                     transform=transformed, scores=scores)
@@ -106,7 +110,16 @@ def resolve_secrets(loaded: LoadedSpec, resolver: SecretResolver) -> LoadedSpec:
     so what is stored and shown keeps the placeholders."""
     if "${" not in repr(loaded.raw):
         return loaded
-    resolved = resolver.resolve_tree(loaded.raw)
+    raw = dict(loaded.raw)
+    # Alert notification settings are resolved when there is an alert to post (core.monitoring):
+    # a webhook secret missing on a developer's machine must not stop a run.
+    monitoring = raw.get("monitoring")
+    notify = monitoring.get("notify") if isinstance(monitoring, dict) else None
+    if notify is not None:
+        raw["monitoring"] = {k: v for k, v in monitoring.items() if k != "notify"}
+    resolved = resolver.resolve_tree(raw)
+    if notify is not None:
+        resolved["monitoring"]["notify"] = notify
     spec = PipelineSpec.model_validate(resolved)
     return LoadedSpec(spec=spec, path=loaded.path, raw=loaded.raw)
 
@@ -120,6 +133,7 @@ class Runtime:
     client: LLMClient
     processor: RecordProcessor
     schema: dict[str, Any] | None
+    judges: JudgeModels | None = None
 
     @classmethod
     def build(cls, loaded: LoadedSpec, *, config: LoomConfig, cache: Any, use_cache: bool,
@@ -132,7 +146,6 @@ class Runtime:
         if prompt_text is not None:
             prompts = prompts.with_prompt(prompt_text)
         schema = load_output_schema(loaded)
-        evaluators = build_evaluators(loaded)
         provider = make_provider(spec.transform, resolved, api_key=spec.transform.api_key,
                                  base_url=spec.transform.base_url)
         recorder = CassetteRecorder(record_path) if record_path else None
@@ -146,9 +159,15 @@ class Runtime:
             on_warning=on_warning,
         )
         transformer = Transformer(spec.transform, client, schema)
+        judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema)
+        # A judge the pipeline gets wrong stops the run here, before any connection is opened
+        # (httpx clients connect on first use, so the unused ones need no closing).
+        evaluators = build_evaluators(loaded, llm=judges)
         processor = RecordProcessor(prompts, transformer, evaluators, spec.evaluate)
         return cls(loaded=resolved, prompts=prompts, client=client, processor=processor,
-                   schema=schema)
+                   schema=schema, judges=judges)
 
     async def aclose(self) -> None:
+        if self.judges is not None:
+            await self.judges.aclose()
         await self.client.aclose()

@@ -89,6 +89,9 @@ def summary_table(summary: RunSummary) -> Table:
                              f"{seconds(summary.latency_p95_s)} · p99 {seconds(summary.latency_p99_s)}")
     for warning in summary.warnings:
         table.add_row("warning", Text(warning, style="yellow"))
+    for alert in summary.extra.get("alerts", ()):
+        table.add_row("alert", Text(f"{alert['type']}: {alert['message']}",
+                                    style="red" if alert["severity"] == "error" else "yellow"))
     if summary.quarantined:
         table.add_row("next", f"loom quarantine list --run {summary.run_id}")
     return table

@@ -55,6 +55,8 @@ class LLMClient:
         self.provider = provider
         self.pricing = pricing
         self.recorder = recorder
+        self._cache_store = cache  # as given, for sibling()
+        self._concurrency = concurrency
         self.warnings: list[str] = []
         # A provider that is already offline and free (replay) gains nothing from the cache.
         self._cache = cache if getattr(provider, "cacheable", True) else None
@@ -70,6 +72,15 @@ class LLMClient:
         self._rand = rand
         self._resume_at = 0.0  # on self._clock: no new exchange starts before this
         self._inflight: dict[str, asyncio.Future[LLMResponse]] = {}
+
+    def sibling(self, provider: Provider) -> "LLMClient":
+        """A client for another provider with this one's cache, pricing, retry policy,
+        concurrency, recorder and warnings: what an LLM judge with a model of its own uses."""
+        return LLMClient(provider, pricing=self.pricing, cache=self._cache_store,
+                         use_cache=self._read_cache, cache_ttl_s=self._ttl_s,
+                         concurrency=self._concurrency, recorder=self.recorder,
+                         on_warning=self._on_warning, retry_policy=self._policy,
+                         sleep=self._sleep, clock=self._clock, rand=self._rand)
 
     async def complete(self, request: LLMRequest) -> tuple[LLMResponse, LLMCall]:
         if self._cache is None:

@@ -318,6 +318,32 @@ class MonitoringAlert(SQLModel, table=True):
     notification_sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class JudgeAgreementRow(SQLModel, table=True):
+    """Whether the person who resolved a quarantined record agreed with one LLM judge on it
+    (core.agreement). One row per record and judge; a later decision replaces it."""
+
+    __tablename__ = "judge_agreements"
+    __table_args__ = (
+        Index("ux_judge_agreements_record", "quarantine_id", "evaluator", unique=True),
+        Index("ix_judge_agreements_pipeline", "pipeline_name", "evaluator"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    quarantine_id: int = Field(foreign_key="quarantined_records.id", ondelete="CASCADE")
+    run_id: str = Field(foreign_key="pipeline_runs.run_id", ondelete="CASCADE")
+    pipeline_name: str
+    record_id: str
+    evaluator: str
+    evaluator_type: str
+    judge_value: float
+    judge_passed: bool
+    action: str  # approve | edit | discard
+    agreed: bool
+    actor: str | None = None
+    decided_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 TABLES = (Pipeline, PipelineRun, RecordResultRow, EvaluationResult, QuarantinedRecord,
-          QuarantineAction, PromptVersion, ContextVersion, LLMCacheEntry, Lineage, MonitoringAlert)
+          QuarantineAction, PromptVersion, ContextVersion, LLMCacheEntry, Lineage, MonitoringAlert,
+          JudgeAgreementRow)
 metadata = SQLModel.metadata

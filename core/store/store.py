@@ -17,12 +17,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import (ColumnElement, Table, bindparam, case, func, insert, literal, or_, select,
+                        update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 
+from core.agreement import JudgeAgreement, judge_decisions
 from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
@@ -32,6 +34,7 @@ from core.store.migrate import migrate
 from core.store.models import (
     ContextVersion,
     EvaluationResult,
+    JudgeAgreementRow,
     LLMCacheEntry,
     Lineage,
     MonitoringAlert,
@@ -45,7 +48,7 @@ from core.store.models import (
 )
 
 QUARANTINE_STATUSES = ("open", "approved", "reprocessed", "discarded")
-VERSION_KINDS = ("prompt", "system", "context")
+VERSION_KINDS = ("prompt", "system", "context", "judge")
 LINEAGE_KEYS = frozenset({"source", "query", "destination", "table_name", "records_in",
                           "records_out"})
 # Cache hits are counted in memory and written with the next write (or at this many), so that
@@ -65,6 +68,7 @@ _contexts: Table = ContextVersion.__table__  # type: ignore[assignment]
 _cache: Table = LLMCacheEntry.__table__  # type: ignore[assignment]
 _lineage: Table = Lineage.__table__  # type: ignore[assignment]
 _alerts: Table = MonitoringAlert.__table__  # type: ignore[assignment]
+_agreements: Table = JudgeAgreementRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -426,6 +430,27 @@ class Store:
                      .where(newest.c.rank == 1).order_by(_runs.c.pipeline_name))
         return {run.pipeline_name: run for run in await self._all(statement)}
 
+    async def trailing_runs(self, pipeline: str, *, before: datetime, exclude_run_id: str | None = None,
+                            statuses: Sequence[str] = (RunStatus.SUCCESS, RunStatus.PARTIAL),
+                            limit: int = 10) -> list[PipelineRun]:
+        """A pipeline's newest runs in `statuses` that started before `before`: the window a
+        run is compared with."""
+        statement = select(PipelineRun).where(
+            PipelineRun.pipeline_name == pipeline, _runs.c.status.in_(list(statuses)),
+            _runs.c.started_at <= before)
+        if exclude_run_id is not None:
+            statement = statement.where(_runs.c.run_id != exclude_run_id)
+        statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        return await self._all(statement.limit(limit))
+
+    async def evaluation_results_for(self, run_ids: Sequence[str]) -> list[EvaluationResult]:
+        """Per-evaluator statistics of several runs, in one query."""
+        if not run_ids:
+            return []
+        return await self._all(select(EvaluationResult)
+                               .where(_evaluations.c.run_id.in_(list(run_ids)))
+                               .order_by(_evaluations.c.id))
+
     async def evaluation_results(self, run_id: str) -> list[EvaluationResult]:
         return await self._all(select(EvaluationResult)
                                .where(EvaluationResult.run_id == run_id)
@@ -512,17 +537,62 @@ class Store:
             values["verdict"] = verdict.to_dict() if hasattr(verdict, "to_dict") else verdict
         async with self._write() as conn:
             current = (await conn.execute(
-                select(_quarantine.c.status).where(_quarantine.c.id == quarantine_id)
-                .with_for_update())).first()
+                select(_quarantine.c.status, _quarantine.c.scores, _quarantine.c.run_id,
+                       _quarantine.c.pipeline_name, _quarantine.c.record_id)
+                .where(_quarantine.c.id == quarantine_id).with_for_update())).first()
             if current is None:
                 raise StoreError(f"there is no quarantined record {quarantine_id}")
             await conn.execute(update(_quarantine).where(_quarantine.c.id == quarantine_id)
                                .values(values))
+            if status != "open":
+                # The person's decision against each judge's verdict on the scores they saw.
+                for decision in judge_decisions(current.scores, action):
+                    await conn.execute(self._upsert(_agreements, {
+                        "quarantine_id": quarantine_id, "run_id": current.run_id,
+                        "pipeline_name": current.pipeline_name, "record_id": current.record_id,
+                        "evaluator": decision.evaluator, "evaluator_type": decision.evaluator_type,
+                        "judge_value": decision.judge_value, "judge_passed": decision.judge_passed,
+                        "action": decision.action, "agreed": decision.agreed, "actor": actor,
+                        "decided_at": now,
+                    }, ["quarantine_id", "evaluator"],
+                        ["judge_value", "judge_passed", "action", "agreed", "actor", "decided_at"]))
             recorded = {"from": current.status, "to": status, "note": note, "reason": reason,
                         "final_output": final_output, **(details or {})}
             await conn.execute(insert(_actions), {
                 "quarantine_id": quarantine_id, "action": action, "at": now, "actor": actor,
                 "details": {k: v for k, v in recorded.items() if v is not None}})
+
+    async def judge_agreement(self, *, pipeline: str | None = None) -> list[JudgeAgreement]:
+        """Each LLM judge's agreement with the people who resolved its pipeline's quarantine,
+        by pipeline and judge."""
+        statement = select(
+            _agreements.c.pipeline_name, _agreements.c.evaluator, _agreements.c.evaluator_type,
+            func.count().label("decisions"),
+            func.sum(case((_agreements.c.agreed, 1), else_=0)).label("agreed"),
+            func.sum(case((~_agreements.c.judge_passed & (_agreements.c.action == "approve"), 1),
+                          else_=0)).label("too_strict"),
+            func.sum(case((_agreements.c.judge_passed & (_agreements.c.action != "approve"), 1),
+                          else_=0)).label("too_lenient"),
+        ).group_by(_agreements.c.pipeline_name, _agreements.c.evaluator,
+                   _agreements.c.evaluator_type
+                   ).order_by(_agreements.c.pipeline_name, _agreements.c.evaluator)
+        if pipeline is not None:
+            statement = statement.where(_agreements.c.pipeline_name == pipeline)
+        try:
+            async with self._reader.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+        except SQLAlchemyError as exc:
+            raise self._target.error("read", exc) from exc
+        return [JudgeAgreement(pipeline=row.pipeline_name, evaluator=row.evaluator,
+                               evaluator_type=row.evaluator_type, decisions=int(row.decisions),
+                               agreed=int(row.agreed or 0), too_strict=int(row.too_strict or 0),
+                               too_lenient=int(row.too_lenient or 0)) for row in rows]
+
+    async def judge_decisions(self, quarantine_id: int) -> list[JudgeAgreementRow]:
+        """The judges' verdicts on one resolved record, against the person's."""
+        return await self._all(select(JudgeAgreementRow)
+                               .where(JudgeAgreementRow.quarantine_id == quarantine_id)
+                               .order_by(_agreements.c.id))
 
     async def quarantine_actions(self, quarantine_id: int) -> list[QuarantineAction]:
         return await self._all(select(QuarantineAction)
@@ -653,6 +723,26 @@ class Store:
             statement = statement.where(_alerts.c.acknowledged.is_(False))
         statement = statement.order_by(_alerts.c.triggered_at.desc(), _alerts.c.id.desc())
         return await self._all(statement.limit(limit))
+
+    async def alerts_for_runs(self, run_ids: Sequence[str]) -> dict[str, list[MonitoringAlert]]:
+        """Each run's alerts, oldest first, in one query (for a page of history)."""
+        found: dict[str, list[MonitoringAlert]] = {run_id: [] for run_id in run_ids}
+        if not run_ids:
+            return found
+        rows = await self._all(select(MonitoringAlert)
+                               .where(_alerts.c.run_id.in_(list(run_ids)))
+                               .order_by(_alerts.c.id))
+        for row in rows:
+            found[row.run_id].append(row)
+        return found
+
+    async def mark_alerts_notified(self, alert_ids: Sequence[int]) -> None:
+        """The alerts reached their notification channel."""
+        if not alert_ids:
+            return
+        async with self._write() as conn:
+            await conn.execute(update(_alerts).where(_alerts.c.id.in_(list(alert_ids))).values(
+                notification_sent=True, notification_sent_at=utcnow()))
 
     async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
         async with self._write() as conn:
