@@ -159,7 +159,7 @@ class Engine:
         self.run_id = self.options.run_id or new_run_id()
         self.tally = _Tally()
         self.warnings: list[str] = []
-        self.resolver = SecretResolver(on_warning=self._warn)
+        self.resolver = SecretResolver(on_warning=self._warn, credentials=self.config.credentials)
         self._started = 0.0
         self._in_flight_records: dict[int, Any] = {}
         self._unqueued: deque[Any] = deque()

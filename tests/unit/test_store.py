@@ -44,8 +44,26 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The same tests against the default SQLite file and a real PostgreSQL (LOOM_STORE_URL)."""
+    if request.param == "postgres":
+        database = request.getfixturevalue("pg_database")
+        monkeypatch.setenv("LOOM_STORE_URL", database.url)
+    return request.param
+
+
 @pytest.fixture
-async def store(home: Path):
+async def store(backend: str):
+    store = await Store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def sqlite_store(home: Path):
     store = await Store.open()
     try:
         yield store
@@ -116,7 +134,7 @@ def progress(**counts: int) -> Progress:
 # -- schema --------------------------------------------------------------------------------------
 
 
-async def test_migrations_create_every_table_in_wal_mode(store: Store, home: Path) -> None:
+async def test_migrations_create_every_table_in_wal_mode(sqlite_store: Store, home: Path) -> None:
     with sqlite3.connect(home / "loom.db") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = db.execute("SELECT version_num FROM alembic_version").fetchall()
@@ -124,7 +142,7 @@ async def test_migrations_create_every_table_in_wal_mode(store: Store, home: Pat
     assert tables == TABLES | {"alembic_version"}
     assert version == [(head_revision(),)]
     assert journal == "wal"
-    assert store.url == f"sqlite:///{home / 'loom.db'}"
+    assert sqlite_store.url == f"sqlite:///{home / 'loom.db'}"
 
 
 async def test_reopening_is_idempotent_and_keeps_data(home: Path) -> None:
@@ -529,7 +547,7 @@ async def test_versions_are_content_addressed_and_idempotent(store: Store) -> No
         await store.save_version("template", "t" * 64, "x", path="x", pipeline="p")
 
 
-async def test_cache_get_put_hits_and_expiry(home: Path) -> None:
+async def test_cache_get_put_hits_and_expiry(backend: str) -> None:
     async with await Store.open() as store:
         assert await store.cache_get("k1") is None
         await store.cache_put("k1", {"text": "positive"}, provider="openai", model="gpt-4o-mini",
@@ -628,10 +646,16 @@ async def test_demote_loaded_to_skipped(store: Store) -> None:
     assert await store.count_quarantine(status=None) == 0
 
 
-async def test_a_failing_cache_read_fails_every_waiter(store: Store, home: Path) -> None:
-    with sqlite3.connect(home / "loom.db") as db:
-        db.execute("DROP TABLE llm_cache")
+async def test_a_failing_cache_read_fails_every_waiter(store: Store, backend: str, home: Path,
+                                                       request: pytest.FixtureRequest) -> None:
+    if backend == "postgres":
+        request.getfixturevalue("pg_database").sql("DROP TABLE llm_cache")
+        missing = 'relation "llm_cache" does not exist'
+    else:
+        with sqlite3.connect(home / "loom.db") as db:
+            db.execute("DROP TABLE llm_cache")
+        missing = "no such table"
     outcomes = await asyncio.gather(store.cache_get("a"), store.cache_get("b"),
                                     return_exceptions=True)
-    assert all(isinstance(o, StoreError) and "no such table" in str(o) for o in outcomes)
+    assert all(isinstance(o, StoreError) and missing in str(o) for o in outcomes), outcomes
     assert "\n" not in str(outcomes[0])
