@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 _READ_SIZE = 1 << 20  # bytes per body read: one loop round trip per MB
 _SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".json": "json"}
 _DELETE_CHUNK = 1000  # DeleteObjects takes at most 1000 keys
+LIST_PAGE_SIZE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 _CONFIG = AioConfig(retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=10,
                     read_timeout=60)
 
@@ -166,7 +167,8 @@ class S3Source(Source):
     async def _keys(self, client: Any) -> AsyncIterator[str]:
         paginator = client.get_paginator("list_objects_v2")
         try:
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix,
+                                                 PaginationConfig={"PageSize": LIST_PAGE_SIZE}):
                 for item in page.get("Contents", ()):
                     key = item["Key"]
                     if not _is_hidden(key):
@@ -307,7 +309,8 @@ class S3Sink(Sink):
         """Delete every object under `prefix`, except those under `keep`."""
         paginator = client.get_paginator("list_objects_v2")
         doomed: list[str] = []
-        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix,
+                                             PaginationConfig={"PageSize": LIST_PAGE_SIZE}):
             for item in page.get("Contents", ()):
                 if keep is None or not item["Key"].startswith(keep):
                     doomed.append(item["Key"])

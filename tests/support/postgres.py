@@ -39,9 +39,13 @@ class PostgresUnavailable(RuntimeError):
 
 def find_bindir() -> Path:
     """The folder holding initdb, pg_ctl and psql."""
+    chosen = os.environ.get("LOOM_TEST_PG_BINDIR")
+    if chosen:  # when set, the only place to look
+        if all((Path(chosen) / tool).is_file() for tool in ("initdb", "pg_ctl", "psql")):
+            return Path(chosen)
+        raise PostgresUnavailable(f"PostgreSQL is not installed in LOOM_TEST_PG_BINDIR={chosen}: "
+                                  "no initdb, pg_ctl and psql there")
     candidates: list[Path] = []
-    if os.environ.get("LOOM_TEST_PG_BINDIR"):
-        candidates.append(Path(os.environ["LOOM_TEST_PG_BINDIR"]))
     pg_config = shutil.which("pg_config")
     if pg_config:
         try:
@@ -62,8 +66,8 @@ def find_bindir() -> Path:
         if all((folder / tool).is_file() for tool in ("initdb", "pg_ctl", "psql")):
             return folder
     raise PostgresUnavailable(
-        "PostgreSQL is not installed: no initdb/pg_ctl/psql found (looked in LOOM_TEST_PG_BINDIR, "
-        "pg_config --bindir, /usr/lib/postgresql/*/bin and PATH). Install it "
+        "PostgreSQL is not installed: no initdb/pg_ctl/psql found (looked in pg_config --bindir, "
+        "/usr/lib/postgresql/*/bin and PATH). Install it "
         "(apt-get install postgresql) or point LOOM_TEST_PG_BINDIR at its bin folder.")
 
 

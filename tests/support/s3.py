@@ -7,6 +7,9 @@ MinIO; only the endpoint differs (AWS_ENDPOINT_URL_S3, or `endpoint_url:` in a p
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import time
 
 import httpx
 
@@ -57,3 +60,41 @@ class S3Server:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class S3ServerProcess(S3Server):
+    """The same server in a process of its own, for measuring the client's memory alone."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self.endpoint = ""
+
+    def start(self) -> "S3ServerProcess":
+        self._process = subprocess.Popen(
+            [sys.executable, __file__], stdout=subprocess.PIPE, text=True)
+        assert self._process.stdout is not None
+        line = self._process.stdout.readline().strip()
+        if not line.startswith("http://"):
+            self.stop()
+            raise RuntimeError(f"the S3 server process did not start: {line!r}")
+        self.endpoint = line
+        return self
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+            self._process = None
+
+
+if __name__ == "__main__":
+    server = S3Server().start()
+    print(server.endpoint, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
