@@ -236,8 +236,9 @@ class Engine:
         fatal: BaseException | None = None
         try:
             source = open_source(runtime.loaded)
-            sink = open_sink(runtime.loaded)
-            await sink.open(self.run_id)
+            opening = open_sink(runtime.loaded)
+            await opening.open(self.run_id)
+            sink = opening  # only a sink that opened is committed or aborted
             with contextlib.suppress(Exception):
                 self._total_hint = await source.count_hint()
                 if self._total_hint is not None and self.options.limit is not None:
