@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from core.connectors.registry import open_sink, open_source
+import datetime as dt
+
+from core.connectors.postgres import array_literal, bind_value
+from core.connectors.registry import open_sink, open_source, redact_uri
 from core.errors import ConnectorError, LoadError, PipelineError
 from tests.pipelines import HOSTILE_TEXTS, connector_spec, read_records
 from tests.support.postgres import ROLE_PASSWORD, free_port
@@ -309,3 +312,20 @@ async def test_jsonb_outputs_keep_their_structure(tmp_path, pg_database):
                         [[{"id": "1", "output": output}]])
     (value,) = pg_database.rows("SELECT output::text FROM j")[0]
     assert json.loads(value) == output
+
+
+def test_query_parameters_take_the_type_postgres_asks_for():
+    assert bind_value("42", "int8") == 42 and bind_value(True, "int4") == 1
+    assert bind_value("2024-01-31", "timestamptz") == dt.datetime(2024, 1, 31, tzinfo=dt.timezone.utc)
+    assert bind_value(dt.date(2024, 1, 31), "timestamp") == dt.datetime(2024, 1, 31)
+    assert bind_value("2024-01-31", "date") == dt.date(2024, 1, 31)
+    assert bind_value("1.10", "numeric") == Decimal("1.10")
+    assert bind_value("yes", "bool") is True and bind_value(7, "text") == "7"
+    with pytest.raises(ValueError):
+        bind_value("soon", "timestamptz")
+
+
+def test_array_literals_and_redacted_uris():
+    assert array_literal(["a", 'b"c', "d\\e", None, [1, 2]]) == '{"a","b\\"c","d\\\\e",NULL,{"1","2"}}'
+    assert redact_uri("postgres://loom:p@ss/w:rd@db:5432/x") == "postgres://loom:***@db:5432/x"
+    assert redact_uri("postgres://loom@db/x") == "postgres://loom@db/x"

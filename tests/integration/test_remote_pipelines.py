@@ -128,7 +128,8 @@ def test_an_unreachable_destination_fails_the_run_with_one_line(tmp_path, pg_dat
 # ---------------------------------------------------------------- S3 -> S3
 
 
-def test_300_jsonl_rows_across_three_s3_objects_in_the_same_out(tmp_path, s3, llm_server, capsys):
+def test_300_jsonl_rows_across_three_s3_objects_in_the_same_out(tmp_path, s3, llm_server, capsys,
+                                                              monkeypatch):
     client = s3.client()
     client.create_bucket(Bucket="reviews-in")
     client.create_bucket(Bucket="reviews-out")
@@ -136,10 +137,19 @@ def test_300_jsonl_rows_across_three_s3_objects_in_the_same_out(tmp_path, s3, ll
     for n in range(3):
         body = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows[n * 100:(n + 1) * 100])
         client.put_object(Bucket="reviews-in", Key=f"2025/11/part-{n}.jsonl", Body=body.encode())
+    # Endpoint and keys from the pipeline, the keys as ${...} placeholders: with the standard
+    # AWS_* variables gone, nothing else could have authenticated (the connector tests cover
+    # AWS_ENDPOINT_URL_S3 and the chain).
+    monkeypatch.setenv("S3_KEY_ID", os.environ["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("S3_SECRET", os.environ["AWS_SECRET_ACCESS_KEY"])
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name)
+    reach = {"endpoint_url": s3.endpoint, "aws_access_key_id": "${S3_KEY_ID}",
+             "aws_secret_access_key": "${S3_SECRET}"}
     pipeline = write_pipeline(
         tmp_path / "p", base_url=llm_server.base_url,
-        extract={"source": "s3://reviews-in/2025/", "batch_size": 50},
-        load={"destination": "s3://reviews-out/sentiment/", "batch_size": 100,
+        extract={"source": "s3://reviews-in/2025/", "batch_size": 50, **reach},
+        load={"destination": "s3://reviews-out/sentiment/", "batch_size": 100, **reach,
               "fields": {"id": "id", "text": "input.text", "expected": "input.expected",
                          "reply": "input.reply", "sentiment": "output.sentiment"}})
     code, out, err = run_cli(capsys, "--run", str(pipeline), "--json")
