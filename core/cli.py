@@ -24,6 +24,7 @@ from rich.table import Table
 
 from core import __version__
 from core.api import Workspace
+from core.connectors.registry import redact_uri
 from core.credentials import KeyringSecrets
 from core.engine import RunController, RunOptions
 from core.errors import LoomError
@@ -198,10 +199,11 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             loaded = workspace.load(path, args.set)
             evaluators = len(loaded.spec.evaluate.evaluators)
-            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): {loaded.spec.extract.source} → "
+            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): "
+                      f"{redact_uri(loaded.spec.extract.source)} → "
                       f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
                       f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                      f"{loaded.spec.load.destination}", highlight=False)
+                      f"{redact_uri(loaded.spec.load.destination)}", highlight=False)
         except LoomError as exc:
             sys.stderr.write(f"error: {exc}\n")
             code = max(code, exc.exit_code)

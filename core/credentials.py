@@ -63,6 +63,8 @@ class SecretResolver:
         self._keyring_broken: str | None = None
         self._values: dict[str, str] = {}
         self._shown: set[str] = set()  # every form a value was handed out in (raw, URL-quoted)
+        self._redact_order: list[str] | None = None
+        self._redact_count = 0
         self._credentials = credentials
         self._aws: _AwsSecrets | None = None
 
@@ -196,9 +198,13 @@ class SecretResolver:
 
     def redact(self, text: str) -> str:
         """`text` with every secret value this resolver handed out replaced by ***."""
-        # Longest first: a value that contains another is replaced whole.
-        for value in sorted(self._shown, key=len, reverse=True):
-            if len(value) >= 4 and value in text:
+        if self._redact_order is None or self._redact_count != len(self._shown):
+            self._redact_count = len(self._shown)
+            # Longest first: a value that contains another is replaced whole.
+            self._redact_order = sorted((v for v in self._shown if len(v) >= 4), key=len,
+                                        reverse=True)
+        for value in self._redact_order:
+            if value in text:
                 text = text.replace(value, "***")
         return text
 

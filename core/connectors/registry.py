@@ -46,6 +46,7 @@ _EXTRAS = {"asyncpg": "postgres", "aioboto3": "s3", "aiobotocore": "s3", "botoco
            "boto3": "s3"}
 
 # The password in scheme://user:password@host/...: the last "@" ends it, whatever it contains.
+_PLACEHOLDER_ONLY = re.compile(r"\$\{[^}]*\}")
 _PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*:)(.*)(@[^@]*)$", re.DOTALL)
 
 SOURCE_SCHEMES = tuple(_SOURCES)
@@ -77,8 +78,17 @@ class ParsedURI:
 
 
 def redact_uri(uri: str) -> str:
-    """`postgres://loom:s3cret@db/x` -> `postgres://loom:***@db/x`; other URIs unchanged."""
-    return _PASSWORD.sub(lambda m: f"{m.group(1)}***{m.group(3)}", uri)
+    """`postgres://loom:s3cret@db/x` -> `postgres://loom:***@db/x`; other URIs unchanged.
+
+    A `${NAME}` placeholder is no secret and stays, so people can see which one is used.
+    """
+    def hide(match: re.Match[str]) -> str:
+        password = match.group(2)
+        if _PLACEHOLDER_ONLY.fullmatch(password):
+            return match.group(0)
+        return f"{match.group(1)}***{match.group(3)}"
+
+    return _PASSWORD.sub(hide, uri)
 
 
 def parse_uri(uri: str) -> ParsedURI:

@@ -10,7 +10,7 @@ are real; the admin helpers here use the unix socket, where the superuser is tru
 gets its own database (`create_database`), owned by the password-authenticated role `loom`.
 
 Also runnable on its own, for trying Loom against a real server by hand:
-    python tests/support/postgres.py        # prints a URL; ctrl+c stops and removes it
+    python tests/support/postgres.py        # prints a URL; ctrl+c (or kill) stops and removes it
 """
 
 from __future__ import annotations
@@ -228,6 +228,11 @@ class Database:
 
 
 if __name__ == "__main__":
+    import signal
+
+    # Stop and remove the cluster on ctrl+c and on a plain `kill` alike.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started in background
     cluster = PostgresCluster.start()
     database = cluster.create_database("loom")
     print(database.url, flush=True)

@@ -91,6 +91,9 @@ class S3ServerProcess(S3Server):
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     server = S3Server().start()
     print(server.endpoint, flush=True)
     try:
@@ -98,3 +101,5 @@ if __name__ == "__main__":
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+    finally:
+        server.stop()

@@ -270,3 +270,18 @@ def test_secrets_set_at_a_terminal_asks_without_echo(file_keyring):
         os.close(master)
     assert b"typed-at-the-tty-42" not in seen  # the terminal did not echo it
     assert keyring.get_password("loom", "TTY_SECRET") == "typed-at-the-tty-42"
+
+
+def test_a_password_written_into_a_uri_is_masked_in_what_is_stored_and_shown(tmp_path, capsys):
+    from core.spec import snapshot
+    from tests.pipelines import connector_spec
+
+    loaded = connector_spec(tmp_path, "postgres://loom:literal-pw-123@db.example/x",
+                            "postgres://loom:${PG_PASSWORD}@db.example/y",
+                            extract={"table": "t"}, load={"table": "out"})
+    stored = snapshot(loaded)
+    assert stored["extract"]["source"] == "postgres://loom:***@db.example/x"
+    assert stored["load"]["destination"] == "postgres://loom:${PG_PASSWORD}@db.example/y"
+    assert cli.main(["validate", str(tmp_path / "pipeline.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "literal-pw-123" not in out and "loom:***@db.example/x" in out
