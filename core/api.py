@@ -171,8 +171,9 @@ class Workspace:
                          concurrency: int = 8) -> list[RecordResult]:
         """Transform and evaluate records without loading them or recording a run."""
         warnings: list[str] = []
+        resolver = SecretResolver(credentials=self.config.credentials)
         runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
-                                use_cache=use_cache, resolver=SecretResolver(credentials=self.config.credentials),
+                                use_cache=use_cache, resolver=resolver,
                                 on_warning=warnings.append, prompt_text=prompt_text,
                                 concurrency=concurrency)
         try:

@@ -104,8 +104,9 @@ class SecretResolver:
     def _keyring_unusable(self, exc: BaseException) -> None:
         self._keyring_broken = f"{type(exc).__name__}: {_first_sentence(exc)}"
         if self._on_warning:
+            hint = _HEADLESS_HINT[0].upper() + _HEADLESS_HINT[1:]
             self._on_warning(f"no usable keyring ({self._keyring_broken}); reading secrets from "
-                             f"the environment instead. {_HEADLESS_HINT[0].upper()}{_HEADLESS_HINT[1:]}.")
+                             f"the environment instead. {hint}.")
 
     def _from_aws_reference(self, name: str) -> str | None:
         """`aws:secret-id#json-key` (or `aws:secret-id`, the whole secret)."""

@@ -488,7 +488,8 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
             continue
         for key in OBJECT_STORE_KEYS:
             if getattr(section, key) is not None:
-                raise wrong((where, key), f"only for s3:// {'sources' if where == 'extract' else 'destinations'}")
+                kind = "sources" if where == "extract" else "destinations"
+                raise wrong((where, key), f"only for s3:// {kind}")
     if spec.extract.format is not None and not source.is_object_store:
         raise wrong(("extract", "format"), "only for s3:// sources (a file's scheme names its format)")
     if spec.load.columns and sink.scheme not in ("postgres", "postgresql"):

@@ -117,7 +117,8 @@ async def drain_in_thread(rows: Iterator[Row], chunk: int) -> AsyncIterator[Row]
 
 def _text(stream: IO[bytes], encoding: str, newline: str) -> io.TextIOWrapper:
     # A BOM is not part of the first column's name: utf-8-sig drops it when present.
-    return io.TextIOWrapper(stream, encoding="utf-8-sig" if is_utf8(encoding) else encoding,  # type: ignore[arg-type]
+    return io.TextIOWrapper(stream,  # type: ignore[arg-type]
+                            encoding="utf-8-sig" if is_utf8(encoding) else encoding,
                             errors="surrogateescape", newline=newline)
 
 
