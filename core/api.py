@@ -20,7 +20,7 @@ import yaml
 from core.agreement import JudgeAgreement
 from core.config import LoomConfig, load_config, store_url
 from core.connectors.registry import open_source
-from core.credentials import SecretResolver
+from core.credentials import KeyringSecrets, SecretResolver
 from core.engine import Engine, Listener, RunController, RunOptions
 from core.errors import LoomError, PipelineError, TemplateError
 from core.events import Event, RunFinished, RunSummary
@@ -136,7 +136,7 @@ class Workspace:
         """Records `offset`..`offset+limit` the source yields (reads only that far)."""
         from core.processing import resolve_secrets
 
-        resolved = resolve_secrets(loaded, SecretResolver())
+        resolved = resolve_secrets(loaded, SecretResolver(credentials=self.config.credentials))
         source = open_source(resolved)
         out: list[Record] = []
         try:
@@ -173,8 +173,9 @@ class Workspace:
                          concurrency: int = 8) -> list[RecordResult]:
         """Transform and evaluate records without loading them or recording a run."""
         warnings: list[str] = []
+        resolver = SecretResolver(credentials=self.config.credentials)
         runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
-                                use_cache=use_cache, resolver=SecretResolver(),
+                                use_cache=use_cache, resolver=resolver,
                                 on_warning=warnings.append, prompt_text=prompt_text,
                                 concurrency=concurrency)
         try:
@@ -272,6 +273,25 @@ class Workspace:
 
     async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
         await (await self.store()).acknowledge_alert(alert_id, by=by)
+    # ------------------------------------------------------------ secrets
+    # The keyring (service "loom") that ${NAME} placeholders resolve from first. These never
+    # return a value, and they block (a desktop keyring may ask D-Bus): call them from a worker.
+
+    def secret_names(self) -> list[str]:
+        """Names of the secrets stored with `loom secrets set` (never their values)."""
+        return KeyringSecrets().names()
+
+    def set_secret(self, name: str, value: str) -> None:
+        """Store `value` under `name`; raises SecretError for a bad name or no usable keyring."""
+        KeyringSecrets().set(name, value)
+
+    def delete_secret(self, name: str) -> None:
+        """Remove a secret; raises SecretError when it is not there."""
+        KeyringSecrets().delete(name)
+
+    def secrets_backend(self) -> str:
+        """The keyring backend in use, e.g. `keyrings.alt.file.PlaintextKeyring`."""
+        return KeyringSecrets().backend()
 
 
 class _Done:

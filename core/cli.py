@@ -1,4 +1,5 @@
-"""The headless command line: `loom --run`, `loom validate`, `loom runs`, `loom quarantine`.
+"""The headless command line: `loom --run`, `loom validate`, `loom runs`, `loom quarantine`,
+`loom secrets`.
 
 Exit codes CI can trust: 0 success; 1 the run failed; 2 invalid pipeline, usage or a missing
 secret; 3 partial (rejection rate above max_rejection_rate, or a budget stop). Every user error
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import signal
 import sys
@@ -22,11 +24,13 @@ from rich.table import Table
 
 from core import __version__
 from core.api import Workspace
+from core.connectors.registry import redact_uri
+from core.credentials import KeyringSecrets
 from core.engine import RunController, RunOptions
 from core.errors import LoomError, UsageError, one_line
 from core.reporting import STATUS_STYLE, ProgressReporter, money, seconds, summary_table
 
-HEADLESS_COMMANDS = ("validate", "runs", "quarantine")
+HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets")
 
 
 def out_console() -> Console:
@@ -49,7 +53,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="loom",
         description="AI(E)TL pipelines: extract, transform with an LLM, evaluate, load or quarantine.",
-        epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list\n"
+        epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list · "
+                "loom secrets set|list|delete\n"
                 "With no --run, `loom [FOLDER]` opens the workbench."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default=".", help="folder with pipelines (workbench)")
@@ -104,6 +109,16 @@ def build_command_parser() -> argparse.ArgumentParser:
     discard.add_argument("ids", type=int, nargs="+", metavar="ID")
     discard.add_argument("--note")
     discard.add_argument("--json", action="store_true")
+
+    secrets = commands.add_parser("secrets", help="${NAME} secrets in the keyring (service loom)")
+    secret_actions = secrets.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    setting = secret_actions.add_parser(
+        "set", help="store a secret: the value from a hidden prompt, or from stdin when piped")
+    setting.add_argument("name", metavar="NAME")
+    names = secret_actions.add_parser("list", help="the names of the stored secrets (never values)")
+    names.add_argument("--json", action="store_true")
+    deleting = secret_actions.add_parser("delete", help="remove a secret")
+    deleting.add_argument("name", metavar="NAME")
     return parser
 
 
@@ -183,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
         return _validate(args)
+    if args.command == "secrets":
+        return _secrets(args)
     async with Workspace(".") as workspace:
         if args.command == "runs":
             return await _runs(workspace, args)
@@ -203,14 +220,50 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             loaded = workspace.load(path, args.set)
             evaluators = len(loaded.spec.evaluate.evaluators)
-            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): {loaded.spec.extract.source} → "
+            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): "
+                      f"{redact_uri(loaded.spec.extract.source)} → "
                       f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
                       f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                      f"{loaded.spec.load.destination}", highlight=False)
+                      f"{redact_uri(loaded.spec.load.destination)}", highlight=False)
         except LoomError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
             code = max(code, exc.exit_code)
     return code
+
+
+def _read_secret(name: str) -> str:
+    """The value from a hidden prompt at a terminal, else all of stdin (one final newline off)."""
+    stdin = sys.stdin
+    if stdin is not None and stdin.isatty():
+        return getpass.getpass(f"value for {name} (hidden): ")
+    value = stdin.read() if stdin is not None else ""
+    if value.endswith("\r\n"):
+        return value[:-2]
+    return value[:-1] if value.endswith("\n") else value
+
+
+def _secrets(args: argparse.Namespace) -> int:
+    workspace = Workspace(".")
+    out = out_console()
+    if args.action == "set":
+        KeyringSecrets.check_name(args.name)  # before asking for the value
+        workspace.set_secret(args.name, _read_secret(args.name))
+        out.print(f"stored {args.name} in the keyring ({workspace.secrets_backend()}); pipelines "
+                  f"use it as ${{{args.name}}}", highlight=False)
+        return 0
+    if args.action == "delete":
+        workspace.delete_secret(args.name)
+        out.print(f"deleted {args.name} from the keyring", highlight=False)
+        return 0
+    names = workspace.secret_names()
+    if args.json:
+        sys.stdout.write(json.dumps(names) + "\n")
+    elif names:
+        for name in names:
+            out.print(name, highlight=False)
+    else:
+        out.print("no secrets in the keyring yet: loom secrets set NAME", highlight=False)
+    return 0
 
 
 def _iso(value: datetime | None) -> str | None:

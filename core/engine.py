@@ -25,7 +25,7 @@ from typing import Any
 
 from core.config import LoomConfig, load_config
 from core.connectors.base import Sink, Source, build_row
-from core.connectors.registry import open_sink, open_source
+from core.connectors.registry import open_sink, open_source, redact_uri
 from core.credentials import SecretResolver
 from core.errors import LoadError, LoomError
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
@@ -162,7 +162,7 @@ class Engine:
         self.run_id = self.options.run_id or new_run_id()
         self.tally = _Tally()
         self.warnings: list[str] = []
-        self.resolver = SecretResolver(on_warning=self._warn)
+        self.resolver = SecretResolver(on_warning=self._warn, credentials=self.config.credentials)
         self._started = 0.0
         self._in_flight_records: dict[int, Any] = {}
         self._unqueued: deque[Any] = deque()
@@ -230,8 +230,8 @@ class Engine:
         self._emit(RunStarted(
             run_id=self.run_id, pipeline=spec.name, pipeline_path=str(self.loaded.path),
             started_at=started_at, model=spec.transform.model, provider=spec.transform.provider,
-            prompt_hash=prompts.prompt_hash, source=spec.extract.source,
-            destination=spec.load.destination, budget_usd=spec.budget.max_cost_usd))
+            prompt_hash=prompts.prompt_hash, source=redact_uri(spec.extract.source),
+            destination=redact_uri(spec.load.destination), budget_usd=spec.budget.max_cost_usd))
 
         source: Source | None = None
         sink: Sink | None = None
@@ -239,8 +239,9 @@ class Engine:
         fatal: BaseException | None = None
         try:
             source = open_source(runtime.loaded)
-            sink = open_sink(runtime.loaded)
-            await sink.open(self.run_id)
+            opening = open_sink(runtime.loaded)
+            await opening.open(self.run_id)
+            sink = opening  # only a sink that opened is committed or aborted
             with contextlib.suppress(Exception):
                 self._total_hint = await source.count_hint()
                 if self._total_hint is not None and self.options.limit is not None:
@@ -488,7 +489,8 @@ class Engine:
             with contextlib.suppress(Exception):
                 await sink.abort()
             await self._flush_store(force=True)
-            message = self.resolver.redact(f"commit to {self.loaded.spec.load.destination} failed: {exc}")
+            message = self.resolver.redact(
+                f"commit to {redact_uri(self.loaded.spec.load.destination)} failed: {exc}")
             demoted = await self.store.demote_loaded(self.run_id, message, quarantine=True)
             self.tally.loaded -= demoted
             self.tally.quarantined += demoted
@@ -525,7 +527,7 @@ class Engine:
             options={"limit": self.options.limit, "use_cache": self.options.use_cache,
                      "record": str(self.options.record_path) if self.options.record_path else None,
                      "pid": os.getpid(), "judge_prompts": judge_prompts},
-            source=spec.extract.source, destination=spec.load.destination))
+            source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination)))
 
     async def _monitor(self, summary: RunSummary, started_at: datetime) -> RunSummary:
         """Compare the run with the pipeline's recent runs; the summary gains its alerts (and
@@ -543,8 +545,9 @@ class Engine:
     async def _record_finish(self, summary: RunSummary, sink: Sink | None) -> None:
         spec = self.loaded.spec
         lineage = {
-            "source": spec.extract.source, "query": spec.extract.query or spec.extract.table,
-            "destination": spec.load.destination, "table_name": spec.load.table,
+            "source": redact_uri(spec.extract.source),
+            "query": spec.extract.query or spec.extract.table,
+            "destination": redact_uri(spec.load.destination), "table_name": spec.load.table,
             "records_in": summary.extracted, "records_out": summary.loaded,
         }
         await self.store.finish_run(summary, self.tally.evaluator_stats(), lineage)

@@ -120,6 +120,13 @@ def resolve_secrets(loaded: LoadedSpec, resolver: SecretResolver) -> LoadedSpec:
     resolved = resolver.resolve_tree(raw)
     if notify is not None:
         resolved["monitoring"]["notify"] = notify
+    # In a connection URI a value lands in user:password@ percent-encoded, so that a password
+    # holding "@" or "/" still connects where the pipeline says.
+    for section, key in (("extract", "source"), ("load", "destination")):
+        part = loaded.raw.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and "${" in value:
+            resolved[section][key] = resolver.resolve(value, where=f"{section}.{key}", url=True)
     spec = PipelineSpec.model_validate(resolved)
     return LoadedSpec(spec=spec, path=loaded.path, raw=loaded.raw)
 

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri
+from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_uri
 from core.errors import PipelineError
 
 
@@ -30,7 +30,27 @@ class _Strict(BaseModel):
 # ---------------------------------------------------------------- extract / load
 
 
-class ExtractSpec(_Strict):
+# A declared column type (`load.columns`): words, an optional (n) or (p, s), optional [].
+# It is pasted into CREATE TABLE, so nothing that could end the statement gets through.
+_SQL_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(?:\s+[A-Za-z_][A-Za-z0-9_]*)*"
+                       r"(?:\s*\(\s*\d+\s*(?:,\s*\d+\s*)?\))?(?:\s+[A-Za-z_][A-Za-z0-9_]*)*"
+                       r"(?:\s*\[\s*\])*")
+OBJECT_STORE_KEYS = ("endpoint_url", "region", "aws_access_key_id", "aws_secret_access_key",
+                     "aws_session_token")
+
+
+class _ObjectStoreOptions(_Strict):
+    """How to reach an s3:// bucket; each default comes from the AWS chain (environment,
+    ~/.aws, instance role) and AWS_ENDPOINT_URL_S3."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    aws_access_key_id: str | None = None  # usually ${NAME} placeholders
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+
+
+class ExtractSpec(_ObjectStoreOptions):
     source: str
     query: str | None = None
     table: str | None = None
@@ -38,6 +58,7 @@ class ExtractSpec(_Strict):
     batch_size: int = Field(100, ge=1, le=100_000)
     limit: int | None = Field(None, ge=0)
     encoding: str = "utf-8"
+    format: Literal["csv", "jsonl", "json"] | None = None  # for object stores; default: by suffix
 
     @field_validator("source")
     @classmethod
@@ -49,7 +70,7 @@ class ExtractSpec(_Strict):
         return value
 
 
-class LoadSpec(_Strict):
+class LoadSpec(_ObjectStoreOptions):
     destination: str
     table: str | None = None
     mode: Literal["append", "replace", "upsert"] = "append"
@@ -57,7 +78,19 @@ class LoadSpec(_Strict):
     # Which columns to write, each a dotted path into input.* or output.*; default: the record
     # id and the output's top-level fields.
     fields: dict[str, str] | None = None
+    # Column name -> SQL type for a table Loom creates (postgres); other columns are typed by
+    # their first value.
+    columns: dict[str, str] | None = None
     batch_size: int = Field(100, ge=1, le=100_000)
+
+    @field_validator("columns")
+    @classmethod
+    def _sql_types(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for column, sql_type in (value or {}).items():
+            if not isinstance(sql_type, str) or not _SQL_TYPE.fullmatch(sql_type.strip()):
+                raise ValueError(f"{column}: {sql_type!r} is not a SQL type (e.g. text, bigint, "
+                                 f"numeric(10,2), timestamptz, jsonb, text[])")
+        return {column: sql_type.strip() for column, sql_type in value.items()} if value else value
 
     @field_validator("destination")
     @classmethod
@@ -561,15 +594,35 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
         must_exist(("transform", "cassette"), spec.transform.cassette, "cassette")
 
     source = parse_uri(spec.extract.source)
+    sink = parse_uri(spec.load.destination)
+
+    def wrong(key: tuple[Any, ...], message: str) -> PipelineError:
+        return PipelineError(message, file=shown, line=_line_for(lines, key), key=_dotted(key))
+
     if source.is_local_file and "${" not in source.target:
         must_exist(("extract", "source"), source.target, "data file")
-    if source.scheme == "sqlite":
-        if not (spec.extract.query or spec.extract.table):
-            raise PipelineError("a sqlite source needs query: or table:", file=shown,
-                                line=_line_for(lines, ("extract",)), key="extract")
-        if "${" not in source.target:
-            must_exist(("extract", "source"), source.target, "database")
-    sink = parse_uri(spec.load.destination)
+    if source.is_sql and not (spec.extract.query or spec.extract.table):
+        raise PipelineError(f"a {source.scheme} source needs query: or table:", file=shown,
+                            line=_line_for(lines, ("extract",)), key="extract")
+    if source.scheme == "sqlite" and "${" not in source.target:
+        must_exist(("extract", "source"), source.target, "database")
+    # Remote sources are never looked for on disk, and their ${...} stay unresolved here.
+    for section, uri, where in ((spec.extract, source, "extract"), (spec.load, sink, "load")):
+        if uri.is_object_store:
+            if not uri.target.split("/", 1)[0]:
+                raise wrong((where, "source" if where == "extract" else "destination"),
+                            f"an {uri.scheme}:// URI names a bucket: {uri.scheme}://bucket/prefix/")
+            if (section.aws_access_key_id is None) != (section.aws_secret_access_key is None):
+                raise wrong((where,), "aws_access_key_id and aws_secret_access_key go together")
+            continue
+        for key in OBJECT_STORE_KEYS:
+            if getattr(section, key) is not None:
+                kind = "sources" if where == "extract" else "destinations"
+                raise wrong((where, key), f"only for s3:// {kind}")
+    if spec.extract.format is not None and not source.is_object_store:
+        raise wrong(("extract", "format"), "only for s3:// sources (a file's scheme names its format)")
+    if spec.load.columns and sink.scheme not in ("postgres", "postgresql"):
+        raise wrong(("load", "columns"), "only for postgres destinations")
     if sink.is_sql and not spec.load.table:
         raise PipelineError(f"a {sink.scheme} destination needs table:", file=shown,
                             line=_line_for(lines, ("load",)), key="load")
@@ -692,5 +745,13 @@ def _key_lines(text: str) -> dict[tuple[Any, ...], int]:
 
 
 def snapshot(loaded: LoadedSpec) -> dict[str, Any]:
-    """The config as written (placeholders such as ${NAME} unresolved): safe to store."""
-    return copy.deepcopy(loaded.raw)
+    """The config as written (placeholders such as ${NAME} unresolved): safe to store.
+
+    A password written into a connection URI itself (rather than as ${NAME}) is masked.
+    """
+    raw = copy.deepcopy(loaded.raw)
+    for section, key in (("extract", "source"), ("load", "destination")):
+        part = raw.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str):
+            part[key] = redact_uri(part[key])
+    return raw

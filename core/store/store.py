@@ -29,7 +29,7 @@ from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
-from core.store.engine import SINGLE_READ, WRITE, StoreTarget, raw_json
+from core.store.engine import SINGLE_READ, WRITE, StoreTarget, raw_json, without_nul
 from core.store.migrate import migrate
 from core.store.models import (
     ContextVersion,
@@ -107,6 +107,8 @@ class Store:
         self._cache_waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._cache_reader: asyncio.Task[None] | None = None
         self.url = target.display
+        # PostgreSQL text cannot hold NUL; record data and model answers sometimes do.
+        self._text = without_nul if engine.dialect.name == "postgresql" else _same
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -267,6 +269,7 @@ class Store:
         if not results:
             return
         now = utcnow()
+        text = self._text
         rows: list[dict[str, Any]] = []
         quarantined: list[dict[str, Any]] = []
         for result in results:
@@ -288,10 +291,11 @@ class Store:
             verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
             outcome = result.outcome.value
             stage = result.stage.value if result.stage is not None else None
-            reason = result.reason
+            reason = text(result.reason)
+            record_id = text(record.id)
             data = raw_json(record.data)
             rows.append({
-                "run_id": run_id, "record_id": record.id, "ordinal": record.ordinal,
+                "run_id": run_id, "record_id": record_id, "ordinal": record.ordinal,
                 "outcome": outcome, "stage": stage, "reason": reason,
                 "error_type": result.error_type, "input": data, "output": output, "scores": scores,
                 "verdict": verdict, "input_tokens": input_tokens, "output_tokens": output_tokens,
@@ -301,11 +305,11 @@ class Store:
             })
             if outcome == Outcome.QUARANTINED.value:
                 quarantined.append({
-                    "run_id": run_id, "pipeline_name": pipeline, "record_id": record.id,
+                    "run_id": run_id, "pipeline_name": pipeline, "record_id": record_id,
                     "ordinal": record.ordinal, "stage": stage or _inferred_stage(result),
-                    "reason": reason or record.extract_error, "error_type": result.error_type,
+                    "reason": reason or text(record.extract_error), "error_type": result.error_type,
                     "input": data, "output": output,
-                    "raw_output": transform.raw_text if transform is not None else None,
+                    "raw_output": text(transform.raw_text) if transform is not None else None,
                     "messages": raw_json(transform.messages) if transform is not None else None,
                     "scores": scores, "verdict": verdict, "quarantined_at": now,
                     "status": "open", "resolved_at": None, "resolution_note": None,
@@ -326,6 +330,7 @@ class Store:
         abandoned (they become skipped). Returns how many records changed.
         """
         outcome = Outcome.QUARANTINED.value if quarantine else Outcome.SKIPPED.value
+        reason = self._text(reason) or ""
         loaded = (_record_results.c.run_id == run_id) & (
             _record_results.c.outcome == Outcome.LOADED.value)
         async with self._write() as conn:
@@ -354,9 +359,10 @@ class Store:
             unknown = ", ".join(sorted(set(lineage) - LINEAGE_KEYS))
             raise ValueError(f"unknown lineage keys: {unknown}")
         now = utcnow()
+        status_reason = self._text(summary.status_reason)
         values = {
-            "status": summary.status, "status_reason": summary.status_reason,
-            "error_message": summary.status_reason if summary.status == RunStatus.FAILED else None,
+            "status": summary.status, "status_reason": status_reason,
+            "error_message": status_reason if summary.status == RunStatus.FAILED else None,
             "finished_at": now, "updated_at": now, "extracted": summary.extracted,
             "loaded": summary.loaded, "quarantined": summary.quarantined,
             "skipped": summary.skipped, "rejection_rate": summary.rejection_rate,
@@ -750,6 +756,10 @@ class Store:
                 acknowledged=True, acknowledged_at=utcnow(), acknowledged_by=by))
             if result.rowcount == 0:
                 raise StoreError(f"there is no alert {alert_id}")
+
+
+def _same(text: str | None) -> str | None:
+    return text
 
 
 def _inferred_stage(result: RecordResult) -> str:
