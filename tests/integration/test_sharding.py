@@ -290,3 +290,41 @@ def test_an_unsharded_run_fills_shard_placeholder_with_0(tmp_path, llm_server, c
     code, out, err = run_cli(capsys, "--run", str(pipeline), "--json")
     assert code == 0, err
     assert len(read_jsonl(folder / "out" / "results-0.jsonl")) == json.loads(out)["records"]["loaded"]
+
+
+@pytest.fixture(scope="module")
+def postgres_store():
+    from tests.conftest import in_ci
+    from tests.support.pg_server import PostgresServer, find_bin
+
+    bin_dir = find_bin()
+    if bin_dir is None:
+        if in_ci():
+            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
+        pytest.skip("PostgreSQL is not installed here")
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.mark.postgres
+def test_four_parallel_shards_share_a_postgresql_history_store(tmp_path, llm_server, postgres_store,
+                                                              monkeypatch, capsys):
+    # The team set-up: workers on several machines, one PostgreSQL history store.
+    monkeypatch.setenv("LOOM_STORE_URL", postgres_store)
+    rows = source_rows(80)
+    pipeline = write_pipeline(tmp_path / "p", rows=rows, base_url=llm_server.base_url,
+                              load={"destination": "jsonl://out/results-{shard}.jsonl"})
+    summaries = [finish(p) for p in [start_shard(pipeline, i, "pg-1") for i in range(SHARDS)]]
+    assert sum(s["records"]["extracted"] for s in summaries) == 80
+    loaded = [r["id"] for i in range(SHARDS)
+              for r in read_jsonl(tmp_path / "p" / "out" / f"results-{i}.jsonl")]
+    assert len(loaded) == len(set(loaded)) == sum(s["records"]["loaded"] for s in summaries)
+
+    code, out, _ = run_cli(capsys, "runs", "--json")
+    (group,) = [e for e in json.loads(out) if e["kind"] == "shard_group" and e["group"] == "pg-1"]
+    assert group["status"] == "success" and group["shards"]["ran"] == 4
+    assert group["records"]["extracted"] == 80
+    assert group["records"]["loaded"] == len(loaded)
