@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core import __version__
@@ -305,7 +306,8 @@ def _group_rows(table: Table, group: ShardGroup) -> None:
     """The group's sums on one line, then each of its runs (retries too) beneath it."""
     style = STATUS_STYLE.get(group.status, "white")
     ran = group.shard_count - len(group.missing)
-    table.add_row(f"[bold]shard group {group.group}[/] ({ran}/{group.shard_count} shards)",
+    name = escape(_clip_middle(group.group, 40))  # `loom runs --json` has the whole id
+    table.add_row(f"[bold]shard group {name}[/] ({ran}/{group.shard_count} shards)",
                   group.pipeline, f"[{style}]{group.status}[/]",
                   group.started_at.strftime("%Y-%m-%d %H:%M"),
                   str(group.total("loaded")), str(group.total("quarantined")),
@@ -316,6 +318,14 @@ def _group_rows(table: Table, group: ShardGroup) -> None:
     for run in sorted(group.runs, key=lambda r: (r.shard_index or 0, r.started_at)):
         mark = "" if run.run_id in counted else " (retried)"
         _run_row(table, run, f"  └ {run.shard_index}/{run.shard_count} {run.run_id}{mark}")
+
+
+def _clip_middle(text: str, width: int) -> str:
+    """Long ids keep their head and tail (an Airflow group id ends with its run's date)."""
+    if len(text) <= width:
+        return text
+    tail = width * 2 // 3
+    return f"{text[:width - tail - 1]}…{text[-tail:]}"
 
 
 def quarantined_to_dict(row: Any) -> dict[str, Any]:
