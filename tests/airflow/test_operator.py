@@ -190,3 +190,54 @@ def test_the_example_dag_runs_four_mapped_shards_into_one_store(airflow_home: Pa
         assert len(ids) == len(set(ids)) == 35
     finally:
         shutil.rmtree(out, ignore_errors=True)  # the sample's out/ folder, left as it was
+
+
+class _TaskInstance:
+    """What the operator uses of Airflow's task instance: xcom_push."""
+
+    def __init__(self) -> None:
+        self.pushed: dict[str, Any] = {}
+
+    def xcom_push(self, key: str, value: Any) -> None:
+        self.pushed[key] = value
+
+
+def test_on_kill_stops_the_run_cleanly_and_fails_the_task(airflow_home: Path, tmp_path: Path,
+                                                         monkeypatch) -> None:
+    import threading
+    import time
+
+    from tests.support.llm_server import LLMServer
+
+    monkeypatch.setenv("AIRFLOW_HOME", str(airflow_home))
+    from core.integrations.airflow import AirflowException, LoomPipelineOperator
+
+    with LLMServer(latency_s=0.3, seed=1) as server:
+        pipeline = write_pipeline(tmp_path / "slow", rows=rows(40), base_url=server.base_url,
+                                  transform={"concurrency": 2})
+        operator = LoomPipelineOperator(task_id="slow", pipeline=str(pipeline),
+                                        store_url=f"sqlite:///{tmp_path / 'loom.db'}")
+        ti = _TaskInstance()
+        failure: list[BaseException] = []
+
+        def execute() -> None:
+            try:
+                operator.execute({"ti": ti, "run_id": "manual", "dag": None})
+            except BaseException as exc:
+                failure.append(exc)
+
+        thread = threading.Thread(target=execute)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while server.count < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        operator.on_kill()  # what Airflow calls when the task is stopped
+        thread.join(60)
+    assert not thread.is_alive()
+    assert len(failure) == 1 and type(failure[0]) is AirflowException
+    summary = ti.pushed["return_value"]
+    assert summary["status"] == "cancelled"
+    assert f"ended cancelled: the Airflow task was stopped" in str(failure[0])
+    records = summary["records"]
+    assert records["skipped"] > 0 and records["loaded"] < 40
+    assert records["extracted"] == records["loaded"] + records["quarantined"] + records["skipped"]

@@ -170,3 +170,38 @@ def test_a_group_shows_its_worst_status_and_is_not_done_while_shards_are_missing
     assert unfinished.finished_at is None and unfinished.duration_s is None
     unknown = ShardGroup.of([FakeRun("a", 0), FakeRun("b", 1, cost_usd=None), FakeRun("c", 2)])
     assert unknown.cost_usd is None  # a model without a price: the sum is unknown, not low
+
+
+async def test_a_store_from_before_shard_groups_upgrades_in_place(tmp_path) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from core.sharding import Shard as S
+    from core.store import Store
+    from core.store.migrate import alembic_config
+    from tests.unit.test_store import run_start
+
+    path = tmp_path / "loom.db"
+    store = await Store.open(f"sqlite:///{path}")
+    await store.start_run(run_start("before"))
+    await store.close()
+    engine = create_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as conn:  # back to the schema of a Loom without shard groups
+            command.downgrade(alembic_config(conn), "0001")
+            columns = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(pipeline_runs)")}
+            assert "shard_group" not in columns
+    finally:
+        engine.dispose()
+
+    store = await Store.open(f"sqlite:///{path}")  # upgrades again
+    try:
+        old = await store.get_run("before")
+        assert old is not None and old.shard_group is None and old.shard_index is None
+        start = run_start("after")
+        start.shard = S(1, 2, "g")
+        await store.start_run(start)
+        (new,) = await store.shard_group_runs(["g"])
+        assert (new.run_id, new.shard_group, new.shard_index, new.shard_count) == ("after", "g", 1, 2)
+    finally:
+        await store.close()
