@@ -241,13 +241,6 @@ class Workspace:
                 entries.append(ShardGroup.of(members[key]))
         return entries
 
-    async def shard_group(self, group: str, *, pipeline: str | None = None) -> list[ShardGroup]:
-        """A shard group's runs, summed (one ShardGroup per pipeline using that group id)."""
-        members: dict[str, list[Any]] = {}
-        for run in await (await self.store()).shard_group_runs([group], pipeline=pipeline):
-            members.setdefault(run.pipeline_name, []).append(run)
-        return [ShardGroup.of(runs) for _, runs in sorted(members.items())]
-
     async def get_run(self, run_id: str) -> Any:
         return await (await self.store()).get_run(run_id)
 
