@@ -28,6 +28,7 @@ from core.processing import Runtime
 from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import template_syntax_error
 from core.records import Record, RecordResult
+from core.sharding import ShardGroup
 from core.spec import LoadedSpec, load_spec
 from core.store import Store
 
@@ -219,6 +220,28 @@ class Workspace:
 
     async def runs(self, *, pipeline: str | None = None, limit: int = 50, **kw: Any) -> list[Any]:
         return await (await self.store()).list_runs(pipeline=pipeline, limit=limit, **kw)
+
+    async def history(self, *, pipeline: str | None = None, limit: int = 50) -> list[Any]:
+        """The newest `limit` runs, newest first, with the runs of a shard group gathered into
+        one `ShardGroup` (placed where its newest run is; it holds every run of the group,
+        also those past `limit`). Other runs come as they are (core.store.PipelineRun)."""
+        store = await self.store()
+        runs = await store.list_runs(pipeline=pipeline, limit=limit)
+        groups = {run.shard_group for run in runs if run.shard_group is not None}
+        members: dict[tuple[str, str], list[Any]] = {}
+        for run in await store.shard_group_runs(sorted(groups), pipeline=pipeline):
+            members.setdefault((run.pipeline_name, run.shard_group), []).append(run)
+        entries: list[Any] = []
+        shown: set[tuple[str, str]] = set()
+        for run in runs:
+            if run.shard_group is None:
+                entries.append(run)
+                continue
+            key = (run.pipeline_name, run.shard_group)
+            if key not in shown:
+                shown.add(key)
+                entries.append(ShardGroup.of(members[key]))
+        return entries
 
     async def get_run(self, run_id: str) -> Any:
         return await (await self.store()).get_run(run_id)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core import __version__
@@ -29,6 +30,7 @@ from core.credentials import KeyringSecrets
 from core.engine import RunController, RunOptions
 from core.errors import LoomError, UsageError, one_line
 from core.reporting import STATUS_STYLE, ProgressReporter, money, seconds, summary_table
+from core.sharding import Shard, ShardGroup
 
 HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets")
 
@@ -65,6 +67,10 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument("--no-cache", action="store_true", help="do not use cached LLM answers")
     parser.add_argument("--record", metavar="FILE", help="record every LLM exchange to a cassette")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="process only shard I of N (numbered from 0) of the source's records")
+    parser.add_argument("--shard-group", metavar="NAME",
+                        help="the id the N shard runs share (default under Airflow: the task)")
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     return parser
 
@@ -149,6 +155,9 @@ def open_workbench(folder: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise SystemExit(build_run_parser().error("--limit must be 0 or more"))
+    if args.shard_group is not None and args.shard is None:
+        raise UsageError("--shard-group needs --shard I/N")
+    shard = Shard.parse(args.shard, args.shard_group) if args.shard is not None else None
     controller = RunController()
     reporter = ProgressReporter()
     stdout = out_console()
@@ -177,7 +186,8 @@ def _run(args: argparse.Namespace) -> int:
         async with Workspace(".") as workspace:
             loaded = workspace.load(args.run, args.set)
             options = RunOptions(limit=args.limit, use_cache=not args.no_cache,
-                                 record_path=Path(args.record) if args.record else None)
+                                 record_path=Path(args.record) if args.record else None,
+                                 shard=shard)
             try:
                 summary = await workspace.run_to_end(loaded, options, listeners=[reporter],
                                                      controller=controller)
@@ -285,7 +295,7 @@ def alert_to_dict(alert: Any) -> dict[str, Any]:
 def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
     processed = (run.loaded or 0) + (run.quarantined or 0)
     return {
-        "run_id": run.run_id, "pipeline": run.pipeline_name, "status": run.status,
+        "kind": "run", "run_id": run.run_id, "pipeline": run.pipeline_name, "status": run.status,
         "status_reason": run.status_reason or run.error_message,
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         "records": {"extracted": run.extracted, "loaded": run.loaded,
@@ -297,16 +307,39 @@ def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
         "duration_s": run.duration_s, "model": run.model, "prompt_hash": run.prompt_hash,
         "latency_s": {"p50": run.latency_p50_s, "p95": run.latency_p95_s, "p99": run.latency_p99_s},
         "alerts": [alert_to_dict(a) for a in alerts or ()],
+        "shard": ({"group": run.shard_group, "index": run.shard_index, "count": run.shard_count}
+                  if run.shard_group is not None else None),
+    }
+
+
+def group_to_dict(group: ShardGroup, alerts: dict[str, list[Any]]) -> dict[str, Any]:
+    """A shard group: the newest run of each shard summed, and every run (retries too)."""
+    return {
+        "kind": "shard_group", "group": group.group, "pipeline": group.pipeline,
+        "status": group.status,
+        "shards": {"count": group.shard_count, "ran": group.shard_count - len(group.missing),
+                   "missing": group.missing},
+        "started_at": _iso(group.started_at), "finished_at": _iso(group.finished_at),
+        "records": {name: group.total(name)
+                    for name in ("extracted", "loaded", "quarantined", "skipped")},
+        "rejection_rate": group.rejection_rate, "cost_usd": group.cost_usd,
+        "tokens": {"input": group.total("input_tokens"), "output": group.total("output_tokens")},
+        "llm_calls": group.total("llm_calls"), "cache_hits": group.total("cache_hits"),
+        "duration_s": group.duration_s,
+        "runs": [run_to_dict(run, alerts.get(run.run_id)) for run in group.runs],
     }
 
 
 async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
-    runs = await workspace.runs(pipeline=args.pipeline, limit=args.limit)
+    entries = await workspace.history(pipeline=args.pipeline, limit=args.limit)
+    runs = [run for entry in entries
+            for run in (entry.runs if isinstance(entry, ShardGroup) else [entry])]
     alerts = await workspace.run_alerts([r.run_id for r in runs])
     if args.json:
-        sys.stdout.write(json.dumps([run_to_dict(r, alerts[r.run_id]) for r in runs]) + "\n")
+        sys.stdout.write(json.dumps([group_to_dict(e, alerts) if isinstance(e, ShardGroup)
+                                     else run_to_dict(e, alerts[e.run_id]) for e in entries]) + "\n")
         return 0
-    if not runs:
+    if not entries:
         out_console().print("no runs yet: try loom --run PIPELINE")
         return 0
     table = Table(box=None, header_style="bold")
@@ -315,17 +348,13 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
         table.add_column(column, justify="right" if column in {"loaded", "quar.", "skip", "rejection",
                                                                "cost", "duration", "p95", "alerts"}
                          else "left")
-    for run in runs:
-        data = run_to_dict(run)
-        style = STATUS_STYLE.get(run.status, "white")
-        table.add_row(run.run_id, run.pipeline_name, f"[{style}]{run.status}[/]",
-                      run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
-                      str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
-                      f"{data['rejection_rate']:.1%}", money(run.cost_usd),
-                      f"{run.duration_s:.1f} s" if run.duration_s is not None else "-",
-                      seconds(run.latency_p95_s), _alert_count(alerts[run.run_id]))
+    for entry in entries:
+        if isinstance(entry, ShardGroup):
+            _group_rows(table, entry, alerts)
+        else:
+            _run_row(table, entry, entry.run_id, alerts.get(entry.run_id, []))
     out_console().print(table)
-    raised = [(run.run_id, a) for run in runs for a in alerts[run.run_id]]
+    raised = [(run.run_id, a) for run in runs for a in alerts.get(run.run_id, [])]
     if raised:
         listing = Table(box=None, header_style="bold", title="alerts", title_justify="left")
         for column in ("run", "type", "message"):
@@ -342,6 +371,45 @@ def _alert_count(alerts: list[Any]) -> str:
         return "-"
     worst = "red" if any(a.severity == "error" for a in alerts) else "yellow"
     return f"[{worst}]{len(alerts)}[/]"
+
+
+def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
+    data = run_to_dict(run)
+    style = STATUS_STYLE.get(run.status, "white")
+    table.add_row(label, run.pipeline_name, f"[{style}]{run.status}[/]",
+                  run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
+                  str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
+                  f"{data['rejection_rate']:.1%}", money(run.cost_usd),
+                  f"{run.duration_s:.1f} s" if run.duration_s is not None else "-",
+                  seconds(run.latency_p95_s), _alert_count(alerts))
+
+
+def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -> None:
+    """The group's sums on one line, then each of its runs (retries too) beneath it."""
+    style = STATUS_STYLE.get(group.status, "white")
+    ran = group.shard_count - len(group.missing)
+    name = escape(_clip_middle(group.group, 40))  # `loom runs --json` has the whole id
+    table.add_row(f"[bold]shard group {name}[/] ({ran}/{group.shard_count} shards)",
+                  group.pipeline, f"[{style}]{group.status}[/]",
+                  group.started_at.strftime("%Y-%m-%d %H:%M"),
+                  str(group.total("loaded")), str(group.total("quarantined")),
+                  str(group.total("skipped")), f"{group.rejection_rate:.1%}",
+                  money(group.cost_usd),
+                  f"{group.duration_s:.1f} s" if group.duration_s is not None else "-", "-",
+                  _alert_count([a for run in group.runs for a in alerts.get(run.run_id, [])]))
+    counted = {run.run_id for run in group.counted}
+    for run in sorted(group.runs, key=lambda r: (r.shard_index or 0, r.started_at)):
+        mark = "" if run.run_id in counted else " (retried)"
+        _run_row(table, run, f"  └ {run.shard_index}/{run.shard_count} {run.run_id}{mark}",
+                 alerts.get(run.run_id, []))
+
+
+def _clip_middle(text: str, width: int) -> str:
+    """Long ids keep their head and tail (an Airflow group id ends with its run's date)."""
+    if len(text) <= width:
+        return text
+    tail = width * 2 // 3
+    return f"{text[:width - tail - 1]}…{text[-tail:]}"
 
 
 def quarantined_to_dict(row: Any) -> dict[str, Any]:

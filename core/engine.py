@@ -33,6 +33,7 @@ from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsEx
 from core.monitoring import monitor_run
 from core.processing import FatalRunError, Runtime
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
+from core.sharding import Shard, bind_destination
 from core.spec import LoadedSpec, snapshot
 from core.stats import Quantiles
 from core.store import RunStart, Store
@@ -58,6 +59,8 @@ class RunOptions:
     use_cache: bool = True
     record_path: Path | None = None
     run_id: str | None = None
+    # Process only the records whose id hashes to this shard (core.sharding); None: all.
+    shard: Shard | None = None
 
 
 class RunController:
@@ -153,9 +156,10 @@ class Engine:
     def __init__(self, loaded: LoadedSpec, store: Store, *, options: RunOptions | None = None,
                  config: LoomConfig | None = None, listeners: Iterable[Listener] = (),
                  controller: RunController | None = None) -> None:
-        self.loaded = loaded
-        self.store = store
         self.options = options or RunOptions()
+        # `{shard}` in the destination, and the refusal of one that shards would clobber.
+        self.loaded = bind_destination(loaded, self.options.shard)
+        self.store = store
         self.config = config or load_config()
         self.listeners = list(listeners)
         self.controller = controller or RunController()
@@ -244,6 +248,8 @@ class Engine:
             sink = opening  # only a sink that opened is committed or aborted
             with contextlib.suppress(Exception):
                 self._total_hint = await source.count_hint()
+                if self.options.shard is not None and self.options.shard.count > 1:
+                    self._total_hint = None  # the source's count, not this shard's
                 if self._total_hint is not None and self.options.limit is not None:
                     self._total_hint = min(self._total_hint, self.options.limit)
             await self._pump(runtime, source, sink)
@@ -303,7 +309,15 @@ class Engine:
 
         async def extract() -> None:
             limit = self.options.limit if self.options.limit is not None else spec.extract.limit
+            shard = self.options.shard
             async for batch in source.batches(limit):
+                if shard is not None:
+                    # Other shards' records are not this run's: not extracted, not skipped.
+                    # The limit counts source rows, so N shards with --limit L together
+                    # process exactly the L records an unsharded run would.
+                    batch = shard.select(batch)
+                    if not batch:
+                        continue
                 self.tally.extracted += len(batch)
                 self._emit(RecordsExtracted(self.run_id, len(batch), self.tally.extracted))
                 # Until a record is in the work queue, the producer answers for it: if the run
@@ -526,8 +540,10 @@ class Engine:
             context_hashes=prompts.context_hashes, params=dict(spec.params),
             options={"limit": self.options.limit, "use_cache": self.options.use_cache,
                      "record": str(self.options.record_path) if self.options.record_path else None,
-                     "pid": os.getpid(), "judge_prompts": judge_prompts},
-            source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination)))
+                     "pid": os.getpid(), "judge_prompts": judge_prompts,
+                     **({"shard": self.options.shard.label} if self.options.shard else {})},
+            source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination),
+            shard=self.options.shard))
 
     async def _monitor(self, summary: RunSummary, started_at: datetime) -> RunSummary:
         """Compare the run with the pipeline's recent runs; the summary gains its alerts (and
@@ -567,6 +583,7 @@ class Engine:
             latency_p95_s=_round(tally.latency.quantile(0.95), 4),
             latency_p99_s=_round(tally.latency.quantile(0.99), 4),
             warnings=tuple(self.warnings),
+            extra={"shard": self.options.shard.to_json()} if self.options.shard else {},
         )
 
 

@@ -78,6 +78,11 @@ def summary_table(summary: RunSummary) -> Table:
         f" · {summary.duration_s:.1f} s"))
     if summary.status_reason:
         table.add_row("reason", Text(summary.status_reason, style=style))
+    shard = summary.extra.get("shard")
+    if shard:
+        # Records of other shards are not this run's: the counts below are this shard's.
+        table.add_row("shard", f"{shard['index']}/{shard['count']} of group {shard['group']} "
+                               f"(loom runs sums the group)")
     table.add_row("records", (
         f"{summary.extracted} extracted, {summary.loaded} loaded, {summary.quarantined} "
         f"quarantined, {summary.skipped} skipped ({summary.rejection_rate:.1%} rejected)"))

@@ -69,6 +69,7 @@ class PipelineRun(SQLModel, table=True):
         Index("ix_pipeline_runs_started", "started_at", "run_id"),
         Index("ix_pipeline_runs_pipeline_started", "pipeline_name", "started_at", "run_id"),
         Index("ix_pipeline_runs_status", "status"),
+        Index("ix_pipeline_runs_shard_group", "shard_group", "started_at"),
     )
 
     run_id: str = Field(primary_key=True)
@@ -116,6 +117,12 @@ class PipelineRun(SQLModel, table=True):
     latency_p99_s: float | None = None
     warnings: list[str] = Field(default_factory=list, sa_type=JSONType)
     extra: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)  # RunSummary.extra
+
+    # A shard run (`--shard I/N`) processed only the records whose id hashes to shard I of N;
+    # the N runs of one split share `shard_group` (see core.sharding). None: not sharded.
+    shard_group: str | None = None
+    shard_index: int | None = None
+    shard_count: int | None = None
 
 
 class RecordResultRow(SQLModel, table=True):

@@ -90,6 +90,7 @@ class RunStart:
     options: dict[str, Any]
     source: str
     destination: str
+    shard: Any = None  # core.sharding.Shard: this run is one shard of a group
 
 
 class Store:
@@ -233,6 +234,9 @@ class Store:
             "params": run.params, "options": run.options, "source": run.source,
             "destination": run.destination,
             "cost_usd": 0.0, "cost_by_stage": {}, "cost_by_model": {}, "warnings": [], "extra": {},
+            "shard_group": run.shard.group if run.shard is not None else None,
+            "shard_index": run.shard.index if run.shard is not None else None,
+            "shard_count": run.shard.count if run.shard is not None else None,
         }
         async with self._write() as conn:
             # The run points at its pipeline: keep the pipeline's latest definition too.
@@ -410,6 +414,17 @@ class Store:
                 (_runs.c.started_at == started_at) & (_runs.c.run_id < run_id)))
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
         return await self._all(statement.limit(limit))
+
+    async def shard_group_runs(self, groups: Sequence[str], *,
+                               pipeline: str | None = None) -> list[PipelineRun]:
+        """Every run of these shard groups (retries included), newest first."""
+        if not groups:
+            return []
+        statement = select(PipelineRun).where(_runs.c.shard_group.in_(sorted(set(groups))))
+        if pipeline is not None:
+            statement = statement.where(PipelineRun.pipeline_name == pipeline)
+        statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        return await self._all(statement)
 
     async def get_run(self, run_id: str) -> PipelineRun | None:
         """A run by its id or by a prefix of it that matches one run only."""
