@@ -10,23 +10,26 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from core.agreement import JudgeAgreement
 from core.config import LoomConfig, load_config, store_url
 from core.connectors.registry import open_source
-from core.credentials import SecretResolver
+from core.credentials import KeyringSecrets, SecretResolver
 from core.engine import Engine, Listener, RunController, RunOptions
 from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError
 from core.events import Event, RunFinished, RunSummary
 from core.processing import Runtime
+from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import template_syntax_error
 from core.records import Record, RecordResult
+from core.sharding import ShardGroup
 from core.spec import LoadedSpec, load_spec
 from core.store import Store
 
@@ -135,7 +138,7 @@ class Workspace:
         """Records `offset`..`offset+limit` the source yields (reads only that far)."""
         from core.processing import resolve_secrets
 
-        resolved = resolve_secrets(loaded, SecretResolver())
+        resolved = resolve_secrets(loaded, SecretResolver(credentials=self.config.credentials))
         source = open_source(resolved)
         out: list[Record] = []
         try:
@@ -174,8 +177,9 @@ class Workspace:
         """Transform and evaluate records without loading them or recording a run.
         No budget applies to a sample; warnings (an unknown price...) go to `warnings`."""
         warnings = warnings if warnings is not None else []
+        resolver = SecretResolver(credentials=self.config.credentials)
         runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
-                                use_cache=use_cache, resolver=SecretResolver(),
+                                use_cache=use_cache, resolver=resolver,
                                 on_warning=warnings.append, prompt_text=prompt_text,
                                 concurrency=concurrency, budget_usd=None)
         try:
@@ -226,11 +230,100 @@ class Workspace:
     async def runs(self, *, pipeline: str | None = None, limit: int = 50, **kw: Any) -> list[Any]:
         return await (await self.store()).list_runs(pipeline=pipeline, limit=limit, **kw)
 
+    async def history(self, *, pipeline: str | None = None, limit: int = 50) -> list[Any]:
+        """The newest `limit` runs, newest first, with the runs of a shard group gathered into
+        one `ShardGroup` (placed where its newest run is; it holds every run of the group,
+        also those past `limit`). Other runs come as they are (core.store.PipelineRun)."""
+        store = await self.store()
+        runs = await store.list_runs(pipeline=pipeline, limit=limit)
+        groups = {run.shard_group for run in runs if run.shard_group is not None}
+        members: dict[tuple[str, str], list[Any]] = {}
+        for run in await store.shard_group_runs(sorted(groups), pipeline=pipeline):
+            members.setdefault((run.pipeline_name, run.shard_group), []).append(run)
+        entries: list[Any] = []
+        shown: set[tuple[str, str]] = set()
+        for run in runs:
+            if run.shard_group is None:
+                entries.append(run)
+                continue
+            key = (run.pipeline_name, run.shard_group)
+            if key not in shown:
+                shown.add(key)
+                entries.append(ShardGroup.of(members[key]))
+        return entries
+
     async def get_run(self, run_id: str) -> Any:
         return await (await self.store()).get_run(run_id)
 
     async def quarantine(self, **filters: Any) -> list[Any]:
+        """Quarantined records, filtered (pipeline, run_id, stage, reason_contains, status) and
+        paged by id (limit, after_id)."""
         return await (await self.store()).list_quarantine(**filters)
+
+    async def count_quarantine(self, **filters: Any) -> int:
+        return await (await self.store()).count_quarantine(**filters)
+
+    async def quarantined(self, quarantine_id: int) -> Any:
+        return await (await self.store()).get_quarantined(quarantine_id)
+
+    async def quarantine_history(self, quarantine_id: int) -> list[Any]:
+        """Every action taken on a quarantined record, oldest first."""
+        return await (await self.store()).quarantine_actions(quarantine_id)
+
+    async def _desk(self) -> QuarantineDesk:
+        return QuarantineDesk(await self.store(), self.config)
+
+    async def approve(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
+        return await (await self._desk()).approve(ids, note=note)
+
+    async def approve_edited(self, quarantine_id: int, output: Any, *,
+                             note: str | None = None) -> ActionResult:
+        return await (await self._desk()).approve_edited(quarantine_id, output, note=note)
+
+    async def reprocess(self, ids: Sequence[int]) -> list[ActionResult]:
+        return await (await self._desk()).reprocess(ids)
+
+    async def discard(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
+        return await (await self._desk()).discard(ids, note=note)
+
+    async def judge_agreement(self, pipeline: str | None = None) -> list[JudgeAgreement]:
+        """Each LLM judge's agreement rate with the people who approved, edited or discarded
+        the records it scored, per pipeline (core.agreement)."""
+        return await (await self.store()).judge_agreement(pipeline=pipeline)
+
+    # ------------------------------------------------------------ monitoring
+
+    async def alerts(self, *, pipeline: str | None = None, run_id: str | None = None,
+                     unacknowledged: bool = False, limit: int = 100) -> list[Any]:
+        """Monitoring alerts (MonitoringAlert rows), newest first."""
+        return await (await self.store()).list_alerts(pipeline=pipeline, run_id=run_id,
+                                                      unacknowledged=unacknowledged, limit=limit)
+
+    async def run_alerts(self, run_ids: list[str]) -> dict[str, list[Any]]:
+        """Each run's alerts, for a page of history, in one query."""
+        return await (await self.store()).alerts_for_runs(run_ids)
+
+    async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
+        await (await self.store()).acknowledge_alert(alert_id, by=by)
+    # ------------------------------------------------------------ secrets
+    # The keyring (service "loom") that ${NAME} placeholders resolve from first. These never
+    # return a value, and they block (a desktop keyring may ask D-Bus): call them from a worker.
+
+    def secret_names(self) -> list[str]:
+        """Names of the secrets stored with `loom secrets set` (never their values)."""
+        return KeyringSecrets().names()
+
+    def set_secret(self, name: str, value: str) -> None:
+        """Store `value` under `name`; raises SecretError for a bad name or no usable keyring."""
+        KeyringSecrets().set(name, value)
+
+    def delete_secret(self, name: str) -> None:
+        """Remove a secret; raises SecretError when it is not there."""
+        KeyringSecrets().delete(name)
+
+    def secrets_backend(self) -> str:
+        """The keyring backend in use, e.g. `keyrings.alt.file.PlaintextKeyring`."""
+        return KeyringSecrets().backend()
 
 
 class _Done:

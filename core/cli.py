@@ -1,4 +1,5 @@
-"""The headless command line: `loom --run`, `loom validate`, `loom runs`, `loom quarantine`.
+"""The headless command line: `loom --run`, `loom validate`, `loom runs`, `loom quarantine`,
+`loom secrets`.
 
 Exit codes CI can trust: 0 success; 1 the run failed; 2 invalid pipeline, usage or a missing
 secret; 3 partial (rejection rate above max_rejection_rate, or a budget stop). Every user error
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import signal
 import sys
@@ -18,17 +20,21 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from core import __version__
 from core.api import Workspace
+from core.connectors.registry import redact_uri
+from core.credentials import KeyringSecrets
 from core.engine import RunController, RunOptions
-from core.errors import LoomError
+from core.errors import LoomError, UsageError, one_line
 from core.estimate import DEFAULT_SAMPLE
 from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, money, seconds,
                             summary_table)
+from core.sharding import Shard, ShardGroup
 
-HEADLESS_COMMANDS = ("validate", "runs", "quarantine")
+HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets")
 
 
 def out_console() -> Console:
@@ -51,7 +57,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="loom",
         description="AI(E)TL pipelines: extract, transform with an LLM, evaluate, load or quarantine.",
-        epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list\n"
+        epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list · "
+                "loom secrets set|list|delete\n"
                 "With no --run, `loom [FOLDER]` opens the workbench."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default=".", help="folder with pipelines (workbench)")
@@ -65,6 +72,10 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--estimate", type=int, nargs="?", const=DEFAULT_SAMPLE, metavar="N",
                         help=f"run N sample records (default {DEFAULT_SAMPLE}) without loading them "
                              "and project the cost, tokens and time of the whole run")
+    parser.add_argument("--shard", metavar="I/N",
+                        help="process only shard I of N (numbered from 0) of the source's records")
+    parser.add_argument("--shard-group", metavar="NAME",
+                        help="the id the N shard runs share (default under Airflow: the task)")
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     return parser
 
@@ -92,6 +103,33 @@ def build_command_parser() -> argparse.ArgumentParser:
                          choices=["open", "approved", "reprocessed", "discarded", "all"])
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="one quarantined record, whole")
+    show.add_argument("id", type=int)
+    show.add_argument("--json", action="store_true")
+    approve = actions.add_parser("approve", help="load the records' outputs as they are")
+    approve.add_argument("ids", type=int, nargs="+", metavar="ID")
+    approve.add_argument("--output", metavar="JSON",
+                         help="replace the output first (one ID): edit, then approve")
+    approve.add_argument("--note")
+    approve.add_argument("--json", action="store_true")
+    reprocess = actions.add_parser(
+        "reprocess", help="transform and evaluate again with the current prompt and model")
+    reprocess.add_argument("ids", type=int, nargs="+", metavar="ID")
+    reprocess.add_argument("--json", action="store_true")
+    discard = actions.add_parser("discard", help="drop the records for good")
+    discard.add_argument("ids", type=int, nargs="+", metavar="ID")
+    discard.add_argument("--note")
+    discard.add_argument("--json", action="store_true")
+
+    secrets = commands.add_parser("secrets", help="${NAME} secrets in the keyring (service loom)")
+    secret_actions = secrets.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    setting = secret_actions.add_parser(
+        "set", help="store a secret: the value from a hidden prompt, or from stdin when piped")
+    setting.add_argument("name", metavar="NAME")
+    names = secret_actions.add_parser("list", help="the names of the stored secrets (never values)")
+    names.add_argument("--json", action="store_true")
+    deleting = secret_actions.add_parser("delete", help="remove a secret")
+    deleting.add_argument("name", metavar="NAME")
     return parser
 
 
@@ -110,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         raise SystemExit(open_workbench(args.folder))
     except LoomError as exc:
-        sys.stderr.write(f"error: {exc}\n")
+        sys.stderr.write(f"error: {one_line(str(exc))}\n")
         return exc.exit_code
 
 
@@ -126,6 +164,9 @@ def open_workbench(folder: str) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 0:
         raise SystemExit(build_run_parser().error("--limit must be 0 or more"))
+    if args.shard_group is not None and args.shard is None:
+        raise UsageError("--shard-group needs --shard I/N")
+    shard = Shard.parse(args.shard, args.shard_group) if args.shard is not None else None
     controller = RunController()
     reporter = ProgressReporter()
     stdout = out_console()
@@ -154,7 +195,8 @@ def _run(args: argparse.Namespace) -> int:
         async with Workspace(".") as workspace:
             loaded = workspace.load(args.run, args.set)
             options = RunOptions(limit=args.limit, use_cache=not args.no_cache,
-                                 record_path=Path(args.record) if args.record else None)
+                                 record_path=Path(args.record) if args.record else None,
+                                 shard=shard)
             try:
                 summary = await workspace.run_to_end(loaded, options, listeners=[reporter],
                                                      controller=controller)
@@ -197,11 +239,17 @@ def _estimate(args: argparse.Namespace) -> int:
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
         return _validate(args)
+    if args.command == "secrets":
+        return _secrets(args)
     async with Workspace(".") as workspace:
         if args.command == "runs":
             return await _runs(workspace, args)
         if args.command == "quarantine":
-            return await _quarantine_list(workspace, args)
+            if args.action == "list":
+                return await _quarantine_list(workspace, args)
+            if args.action == "show":
+                return await _quarantine_show(workspace, args)
+            return await _quarantine_act(workspace, args)
     return 2
 
 
@@ -213,14 +261,50 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             loaded = workspace.load(path, args.set)
             evaluators = len(loaded.spec.evaluate.evaluators)
-            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): {loaded.spec.extract.source} → "
+            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): "
+                      f"{redact_uri(loaded.spec.extract.source)} → "
                       f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
                       f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                      f"{loaded.spec.load.destination}", highlight=False)
+                      f"{redact_uri(loaded.spec.load.destination)}", highlight=False)
         except LoomError as exc:
-            sys.stderr.write(f"error: {exc}\n")
+            sys.stderr.write(f"error: {one_line(str(exc))}\n")
             code = max(code, exc.exit_code)
     return code
+
+
+def _read_secret(name: str) -> str:
+    """The value from a hidden prompt at a terminal, else all of stdin (one final newline off)."""
+    stdin = sys.stdin
+    if stdin is not None and stdin.isatty():
+        return getpass.getpass(f"value for {name} (hidden): ")
+    value = stdin.read() if stdin is not None else ""
+    if value.endswith("\r\n"):
+        return value[:-2]
+    return value[:-1] if value.endswith("\n") else value
+
+
+def _secrets(args: argparse.Namespace) -> int:
+    workspace = Workspace(".")
+    out = out_console()
+    if args.action == "set":
+        KeyringSecrets.check_name(args.name)  # before asking for the value
+        workspace.set_secret(args.name, _read_secret(args.name))
+        out.print(f"stored {args.name} in the keyring ({workspace.secrets_backend()}); pipelines "
+                  f"use it as ${{{args.name}}}", highlight=False)
+        return 0
+    if args.action == "delete":
+        workspace.delete_secret(args.name)
+        out.print(f"deleted {args.name} from the keyring", highlight=False)
+        return 0
+    names = workspace.secret_names()
+    if args.json:
+        sys.stdout.write(json.dumps(names) + "\n")
+    elif names:
+        for name in names:
+            out.print(name, highlight=False)
+    else:
+        out.print("no secrets in the keyring yet: loom secrets set NAME", highlight=False)
+    return 0
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -231,10 +315,18 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat()
 
 
-def run_to_dict(run: Any) -> dict[str, Any]:
+def alert_to_dict(alert: Any) -> dict[str, Any]:
+    return {"id": alert.id, "run_id": alert.run_id, "type": alert.alert_type,
+            "severity": alert.severity, "message": alert.message,
+            "threshold": alert.threshold_value, "actual": alert.actual_value,
+            "details": alert.details, "triggered_at": _iso(alert.triggered_at),
+            "acknowledged": alert.acknowledged, "notified": alert.notification_sent}
+
+
+def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
     processed = (run.loaded or 0) + (run.quarantined or 0)
     return {
-        "run_id": run.run_id, "pipeline": run.pipeline_name, "status": run.status,
+        "kind": "run", "run_id": run.run_id, "pipeline": run.pipeline_name, "status": run.status,
         "status_reason": run.status_reason or run.error_message,
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         "records": {"extracted": run.extracted, "loaded": run.loaded,
@@ -249,33 +341,110 @@ def run_to_dict(run: Any) -> dict[str, Any]:
         "llm": {"retries": run.retries, "throttled": run.throttled,
                 "concurrency": {"configured": run.concurrency, "min": run.concurrency_min,
                                 "final": run.concurrency_final}},
+        "alerts": [alert_to_dict(a) for a in alerts or ()],
+        "shard": ({"group": run.shard_group, "index": run.shard_index, "count": run.shard_count}
+                  if run.shard_group is not None else None),
+    }
+
+
+def group_to_dict(group: ShardGroup, alerts: dict[str, list[Any]]) -> dict[str, Any]:
+    """A shard group: the newest run of each shard summed, and every run (retries too)."""
+    return {
+        "kind": "shard_group", "group": group.group, "pipeline": group.pipeline,
+        "status": group.status,
+        "shards": {"count": group.shard_count, "ran": group.shard_count - len(group.missing),
+                   "missing": group.missing},
+        "started_at": _iso(group.started_at), "finished_at": _iso(group.finished_at),
+        "records": {name: group.total(name)
+                    for name in ("extracted", "loaded", "quarantined", "skipped")},
+        "rejection_rate": group.rejection_rate, "cost_usd": group.cost_usd,
+        "tokens": {"input": group.total("input_tokens"), "output": group.total("output_tokens")},
+        "llm_calls": group.total("llm_calls"), "cache_hits": group.total("cache_hits"),
+        "duration_s": group.duration_s,
+        "runs": [run_to_dict(run, alerts.get(run.run_id)) for run in group.runs],
     }
 
 
 async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
-    runs = await workspace.runs(pipeline=args.pipeline, limit=args.limit)
+    entries = await workspace.history(pipeline=args.pipeline, limit=args.limit)
+    runs = [run for entry in entries
+            for run in (entry.runs if isinstance(entry, ShardGroup) else [entry])]
+    alerts = await workspace.run_alerts([r.run_id for r in runs])
     if args.json:
-        sys.stdout.write(json.dumps([run_to_dict(r) for r in runs]) + "\n")
+        sys.stdout.write(json.dumps([group_to_dict(e, alerts) if isinstance(e, ShardGroup)
+                                     else run_to_dict(e, alerts[e.run_id]) for e in entries]) + "\n")
         return 0
-    if not runs:
+    if not entries:
         out_console().print("no runs yet: try loom --run PIPELINE")
         return 0
     table = Table(box=None, header_style="bold")
     for column in ("run", "pipeline", "status", "started", "loaded", "quar.", "skip", "rejection",
-                   "cost", "duration", "p95"):
+                   "cost", "duration", "p95", "alerts"):
         table.add_column(column, justify="right" if column in {"loaded", "quar.", "skip", "rejection",
-                                                               "cost", "duration", "p95"} else "left")
-    for run in runs:
-        data = run_to_dict(run)
-        style = STATUS_STYLE.get(run.status, "white")
-        table.add_row(run.run_id, run.pipeline_name, f"[{style}]{run.status}[/]",
-                      run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
-                      str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
-                      f"{data['rejection_rate']:.1%}", money(run.cost_usd),
-                      f"{run.duration_s:.1f} s" if run.duration_s is not None else "-",
-                      seconds(run.latency_p95_s))
+                                                               "cost", "duration", "p95", "alerts"}
+                         else "left")
+    for entry in entries:
+        if isinstance(entry, ShardGroup):
+            _group_rows(table, entry, alerts)
+        else:
+            _run_row(table, entry, entry.run_id, alerts.get(entry.run_id, []))
     out_console().print(table)
+    raised = [(run.run_id, a) for run in runs for a in alerts.get(run.run_id, [])]
+    if raised:
+        listing = Table(box=None, header_style="bold", title="alerts", title_justify="left")
+        for column in ("run", "type", "message"):
+            listing.add_column(column, overflow="fold")
+        for run_id, alert in raised:
+            style = "red" if alert.severity == "error" else "yellow"
+            listing.add_row(run_id, f"[{style}]{alert.alert_type}[/]", alert.message)
+        out_console().print(listing)
     return 0
+
+
+def _alert_count(alerts: list[Any]) -> str:
+    if not alerts:
+        return "-"
+    worst = "red" if any(a.severity == "error" for a in alerts) else "yellow"
+    return f"[{worst}]{len(alerts)}[/]"
+
+
+def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
+    data = run_to_dict(run)
+    style = STATUS_STYLE.get(run.status, "white")
+    table.add_row(label, run.pipeline_name, f"[{style}]{run.status}[/]",
+                  run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
+                  str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
+                  f"{data['rejection_rate']:.1%}", money(run.cost_usd),
+                  f"{run.duration_s:.1f} s" if run.duration_s is not None else "-",
+                  seconds(run.latency_p95_s), _alert_count(alerts))
+
+
+def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -> None:
+    """The group's sums on one line, then each of its runs (retries too) beneath it."""
+    style = STATUS_STYLE.get(group.status, "white")
+    ran = group.shard_count - len(group.missing)
+    name = escape(_clip_middle(group.group, 40))  # `loom runs --json` has the whole id
+    table.add_row(f"[bold]shard group {name}[/] ({ran}/{group.shard_count} shards)",
+                  group.pipeline, f"[{style}]{group.status}[/]",
+                  group.started_at.strftime("%Y-%m-%d %H:%M"),
+                  str(group.total("loaded")), str(group.total("quarantined")),
+                  str(group.total("skipped")), f"{group.rejection_rate:.1%}",
+                  money(group.cost_usd),
+                  f"{group.duration_s:.1f} s" if group.duration_s is not None else "-", "-",
+                  _alert_count([a for run in group.runs for a in alerts.get(run.run_id, [])]))
+    counted = {run.run_id for run in group.counted}
+    for run in sorted(group.runs, key=lambda r: (r.shard_index or 0, r.started_at)):
+        mark = "" if run.run_id in counted else " (retried)"
+        _run_row(table, run, f"  └ {run.shard_index}/{run.shard_count} {run.run_id}{mark}",
+                 alerts.get(run.run_id, []))
+
+
+def _clip_middle(text: str, width: int) -> str:
+    """Long ids keep their head and tail (an Airflow group id ends with its run's date)."""
+    if len(text) <= width:
+        return text
+    tail = width * 2 // 3
+    return f"{text[:width - tail - 1]}…{text[-tail:]}"
 
 
 def quarantined_to_dict(row: Any) -> dict[str, Any]:
@@ -315,3 +484,70 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
                       reason[:160] + ("…" if len(reason) > 160 else ""))
     out_console().print(table)
     return 0
+
+
+async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> int:
+    row = await workspace.quarantined(args.id)
+    if row is None:
+        sys.stderr.write(f"error: there is no quarantined record {args.id}\n")
+        return 2
+    history = await workspace.quarantine_history(args.id)
+    data = quarantined_to_dict(row)
+    data["actions"] = [{"action": a.action, "at": _iso(a.at), "actor": a.actor,
+                        "details": a.details} for a in history]
+    if args.json:
+        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        return 0
+    out = out_console()
+    out.print(f"[bold]quarantined record {row.id}[/]  {row.pipeline_name} · run {row.run_id} · "
+              f"record {row.record_id} · [yellow]{row.status}[/]", highlight=False)
+    out.print(f"[dim]stage[/]   {row.stage}\n[dim]reason[/]  {row.reason}", highlight=False)
+    out.print("[dim]input[/]")
+    out.print_json(json.dumps(row.input, default=str))
+    out.print("[dim]output[/]")
+    if row.output is not None:
+        out.print_json(json.dumps(row.output, default=str))
+    else:
+        out.print(f"  (none) raw answer: {row.raw_output!r}", highlight=False)
+    if row.scores:
+        table = Table(box=None, header_style="bold")
+        for column in ("evaluator", "score", "passed", "explanation"):
+            table.add_column(column)
+        for score in row.scores:
+            table.add_row(score.get("evaluator", "?"), f"{score.get('value', 0):.2f}",
+                          "yes" if score.get("passed") else "[red]no[/]",
+                          str(score.get("explanation", "")))
+        out.print(table)
+    for action in data["actions"]:
+        out.print(f"[dim]{action['at']}[/] {action['action']} by {action['actor'] or '?'}: "
+                  f"{action['details']}", highlight=False)
+    return 0
+
+
+async def _quarantine_act(workspace: Workspace, args: argparse.Namespace) -> int:
+    if args.action == "approve" and args.output is not None:
+        if len(args.ids) != 1:
+            raise UsageError("--output edits one record: give exactly one ID")
+        try:
+            output = json.loads(args.output)
+        except ValueError as exc:
+            raise UsageError(f"--output is not JSON: {exc}") from None
+        results = [await workspace.approve_edited(args.ids[0], output, note=args.note)]
+    elif args.action == "approve":
+        results = await workspace.approve(args.ids, note=args.note)
+    elif args.action == "reprocess":
+        results = await workspace.reprocess(args.ids)
+    else:
+        results = await workspace.discard(args.ids, note=args.note)
+    if args.json:
+        sys.stdout.write(json.dumps([{"id": r.quarantine_id, "action": r.action,
+                                      "status": r.status, "loaded": r.loaded,
+                                      "message": r.message} for r in results]) + "\n")
+    else:
+        out = out_console()
+        for result in results:
+            style = "green" if result.loaded or result.status == "discarded" else "yellow"
+            out.print(f"{result.quarantine_id}: [{style}]{result.status}[/] {result.message}",
+                      highlight=False)
+    # Nothing done for some records (still failing, nothing to approve): say so in the code.
+    return 0 if all(r.loaded or r.status == "discarded" for r in results) else 1

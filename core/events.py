@@ -143,12 +143,12 @@ class RunSummary:
             "records": {"extracted": self.extracted, "loaded": self.loaded,
                         "quarantined": self.quarantined, "skipped": self.skipped},
             "cost_usd": self.cost_usd,
+            "cost_by_stage": dict(self.cost_by_stage),  # transform apart from evaluate (judges)
             "tokens": {"input": self.input_tokens, "output": self.output_tokens},
             "duration_s": round(self.duration_s, 3),
             "latency_s": {"p50": self.latency_p50_s, "p95": self.latency_p95_s,
                           "p99": self.latency_p99_s},
             "status_reason": self.status_reason,
-            "cost_by_stage": self.cost_by_stage,
             "cost_by_model": self.cost_by_model,
             "llm": {"calls": self.llm_calls, "cache_hits": self.cache_hits,
                     "retries": self.retries, "throttled": self.throttled,

@@ -18,6 +18,7 @@ from core.errors import (BudgetExceeded, EvaluatorError, LoomError, ProviderErro
                          SecurityError, TemplateError)
 from core.evaluate.base import Evaluator
 from core.evaluate.gates import apply_gate
+from core.evaluate.judge_models import JudgeModels
 from core.evaluate.registry import build_evaluators
 from core.llm.budget import Budget
 from core.llm.client import LLMClient
@@ -105,14 +106,18 @@ class RecordProcessor:
             try:
                 scores.append(await evaluator.score(record.data, transformed.output))
             except EvaluatorError as exc:
+                failed = getattr(exc, "score", None)  # a judge's calls and reply: still counted
                 budget = budget_cause(exc)
                 if budget is not None:
                     return RecordResult(record, Outcome.SKIPPED, Stage.EVALUATE,
                                         f"not processed: {budget}", "BudgetExceeded",
-                                        transform=transformed, scores=scores)
+                                        transform=transformed,
+                                        scores=scores + ([failed] if failed is not None else []))
                 cause = fatal_cause(exc)
                 if cause is not None:
                     raise FatalRunError(str(cause)) from exc
+                if failed is not None:
+                    scores.append(failed)
                 return RecordResult(record, Outcome.QUARANTINED, Stage.EVALUATE,
                                     f"{evaluator.name}: {exc}", type(exc).__name__,
                                     transform=transformed, scores=scores)
@@ -130,7 +135,23 @@ def resolve_secrets(loaded: LoadedSpec, resolver: SecretResolver) -> LoadedSpec:
     so what is stored and shown keeps the placeholders."""
     if "${" not in repr(loaded.raw):
         return loaded
-    resolved = resolver.resolve_tree(loaded.raw)
+    raw = dict(loaded.raw)
+    # Alert notification settings are resolved when there is an alert to post (core.monitoring):
+    # a webhook secret missing on a developer's machine must not stop a run.
+    monitoring = raw.get("monitoring")
+    notify = monitoring.get("notify") if isinstance(monitoring, dict) else None
+    if notify is not None:
+        raw["monitoring"] = {k: v for k, v in monitoring.items() if k != "notify"}
+    resolved = resolver.resolve_tree(raw)
+    if notify is not None:
+        resolved["monitoring"]["notify"] = notify
+    # In a connection URI a value lands in user:password@ percent-encoded, so that a password
+    # holding "@" or "/" still connects where the pipeline says.
+    for section, key in (("extract", "source"), ("load", "destination")):
+        part = loaded.raw.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and "${" in value:
+            resolved[section][key] = resolver.resolve(value, where=f"{section}.{key}", url=True)
     spec = PipelineSpec.model_validate(resolved)
     return LoadedSpec(spec=spec, path=loaded.path, raw=loaded.raw)
 
@@ -151,6 +172,7 @@ class Runtime:
     # budget, any LLM judge's): see core.llm.ratelimit and core.llm.budget.
     limits: LimitsRegistry
     budget: Budget
+    judges: JudgeModels | None = None
 
     @classmethod
     def build(cls, loaded: LoadedSpec, *, config: LoomConfig, cache: Any, use_cache: bool,
@@ -165,7 +187,6 @@ class Runtime:
         if prompt_text is not None:
             prompts = prompts.with_prompt(prompt_text)
         schema = load_output_schema(loaded)
-        evaluators = build_evaluators(loaded)
         provider = make_provider(spec.transform, resolved, api_key=spec.transform.api_key,
                                  base_url=spec.transform.base_url)
         recorder = CassetteRecorder(record_path) if record_path else None
@@ -183,14 +204,20 @@ class Runtime:
             provider, pricing=pricing, cache=cache if spec.transform.cache else None,
             use_cache=use_cache and spec.transform.cache,
             cache_ttl_s=ttl_days * 86400 if ttl_days else None,
-            max_retries=spec.transform.max_retries, limits=limits, budget=budget,
-            recorder=recorder, on_warning=on_warning,
+            max_retries=spec.transform.max_retries, limits=limits, registry=registry,
+            budget=budget, recorder=recorder, on_warning=on_warning,
         )
         budget.check_priced(spec.transform.model)  # says now, not at the first call
         transformer = Transformer(spec.transform, client, schema)
+        judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema)
+        # A judge the pipeline gets wrong stops the run here, before any connection is opened
+        # (httpx clients connect on first use, so the unused ones need no closing).
+        evaluators = build_evaluators(loaded, llm=judges)
         processor = RecordProcessor(prompts, transformer, evaluators, spec.evaluate)
         return cls(loaded=resolved, prompts=prompts, client=client, processor=processor,
-                   schema=schema, limits=registry, budget=budget)
+                   schema=schema, limits=registry, budget=budget, judges=judges)
 
     async def aclose(self) -> None:
+        if self.judges is not None:
+            await self.judges.aclose()
         await self.client.aclose()

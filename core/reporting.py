@@ -79,6 +79,11 @@ def summary_table(summary: RunSummary) -> Table:
         f" · {summary.duration_s:.1f} s"))
     if summary.status_reason:
         table.add_row("reason", Text(summary.status_reason, style=style))
+    shard = summary.extra.get("shard")
+    if shard:
+        # Records of other shards are not this run's: the counts below are this shard's.
+        table.add_row("shard", f"{shard['index']}/{shard['count']} of group {shard['group']} "
+                               f"(loom runs sums the group)")
     table.add_row("records", (
         f"{summary.extracted} extracted, {summary.loaded} loaded, {summary.quarantined} "
         f"quarantined, {summary.skipped} skipped ({summary.rejection_rate:.1%} rejected)"))
@@ -98,6 +103,9 @@ def summary_table(summary: RunSummary) -> Table:
                              f"{seconds(summary.latency_p95_s)} · p99 {seconds(summary.latency_p99_s)}")
     for warning in summary.warnings:
         table.add_row("warning", Text(warning, style="yellow"))
+    for alert in summary.extra.get("alerts", ()):
+        table.add_row("alert", Text(f"{alert['type']}: {alert['message']}",
+                                    style="red" if alert["severity"] == "error" else "yellow"))
     if summary.quarantined:
         table.add_row("next", f"loom quarantine list --run {summary.run_id}")
     return table

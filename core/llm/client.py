@@ -19,7 +19,7 @@ from core.errors import ProviderError
 from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
 from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
 from core.llm.pricing import Pricing
-from core.llm.ratelimit import ProviderLimits, estimate_tokens
+from core.llm.ratelimit import LimitsRegistry, ProviderLimits, estimate_tokens
 from core.llm.replay import CassetteRecorder
 from core.llm.retry import RetryPolicy, call_with_retries
 from core.records import LLMCall
@@ -54,6 +54,7 @@ class LLMClient:
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         limits: ProviderLimits | None = None,
+        registry: LimitsRegistry | None = None,
         budget: Budget | None = None,
         recorder: CassetteRecorder | None = None,
         on_warning: Callable[[str], None] | None = None,
@@ -66,6 +67,9 @@ class LLMClient:
         self.pricing = pricing
         self.recorder = recorder
         self.budget = budget
+        self._cache_store = cache  # as given, for sibling()
+        self._concurrency = concurrency
+        self._registry = registry
         self.warnings: list[str] = []
         # A provider that is already offline and free (replay) gains nothing from the cache.
         self._cache = cache if getattr(provider, "cacheable", True) else None
@@ -73,15 +77,32 @@ class LLMClient:
         self._ttl_s = cache_ttl_s
         # retry_policy, when given, is used as is (its max_retries included).
         self._policy = retry_policy or RetryPolicy(max_retries=max_retries)
-        self.limits = limits or ProviderLimits.build(
-            concurrency, requests_per_minute=requests_per_minute,
-            tokens_per_minute=tokens_per_minute, clock=clock, sleep=sleep)
+        if limits is None:
+            limits = registry.get(provider.name, provider.base_url, concurrency=concurrency,
+                                  requests_per_minute=requests_per_minute,
+                                  tokens_per_minute=tokens_per_minute, clock=clock,
+                                  sleep=sleep) if registry is not None else ProviderLimits.build(
+                concurrency, requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute, clock=clock, sleep=sleep)
+        self.limits = limits
         self._on_warning = on_warning
         self._warned: set[str] = set()
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
         self._inflight: dict[str, asyncio.Future[LLMResponse]] = {}
+
+    def sibling(self, provider: Provider) -> "LLMClient":
+        """A client for another provider with this one's cache, pricing, retry policy,
+        concurrency, budget, recorder and warnings: what an LLM judge with a model of its own
+        uses. It takes its limits from this client's registry, so clients of one endpoint share
+        them; the run's budget is the same object, so judges and transform spend one budget."""
+        return LLMClient(provider, pricing=self.pricing, cache=self._cache_store,
+                         use_cache=self._read_cache, cache_ttl_s=self._ttl_s,
+                         concurrency=self._concurrency, registry=self._registry,
+                         budget=self.budget, recorder=self.recorder,
+                         on_warning=self._on_warning, retry_policy=self._policy,
+                         sleep=self._sleep, clock=self._clock, rand=self._rand)
 
     async def complete(self, request: LLMRequest) -> tuple[LLMResponse, LLMCall]:
         if self._cache is None:
