@@ -289,3 +289,32 @@ def test_estimate_prints_a_projection_for_people(tmp_path, llm_server, capsys):
     assert code == 0, err
     assert "estimate from 4 of about 40 records" in out  # a CSV's quick count reads lines
     assert "projected" in out and "40 calls" in out
+
+
+def test_llm_judges_with_their_own_endpoint_spend_the_same_budget(tmp_path, llm_server, capsys,
+                                                                  loom_home):
+    from tests.support.judging import judge_requests, judge_responder
+
+    llm_server.responder = judge_responder(lambda body: {
+        "score": 0.9, "confidence": 0.8, "explanation": "accurate", "criteria_met": ["label"],
+        "criteria_not_met": []})
+    other = llm_server.base_url.replace("127.0.0.1", "localhost")  # another endpoint: own client
+    budget = 0.004
+    pipeline = write_pipeline(
+        tmp_path / "p", rows=rows_for(100), base_url=llm_server.base_url,
+        transform={"concurrency": 2, "max_tokens": 50},
+        evaluate={"evaluators": [{"name": "judged", "type": "custom_criteria",
+                                  "criteria": "Accurate sentiment", "model": "gpt-4o",
+                                  "base_url": other, "api_key": "judge-key", "max_tokens": 100}]},
+        budget={"max_cost_usd": budget})
+    code, summary, err = run_cli(capsys, "--run", str(pipeline), "--json")
+    assert code == 3, err
+    assert summary["status"] == "partial" and "budget" in summary["status_reason"]
+    assert_accounted(summary)
+    assert summary["cost_by_stage"]["evaluate"] > summary["cost_by_stage"]["transform"]
+    assert summary["cost_usd"] <= budget  # judge and transform calls reserved from one budget
+    assert 0 < summary["records"]["loaded"] < 100
+    assert len(judge_requests(llm_server)) == summary["records"]["loaded"]
+    stages = dict(history(loom_home, "SELECT stage, COUNT(*) FROM record_results "
+                                     "WHERE outcome = 'skipped' GROUP BY stage"))
+    assert sum(stages.values()) == summary["records"]["skipped"]
