@@ -204,8 +204,9 @@ class Runtime:
             provider, pricing=pricing, cache=cache if spec.transform.cache else None,
             use_cache=use_cache and spec.transform.cache,
             cache_ttl_s=ttl_days * 86400 if ttl_days else None,
-            max_retries=spec.transform.max_retries, limits=limits, registry=registry,
-            budget=budget, recorder=recorder, on_warning=on_warning,
+            max_retries=spec.transform.max_retries,
+            concurrency=concurrency or spec.transform.concurrency, limits=limits,
+            registry=registry, budget=budget, recorder=recorder, on_warning=on_warning,
         )
         budget.check_priced(spec.transform.model)  # says now, not at the first call
         transformer = Transformer(spec.transform, client, schema)

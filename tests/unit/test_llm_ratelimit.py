@@ -180,3 +180,22 @@ def test_no_budget_reserves_nothing_and_an_unpriced_model_is_said_once():
     assert budget.reserve("mystery-model", 1000, 1000) == 0.0
     assert budget.reserve("mystery-model", 1000, 1000) == 0.0
     assert len(warnings) == 1 and "cannot be enforced for model mystery-model" in warnings[0]
+
+
+async def test_a_sibling_client_shares_the_budget_and_takes_limits_from_the_registry():
+    from core.llm.client import LLMClient
+    from core.llm.replay import ReplayProvider
+
+    class Endpoint(ReplayProvider):
+        def __init__(self, base_url: str) -> None:  # no cassette needed: never called here
+            self.base_url = base_url
+
+    registry = LimitsRegistry()
+    budget = Budget(1.0, pricing=PRICES)
+    run = LLMClient(Endpoint("http://a"), pricing=PRICES, concurrency=12, registry=registry,
+                    budget=budget)
+    judge = run.sibling(Endpoint("http://b"))
+    same_endpoint = run.sibling(Endpoint("http://a"))
+    assert judge.budget is budget
+    assert judge.limits is not run.limits and judge.limits.concurrency.maximum == 12
+    assert same_endpoint.limits is run.limits  # one endpoint, one set of limits
