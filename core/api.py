@@ -22,6 +22,7 @@ from core.config import LoomConfig, load_config, store_url
 from core.connectors.registry import open_source
 from core.credentials import KeyringSecrets, SecretResolver
 from core.engine import Engine, Listener, RunController, RunOptions
+from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError
 from core.events import Event, RunFinished, RunSummary
 from core.processing import Runtime
@@ -171,18 +172,26 @@ class Workspace:
 
     async def run_sample(self, loaded: LoadedSpec, records: Iterable[Record], *,
                          prompt_text: str | None = None, use_cache: bool = True,
-                         concurrency: int = 8) -> list[RecordResult]:
-        """Transform and evaluate records without loading them or recording a run."""
-        warnings: list[str] = []
+                         concurrency: int = 8,
+                         warnings: list[str] | None = None) -> list[RecordResult]:
+        """Transform and evaluate records without loading them or recording a run.
+        No budget applies to a sample; warnings (an unknown price...) go to `warnings`."""
+        warnings = warnings if warnings is not None else []
         resolver = SecretResolver(credentials=self.config.credentials)
         runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
                                 use_cache=use_cache, resolver=resolver,
                                 on_warning=warnings.append, prompt_text=prompt_text,
-                                concurrency=concurrency)
+                                concurrency=concurrency, budget_usd=None)
         try:
             return list(await asyncio.gather(*(runtime.processor.process(r) for r in records)))
         finally:
             await runtime.aclose()
+
+    async def estimate(self, loaded: LoadedSpec, *, sample: int = 20, limit: int | None = None,
+                       use_cache: bool = True) -> Estimate:
+        """Cost, tokens and duration of a whole run, projected from `sample` records that are
+        transformed and evaluated now (not loaded, no run recorded)."""
+        return await estimate_run(self, loaded, sample=sample, limit=limit, use_cache=use_cache)
 
     # ------------------------------------------------------------ runs
 

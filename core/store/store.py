@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import sqlite3
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
+from core.store.cache_reader import SQLiteCacheReader
 from core.store.engine import SINGLE_READ, WRITE, StoreTarget, raw_json, without_nul
 from core.store.migrate import migrate
 from core.store.models import (
@@ -54,6 +57,10 @@ LINEAGE_KEYS = frozenset({"source", "query", "destination", "table_name", "recor
 # Cache hits are counted in memory and written with the next write (or at this many), so that
 # a cache lookup on the hot path stays a read.
 _HIT_FLUSH_AT = 256
+# New cache entries wait in memory and are written together: with the next batch of record
+# results, when this many wait, or when the oldest has waited this long.
+_CACHE_WRITE_AT = 1024
+_CACHE_WRITE_AFTER_S = 2.0
 # Keys per `IN (...)` when concurrent cache lookups are read together.
 _CACHE_READ_CHUNK = 500
 
@@ -105,6 +112,10 @@ class Store:
                                             expire_on_commit=False)
         self._target = target
         self._pending_hits: Counter[str] = Counter()
+        self._pending_cache: dict[str, dict[str, Any]] = {}
+        self._pending_cache_since = 0.0
+        # SQLite: lookups read the file inline (see cache_reader); PostgreSQL: batched async reads.
+        self._cache_file = SQLiteCacheReader(target.path) if target.path is not None else None
         self._cache_waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._cache_reader: asyncio.Task[None] | None = None
         self.url = target.display
@@ -128,10 +139,10 @@ class Store:
         try:
             if self._cache_reader is not None:
                 await self._cache_reader
-            if self._pending_hits:
-                async with self._write() as conn:
-                    await self._flush_hits(conn)
+            await self.cache_flush()
         finally:
+            if self._cache_file is not None:
+                self._cache_file.close()
             await self._engine.dispose()
 
     async def __aenter__(self) -> "Store":
@@ -254,7 +265,7 @@ class Store:
             "input_tokens": progress.input_tokens, "output_tokens": progress.output_tokens,
             "llm_calls": progress.llm_calls, "cache_hits": progress.cache_hits,
             "latency_p50_s": progress.latency_p50_s, "latency_p95_s": progress.latency_p95_s,
-            "duration_s": progress.elapsed_s,
+            "duration_s": progress.elapsed_s, "concurrency_final": progress.concurrency,
         }
         async with self._write() as conn:
             result = await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(values))
@@ -323,8 +334,7 @@ class Store:
             await conn.execute(insert(_record_results), rows)
             if quarantined:
                 await conn.execute(insert(_quarantine), quarantined)
-            if self._pending_hits:
-                await self._flush_hits(conn)
+            await self._flush_cache(conn)
 
     async def demote_loaded(self, run_id: str, reason: str, *, quarantine: bool = False) -> int:
         """Records of a run written as loaded that did not reach the destination after all.
@@ -376,7 +386,10 @@ class Store:
             "cache_hits": summary.cache_hits, "duration_s": summary.duration_s,
             "latency_p50_s": summary.latency_p50_s, "latency_p95_s": summary.latency_p95_s,
             "latency_p99_s": summary.latency_p99_s, "warnings": list(summary.warnings),
-            "extra": summary.extra,
+            "extra": summary.extra, "concurrency": summary.concurrency,
+            "concurrency_min": summary.concurrency_min,
+            "concurrency_final": summary.concurrency_final, "throttled": summary.throttled,
+            "retries": summary.retries, "budget_usd": summary.budget_usd,
         }
         stats = [{
             "run_id": summary.run_id, "evaluator": s.evaluator, "type": s.type,
@@ -395,8 +408,7 @@ class Store:
                 await conn.execute(insert(_lineage),
                                    {**dict.fromkeys(LINEAGE_KEYS), **lineage,
                                     "run_id": summary.run_id, "created_at": now})
-            if self._pending_hits:
-                await self._flush_hits(conn)
+            await self._flush_cache(conn)
 
     async def list_runs(self, *, pipeline: str | None = None, status: str | None = None,
                         limit: int = 50,
@@ -625,21 +637,35 @@ class Store:
     async def cache_get(self, key: str) -> dict[str, Any] | None:
         """The cached response, or None when missing or expired. Counts a hit.
 
-        Lookups made while another is in flight are read together in one query: the transform
-        workers look up concurrently, and one round trip per lookup would cost more CPU than
-        the rest of a record's bookkeeping.
+        SQLite: a primary-key read on the loop's thread (core.store.cache_reader), tens of
+        microseconds. PostgreSQL: lookups made while another is in flight are read together in
+        one query, since one round trip per lookup would cost more than the rest of a record.
+        Entries written by this store but not yet flushed are found too.
         """
+        pending = self._pending_cache.get(key)
+        if pending is not None:
+            expires_at = pending["expires_at"]
+            value = None if expires_at is not None and expires_at <= utcnow() else \
+                copy.deepcopy(pending["response"])
+        elif self._cache_file is not None:
+            try:
+                value = self._cache_file.get(key, utcnow())
+            except sqlite3.Error as exc:
+                raise self._target.error("read", exc) from exc
+        else:
+            value = await self._cache_read_batched(key)
+        if value is not None:
+            self._pending_hits[key] += 1
+            if len(self._pending_hits) >= _HIT_FLUSH_AT:
+                await self.cache_flush()
+        return value
+
+    async def _cache_read_batched(self, key: str) -> dict[str, Any] | None:
         future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._cache_waiting.setdefault(key, []).append(future)
         if self._cache_reader is None:
             self._cache_reader = asyncio.create_task(self._read_cache_batches())
-        value = await future
-        if value is not None:
-            self._pending_hits[key] += 1
-            if len(self._pending_hits) >= _HIT_FLUSH_AT:
-                async with self._write() as conn:
-                    await self._flush_hits(conn)
-        return value
+        return await future
 
     async def _read_cache_batches(self) -> None:
         try:
@@ -681,38 +707,65 @@ class Store:
 
     async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str,
                         ttl_s: float | None = None) -> None:
-        """Keep a response (replacing any older one); `ttl_s=None` keeps it for good."""
+        """Keep a response (replacing any older one); `ttl_s=None` keeps it for good.
+
+        Entries are written in batches (see _CACHE_WRITE_AT): this store's own reads see them at
+        once, other processes once they are flushed — at the latest when the store closes.
+        """
         now = utcnow()
-        values = {"key": key, "provider": provider, "model": model, "response": value,
-                  "created_at": now,
-                  "expires_at": now + timedelta(seconds=ttl_s) if ttl_s is not None else None,
-                  "hits": 0}
-        async with self._write() as conn:
-            await conn.execute(self._upsert(_cache, values, ["key"],
-                                            ["provider", "model", "response", "created_at",
-                                             "expires_at", "hits"]))
-            if self._pending_hits:
-                await self._flush_hits(conn)
+        if not self._pending_cache:
+            self._pending_cache_since = time.monotonic()
+        self._pending_cache.pop(key, None)
+        self._pending_cache[key] = {
+            "key": key, "provider": provider, "model": model, "response": value,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl_s) if ttl_s is not None else None,
+            "hits": 0}
+        self._pending_hits.pop(key, None)  # a fresh entry starts at 0 hits
+        if len(self._pending_cache) >= _CACHE_WRITE_AT or \
+                time.monotonic() - self._pending_cache_since >= _CACHE_WRITE_AFTER_S:
+            await self.cache_flush()
+
+    async def cache_flush(self) -> None:
+        """Write the cache entries and hit counts waiting in memory."""
+        if self._pending_cache or self._pending_hits:
+            async with self._write() as conn:
+                await self._flush_cache(conn)
 
     async def cache_prune(self) -> int:
         """Delete expired responses; returns how many."""
+        await self.cache_flush()
         async with self._write() as conn:
             result = await conn.execute(_cache.delete().where(_cache.c.expires_at <= utcnow()))
             return int(result.rowcount)
 
     async def cache_entry(self, key: str) -> LLMCacheEntry | None:
         """The whole cache row (hits, expiry), for inspection."""
+        await self.cache_flush()
         return await self._first(select(LLMCacheEntry).where(LLMCacheEntry.key == key))
 
-    async def _flush_hits(self, conn: AsyncConnection) -> None:
-        pending, self._pending_hits = self._pending_hits, Counter()
+    async def _flush_cache(self, conn: AsyncConnection) -> None:
+        """Inside a write transaction: waiting entries first, then hit counts."""
+        entries, self._pending_cache = self._pending_cache, {}
+        hits, self._pending_hits = self._pending_hits, Counter()
         try:
-            await conn.execute(
-                update(_cache).where(_cache.c.key == bindparam("hit_key"))
-                .values(hits=_cache.c.hits + bindparam("hit_count")),
-                [{"hit_key": key, "hit_count": count} for key, count in pending.items()])
+            if entries:
+                dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+                statement = dialect.insert(_cache)
+                statement = statement.on_conflict_do_update(
+                    index_elements=["key"],
+                    set_={name: statement.excluded[name] for name in
+                          ("provider", "model", "response", "created_at", "expires_at", "hits")})
+                await conn.execute(statement, list(entries.values()))
+            if hits:
+                await conn.execute(
+                    update(_cache).where(_cache.c.key == bindparam("hit_key"))
+                    .values(hits=_cache.c.hits + bindparam("hit_count")),
+                    [{"hit_key": key, "hit_count": count} for key, count in hits.items()])
         except BaseException:
-            self._pending_hits.update(pending)
+            # Not written: keep them for the next write (newer entries for a key win).
+            self._pending_cache = {**entries, **self._pending_cache}
+            self._pending_hits.update(hits)
             raise
 
     # -- monitoring alerts ---------------------------------------------------------------------

@@ -661,6 +661,68 @@ async def test_a_failing_cache_read_fails_every_waiter(store: Store, backend: st
     assert "\n" not in str(outcomes[0])
 
 
+async def test_new_cache_entries_are_seen_at_once_and_written_together(home: Path) -> None:
+    async with await Store.open() as store:
+        for n in range(5):
+            await store.cache_put(f"k{n}", {"text": str(n)}, provider="p", model="m", ttl_s=60)
+        assert await store.cache_get("k3") == {"text": "3"}  # not written yet, found anyway
+        with sqlite3.connect(home / "loom.db") as db:  # another reader sees nothing yet
+            assert db.execute("SELECT COUNT(*) FROM llm_cache").fetchone() == (0,)
+    with sqlite3.connect(home / "loom.db") as db:  # closing the store wrote them
+        rows = db.execute("SELECT key, hits FROM llm_cache ORDER BY key").fetchall()
+    assert rows == [("k0", 0), ("k1", 0), ("k2", 0), ("k3", 1), ("k4", 0)]
+
+
+async def test_cache_entries_go_out_with_the_next_batch_of_results(store: Store) -> None:
+    await store.start_run(run_start())
+    await store.cache_put("k", {"text": "x"}, provider="p", model="m")
+    async with await Store.open() as other:  # another process's view of the same store
+        assert await other.cache_entry("k") is None
+        await store.write_results("run-0001", "sentiment", [result(0, Outcome.LOADED)])
+        assert (await other.cache_entry("k")).response == {"text": "x"}
+
+
+async def test_batched_cache_reads_serve_stores_without_the_inline_reader(store: Store) -> None:
+    # PostgreSQL stores read through the async engine, several lookups in one query.
+    store._cache_file = None
+    await store.cache_put("a", {"text": "A"}, provider="p", model="m")
+    await store.cache_flush()
+    found = await asyncio.gather(store.cache_get("a"), store.cache_get("a"), store.cache_get("zz"))
+    assert found == [{"text": "A"}, {"text": "A"}, None] and found[0] is not found[1]
+
+
+async def test_revision_0004_adds_the_limit_columns_to_existing_runs(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from core.store.migrate import alembic_config
+
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0003")
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO pipelines (name, version, definition, created_at, updated_at) "
+                   "VALUES ('p', '1', '{}', '2025-01-01', '2025-01-01')")
+        db.execute("INSERT INTO pipeline_runs (run_id, pipeline_name, pipeline_version, started_at,"
+                   " updated_at, status, config, context_hashes, params, options, extracted,"
+                   " transformed, evaluated, loaded, quarantined, skipped, cost_by_stage,"
+                   " cost_by_model, input_tokens, output_tokens, llm_calls, cache_hits, warnings,"
+                   " extra) VALUES ('old-run', 'p', '1', '2025-01-01', '2025-01-01', 'success',"
+                   " '{}', '{}', '{}', '{}', 1, 1, 1, 1, 0, 0, '{}', '{}', 0, 0, 0, 0, '[]', '{}')")
+    async with await Store.open(f"sqlite:///{path}") as store:
+        run = await store.get_run("old-run")
+    assert (run.throttled, run.retries, run.concurrency, run.budget_usd) == (0, 0, None, None)
+
+
+def test_schema_head_names_the_newest_migration() -> None:
+    # Opening a store skips Alembic when the store is at SCHEMA_HEAD: the two must agree.
+    from core.store.migrate import SCHEMA_HEAD
+
+    assert SCHEMA_HEAD == head_revision()
+
+
 # -- PostgreSQL specifics ------------------------------------------------------------------------
 
 
