@@ -19,18 +19,21 @@ from typing import Any
 
 import yaml
 
+from core.agreement import JudgeAgreement
 from core.compare import (ComparedValue, PromptComparison, RunComparison, VerdictChange,
                           compare_runs, compare_verdicts)
 from core.config import LoomConfig, load_config, store_url
 from core.connectors.registry import open_source
-from core.credentials import SecretResolver
+from core.credentials import KeyringSecrets, SecretResolver
 from core.engine import Engine, Listener, RunController, RunOptions
+from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError, UsageError
 from core.events import Event, RunFinished, RunSummary
 from core.processing import Runtime
 from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
+from core.sharding import ShardGroup
 from core.spec import LoadedSpec, load_spec
 from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
                         Store)
@@ -198,7 +201,7 @@ class Workspace:
         """Records `offset`..`offset+limit` the source yields (reads only that far)."""
         from core.processing import resolve_secrets
 
-        resolved = resolve_secrets(loaded, SecretResolver())
+        resolved = resolve_secrets(loaded, SecretResolver(credentials=self.config.credentials))
         source = open_source(resolved)
         out: list[Record] = []
         try:
@@ -267,17 +270,26 @@ class Workspace:
 
     async def run_sample(self, loaded: LoadedSpec, records: Iterable[Record], *,
                          prompt_text: str | None = None, use_cache: bool = True,
-                         concurrency: int = 8) -> list[RecordResult]:
-        """Transform and evaluate records without loading them or recording a run."""
-        warnings: list[str] = []
+                         concurrency: int = 8,
+                         warnings: list[str] | None = None) -> list[RecordResult]:
+        """Transform and evaluate records without loading them or recording a run.
+        No budget applies to a sample; warnings (an unknown price...) go to `warnings`."""
+        warnings = warnings if warnings is not None else []
+        resolver = SecretResolver(credentials=self.config.credentials)
         runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
-                                use_cache=use_cache, resolver=SecretResolver(),
+                                use_cache=use_cache, resolver=resolver,
                                 on_warning=warnings.append, prompt_text=prompt_text,
-                                concurrency=concurrency)
+                                concurrency=concurrency, budget_usd=None)
         try:
             return list(await asyncio.gather(*(runtime.processor.process(r) for r in records)))
         finally:
             await runtime.aclose()
+
+    async def estimate(self, loaded: LoadedSpec, *, sample: int = 20, limit: int | None = None,
+                       use_cache: bool = True) -> Estimate:
+        """Cost, tokens and duration of a whole run, projected from `sample` records that are
+        transformed and evaluated now (not loaded, no run recorded)."""
+        return await estimate_run(self, loaded, sample=sample, limit=limit, use_cache=use_cache)
 
     # ------------------------------------------------------------ runs
 
@@ -318,6 +330,28 @@ class Workspace:
 
     async def count_runs(self, *, pipeline: str | None = None, status: str | None = None) -> int:
         return await (await self.store()).count_runs(pipeline=pipeline, status=status)
+
+    async def history(self, *, pipeline: str | None = None, limit: int = 50) -> list[Any]:
+        """The newest `limit` runs, newest first, with the runs of a shard group gathered into
+        one `ShardGroup` (placed where its newest run is; it holds every run of the group,
+        also those past `limit`). Other runs come as they are (core.store.PipelineRun)."""
+        store = await self.store()
+        runs = await store.list_runs(pipeline=pipeline, limit=limit)
+        groups = {run.shard_group for run in runs if run.shard_group is not None}
+        members: dict[tuple[str, str], list[Any]] = {}
+        for run in await store.shard_group_runs(sorted(groups), pipeline=pipeline):
+            members.setdefault((run.pipeline_name, run.shard_group), []).append(run)
+        entries: list[Any] = []
+        shown: set[tuple[str, str]] = set()
+        for run in runs:
+            if run.shard_group is None:
+                entries.append(run)
+                continue
+            key = (run.pipeline_name, run.shard_group)
+            if key not in shown:
+                shown.add(key)
+                entries.append(ShardGroup.of(members[key]))
+        return entries
 
     async def get_run(self, run_id: str) -> Any:
         return await (await self.store()).get_run(run_id)
@@ -386,6 +420,45 @@ class Workspace:
 
     async def discard(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
         return await (await self._desk()).discard(ids, note=note)
+
+    async def judge_agreement(self, pipeline: str | None = None) -> list[JudgeAgreement]:
+        """Each LLM judge's agreement rate with the people who approved, edited or discarded
+        the records it scored, per pipeline (core.agreement)."""
+        return await (await self.store()).judge_agreement(pipeline=pipeline)
+
+    # ------------------------------------------------------------ monitoring
+
+    async def alerts(self, *, pipeline: str | None = None, run_id: str | None = None,
+                     unacknowledged: bool = False, limit: int = 100) -> list[Any]:
+        """Monitoring alerts (MonitoringAlert rows), newest first."""
+        return await (await self.store()).list_alerts(pipeline=pipeline, run_id=run_id,
+                                                      unacknowledged=unacknowledged, limit=limit)
+
+    async def run_alerts(self, run_ids: list[str]) -> dict[str, list[Any]]:
+        """Each run's alerts, for a page of history, in one query."""
+        return await (await self.store()).alerts_for_runs(run_ids)
+
+    async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
+        await (await self.store()).acknowledge_alert(alert_id, by=by)
+    # ------------------------------------------------------------ secrets
+    # The keyring (service "loom") that ${NAME} placeholders resolve from first. These never
+    # return a value, and they block (a desktop keyring may ask D-Bus): call them from a worker.
+
+    def secret_names(self) -> list[str]:
+        """Names of the secrets stored with `loom secrets set` (never their values)."""
+        return KeyringSecrets().names()
+
+    def set_secret(self, name: str, value: str) -> None:
+        """Store `value` under `name`; raises SecretError for a bad name or no usable keyring."""
+        KeyringSecrets().set(name, value)
+
+    def delete_secret(self, name: str) -> None:
+        """Remove a secret; raises SecretError when it is not there."""
+        KeyringSecrets().delete(name)
+
+    def secrets_backend(self) -> str:
+        """The keyring backend in use, e.g. `keyrings.alt.file.PlaintextKeyring`."""
+        return KeyringSecrets().backend()
 
 
 class _Done:

@@ -2,6 +2,9 @@
 
     storage:
       url: postgresql://loom:${PG_PASSWORD}@db/loom   # default: sqlite at $LOOM_HOME/loom.db
+    credentials:                                      # optional: ${NAME} also from AWS
+      provider: aws_secrets
+      region: eu-west-1
     cache:
       ttl_days: 30
     pricing:                                          # per 1M tokens, USD; overrides the table
@@ -10,14 +13,15 @@
       theme: loom-light
       keymap: {quarantine.approve: y}                 # binding id -> key
 
-`LOOM_STORE_URL` overrides storage.url.
+`LOOM_STORE_URL` overrides storage.url. `${NAME}` placeholders in either resolve like a
+pipeline's (core.credentials), when the store is opened.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -41,6 +45,14 @@ class CacheConfig(_Strict):
     ttl_days: float | None = Field(30, gt=0)  # None: answers never expire
 
 
+class CredentialsConfig(_Strict):
+    """Where ${NAME} looks after the keyring and the environment."""
+
+    provider: Literal["aws_secrets"] | None = None
+    region: str | None = None  # default: the AWS chain's (AWS_REGION, ~/.aws/config)
+    endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL_SECRETS_MANAGER, else AWS
+
+
 class ModelPrice(_Strict):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
@@ -58,6 +70,7 @@ class LoomConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     pricing: dict[str, ModelPrice] = Field(default_factory=dict)
+    credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
     workbench: WorkbenchConfig = Field(default_factory=WorkbenchConfig)
 
 
@@ -84,8 +97,19 @@ def load_config(home: Path | None = None) -> LoomConfig:
 
 
 def store_url(config: LoomConfig, home: Path | None = None) -> str:
-    """Where the history lives: LOOM_STORE_URL, then storage.url, then SQLite in LOOM_HOME."""
-    url = os.environ.get("LOOM_STORE_URL") or config.storage.url
-    if url:
+    """Where the history lives: LOOM_STORE_URL, then storage.url, then SQLite in LOOM_HOME.
+
+    `${NAME}` placeholders are resolved here (a missing one is a SecretError, exit 2): the
+    result may hold a password, so show it only through `StoreTarget.display`.
+    """
+    from_env = os.environ.get("LOOM_STORE_URL")
+    url = from_env or config.storage.url
+    if not url:
+        return f"sqlite:///{(home or loom_home()) / 'loom.db'}"
+    if "${" not in url:
         return url
-    return f"sqlite:///{(home or loom_home()) / 'loom.db'}"
+    from core.credentials import SecretResolver
+
+    resolver = SecretResolver(credentials=config.credentials)
+    where = "LOOM_STORE_URL" if from_env else f"{(home or loom_home()) / 'config.yaml'}: storage.url"
+    return resolver.resolve(url, where=where, url=True)

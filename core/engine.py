@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import time
@@ -24,13 +25,15 @@ from typing import Any
 
 from core.config import LoomConfig, load_config
 from core.connectors.base import Sink, Source, build_row
-from core.connectors.registry import open_sink, open_source
+from core.connectors.registry import open_sink, open_source, redact_uri
 from core.credentials import SecretResolver
 from core.errors import LoadError, LoomError
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
                          RunFinished, RunStarted, RunStatus, RunSummary, RunWarning)
+from core.monitoring import monitor_run
 from core.processing import FatalRunError, Runtime
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
+from core.sharding import Shard, bind_destination
 from core.spec import LoadedSpec, snapshot
 from core.stats import Quantiles
 from core.store import RunStart, Store
@@ -56,17 +59,27 @@ class RunOptions:
     use_cache: bool = True
     record_path: Path | None = None
     run_id: str | None = None
+    # Process only the records whose id hashes to this shard (core.sharding); None: all.
+    shard: Shard | None = None
 
 
 class RunController:
-    """Lets a caller (ctrl+c, the TUI's cancel) stop a run cleanly."""
+    """Lets a caller (ctrl+c, the TUI's cancel) or the run itself (a budget) stop a run cleanly:
+    records in flight finish, the rest are skipped with `reason`, what passed is loaded, and
+    the run ends with `status`."""
 
     def __init__(self) -> None:
-        self.cancelled = asyncio.Event()
+        self.cancelled = asyncio.Event()  # set when the run should stop, whoever asked
         self.reason = "cancelled"
+        self.status: str = RunStatus.CANCELLED
 
     def cancel(self, reason: str = "cancelled by the user") -> None:
+        self.stop(reason, RunStatus.CANCELLED)
+
+    def stop(self, reason: str, status: str) -> None:
+        """Stop the run, which ends with `status` (a budget stop: partial)."""
         self.reason = reason
+        self.status = status
         self.cancelled.set()
 
 
@@ -122,7 +135,8 @@ class _Tally:
             stats, values = self.evaluators[score.evaluator]
             stats.count += 1
             stats.passed += score.passed
-            values.add(score.value)
+            if score.error is None:  # a judge that could not score has no value to count
+                values.add(score.value)
             if score.calls:
                 cost = score.cost_usd
                 stats.cost_usd = None if cost is None or stats.cost_usd is None else stats.cost_usd + cost
@@ -150,16 +164,17 @@ class Engine:
     def __init__(self, loaded: LoadedSpec, store: Store, *, options: RunOptions | None = None,
                  config: LoomConfig | None = None, listeners: Iterable[Listener] = (),
                  controller: RunController | None = None) -> None:
-        self.loaded = loaded
-        self.store = store
         self.options = options or RunOptions()
+        # `{shard}` in the destination, and the refusal of one that shards would clobber.
+        self.loaded = bind_destination(loaded, self.options.shard)
+        self.store = store
         self.config = config or load_config()
         self.listeners = list(listeners)
         self.controller = controller or RunController()
         self.run_id = self.options.run_id or new_run_id()
         self.tally = _Tally()
         self.warnings: list[str] = []
-        self.resolver = SecretResolver(on_warning=self._warn)
+        self.resolver = SecretResolver(on_warning=self._warn, credentials=self.config.credentials)
         self._started = 0.0
         self._in_flight_records: dict[int, Any] = {}
         self._unqueued: deque[Any] = deque()
@@ -169,6 +184,7 @@ class Engine:
         self._last_store_flush = 0.0
         self._stop_reason: str | None = None
         self._stop_status: str | None = None
+        self._runtime: Runtime | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -195,9 +211,15 @@ class Engine:
             output_tokens=tally.output_tokens, llm_calls=tally.llm_calls,
             cache_hits=tally.cache_hits, latency_p50_s=tally.latency.quantile(0.5),
             latency_p95_s=tally.latency.quantile(0.95),
-            concurrency=self.loaded.spec.transform.concurrency,
+            concurrency=self._concurrency(),
             recent_errors=tuple(tally.recent_errors), total_hint=self._total_hint,
         )
+
+    def _concurrency(self) -> int:
+        """Requests in flight allowed right now: the adaptive limit, which 429s lower."""
+        if self._runtime is not None:
+            return self._runtime.client.limits.concurrency.limit
+        return self.loaded.spec.transform.concurrency
 
     # ------------------------------------------------------------------ the run
 
@@ -215,6 +237,7 @@ class Engine:
 
     async def _run(self, runtime: Runtime) -> RunSummary:
         spec = self.loaded.spec
+        self._runtime = runtime
         prompts = runtime.prompts
         for evaluator in runtime.processor.evaluators:
             self.tally.evaluators[evaluator.name] = (
@@ -227,8 +250,8 @@ class Engine:
         self._emit(RunStarted(
             run_id=self.run_id, pipeline=spec.name, pipeline_path=str(self.loaded.path),
             started_at=started_at, model=spec.transform.model, provider=spec.transform.provider,
-            prompt_hash=prompts.prompt_hash, source=spec.extract.source,
-            destination=spec.load.destination, budget_usd=spec.budget.max_cost_usd))
+            prompt_hash=prompts.prompt_hash, source=redact_uri(spec.extract.source),
+            destination=redact_uri(spec.load.destination), budget_usd=spec.budget.max_cost_usd))
 
         source: Source | None = None
         sink: Sink | None = None
@@ -236,10 +259,13 @@ class Engine:
         fatal: BaseException | None = None
         try:
             source = open_source(runtime.loaded)
-            sink = open_sink(runtime.loaded)
-            await sink.open(self.run_id)
+            opening = open_sink(runtime.loaded)
+            await opening.open(self.run_id)
+            sink = opening  # only a sink that opened is committed or aborted
             with contextlib.suppress(Exception):
                 self._total_hint = await source.count_hint()
+                if self.options.shard is not None and self.options.shard.count > 1:
+                    self._total_hint = None  # the source's count, not this shard's
                 if self._total_hint is not None and self.options.limit is not None:
                     self._total_hint = min(self._total_hint, self.options.limit)
             await self._pump(runtime, source, sink)
@@ -255,7 +281,7 @@ class Engine:
                 with contextlib.suppress(Exception):
                     await source.aclose()
         if status == RunStatus.SUCCESS and self.controller.cancelled.is_set():
-            status, reason = RunStatus.CANCELLED, self.controller.reason
+            status, reason = self.controller.status, self.controller.reason
         if status == RunStatus.SUCCESS and self._stop_status:
             status, reason = self._stop_status, self._stop_reason
 
@@ -272,7 +298,7 @@ class Engine:
             if limit is not None and rate > limit:
                 status = RunStatus.PARTIAL
                 reason = f"rejection rate {rate:.1%} is above max_rejection_rate {limit:.1%}"
-        summary = self._summary(status, reason or error)
+        summary = await self._monitor(self._summary(status, reason or error), started_at)
         await self._record_finish(summary, sink)
         self._emit(Progress(**{**_as_dict(self.progress()), "in_flight": 0}))
         self._emit(RunFinished(self.run_id, summary))
@@ -284,12 +310,16 @@ class Engine:
 
     async def _pump(self, runtime: Runtime, source: Source, sink: Sink) -> None:
         spec = self.loaded.spec
-        workers_count = max(1, spec.transform.concurrency)
+        # More workers than calls in flight: while some render, validate and evaluate, others
+        # hold every one of the provider's `concurrency` slots (the client enforces that bound).
+        workers_count = max(1, spec.transform.concurrency) + max(2, spec.transform.concurrency // 4)
         work: asyncio.Queue[Any] = asyncio.Queue(maxsize=workers_count * 2)
         done: asyncio.Queue[Any] = asyncio.Queue(maxsize=workers_count * 2 + spec.load.batch_size)
         stop = self.controller.cancelled
         processor = runtime.processor
         in_flight = self._in_flight_records
+        budget = runtime.budget
+        controller = self.controller
 
         async def produce() -> None:
             await extract()
@@ -299,7 +329,15 @@ class Engine:
 
         async def extract() -> None:
             limit = self.options.limit if self.options.limit is not None else spec.extract.limit
+            shard = self.options.shard
             async for batch in source.batches(limit):
+                if shard is not None:
+                    # Other shards' records are not this run's: not extracted, not skipped.
+                    # The limit counts source rows, so N shards with --limit L together
+                    # process exactly the L records an unsharded run would.
+                    batch = shard.select(batch)
+                    if not batch:
+                        continue
                 self.tally.extracted += len(batch)
                 self._emit(RecordsExtracted(self.run_id, len(batch), self.tally.extracted))
                 # Until a record is in the work queue, the producer answers for it: if the run
@@ -327,6 +365,10 @@ class Engine:
                     continue
                 in_flight[record.ordinal] = record
                 result = await processor.process(record)
+                if budget.exceeded is not None and not stop.is_set():
+                    # The budget refused a call: stop reading, let the records in flight
+                    # finish, load what passed, and end the run partial.
+                    controller.stop(budget.exceeded, RunStatus.PARTIAL)
                 await done.put(result)
                 # Only once the result is queued does the record stop being the worker's.
                 del in_flight[record.ordinal]
@@ -485,7 +527,8 @@ class Engine:
             with contextlib.suppress(Exception):
                 await sink.abort()
             await self._flush_store(force=True)
-            message = self.resolver.redact(f"commit to {self.loaded.spec.load.destination} failed: {exc}")
+            message = self.resolver.redact(
+                f"commit to {redact_uri(self.loaded.spec.load.destination)} failed: {exc}")
             demoted = await self.store.demote_loaded(self.run_id, message, quarantine=True)
             self.tally.loaded -= demoted
             self.tally.quarantined += demoted
@@ -507,6 +550,12 @@ class Engine:
         for doc in prompts.contexts.values():
             await self.store.save_version("context", doc.hash, doc.text, path=str(doc.path),
                                           pipeline=spec.name, name=doc.name)
+        judge_prompts: dict[str, list[str]] = {}
+        for evaluator in runtime.processor.evaluators:
+            for version in evaluator.prompt_versions():
+                await self.store.save_version("judge", version.hash, version.text,
+                                              path=version.path, pipeline=spec.name)
+                judge_prompts.setdefault(evaluator.name, []).append(version.hash)
         await self.store.start_run(RunStart(
             run_id=self.run_id, pipeline=spec.name, pipeline_version=spec.version,
             pipeline_path=str(self.loaded.path), started_at=started_at, config=snapshot(self.loaded),
@@ -515,20 +564,38 @@ class Engine:
             context_hashes=prompts.context_hashes, params=dict(spec.params),
             options={"limit": self.options.limit, "use_cache": self.options.use_cache,
                      "record": str(self.options.record_path) if self.options.record_path else None,
-                     "pid": os.getpid()},
-            source=spec.extract.source, destination=spec.load.destination))
+                     "pid": os.getpid(), "judge_prompts": judge_prompts,
+                     **({"shard": self.options.shard.label} if self.options.shard else {})},
+            source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination),
+            shard=self.options.shard))
+
+    async def _monitor(self, summary: RunSummary, started_at: datetime) -> RunSummary:
+        """Compare the run with the pipeline's recent runs; the summary gains its alerts (and
+        any warning posting them raised). Monitoring never fails a run."""
+        alerts: list[Any] = []
+        try:
+            alerts = await monitor_run(self.store, self.loaded.spec, summary,
+                                       self.tally.evaluator_stats(), started_at=started_at,
+                                       resolver=self.resolver, on_warning=self._warn)
+        except LoomError as exc:
+            self._warn(f"monitoring skipped: {exc}")
+        return dataclasses.replace(summary, warnings=tuple(self.warnings), extra={
+            **summary.extra, "alerts": [alert.to_dict() for alert in alerts]})
 
     async def _record_finish(self, summary: RunSummary, sink: Sink | None) -> None:
         spec = self.loaded.spec
         lineage = {
-            "source": spec.extract.source, "query": spec.extract.query or spec.extract.table,
-            "destination": spec.load.destination, "table_name": spec.load.table,
+            "source": redact_uri(spec.extract.source),
+            "query": spec.extract.query or spec.extract.table,
+            "destination": redact_uri(spec.load.destination), "table_name": spec.load.table,
             "records_in": summary.extracted, "records_out": summary.loaded,
         }
         await self.store.finish_run(summary, self.tally.evaluator_stats(), lineage)
 
     def _summary(self, status: str, reason: str | None) -> RunSummary:
         tally = self.tally
+        limits = self._runtime.limits.all() if self._runtime is not None else []
+        transform = self._runtime.client.limits if self._runtime is not None else None
         return RunSummary(
             run_id=self.run_id, pipeline=self.loaded.spec.name, status=status,
             status_reason=reason, extracted=tally.extracted, loaded=tally.loaded,
@@ -542,6 +609,13 @@ class Engine:
             latency_p95_s=_round(tally.latency.quantile(0.95), 4),
             latency_p99_s=_round(tally.latency.quantile(0.99), 4),
             warnings=tuple(self.warnings),
+            extra={"shard": self.options.shard.to_json()} if self.options.shard else {},
+            concurrency=self.loaded.spec.transform.concurrency,
+            concurrency_min=transform.concurrency.lowest if transform else None,
+            concurrency_final=transform.concurrency.limit if transform else None,
+            throttled=sum(limit.stats.throttled for limit in limits),
+            retries=sum(limit.stats.retries for limit in limits),
+            budget_usd=self.loaded.spec.budget.max_cost_usd,
         )
 
 

@@ -7,6 +7,17 @@ that the quarantine and the history can say what really happened.
 
 from __future__ import annotations
 
+import re
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def one_line(text: str) -> str:
+    """`text` with control characters escaped, so that an error is always one line even when it
+    quotes a key or a value someone typed."""
+    return _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(
+        m.group(), f"\\x{ord(m.group()):02x}"), text)
+
 
 class LoomError(Exception):
     """Base of every error Loom raises on purpose."""
@@ -34,6 +45,8 @@ class PipelineError(LoomError):
 
     def __init__(self, message: str, *, file: str | None = None, line: int | None = None,
                  key: str | None = None) -> None:
+        message = one_line(message)
+        key = one_line(key) if key else key
         self.file = file
         self.line = line
         self.key = key

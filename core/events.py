@@ -117,6 +117,14 @@ class RunSummary:
     latency_p99_s: float | None
     warnings: tuple[str, ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+    # How the LLM limits behaved: requests in flight as configured, the lowest the adaptive
+    # limit went (it halves on 429) and where it ended; 429 answers; retries of any kind.
+    concurrency: int | None = None
+    concurrency_min: int | None = None
+    concurrency_final: int | None = None
+    throttled: int = 0
+    retries: int = 0
+    budget_usd: float | None = None
 
     @property
     def exit_code(self) -> int:
@@ -135,10 +143,18 @@ class RunSummary:
             "records": {"extracted": self.extracted, "loaded": self.loaded,
                         "quarantined": self.quarantined, "skipped": self.skipped},
             "cost_usd": self.cost_usd,
+            "cost_by_stage": dict(self.cost_by_stage),  # transform apart from evaluate (judges)
             "tokens": {"input": self.input_tokens, "output": self.output_tokens},
             "duration_s": round(self.duration_s, 3),
             "latency_s": {"p50": self.latency_p50_s, "p95": self.latency_p95_s,
                           "p99": self.latency_p99_s},
+            "status_reason": self.status_reason,
+            "cost_by_model": self.cost_by_model,
+            "llm": {"calls": self.llm_calls, "cache_hits": self.cache_hits,
+                    "retries": self.retries, "throttled": self.throttled,
+                    "concurrency": {"configured": self.concurrency, "min": self.concurrency_min,
+                                    "final": self.concurrency_final}},
+            "budget_usd": self.budget_usd,
             **self.extra,
         }
 

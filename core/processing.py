@@ -14,14 +14,17 @@ from typing import Any
 
 from core.config import LoomConfig
 from core.credentials import SecretResolver
-from core.errors import (EvaluatorError, LoomError, ProviderError, SecretError, SecurityError,
-                         TemplateError)
+from core.errors import (BudgetExceeded, EvaluatorError, LoomError, ProviderError, SecretError,
+                         SecurityError, TemplateError)
 from core.evaluate.base import Evaluator
 from core.evaluate.gates import apply_gate
+from core.evaluate.judge_models import JudgeModels
 from core.evaluate.registry import build_evaluators
+from core.llm.budget import Budget
 from core.llm.client import LLMClient
 from core.llm.factory import make_provider
 from core.llm.pricing import Pricing
+from core.llm.ratelimit import LimitsRegistry
 from core.llm.replay import CassetteRecorder
 from core.prompts import PromptSet, load_prompts
 from core.records import Outcome, Record, RecordResult, Stage
@@ -52,6 +55,16 @@ def fatal_cause(exc: BaseException) -> LoomError | None:
     return None
 
 
+def budget_cause(exc: BaseException) -> BudgetExceeded | None:
+    """The budget refusal behind `exc`, if a call was refused for the budget."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BudgetExceeded):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 class RecordProcessor:
     def __init__(self, prompts: PromptSet, transformer: Transformer, evaluators: list[Evaluator],
                  evaluate_spec: EvaluateSpec) -> None:
@@ -75,6 +88,13 @@ class RecordProcessor:
         try:
             transformed = await self.transformer.run(messages)
         except TransformFailed as exc:
+            budget = budget_cause(exc)
+            if budget is not None:
+                # Not the record's fault: it was never (fully) processed. What it cost so far
+                # stays counted through `transform`.
+                return RecordResult(record, Outcome.SKIPPED, Stage.TRANSFORM,
+                                    f"not processed: {budget}", "BudgetExceeded",
+                                    transform=exc.partial)
             cause = fatal_cause(exc)
             if cause is not None:
                 raise FatalRunError(str(cause), exit_code=cause.exit_code if isinstance(
@@ -86,9 +106,18 @@ class RecordProcessor:
             try:
                 scores.append(await evaluator.score(record.data, transformed.output))
             except EvaluatorError as exc:
+                failed = getattr(exc, "score", None)  # a judge's calls and reply: still counted
+                budget = budget_cause(exc)
+                if budget is not None:
+                    return RecordResult(record, Outcome.SKIPPED, Stage.EVALUATE,
+                                        f"not processed: {budget}", "BudgetExceeded",
+                                        transform=transformed,
+                                        scores=scores + ([failed] if failed is not None else []))
                 cause = fatal_cause(exc)
                 if cause is not None:
                     raise FatalRunError(str(cause)) from exc
+                if failed is not None:
+                    scores.append(failed)
                 return RecordResult(record, Outcome.QUARANTINED, Stage.EVALUATE,
                                     f"{evaluator.name}: {exc}", type(exc).__name__,
                                     transform=transformed, scores=scores)
@@ -106,9 +135,28 @@ def resolve_secrets(loaded: LoadedSpec, resolver: SecretResolver) -> LoadedSpec:
     so what is stored and shown keeps the placeholders."""
     if "${" not in repr(loaded.raw):
         return loaded
-    resolved = resolver.resolve_tree(loaded.raw)
+    raw = dict(loaded.raw)
+    # Alert notification settings are resolved when there is an alert to post (core.monitoring):
+    # a webhook secret missing on a developer's machine must not stop a run.
+    monitoring = raw.get("monitoring")
+    notify = monitoring.get("notify") if isinstance(monitoring, dict) else None
+    if notify is not None:
+        raw["monitoring"] = {k: v for k, v in monitoring.items() if k != "notify"}
+    resolved = resolver.resolve_tree(raw)
+    if notify is not None:
+        resolved["monitoring"]["notify"] = notify
+    # In a connection URI a value lands in user:password@ percent-encoded, so that a password
+    # holding "@" or "/" still connects where the pipeline says.
+    for section, key in (("extract", "source"), ("load", "destination")):
+        part = loaded.raw.get(section)
+        value = part.get(key) if isinstance(part, dict) else None
+        if isinstance(value, str) and "${" in value:
+            resolved[section][key] = resolver.resolve(value, where=f"{section}.{key}", url=True)
     spec = PipelineSpec.model_validate(resolved)
     return LoadedSpec(spec=spec, path=loaded.path, raw=loaded.raw)
+
+
+_SPEC: Any = object()  # "as the pipeline says"
 
 
 @dataclass
@@ -120,35 +168,57 @@ class Runtime:
     client: LLMClient
     processor: RecordProcessor
     schema: dict[str, Any] | None
+    # Shared by every LLM call of the run (the transform's and, through the same limits and
+    # budget, any LLM judge's): see core.llm.ratelimit and core.llm.budget.
+    limits: LimitsRegistry
+    budget: Budget
+    judges: JudgeModels | None = None
 
     @classmethod
     def build(cls, loaded: LoadedSpec, *, config: LoomConfig, cache: Any, use_cache: bool,
               resolver: SecretResolver, on_warning: Callable[[str], None],
               record_path: Path | None = None, prompt_text: str | None = None,
-              concurrency: int | None = None) -> "Runtime":
+              concurrency: int | None = None, budget_usd: Any = _SPEC) -> "Runtime":
+        """`budget_usd`: the run's budget; by default the pipeline's budget.max_cost_usd
+        (None: no budget, for sample runs that must not be stopped by one)."""
         resolved = resolve_secrets(loaded, resolver)
         spec = resolved.spec
         prompts = load_prompts(loaded)
         if prompt_text is not None:
             prompts = prompts.with_prompt(prompt_text)
         schema = load_output_schema(loaded)
-        evaluators = build_evaluators(loaded)
         provider = make_provider(spec.transform, resolved, api_key=spec.transform.api_key,
                                  base_url=spec.transform.base_url)
         recorder = CassetteRecorder(record_path) if record_path else None
         ttl_days = config.cache.ttl_days
+        pricing = Pricing(config.pricing)
+        budget = Budget(spec.budget.max_cost_usd if budget_usd is _SPEC else budget_usd,
+                        pricing=pricing, on_warning=on_warning)
+        registry = LimitsRegistry()
+        rate = spec.transform.rate_limit
+        limits = registry.get(provider.name, provider.base_url,
+                              concurrency=concurrency or spec.transform.concurrency,
+                              requests_per_minute=rate.requests_per_minute,
+                              tokens_per_minute=rate.tokens_per_minute)
         client = LLMClient(
-            provider, pricing=Pricing(config.pricing), cache=cache if spec.transform.cache else None,
+            provider, pricing=pricing, cache=cache if spec.transform.cache else None,
             use_cache=use_cache and spec.transform.cache,
             cache_ttl_s=ttl_days * 86400 if ttl_days else None,
             max_retries=spec.transform.max_retries,
-            concurrency=concurrency or spec.transform.concurrency, recorder=recorder,
-            on_warning=on_warning,
+            concurrency=concurrency or spec.transform.concurrency, limits=limits,
+            registry=registry, budget=budget, recorder=recorder, on_warning=on_warning,
         )
+        budget.check_priced(spec.transform.model)  # says now, not at the first call
         transformer = Transformer(spec.transform, client, schema)
+        judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema)
+        # A judge the pipeline gets wrong stops the run here, before any connection is opened
+        # (httpx clients connect on first use, so the unused ones need no closing).
+        evaluators = build_evaluators(loaded, llm=judges)
         processor = RecordProcessor(prompts, transformer, evaluators, spec.evaluate)
         return cls(loaded=resolved, prompts=prompts, client=client, processor=processor,
-                   schema=schema)
+                   schema=schema, limits=registry, budget=budget, judges=judges)
 
     async def aclose(self) -> None:
+        if self.judges is not None:
+            await self.judges.aclose()
         await self.client.aclose()

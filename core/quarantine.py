@@ -25,6 +25,7 @@ from core.credentials import SecretResolver
 from core.errors import LoadError, LoomError, UsageError
 from core.processing import Runtime, resolve_secrets
 from core.records import Outcome, Record, sum_costs
+from core.sharding import with_shard_index
 from core.spec import LoadedSpec, load_spec
 from core.store import QuarantinedRecord, Store
 from core.transform import load_output_schema
@@ -97,7 +98,7 @@ class QuarantineDesk:
         """Transform and evaluate again with the current prompt and model; load what passes."""
         results: dict[int, ActionResult] = {}
         rows = await self._open_rows(ids, "reprocess", results)
-        for path, group in _by_pipeline(rows, self._pipeline).items():
+        for _, group in _by_pipeline(rows, self._pipeline).items():
             loaded = group[0][1]
             warnings: list[str] = []
             # A fresh answer: the cached one is what got the record quarantined.
@@ -170,7 +171,8 @@ class QuarantineDesk:
             if loaded.spec.load.mode == "replace":
                 # Approvals add rows: a `replace` destination must not become one record.
                 loaded = load_spec(Path(run.pipeline_path), ["load.mode=append"])
-            self._loaded[row.run_id] = loaded
+            # A shard run loaded into its own `{shard}` destination: so do its approvals.
+            self._loaded[row.run_id] = with_shard_index(loaded, run.shard_index or 0)
 
     async def _load(self, items: list[tuple[QuarantinedRecord, Any]], action: str,
                     note: str | None, *, loaded: LoadedSpec | None = None,
@@ -181,15 +183,16 @@ class QuarantineDesk:
         if not items:
             return []
         out = []
-        groups: dict[Path, list[tuple[QuarantinedRecord, Any]]] = {}
-        specs: dict[Path, LoadedSpec] = {}
+        groups: dict[tuple[Path, str], list[tuple[QuarantinedRecord, Any]]] = {}
+        specs: dict[tuple[Path, str], LoadedSpec] = {}
         for row, output in items:
             spec = loaded or self._pipeline(row)
-            groups.setdefault(spec.path, []).append((row, output))
-            specs[spec.path] = spec
+            key = (spec.path, spec.spec.load.destination)
+            groups.setdefault(key, []).append((row, output))
+            specs[key] = spec
         status = "reprocessed" if action == "reprocess" else "approved"
-        for path, group in groups.items():
-            spec = specs[path]
+        for key, group in groups.items():
+            spec = specs[key]
             resolved = resolve_secrets(spec, SecretResolver())
             destination = spec.spec.load.destination
             sink = open_sink(resolved)
@@ -225,9 +228,10 @@ def _unique(ids: Sequence[int]) -> list[int]:
 
 
 def _by_pipeline(rows: list[QuarantinedRecord], pipeline: Any
-                 ) -> dict[Path, list[tuple[QuarantinedRecord, LoadedSpec]]]:
-    groups: dict[Path, list[tuple[QuarantinedRecord, LoadedSpec]]] = {}
+                 ) -> dict[tuple[Path, str], list[tuple[QuarantinedRecord, LoadedSpec]]]:
+    """Rows by pipeline file and destination (shard runs of one file load to their own)."""
+    groups: dict[tuple[Path, str], list[tuple[QuarantinedRecord, LoadedSpec]]] = {}
     for row in rows:
         loaded = pipeline(row)
-        groups.setdefault(loaded.path, []).append((row, loaded))
+        groups.setdefault((loaded.path, loaded.spec.load.destination), []).append((row, loaded))
     return groups

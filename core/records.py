@@ -60,6 +60,11 @@ class LLMCall:
     latency_s: float = 0.0
     cached: bool = False  # answered from Loom's response cache: no call was made
     attempts: int = 1
+    # What the answer cost when it was first made, cached or not: a cache hit has no tokens and
+    # no cost above, and its original usage here (cost projections count answers at full price).
+    list_input_tokens: int = 0
+    list_output_tokens: int = 0
+    list_cost_usd: float | None = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgres
 from rich.table import Table
 from rich.text import Text
 
+from core.estimate import Estimate
 from core.events import Event, Progress, RunFinished, RunStarted, RunStatus, RunSummary, RunWarning
 
 STATUS_STYLE = {RunStatus.SUCCESS: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red",
@@ -78,6 +79,11 @@ def summary_table(summary: RunSummary) -> Table:
         f" · {summary.duration_s:.1f} s"))
     if summary.status_reason:
         table.add_row("reason", Text(summary.status_reason, style=style))
+    shard = summary.extra.get("shard")
+    if shard:
+        # Records of other shards are not this run's: the counts below are this shard's.
+        table.add_row("shard", f"{shard['index']}/{shard['count']} of group {shard['group']} "
+                               f"(loom runs sums the group)")
     table.add_row("records", (
         f"{summary.extracted} extracted, {summary.loaded} loaded, {summary.quarantined} "
         f"quarantined, {summary.skipped} skipped ({summary.rejection_rate:.1%} rejected)"))
@@ -85,10 +91,51 @@ def summary_table(summary: RunSummary) -> Table:
     table.add_row("cost", f"{money(summary.cost_usd)}" + (f" ({by_stage})" if by_stage else ""))
     table.add_row("tokens", f"{summary.input_tokens:,} in, {summary.output_tokens:,} out · "
                             f"{summary.llm_calls} calls, {summary.cache_hits} cached")
+    if summary.retries or summary.throttled:
+        limits = f"{summary.retries} retries, {summary.throttled} rate-limited (429)"
+        if summary.concurrency_min is not None and summary.concurrency_min != summary.concurrency:
+            limits += (f" · concurrency {summary.concurrency}, lowered to "
+                       f"{summary.concurrency_min}, ended at {summary.concurrency_final}")
+        table.add_row("limits", limits)
+    if summary.budget_usd is not None:
+        table.add_row("budget", f"{money(summary.cost_usd)} of ${summary.budget_usd:g}")
     table.add_row("latency", f"p50 {seconds(summary.latency_p50_s)} · p95 "
                              f"{seconds(summary.latency_p95_s)} · p99 {seconds(summary.latency_p99_s)}")
     for warning in summary.warnings:
         table.add_row("warning", Text(warning, style="yellow"))
+    for alert in summary.extra.get("alerts", ()):
+        table.add_row("alert", Text(f"{alert['type']}: {alert['message']}",
+                                    style="red" if alert["severity"] == "error" else "yellow"))
     if summary.quarantined:
         table.add_row("next", f"loom quarantine list --run {summary.run_id}")
     return table
+
+
+def estimate_table(estimate: Estimate) -> Table:
+    """What `--estimate` prints for people."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column()
+    table.add_row(Text(estimate.pipeline, style="bold"),
+                  f"estimate from {estimate.sample} of {'' if estimate.total_exact else 'about '}"
+                  f"{estimate.total:,} records")
+    table.add_row("sample", (
+        f"{estimate.loaded} would load, {estimate.quarantined} quarantined, "
+        f"{estimate.skipped} skipped · {estimate.calls} calls ({estimate.cache_hits} from the "
+        f"cache, counted at full price) · {money(estimate.cost_usd)}"))
+    duration = estimate.projected_duration_s
+    when = "unknown (every sample answer came from the cache)" if duration is None else \
+        _duration(duration)
+    table.add_row("projected", (
+        f"{money(estimate.projected_cost_usd)} · {estimate.projected_input_tokens:,} tokens in, "
+        f"{estimate.projected_output_tokens:,} out · {estimate.projected_calls:,} calls"))
+    table.add_row("time", f"{when} at concurrency {estimate.concurrency}")
+    return table
+
+
+def _duration(value: float) -> str:
+    if value < 90:
+        return f"about {value:.0f} s"
+    if value < 5400:
+        return f"about {value / 60:.0f} min"
+    return f"about {value / 3600:.1f} h"

@@ -14,12 +14,12 @@ import difflib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri
+from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_uri
 from core.errors import PipelineError
 
 
@@ -30,7 +30,27 @@ class _Strict(BaseModel):
 # ---------------------------------------------------------------- extract / load
 
 
-class ExtractSpec(_Strict):
+# A declared column type (`load.columns`): words, an optional (n) or (p, s), optional [].
+# It is pasted into CREATE TABLE, so nothing that could end the statement gets through.
+_SQL_TYPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*(?:\s+[A-Za-z_][A-Za-z0-9_]*)*"
+                       r"(?:\s*\(\s*\d+\s*(?:,\s*\d+\s*)?\))?(?:\s+[A-Za-z_][A-Za-z0-9_]*)*"
+                       r"(?:\s*\[\s*\])*")
+OBJECT_STORE_KEYS = ("endpoint_url", "region", "aws_access_key_id", "aws_secret_access_key",
+                     "aws_session_token")
+
+
+class _ObjectStoreOptions(_Strict):
+    """How to reach an s3:// bucket; each default comes from the AWS chain (environment,
+    ~/.aws, instance role) and AWS_ENDPOINT_URL_S3."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    aws_access_key_id: str | None = None  # usually ${NAME} placeholders
+    aws_secret_access_key: str | None = None
+    aws_session_token: str | None = None
+
+
+class ExtractSpec(_ObjectStoreOptions):
     source: str
     query: str | None = None
     table: str | None = None
@@ -38,6 +58,7 @@ class ExtractSpec(_Strict):
     batch_size: int = Field(100, ge=1, le=100_000)
     limit: int | None = Field(None, ge=0)
     encoding: str = "utf-8"
+    format: Literal["csv", "jsonl", "json"] | None = None  # for object stores; default: by suffix
 
     @field_validator("source")
     @classmethod
@@ -49,7 +70,7 @@ class ExtractSpec(_Strict):
         return value
 
 
-class LoadSpec(_Strict):
+class LoadSpec(_ObjectStoreOptions):
     destination: str
     table: str | None = None
     mode: Literal["append", "replace", "upsert"] = "append"
@@ -57,7 +78,19 @@ class LoadSpec(_Strict):
     # Which columns to write, each a dotted path into input.* or output.*; default: the record
     # id and the output's top-level fields.
     fields: dict[str, str] | None = None
+    # Column name -> SQL type for a table Loom creates (postgres); other columns are typed by
+    # their first value.
+    columns: dict[str, str] | None = None
     batch_size: int = Field(100, ge=1, le=100_000)
+
+    @field_validator("columns")
+    @classmethod
+    def _sql_types(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        for column, sql_type in (value or {}).items():
+            if not isinstance(sql_type, str) or not _SQL_TYPE.fullmatch(sql_type.strip()):
+                raise ValueError(f"{column}: {sql_type!r} is not a SQL type (e.g. text, bigint, "
+                                 f"numeric(10,2), timestamptz, jsonb, text[])")
+        return {column: sql_type.strip() for column, sql_type in value.items()} if value else value
 
     @field_validator("destination")
     @classmethod
@@ -241,9 +274,97 @@ class ExpressionSpec(_EvaluatorBase):
     expr: str
 
 
+# ---------------------------------------------------------------- LLM judges
+
+
+def _rooted_path(value: str | None) -> str | None:
+    if value is not None and value.split(".")[0] not in ("input", "output"):
+        raise ValueError(f"{value!r} must start with input. or output.")
+    return value
+
+
+class _JudgeBase(_EvaluatorBase):
+    """An evaluator that asks a model. Without provider/model it uses the transform's model
+    through the run's client; with them it gets a client of its own (a cheap judge for an
+    expensive transform). A judge on the transform's provider inherits its base_url, api_key
+    and cassette; a judge on another provider never does (the key would reach another server)."""
+
+    threshold: float = Field(0.7, ge=0, le=1)
+    provider: Provider | None = None
+    model: str | None = None
+    base_url: str | None = None
+    api_key: str | None = None
+    cassette: str | None = None  # for provider: replay
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int | None = Field(None, ge=1)
+    # The record the output was made from, shown to the judge for context; null leaves it out.
+    input_field: str | None = "input"
+    # A template replacing the packaged judge prompt (same variables, same answer schema).
+    prompt: str | None = None
+
+    @field_validator("input_field", "reference_field", "source_field", "query_field",
+                     check_fields=False)
+    @classmethod
+    def _rooted_fields(cls, value: str | None) -> str | None:
+        return _rooted_path(value)
+
+
+class CustomCriteriaSpec(_JudgeBase):
+    type: Literal["custom_criteria"]
+    criteria: str = Field(min_length=1)
+
+
+class SemanticSpec(_JudgeBase):
+    type: Literal["semantic"]
+    reference_field: str
+
+
+class FactualitySpec(_JudgeBase):
+    type: Literal["factuality"]
+    reference_field: str | None = None  # the facts to check against; else the input and common knowledge
+
+
+class GroundednessSpec(_JudgeBase):
+    type: Literal["groundedness"]
+    source_field: str  # a document, or a list of documents
+
+
+class RelevanceSpec(_JudgeBase):
+    type: Literal["relevance"]
+    query_field: str
+
+
+class InstructionFollowingSpec(_JudgeBase):
+    type: Literal["instruction_following"]
+    criteria: str = Field(min_length=1)  # the instructions the output must follow
+
+
+class PairwiseSpec(_JudgeBase):
+    """This output against a reference in the record or another prompt version's output.
+    Score 1 when this output wins, 0.5 for a tie, 0 when it loses."""
+
+    type: Literal["pairwise"]
+    threshold: float = Field(0.5, ge=0, le=1)
+    reference_field: str | None = None
+    against_prompt: str | None = None  # another prompt file, run with the transform's settings
+    criteria: str | None = None  # what "better" means; default: serves the input better
+    allow_tie: bool = True
+
+    @model_validator(mode="after")
+    def _one_opponent(self) -> "PairwiseSpec":
+        if (self.reference_field is None) == (self.against_prompt is None):
+            raise ValueError("pairwise needs exactly one of reference_field or against_prompt")
+        return self
+
+
+JUDGE_SPECS = (CustomCriteriaSpec, SemanticSpec, FactualitySpec, GroundednessSpec, RelevanceSpec,
+               InstructionFollowingSpec, PairwiseSpec)
+JUDGE_TYPES = frozenset(get_args(spec.model_fields["type"].annotation)[0] for spec in JUDGE_SPECS)
+
 EvaluatorSpec = Annotated[
     Union[ExactMatchSpec, OneOfSpec, RegexSpec, ContainsSpec, JsonSchemaSpec, RangeSpec,
-          LengthSpec, ExpressionSpec],
+          LengthSpec, ExpressionSpec, CustomCriteriaSpec, SemanticSpec, FactualitySpec,
+          GroundednessSpec, RelevanceSpec, InstructionFollowingSpec, PairwiseSpec],
     Field(discriminator="type"),
 ]
 
@@ -275,10 +396,23 @@ class BudgetSpec(_Strict):
     max_cost_usd: float | None = Field(None, ge=0)
 
 
+class NotifySpec(_Strict):
+    slack_webhook: str | None = None  # ${SLACK_WEBHOOK}: resolved when there is something to post
+    timeout_s: float = Field(10.0, gt=0)
+
+
 class MonitoringSpec(_Strict):
+    """Checks made after each run against the pipeline's recent runs (core.monitoring)."""
+
     latency_p95_s: float | None = Field(None, gt=0)
     min_mean_score: float | None = Field(None, ge=0, le=1)
+    # An evaluator whose mean falls more than this share below its trailing mean.
+    score_drop: float | None = Field(None, gt=0, lt=1)
     cost_spike_factor: float | None = Field(None, gt=1)
+    cost_basis: Literal["per_record", "per_run"] = "per_record"
+    window: int = Field(10, ge=1, le=1000)  # recent successful or partial runs to compare with
+    min_history: int = Field(3, ge=1)  # runs needed in the window before comparing with it
+    notify: NotifySpec | None = None
 
 
 class PipelineSpec(_Strict):
@@ -292,6 +426,22 @@ class PipelineSpec(_Strict):
     load: LoadSpec
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
+
+    @model_validator(mode="after")
+    def _judges_reach_a_model(self) -> "PipelineSpec":
+        transform = self.transform
+        for index, judge in enumerate(self.evaluate.evaluators):
+            if not isinstance(judge, JUDGE_SPECS):
+                continue
+            provider = judge.provider or transform.provider
+            inherits = provider == transform.provider
+            where = f"evaluate.evaluators[{index}]"
+            if provider == "replay" and not (judge.cassette or (inherits and transform.cassette)):
+                raise ValueError(f"{where}: a judge on provider replay needs a cassette: file")
+            if provider == "openai_compatible" and not (judge.base_url or
+                                                        (inherits and transform.base_url)):
+                raise ValueError(f"{where}: a judge on provider openai_compatible needs base_url")
+        return self
 
     @field_validator("name")
     @classmethod
@@ -427,20 +577,52 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
         schema = getattr(evaluator, "schema_", None)
         if isinstance(schema, str):
             must_exist(("evaluate", "evaluators", index, "schema"), schema, "schema file")
+        if isinstance(evaluator, JUDGE_SPECS):
+            for key in ("prompt", "against_prompt"):
+                relative = getattr(evaluator, key, None)
+                if relative is None:
+                    continue
+                where = ("evaluate", "evaluators", index, key)
+                template_path = must_exist(where, relative, "prompt file")
+                check_template_syntax(template_path, file=shown, line=_line_for(lines, where),
+                                      key=_dotted(where))
+            if evaluator.cassette:
+                must_exist(("evaluate", "evaluators", index, "cassette"), evaluator.cassette,
+                           "cassette")
 
     if spec.transform.provider == "replay" and spec.transform.cassette:
         must_exist(("transform", "cassette"), spec.transform.cassette, "cassette")
 
     source = parse_uri(spec.extract.source)
+    sink = parse_uri(spec.load.destination)
+
+    def wrong(key: tuple[Any, ...], message: str) -> PipelineError:
+        return PipelineError(message, file=shown, line=_line_for(lines, key), key=_dotted(key))
+
     if source.is_local_file and "${" not in source.target:
         must_exist(("extract", "source"), source.target, "data file")
-    if source.scheme == "sqlite":
-        if not (spec.extract.query or spec.extract.table):
-            raise PipelineError("a sqlite source needs query: or table:", file=shown,
-                                line=_line_for(lines, ("extract",)), key="extract")
-        if "${" not in source.target:
-            must_exist(("extract", "source"), source.target, "database")
-    sink = parse_uri(spec.load.destination)
+    if source.is_sql and not (spec.extract.query or spec.extract.table):
+        raise PipelineError(f"a {source.scheme} source needs query: or table:", file=shown,
+                            line=_line_for(lines, ("extract",)), key="extract")
+    if source.scheme == "sqlite" and "${" not in source.target:
+        must_exist(("extract", "source"), source.target, "database")
+    # Remote sources are never looked for on disk, and their ${...} stay unresolved here.
+    for section, uri, where in ((spec.extract, source, "extract"), (spec.load, sink, "load")):
+        if uri.is_object_store:
+            if not uri.target.split("/", 1)[0]:
+                raise wrong((where, "source" if where == "extract" else "destination"),
+                            f"an {uri.scheme}:// URI names a bucket: {uri.scheme}://bucket/prefix/")
+            if (section.aws_access_key_id is None) != (section.aws_secret_access_key is None):
+                raise wrong((where,), "aws_access_key_id and aws_secret_access_key go together")
+            continue
+        for key in OBJECT_STORE_KEYS:
+            if getattr(section, key) is not None:
+                kind = "sources" if where == "extract" else "destinations"
+                raise wrong((where, key), f"only for s3:// {kind}")
+    if spec.extract.format is not None and not source.is_object_store:
+        raise wrong(("extract", "format"), "only for s3:// sources (a file's scheme names its format)")
+    if spec.load.columns and sink.scheme not in ("postgres", "postgresql"):
+        raise wrong(("load", "columns"), "only for postgres destinations")
     if sink.is_sql and not spec.load.table:
         raise PipelineError(f"a {sink.scheme} destination needs table:", file=shown,
                             line=_line_for(lines, ("load",)), key="load")
@@ -520,6 +702,7 @@ def _model_for(path: tuple[Any, ...]) -> type[BaseModel] | None:
         (): PipelineSpec, ("extract",): ExtractSpec, ("transform",): TransformSpec,
         ("transform", "rate_limit"): RateLimitSpec, ("evaluate",): EvaluateSpec,
         ("load",): LoadSpec, ("budget",): BudgetSpec, ("monitoring",): MonitoringSpec,
+        ("monitoring", "notify"): NotifySpec,
     }
     return models.get(tuple(p for p in path if isinstance(p, str)))
 
@@ -562,5 +745,13 @@ def _key_lines(text: str) -> dict[tuple[Any, ...], int]:
 
 
 def snapshot(loaded: LoadedSpec) -> dict[str, Any]:
-    """The config as written (placeholders such as ${NAME} unresolved): safe to store."""
-    return copy.deepcopy(loaded.raw)
+    """The config as written (placeholders such as ${NAME} unresolved): safe to store.
+
+    A password written into a connection URI itself (rather than as ${NAME}) is masked.
+    """
+    raw = copy.deepcopy(loaded.raw)
+    for section, key in (("extract", "source"), ("load", "destination")):
+        part = raw.get(section)
+        if isinstance(part, dict) and isinstance(part.get(key), str):
+            part[key] = redact_uri(part[key])
+    return raw

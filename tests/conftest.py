@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated LOOM_HOME per test, and the loopback LLM server."""
+"""Shared fixtures: an isolated LOOM_HOME per test, the loopback LLM server, a throwaway
+PostgreSQL, an S3 API server (moto) and a file keyring, all started by the tests themselves."""
 
 from __future__ import annotations
 
@@ -14,13 +15,21 @@ _PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTH
 
 @pytest.fixture(autouse=True)
 def loom_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own history store and no provider credentials from the machine."""
+    """Every test gets its own history store and no credentials from the machine."""
     home = tmp_path_factory.mktemp("loom_home")
     monkeypatch.setenv("LOOM_HOME", str(home))
     # The null keyring answers "not set" at once: tests never touch a desktop keyring.
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
     for name in _PROVIDER_ENV:
         monkeypatch.delenv(name, raising=False)
+    # Nothing from the machine's AWS set-up: no profile, no keys, no instance metadata calls.
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name, raising=False)
+    nowhere = home / "no-aws-config"
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(nowhere))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(nowhere))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     return home
 
 
@@ -34,3 +43,72 @@ def llm_server() -> Iterator["LLMServer"]:
 
 def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator["PostgresCluster"]:
+    """One throwaway cluster for the session. A test that needs it FAILS when it cannot start:
+    a missing PostgreSQL is never a silent skip."""
+    from tests.support.postgres import PostgresCluster, PostgresUnavailable
+
+    try:
+        cluster = PostgresCluster.start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"this test needs PostgreSQL and none could be started: {exc}", pytrace=False)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def pg_database(postgres_cluster: "PostgresCluster", request: pytest.FixtureRequest
+                ) -> Iterator["Database"]:
+    """A fresh, empty database for one test, owned by the password-authenticated role."""
+    database = postgres_cluster.create_database(request.node.name)
+    try:
+        yield database
+    finally:
+        database.drop()
+
+
+# ---------------------------------------------------------------- S3 (moto) and keyring
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator["S3Server"]:
+    from tests.support.s3 import S3Server
+
+    with S3Server() as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server: "S3Server", monkeypatch: pytest.MonkeyPatch) -> "S3Server":
+    """The S3 API on 127.0.0.1, empty, with the standard AWS variables pointing at it."""
+    s3_server.reset()
+    for name, value in s3_server.environment().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def file_keyring(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+                 ) -> Iterator[Path]:
+    """keyrings.alt's plaintext file keyring in a temp dir (outside LOOM_HOME), for this process
+    and for the `loom` processes a test starts. Yields the keyring's data folder."""
+    import keyring
+    from keyrings.alt.file import PlaintextKeyring
+
+    data = tmp_path_factory.mktemp("keyring_data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyrings.alt.file.PlaintextKeyring")
+    previous = keyring.get_keyring()
+    keyring.set_keyring(PlaintextKeyring())
+    try:
+        yield data
+    finally:
+        keyring.set_keyring(previous)

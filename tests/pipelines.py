@@ -5,9 +5,12 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from core.spec import LoadedSpec
 
 # The loopback server answers with whatever follows `reply:` in the prompt, so the data
 # decides the model's answer and a test can make any record pass or fail.
@@ -69,3 +72,51 @@ def reply(sentiment: str) -> str:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def connector_spec(folder: Path, source: str, destination: str = "jsonl://out/results.jsonl", *,
+                   extract: dict[str, Any] | None = None, load: dict[str, Any] | None = None,
+                   **top: Any) -> "LoadedSpec":
+    """A real pipeline file around a connector under test, loaded and validated."""
+    from core.spec import load_spec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "prompt.j2").write_text("Classify: {{ input.text }}\n", encoding="utf-8")
+    scheme, _, target = source.partition("://")
+    if scheme in ("csv", "jsonl", "json") and not (folder / target).exists():
+        (folder / target).write_text("", encoding="utf-8")  # a sink test's unused source
+    spec = {
+        "name": "connector_test",
+        "extract": {"source": source, **(extract or {})},
+        "transform": {"prompt": "prompt.j2", "provider": "openai", "model": "gpt-4o-mini"},
+        "load": {"destination": destination, **(load or {})},
+        **top,
+    }
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(spec, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return load_spec(path)
+
+
+async def read_records(source: Any, limit: int | None = None) -> list[Any]:
+    """Every record a source yields (for tests: small sources only)."""
+    records: list[Any] = []
+    try:
+        async for batch in source.batches(limit):
+            records.extend(batch)
+    finally:
+        await source.aclose()
+    return records
+
+
+# Text that breaks naive SQL, CSV, JSON and templates; every connector must round-trip it.
+HOSTILE_TEXTS = [
+    'quotes "double" and \'single\'',
+    "'; DROP TABLE reviews; --",
+    'Robert"); DROP TABLE "Review Scores";--',
+    "unicode: café ñ 日本語 🙌 \u200b עברית",
+    "line one\nline two\r\nthree\ttab",
+    "back\\slash and a literal \\u0000",
+    "{{ 7*7 }} {% if x %}y{% endif %}",
+    "",
+    "x" * 20_000,
+]

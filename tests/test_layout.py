@@ -39,6 +39,18 @@ def test_importing_the_engine_loads_no_textual_module() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_importing_core_never_imports_airflow() -> None:
+    # Airflow is an optional extra: only core/integrations/airflow.py may import it.
+    code = ("import sys, core, core.api, core.cli, core.engine, core.sharding; "
+            "bad = [m for m in sys.modules if m.split('.')[0] == 'airflow']; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    importers = sorted(str(path.relative_to(ROOT)) for path in (ROOT / "core").rglob("*.py")
+                       if any(n.split(".")[0] == "airflow" for n in imported_modules(path)))
+    assert importers == ["core/integrations/airflow.py"]
+
+
 def test_readme_test_command_is_what_ci_runs() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")

@@ -52,7 +52,7 @@ class Source(abc.ABC):
 
     def describe(self) -> str:
         """The source for lineage, without secrets."""
-        return self.uri.uri
+        return self.uri.display
 
     async def aclose(self) -> None:
         """Release connections and file handles."""
@@ -120,7 +120,8 @@ class Sink(abc.ABC):
         """Leave the destination as it was before the run (temp files removed)."""
 
     def describe(self) -> str:
-        return self.uri.uri
+        """The destination for lineage, without secrets."""
+        return self.uri.display
 
 
 def id_column(loaded: "LoadedSpec") -> str:

@@ -17,7 +17,6 @@ import asyncio
 import codecs
 import csv
 import io
-import itertools
 import json
 import os
 import re
@@ -26,24 +25,27 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import ijson
-
 from core.connectors.base import Sink, Source
+from core.connectors.parsing import (
+    PARSERS,
+    RAW_LIMIT,
+    Row,
+    check_encoding,
+    drain_in_thread,
+    first_line as _first_line,
+)
 from core.errors import ConnectorError, LoadError
 
 if TYPE_CHECKING:
     from core.connectors.registry import ParsedURI
     from core.spec import LoadedSpec
 
-RAW_LIMIT = 10_240  # how much of an unreadable row the quarantine keeps
+__all__ = ["RAW_LIMIT", "CsvSink", "CsvSource", "JsonSink", "JsonSource", "JsonlSink",
+           "JsonlSource", "data_path"]
+
 _READ_CHUNK = 1 << 20
-# Python's default CSV field limit (128 kB) would quarantine every row holding a long document.
-_CSV_FIELD_LIMIT = 64 << 20
-_SURROGATES = re.compile("[\udc80-\udcff]")
 _JSON_SPACE = b" \t\r\n"
 _UTF8_BOM = codecs.BOM_UTF8
-
-Row = tuple[dict[str, Any] | None, str, str | None]
 
 
 # ---------------------------------------------------------------- helpers
@@ -52,55 +54,6 @@ Row = tuple[dict[str, Any] | None, str, str | None]
 def data_path(loaded: "LoadedSpec", uri: "ParsedURI") -> Path:
     """`csv://data/x.csv` is relative to the pipeline's folder; `csv:///abs/x.csv` is absolute."""
     return loaded.resolve(uri.target)
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT]
-
-
-def _has_surrogates(text: str) -> bool:
-    """True when `text` holds bytes that did not decode (surrogateescape leaves them as surrogates)."""
-    if text.isascii():
-        return False
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _make_safe(text: str) -> str:
-    return _SURROGATES.sub("\ufffd", text)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0].strip() if text else type(error).__name__
-
-
-def _json_kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return type(value).__name__
-
-
-def _is_utf8(encoding: str) -> bool:
-    try:
-        return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
-    except LookupError:
-        return False
-
-
-def _take(rows: Iterator[Row], count: int) -> list[Row]:
-    return list(itertools.islice(rows, count))
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -132,7 +85,7 @@ def _safe_run_id(run_id: str) -> str:
 
 
 class _FileSource(Source):
-    """A local file read by a synchronous row generator, drained a chunk at a time in a thread."""
+    """A local file parsed by core.connectors.parsing, drained a chunk at a time in a thread."""
 
     kind = "file"
 
@@ -140,11 +93,7 @@ class _FileSource(Source):
         super().__init__(loaded, uri)
         self.path = data_path(loaded, uri)
         self.name = self.path.name
-        self.encoding = self.spec.encoding or "utf-8"
-        try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise ConnectorError(f"extract.encoding: unknown encoding {self.encoding!r}") from None
+        self.encoding = check_encoding(self.spec.encoding or "utf-8")
         # Enough rows per hop to amortise it, few enough that a 5-row preview reads little.
         self._chunk = min(max(self.batch_size, 64), 2048)
 
@@ -160,34 +109,21 @@ class _FileSource(Source):
         except OSError as exc:
             raise self._cannot_read(exc) from None
 
-    def _open_text(self, newline: str) -> IO[str]:
-        # A BOM is not part of the first column's name: utf-8-sig drops it when present.
-        encoding = "utf-8-sig" if _is_utf8(self.encoding) else self.encoding
-        try:
-            if self.path.is_dir():
-                raise IsADirectoryError(21, "is a folder, not a file")
-            return open(self.path, "r", encoding=encoding, errors="surrogateescape", newline=newline)
-        except OSError as exc:
-            raise self._cannot_read(exc) from None
-
-    @abc.abstractmethod
     def _iter_rows(self) -> Iterator[Row]:
         """The file's rows, read synchronously (runs in a worker thread)."""
+        with self._open_binary() as handle:
+            yield from PARSERS[self.kind](handle, name=self.name, where=str(self.path),
+                                          encoding=self.encoding)
 
     async def _rows(self) -> AsyncIterator[Row]:
-        rows = self._iter_rows()
+        rows = drain_in_thread(self._iter_rows(), self._chunk)
         try:
-            while True:
-                chunk = await asyncio.to_thread(_take, rows, self._chunk)
-                for item in chunk:
-                    yield item
-                if len(chunk) < self._chunk:
-                    return
+            async for item in rows:
+                yield item
+        except OSError as exc:
+            raise self._cannot_read(exc) from None
         finally:
-            try:
-                rows.close()
-            except ValueError:
-                pass  # still running in a cancelled thread: it closes its file when collected
+            await rows.aclose()
 
     def _count_lines(self) -> int:
         lines = 0
@@ -210,89 +146,6 @@ class CsvSource(_FileSource):
         lines = await asyncio.to_thread(self._count_lines)
         return max(lines - 1, 0)
 
-    def _iter_rows(self) -> Iterator[Row]:
-        if csv.field_size_limit() < _CSV_FIELD_LIMIT:
-            csv.field_size_limit(_CSV_FIELD_LIMIT)
-        encoding_label = "UTF-8" if _is_utf8(self.encoding) else self.encoding
-        with self._open_text(newline="") as handle:
-            pending: list[str] = []  # the physical lines of the row being parsed, for `_raw`
-
-            def tap() -> Iterator[str]:
-                for line in handle:
-                    pending.append(line)
-                    yield line
-
-            # strict: a stray quote is a malformed row to quarantine, not a value to guess at.
-            reader = csv.reader(tap(), strict=True)
-            header: list[str] | None = None
-            line_end = 0
-            while True:
-                start = line_end + 1
-                try:
-                    values = next(reader)
-                except StopIteration:
-                    return
-                except csv.Error as exc:
-                    line_end = reader.line_num
-                    raw = "".join(pending)
-                    pending.clear()
-                    if header is None:
-                        raise ConnectorError(f"csv source {self.path}: the header row is malformed: "
-                                             f"{_first_line(exc)}") from None
-                    yield ({"_raw": _clip(_make_safe(raw))}, f"{self.name}:{start}",
-                           f"malformed CSV row at line {start}: {_first_line(exc)}")
-                    continue
-                except OSError as exc:
-                    raise self._cannot_read(exc) from None
-                line_end = reader.line_num
-                if header is None:
-                    pending.clear()
-                    if not values:
-                        continue  # blank lines before the header
-                    header = self._header(values)
-                    width = len(header)
-                    continue
-                if not values:
-                    pending.clear()
-                    continue  # a blank line
-                origin = f"{self.name}:{start}"
-                # A NUL byte means a binary or mis-encoded file (and no database text holds one).
-                if any("\x00" in line for line in pending):
-                    raw = "".join(pending)
-                    pending.clear()
-                    yield ({"_raw": _clip(_make_safe(raw.replace("\x00", "\\x00")))}, origin,
-                           f"malformed CSV row at line {start}: NUL byte")
-                    continue
-                ascii_only = all(line.isascii() for line in pending)
-                if len(values) != width:
-                    raw = "".join(pending)
-                    pending.clear()
-                    yield ({"_raw": _clip(_make_safe(raw))}, origin,
-                           f"line {start}: the row has {len(values)} fields, the header has {width}")
-                    continue
-                pending.clear()
-                row = dict(zip(header, values))
-                if not ascii_only:
-                    bad = [column for column, value in row.items() if _has_surrogates(value)]
-                    if bad:
-                        for column in bad:
-                            row[column] = _make_safe(row[column])
-                        named = ", ".join(repr(c) for c in bad)
-                        yield (row, origin, f"invalid {encoding_label} in column"
-                                            f"{'s' if len(bad) > 1 else ''} {named}")
-                        continue
-                yield row, origin, None
-
-    def _header(self, values: list[str]) -> list[str]:
-        header = [_make_safe(name) for name in values]
-        seen: set[str] = set()
-        for name in header:
-            if name in seen:
-                raise ConnectorError(f"csv source {self.path}: column {name!r} appears twice in "
-                                     f"the header; rename one")
-            seen.add(name)
-        return header
-
 
 class JsonlSource(_FileSource):
     """One JSON object per line; blank lines are skipped."""
@@ -302,87 +155,11 @@ class JsonlSource(_FileSource):
     async def count_hint(self) -> int | None:
         return await asyncio.to_thread(self._count_lines)
 
-    def _iter_rows(self) -> Iterator[Row]:
-        loads = json.loads
-        # Only "\n" ends a line: a lone "\r" inside a value must not split a record.
-        with self._open_text(newline="\n") as handle:
-            lineno = 0
-            try:
-                for line in handle:
-                    lineno += 1
-                    text = line.strip(" \t\r\n")
-                    if not text:
-                        continue
-                    origin = f"{self.name}:{lineno}"
-                    if _has_surrogates(text):
-                        yield ({"_raw": _clip(_make_safe(text))}, origin,
-                               f"line {lineno}: invalid UTF-8" if _is_utf8(self.encoding)
-                               else f"line {lineno}: invalid {self.encoding}")
-                        continue
-                    try:
-                        value = loads(text)
-                    except ValueError as exc:
-                        where = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-                        message = exc.msg if isinstance(exc, json.JSONDecodeError) else _first_line(exc)
-                        yield ({"_raw": _clip(text)}, origin,
-                               f"line {lineno}: invalid JSON: {message}{where}")
-                        continue
-                    if not isinstance(value, dict):
-                        yield ({"_raw": _clip(text)}, origin,
-                               f"line {lineno}: not a JSON object (got {_json_kind(value)})")
-                        continue
-                    yield value, origin, None
-            except OSError as exc:
-                raise self._cannot_read(exc) from None
-
-
-class _Utf8Reader:
-    """Bytes for ijson from a text file in another encoding (ijson parses UTF-8)."""
-
-    def __init__(self, handle: IO[str]) -> None:
-        self._handle = handle
-
-    def read(self, size: int = -1) -> bytes:
-        return self._handle.read(size).encode("utf-8", "surrogateescape")
-
 
 class JsonSource(_FileSource):
     """A top-level JSON array of objects, parsed incrementally with ijson."""
 
     kind = "json"
-
-    def _iter_rows(self) -> Iterator[Row]:
-        with self._open_binary() as handle:
-            first, _, offset = _first_significant(handle)
-            if first != b"[":
-                found = "an empty file" if not first else \
-                    ("an object" if first == b"{" else f"{first.decode('latin-1')!r}")
-                raise ConnectorError(f"json source {self.path}: expected a top-level JSON array "
-                                     f"of objects, found {found}")
-            handle.seek(offset)
-            if _is_utf8(self.encoding):
-                stream: Any = handle
-            else:
-                text = io.TextIOWrapper(handle, encoding=self.encoding)
-                stream = _Utf8Reader(text)
-            index = 0
-            try:
-                for value in ijson.items(stream, "item", use_float=True):
-                    origin = f"{self.name}[{index}]"
-                    if isinstance(value, dict):
-                        yield value, origin, None
-                    else:
-                        raw = json.dumps(value, ensure_ascii=False, default=str)
-                        yield ({"_raw": _clip(raw)}, origin,
-                               f"element {index} is not a JSON object (got {_json_kind(value)})")
-                    index += 1
-            except (ijson.JSONError, UnicodeDecodeError) as exc:
-                # The parser cannot resume after an error: what follows is one unreadable record.
-                yield (None, f"{self.name}[{index}]",
-                       f"invalid JSON at element {index}: {_first_line(exc)}; "
-                       f"the rest of the file cannot be read")
-            except OSError as exc:
-                raise self._cannot_read(exc) from None
 
 
 def _first_significant(handle: IO[bytes]) -> tuple[bytes, int, int]:

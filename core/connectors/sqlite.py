@@ -380,8 +380,15 @@ class SqliteSink(Sink):
             groups.setdefault(tuple(row), []).append(row)
         added: dict[str, tuple[str, str]] = {}
         created = False
+        shared = self.mode != "replace"  # other writers (parallel shards) share the table
         try:
             conn.execute("BEGIN IMMEDIATE")
+            if self._columns is None and shared:
+                # Another writer may have created the table since open(): with the write lock
+                # held, look again instead of failing on "table already exists".
+                self._columns = self._table_columns(self.schema, self.bare_table)
+                if self._columns is not None and self.mode == "upsert":
+                    self._prepare_upsert_target()
             if self._columns is None:
                 added = self._create_table(rows)
                 created = True
@@ -395,7 +402,14 @@ class SqliteSink(Sink):
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            if shared:
+                self._columns = None  # what the rollback undid: read the table again next time
             raise LoadError(f"{self._where()}: {_one_line(exc)}") from exc
+        except ConnectorError:  # the shared table cannot take an upsert (duplicate keys)
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._columns = None
+            raise
         if created:
             self._columns = {}
         assert self._columns is not None
@@ -420,6 +434,10 @@ class SqliteSink(Sink):
     def _add_columns(self, rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
         assert self._conn is not None and self._columns is not None
         added = self._shape(rows, self._columns)
+        if added and self.mode != "replace":
+            # Another writer may have added them since: look again under the write lock.
+            self._columns = self._table_columns(self.schema, self.bare_table) or self._columns
+            added = self._shape(rows, self._columns)
         for name, decl in added.values():
             self._conn.execute(f"ALTER TABLE {self._write_table} ADD COLUMN "
                                f"{quote_column(name)} {decl}".rstrip())

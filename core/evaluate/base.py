@@ -25,6 +25,10 @@ class Evaluator(abc.ABC):
         """Return a Score with value in [0, 1]. Raise EvaluatorError when it cannot score
         (the record is then quarantined at stage `evaluate`)."""
 
+    def prompt_versions(self) -> list[Any]:
+        """Templates the evaluator sends to a model (hash, text, path), kept with each run."""
+        return []
+
     def make_score(self, value: float, explanation: str, **extra: Any) -> Score:
         value = min(1.0, max(0.0, float(value)))
         return Score(evaluator=self.name, type=self.type, value=value,

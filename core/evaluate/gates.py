@@ -59,8 +59,11 @@ def _weighted(scores: list[Score], threshold: float) -> Verdict:
     passed = value >= threshold - _TOLERANCE and not errored
     # The evaluators that cost the most score come first: they are why the record failed.
     ranked = sorted(zip(scores, weights), key=lambda sw: -(1.0 - sw[0].value) * sw[1])
-    parts = ", ".join(f"{s.evaluator} {s.value:.2f} (w{_weight(w)})" for s, w in ranked)
     below = value < threshold - _TOLERANCE
+    # A rejected record says why each evaluator that failed on its own scored low (a judge's
+    # explanation above all): that is what the reviewer needs in the quarantine's one line.
+    parts = ", ".join(f"{s.evaluator} {s.value:.2f} (w{_weight(w)}"
+                      f"{_why(s) if below and not _passed(s) else ''})" for s, w in ranked)
     sign = "<" if below else ">="
     shown_value, shown_threshold = _pair(value, threshold) if below else \
         (f"{value:.2f}", f"{threshold:.2f}")
@@ -68,6 +71,15 @@ def _weighted(scores: list[Score], threshold: float) -> Verdict:
     if errored:
         reason = "weighted failed: " + "; ".join(_failure(s) for s in errored) + f"; {reason}"
     return Verdict(passed=passed, gate="weighted", value=value, threshold=threshold, reason=reason)
+
+
+def _why(score: Score) -> str:
+    why = " ".join(score.explanation.split())
+    if not why:
+        return ""
+    if len(why) > _EXPLANATION_IN_REASON:
+        why = why[: _EXPLANATION_IN_REASON - 1] + "…"
+    return f": {why}"
 
 
 def _passed(score: Score) -> bool:

@@ -17,12 +17,14 @@ from core.errors import EvaluatorError, PipelineError
 from core.evaluate.base import Evaluator
 from core.evaluate.deterministic import (Contains, ExactMatch, Expression, JsonSchema, Length,
                                          OneOf, Range, Regex)
+from core.evaluate.judge_models import JudgeModels
+from core.evaluate.judges import JUDGES
 from core.records import Score
 from core.spec import LoadedSpec
 
 EVALUATORS: dict[str, type[Evaluator]] = {
     cls.type: cls
-    for cls in (ExactMatch, OneOf, Regex, Contains, JsonSchema, Range, Length, Expression)
+    for cls in (ExactMatch, OneOf, Regex, Contains, JsonSchema, Range, Length, Expression, *JUDGES)
 }
 
 
@@ -32,12 +34,14 @@ class BuildContext:
 
     loaded: LoadedSpec
     params: dict[str, Any] = field(default_factory=dict)
+    llm: JudgeModels | None = None  # how LLM judges reach a model
 
 
-def build_evaluators(loaded: LoadedSpec, params: dict[str, Any] | None = None) -> list[Evaluator]:
+def build_evaluators(loaded: LoadedSpec, params: dict[str, Any] | None = None, *,
+                     llm: JudgeModels | None = None) -> list[Evaluator]:
     """One evaluator per spec, in the pipeline's order. Raises PipelineError (one line)."""
     context = BuildContext(loaded=loaded,
-                           params=dict(loaded.spec.params if params is None else params))
+                           params=dict(loaded.spec.params if params is None else params), llm=llm)
     evaluators: list[Evaluator] = []
     for index, spec in enumerate(loaded.spec.evaluate.evaluators):
         where = f"evaluate.evaluators[{index}]"

@@ -37,7 +37,8 @@ class AnthropicProvider(Provider):
         self.timeout_s = timeout_s
         headers = {"accept": "application/json", "x-api-key": api_key,
                    "anthropic-version": API_VERSION}
-        self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s, headers=headers)
+        self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s, headers=headers,
+                                      url=self.url)
         self._exchange = Exchange(provider=self.name, pools=self._pools, timeout_s=timeout_s,
                                   secret=api_key)
 

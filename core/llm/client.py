@@ -1,9 +1,10 @@
 """The one door to a model: what transform and the LLM judges call.
 
 `LLMClient.complete(request)` answers from Loom's response cache when it can, otherwise makes the
-call through the provider with bounded concurrency and retries, and returns the answer with its
-accounting (`LLMCall`: tokens, cost, latency, attempts). Every provider gets the same caching,
-retries, pricing and recording, because none of that lives in the providers.
+call through the provider within its limits (concurrency, rate limits, budget) and with retries,
+and returns the answer with its accounting (`LLMCall`: tokens, cost, latency, attempts). Every
+provider gets the same caching, limits, retries, pricing and recording, because none of that
+lives in the providers.
 """
 
 from __future__ import annotations
@@ -16,23 +17,28 @@ from typing import Any
 
 from core.errors import ProviderError
 from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
+from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
 from core.llm.pricing import Pricing
+from core.llm.ratelimit import LimitsRegistry, ProviderLimits, estimate_tokens
 from core.llm.replay import CassetteRecorder
 from core.llm.retry import RetryPolicy, call_with_retries
 from core.records import LLMCall
 
 
 class LLMClient:
-    """Caching, concurrency, retries and accounting around one provider.
+    """Caching, limits, budget, retries and accounting around one provider.
 
     - Cache: keyed by the request plus the provider's name and base URL. A hit makes no call
       and costs nothing. `use_cache=False` (`--no-cache`) skips reading but still stores fresh
       answers, so the next cached run sees them. Identical requests in flight at the same time
-      share one call.
-    - Concurrency: at most `concurrency` exchanges in flight; waits between retries happen
-      outside that limit so a sleeping retry does not hold a slot.
-    - Retry-After: a server's hint pauses every new request of this client, not only the one
-      that got it: the whole pipeline slows down instead of hammering a rate limit.
+      share one call. Entries expire after `cache_ttl_s`.
+    - Limits (`core.llm.ratelimit.ProviderLimits`, shared by every client of the same provider
+      and base URL): requests in flight, adaptive (halved on 429, grown back on success);
+      requests and tokens per minute; and the pause a Retry-After asks for, which holds every
+      new request, not only the one that got it. Waits between retries happen outside the
+      concurrency limit so a sleeping retry does not hold a slot.
+    - Budget (`core.llm.budget.Budget`, shared by the run): each call reserves its worst case
+      first and is refused with BudgetExceeded when it could pass the budget.
     """
 
     def __init__(
@@ -45,6 +51,11 @@ class LLMClient:
         cache_ttl_s: float | None = None,
         max_retries: int = 4,
         concurrency: int = 8,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        limits: ProviderLimits | None = None,
+        registry: LimitsRegistry | None = None,
+        budget: Budget | None = None,
         recorder: CassetteRecorder | None = None,
         on_warning: Callable[[str], None] | None = None,
         retry_policy: RetryPolicy | None = None,
@@ -55,6 +66,10 @@ class LLMClient:
         self.provider = provider
         self.pricing = pricing
         self.recorder = recorder
+        self.budget = budget
+        self._cache_store = cache  # as given, for sibling()
+        self._concurrency = concurrency
+        self._registry = registry
         self.warnings: list[str] = []
         # A provider that is already offline and free (replay) gains nothing from the cache.
         self._cache = cache if getattr(provider, "cacheable", True) else None
@@ -62,14 +77,32 @@ class LLMClient:
         self._ttl_s = cache_ttl_s
         # retry_policy, when given, is used as is (its max_retries included).
         self._policy = retry_policy or RetryPolicy(max_retries=max_retries)
-        self._slots = asyncio.Semaphore(max(1, concurrency))
+        if limits is None:
+            limits = registry.get(provider.name, provider.base_url, concurrency=concurrency,
+                                  requests_per_minute=requests_per_minute,
+                                  tokens_per_minute=tokens_per_minute, clock=clock,
+                                  sleep=sleep) if registry is not None else ProviderLimits.build(
+                concurrency, requests_per_minute=requests_per_minute,
+                tokens_per_minute=tokens_per_minute, clock=clock, sleep=sleep)
+        self.limits = limits
         self._on_warning = on_warning
         self._warned: set[str] = set()
         self._sleep = sleep
         self._clock = clock
         self._rand = rand
-        self._resume_at = 0.0  # on self._clock: no new exchange starts before this
         self._inflight: dict[str, asyncio.Future[LLMResponse]] = {}
+
+    def sibling(self, provider: Provider) -> "LLMClient":
+        """A client for another provider with this one's cache, pricing, retry policy,
+        concurrency, budget, recorder and warnings: what an LLM judge with a model of its own
+        uses. It takes its limits from this client's registry, so clients of one endpoint share
+        them; the run's budget is the same object, so judges and transform spend one budget."""
+        return LLMClient(provider, pricing=self.pricing, cache=self._cache_store,
+                         use_cache=self._read_cache, cache_ttl_s=self._ttl_s,
+                         concurrency=self._concurrency, registry=self._registry,
+                         budget=self.budget, recorder=self.recorder,
+                         on_warning=self._on_warning, retry_policy=self._policy,
+                         sleep=self._sleep, clock=self._clock, rand=self._rand)
 
     async def complete(self, request: LLMRequest) -> tuple[LLMResponse, LLMCall]:
         if self._cache is None:
@@ -79,7 +112,7 @@ class LLMClient:
         if self._read_cache:
             hit = await self._lookup(key)
             if hit is not None:
-                return hit, self._cached_call(request, self._clock() - started)
+                return hit, self._cached_call(request, hit, self._clock() - started)
             pending = self._inflight.get(key)
             if pending is not None:
                 try:
@@ -88,7 +121,7 @@ class LLMClient:
                     if not pending.cancelled():
                         raise  # this caller was cancelled, not the shared call
                 else:
-                    return response, self._cached_call(request, self._clock() - started)
+                    return response, self._cached_call(request, response, self._clock() - started)
             return await self._lead(request, key)
         return await self._call(request, key)
 
@@ -112,31 +145,68 @@ class LLMClient:
             self._inflight.pop(key, None)
 
     async def _call(self, request: LLMRequest, key: str | None) -> tuple[LLMResponse, LLMCall]:
+        limits = self.limits
+        stats = limits.stats
+        estimate_in, estimate_out = estimate_tokens(request.messages, request.max_tokens,
+                                                    DEFAULT_OUTPUT_CEILING)
+        # Refused here, before any wait: a call the budget cannot afford is never sent.
+        reserved = self.budget.reserve(request.model, estimate_in, estimate_out) \
+            if self.budget is not None else 0.0
         started = self._clock()
-        queued = 0.0  # time spent waiting for our own concurrency limit: not the model's latency
+        queued = 0.0  # time spent waiting for our own limits: not the model's latency
+        estimate = estimate_in + estimate_out
 
         async def attempt() -> LLMResponse:
             nonlocal queued
-            pause = self._resume_at - self._clock()
+            before = self._clock()
+            pause = limits.resume_at - before
             if pause > 0:
                 await self._sleep(pause)
-            before = self._clock()
-            async with self._slots:
-                queued += self._clock() - before
-                return await self.provider.complete(request)
+                stats.paused_s += pause
+            if limits.requests is not None:
+                stats.rate_wait_s += await limits.requests.take(1)
+            if limits.tokens is not None:
+                stats.rate_wait_s += await limits.tokens.take(estimate)
+            concurrency = limits.concurrency
+            ticket = await concurrency.acquire()
+            queued += self._clock() - before
+            try:
+                response = await self.provider.complete(request)
+            except ProviderError as error:
+                if error.status == 429:
+                    stats.throttled += 1
+                    concurrency.throttled(ticket)
+                if limits.tokens is not None:
+                    limits.tokens.adjust(estimate)  # a failed call used none of its tokens
+                raise
+            finally:
+                concurrency.release()
+            concurrency.succeeded()
+            if limits.tokens is not None:
+                limits.tokens.adjust(estimate - response.input_tokens - response.output_tokens)
+            return response
 
         def on_retry(error: ProviderError, wait: float) -> None:
+            stats.retries += 1
             if error.retry_after:
                 hint = min(error.retry_after, self._policy.max_retry_after_s)
-                self._resume_at = max(self._resume_at, self._clock() + hint)
+                limits.resume_at = max(limits.resume_at, self._clock() + hint)
 
-        response, attempts = await call_with_retries(attempt, self._policy, sleep=self._sleep,
-                                                     rand=self._rand, on_retry=on_retry)
+        cost: float | None = None
+        try:
+            response, attempts = await call_with_retries(attempt, self._policy, sleep=self._sleep,
+                                                         rand=self._rand, on_retry=on_retry)
+            cost = self._price(request, response)
+        finally:
+            if self.budget is not None:
+                self.budget.settle(reserved, cost)
         call = LLMCall(
             stage=request.stage, provider=self.provider.name, model=request.model,
             input_tokens=response.input_tokens, output_tokens=response.output_tokens,
-            cached_tokens=response.cached_tokens, cost_usd=self._price(request, response),
+            cached_tokens=response.cached_tokens, cost_usd=cost,
             latency_s=max(0.0, self._clock() - started - queued), attempts=attempts,
+            list_input_tokens=response.input_tokens, list_output_tokens=response.output_tokens,
+            list_cost_usd=cost,
         )
         if self.recorder is not None:
             self.recorder.record(request, response)
@@ -144,18 +214,26 @@ class LLMClient:
             await self._store(key, request, response)
         return response, call
 
-    def _cached_call(self, request: LLMRequest, latency: float) -> LLMCall:
-        # No call was made: no tokens were spent and nothing is billed.
+    def _cached_call(self, request: LLMRequest, response: LLMResponse, latency: float) -> LLMCall:
+        # No call was made: no tokens were spent and nothing is billed. What the answer cost
+        # when it was made is kept apart, for projections.
         return LLMCall(stage=request.stage, provider=self.provider.name, model=request.model,
-                       cost_usd=0.0, latency_s=max(0.0, latency), cached=True, attempts=0)
+                       cost_usd=0.0, latency_s=max(0.0, latency), cached=True, attempts=0,
+                       list_input_tokens=response.input_tokens,
+                       list_output_tokens=response.output_tokens,
+                       list_cost_usd=self._list_price(request, response))
 
-    def _price(self, request: LLMRequest, response: LLMResponse) -> float | None:
+    def _list_price(self, request: LLMRequest, response: LLMResponse) -> float | None:
         cost = self.pricing.cost(request.model, response.input_tokens, response.output_tokens,
                                  response.cached_tokens)
         if cost is None and response.model and response.model != request.model:
             # A deployment alias (Azure, a proxy) that reports the real model it ran.
             cost = self.pricing.cost(response.model, response.input_tokens,
                                      response.output_tokens, response.cached_tokens)
+        return cost
+
+    def _price(self, request: LLMRequest, response: LLMResponse) -> float | None:
+        cost = self._list_price(request, response)
         if cost is None:
             self._warn_once(f"price:{request.model}",
                             f"no price known for model {request.model}: its cost is not counted "
@@ -187,7 +265,8 @@ class LLMClient:
         value = response.to_dict()
         value["cached_at"] = time.time()
         try:
-            await self._cache.cache_put(key, value, provider=self.provider.name, model=request.model)
+            await self._cache.cache_put(key, value, provider=self.provider.name, model=request.model,
+                                        ttl_s=self._ttl_s)
         except Exception as exc:  # noqa: BLE001 - the answer is good even if keeping it failed
             self._warn_once("cache:put", f"response cache not written ({type(exc).__name__}: {exc})")
 

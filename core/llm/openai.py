@@ -45,7 +45,8 @@ class OpenAIProvider(Provider):
         headers = {"accept": "application/json"}
         if api_key:
             headers["authorization"] = f"Bearer {api_key}"
-        self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s, headers=headers)
+        self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s, headers=headers,
+                                      url=self.url)
         self._exchange = Exchange(provider=name, pools=self._pools, timeout_s=timeout_s, secret=api_key)
 
     def build_body(self, request: LLMRequest) -> dict[str, Any]:

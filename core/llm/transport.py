@@ -15,60 +15,97 @@ import itertools
 import json
 import math
 import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime, timezone
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
 from core.errors import PipelineError, ProviderError
+from core.llm.http11 import Http11Transport
 
-# httpcore's pool does work quadratic in its connections on every request it adds or removes
-# (each idle connection recounts the idle ones): measured against the loopback server at 64 in
-# flight, pools of 32 cost ~3 ms of CPU per request, pools of 4 ~0.75 ms, the floor of httpx
-# itself. So concurrency is spread over many small pools, and a request goes to one with a free
-# connection, never queueing inside a pool while another one idles.
-MAX_POOL_CONNECTIONS = 4
+# Connections per pool. httpcore's pool (httpx's default transport) does work quadratic in its
+# connections on every request it adds or removes: measured against the loopback server at 64 in
+# flight, pools of 32 cost ~3 ms of CPU per request, pools of 4 ~0.75 ms. Loom's own HTTP/1.1
+# transport (core.llm.http11) keeps a plain list of idle connections, so its cost does not grow
+# with the pool (0.31 ms per request with 32 per pool, 0.32 ms with 4), and it gets pools of 32;
+# httpx's transport, used when a proxy is configured, keeps pools of 4.
+MAX_POOL_CONNECTIONS = 32
+MAX_HTTPX_POOL_CONNECTIONS = 4
 RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _DETAIL_CHARS = 300
 
+Send = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+def proxied(url: str) -> bool:
+    """Whether the environment routes `url` through a proxy (HTTPS_PROXY, ALL_PROXY, ...)."""
+    parsed = httpx.URL(url)
+    proxies = urllib.request.getproxies()
+    if not (proxies.get(parsed.scheme) or proxies.get("all")):
+        return False
+    return not urllib.request.proxy_bypass(parsed.host)
+
 
 class ConnectionPools:
-    """Several httpx clients of at most `pool_size` connections each, leased per request."""
+    """Several connection pools of at most `pool_size` connections each, leased per request.
+
+    Each pool is Loom's lean HTTP/1.1 transport, or — when the environment sets a proxy for
+    `url` — an `httpx.AsyncClient` with httpx's own transport, which knows proxies.
+    """
 
     def __init__(self, *, concurrency: int, timeout_s: float, headers: dict[str, str],
-                 pool_size: int | None = None) -> None:
+                 pool_size: int | None = None, url: str | None = None) -> None:
         concurrency = max(1, concurrency)
-        per_pool = min(concurrency, pool_size or MAX_POOL_CONNECTIONS)
+        self.uses_httpx_transport = url is not None and proxied(url)
+        default_size = MAX_HTTPX_POOL_CONNECTIONS if self.uses_httpx_transport else MAX_POOL_CONNECTIONS
+        per_pool = min(concurrency, pool_size or default_size)
         count = math.ceil(concurrency / per_pool)
-        limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
-        timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0))
-        headers = {"content-type": "application/json", **headers}
+        self.timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 30.0))
+        self.headers = httpx.Headers({"content-type": "application/json", **headers})
         # One TLS context for all pools: building one loads the CA bundle (tens of ms each).
         tls = httpx.create_ssl_context()
-        self.clients = [httpx.AsyncClient(limits=limits, timeout=timeout, headers=headers, verify=tls)
-                        for _ in range(count)]
+        self.pools: list[Any]
+        self._senders: list[Send]
+        if self.uses_httpx_transport:
+            limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
+            clients = [httpx.AsyncClient(limits=limits, timeout=self.timeout, verify=tls)
+                       for _ in range(count)]
+            self.pools, self._senders = clients, [client.send for client in clients]
+        else:
+            transports = [Http11Transport(max_connections=per_pool, ssl_context=tls,
+                                          timeout=self.timeout) for _ in range(count)]
+            self.pools = transports
+            self._senders = [t.handle_async_request for t in transports]
+        self.pool_size = per_pool
         # One token per connection, interleaved so that consecutive requests use different pools.
         self._free: collections.deque[int] = collections.deque(
             index for _ in range(per_pool) for index in range(count))
         self._overflow = itertools.cycle(range(count))
 
     @contextlib.contextmanager
-    def lease(self) -> Iterator[httpx.AsyncClient]:
-        """A client with a free connection; past capacity (callers without their own limit),
-        the pools take turns and queue inside httpx."""
+    def lease(self) -> Iterator[Send]:
+        """A pool's `send` with a free connection; past capacity (callers without their own
+        limit), the pools take turns and queue inside."""
         if self._free:
             index = self._free.popleft()
             try:
-                yield self.clients[index]
+                yield self._senders[index]
             finally:
                 self._free.append(index)
         else:
-            yield self.clients[next(self._overflow)]
+            yield self._senders[next(self._overflow)]
+
+    def request(self, url: httpx.URL, content: bytes) -> httpx.Request:
+        timeout = self.timeout
+        return httpx.Request("POST", url, headers=self.headers, content=content, extensions={
+            "timeout": {"connect": timeout.connect, "read": timeout.read,
+                        "write": timeout.write, "pool": timeout.pool}})
 
     async def aclose(self) -> None:
-        for client in self.clients:
-            await client.aclose()
+        for pool in self.pools:
+            await pool.aclose()
 
 
 class Exchange:
@@ -86,10 +123,11 @@ class Exchange:
         """(parsed body, seconds the exchange took)."""
         where = f"{self.provider} {model}"
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        request = self.pools.request(self._parsed(url), content)
         started = time.perf_counter()
         try:
-            with self.pools.lease() as client:
-                response = await client.post(self._parsed(url), content=content)
+            with self.pools.lease() as send:
+                response = await send(request)
         except httpx.TimeoutException as exc:
             raise ProviderError(f"{where}: no answer from {url} within {self.timeout_s:g}s "
                                 f"({type(exc).__name__})", retryable=True) from exc

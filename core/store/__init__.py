@@ -8,6 +8,7 @@ the LLM response cache, in SQLite (default) or PostgreSQL.
 from core.store.models import (
     ContextVersion,
     EvaluationResult,
+    JudgeAgreementRow,
     Lineage,
     LLMCacheEntry,
     MonitoringAlert,
@@ -24,6 +25,7 @@ __all__ = [
     "QUARANTINE_STATUSES",
     "ContextVersion",
     "EvaluationResult",
+    "JudgeAgreementRow",
     "LLMCacheEntry",
     "Lineage",
     "MonitoringAlert",

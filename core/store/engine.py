@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass
@@ -73,6 +74,24 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
 
 
+# PostgreSQL text and jsonb cannot hold U+0000. JSON's escape for it, not preceded by an odd
+# number of backslashes (which would make it the literal text "\u0000"):
+_JSON_NUL = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")
+
+
+def dumps_postgres(value: Any) -> str:
+    """`dumps` for PostgreSQL: a NUL character in a value is stored as U+FFFD."""
+    text = dumps(value)
+    if "\\u0000" in text:
+        text = _JSON_NUL.sub(lambda match: match.group(1) + "\\ufffd", text)
+    return text
+
+
+def without_nul(text: str | None) -> str | None:
+    """Text PostgreSQL accepts: a NUL character becomes U+FFFD (SQLite keeps it as it is)."""
+    return text.replace("\x00", "\ufffd") if text and "\x00" in text else text
+
+
 def raw_json(value: Any) -> RawJSON | None:
     """Serialize now (once) a value that goes to one or more JSON columns; None stays NULL."""
     return None if value is None else RawJSON(dumps(value))
@@ -99,7 +118,9 @@ class StoreTarget:
         try:
             url = make_url(raw)
         except ArgumentError:
-            raise StoreError(f"history store URL {raw!r} is not a database URL") from None
+            from core.connectors.registry import redact_uri
+
+            raise StoreError(f"history store URL {redact_uri(raw)!r} is not a database URL") from None
         backend = url.get_backend_name()
         driver = _ASYNC_DRIVERS.get(url.drivername)  # a bare scheme gets the async driver
         if driver is None:
@@ -136,7 +157,8 @@ class StoreTarget:
 
     def create_engine(self, *, foreign_keys: bool = True, single_use: bool = False) -> AsyncEngine:
         """An async engine; `single_use` (no pooling) for the short-lived migration engine."""
-        kwargs: dict[str, Any] = {"json_serializer": dumps, "json_deserializer": json.loads}
+        serializer = dumps if self.is_sqlite else dumps_postgres
+        kwargs: dict[str, Any] = {"json_serializer": serializer, "json_deserializer": json.loads}
         if single_use:
             kwargs["poolclass"] = NullPool
         engine = create_async_engine(self.url, **kwargs)

@@ -69,6 +69,7 @@ class PipelineRun(SQLModel, table=True):
         Index("ix_pipeline_runs_started", "started_at", "run_id"),
         Index("ix_pipeline_runs_pipeline_started", "pipeline_name", "started_at", "run_id"),
         Index("ix_pipeline_runs_status", "status"),
+        Index("ix_pipeline_runs_shard_group", "shard_group", "started_at"),
     )
 
     run_id: str = Field(primary_key=True)
@@ -116,6 +117,21 @@ class PipelineRun(SQLModel, table=True):
     latency_p99_s: float | None = None
     warnings: list[str] = Field(default_factory=list, sa_type=JSONType)
     extra: dict[str, Any] = Field(default_factory=dict, sa_type=JSONType)  # RunSummary.extra
+
+    # A shard run (`--shard I/N`) processed only the records whose id hashes to shard I of N;
+    # the N runs of one split share `shard_group` (see core.sharding). None: not sharded.
+    shard_group: str | None = None
+    shard_index: int | None = None
+    shard_count: int | None = None
+
+    # How the LLM limits behaved (revision 0004): requests in flight as configured, the lowest
+    # the adaptive limit went after 429s and where it ended; 429 answers; retries of any kind.
+    concurrency: int | None = None
+    concurrency_min: int | None = None
+    concurrency_final: int | None = None
+    throttled: int = 0
+    retries: int = 0
+    budget_usd: float | None = None  # budget.max_cost_usd when the run had one
 
 
 class RecordResultRow(SQLModel, table=True):
@@ -318,6 +334,32 @@ class MonitoringAlert(SQLModel, table=True):
     notification_sent_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+class JudgeAgreementRow(SQLModel, table=True):
+    """Whether the person who resolved a quarantined record agreed with one LLM judge on it
+    (core.agreement). One row per record and judge; a later decision replaces it."""
+
+    __tablename__ = "judge_agreements"
+    __table_args__ = (
+        Index("ux_judge_agreements_record", "quarantine_id", "evaluator", unique=True),
+        Index("ix_judge_agreements_pipeline", "pipeline_name", "evaluator"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    quarantine_id: int = Field(foreign_key="quarantined_records.id", ondelete="CASCADE")
+    run_id: str = Field(foreign_key="pipeline_runs.run_id", ondelete="CASCADE")
+    pipeline_name: str
+    record_id: str
+    evaluator: str
+    evaluator_type: str
+    judge_value: float
+    judge_passed: bool
+    action: str  # approve | edit | discard
+    agreed: bool
+    actor: str | None = None
+    decided_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 TABLES = (Pipeline, PipelineRun, RecordResultRow, EvaluationResult, QuarantinedRecord,
-          QuarantineAction, PromptVersion, ContextVersion, LLMCacheEntry, Lineage, MonitoringAlert)
+          QuarantineAction, PromptVersion, ContextVersion, LLMCacheEntry, Lineage, MonitoringAlert,
+          JudgeAgreementRow)
 metadata = SQLModel.metadata

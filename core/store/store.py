@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import sqlite3
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -17,21 +19,25 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import (ColumnElement, Table, bindparam, case, func, insert, literal, or_, select,
+                        update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
 
+from core.agreement import JudgeAgreement, judge_decisions
 from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
-from core.store.engine import SINGLE_READ, WRITE, StoreTarget, raw_json
+from core.store.cache_reader import SQLiteCacheReader
+from core.store.engine import SINGLE_READ, WRITE, StoreTarget, raw_json, without_nul
 from core.store.migrate import migrate
 from core.store.models import (
     ContextVersion,
     EvaluationResult,
+    JudgeAgreementRow,
     LLMCacheEntry,
     Lineage,
     MonitoringAlert,
@@ -45,12 +51,16 @@ from core.store.models import (
 )
 
 QUARANTINE_STATUSES = ("open", "approved", "reprocessed", "discarded")
-VERSION_KINDS = ("prompt", "system", "context")
+VERSION_KINDS = ("prompt", "system", "context", "judge")
 LINEAGE_KEYS = frozenset({"source", "query", "destination", "table_name", "records_in",
                           "records_out"})
 # Cache hits are counted in memory and written with the next write (or at this many), so that
 # a cache lookup on the hot path stays a read.
 _HIT_FLUSH_AT = 256
+# New cache entries wait in memory and are written together: with the next batch of record
+# results, when this many wait, or when the oldest has waited this long.
+_CACHE_WRITE_AT = 1024
+_CACHE_WRITE_AFTER_S = 2.0
 # Keys per `IN (...)` when concurrent cache lookups are read together.
 _CACHE_READ_CHUNK = 500
 
@@ -65,6 +75,7 @@ _contexts: Table = ContextVersion.__table__  # type: ignore[assignment]
 _cache: Table = LLMCacheEntry.__table__  # type: ignore[assignment]
 _lineage: Table = Lineage.__table__  # type: ignore[assignment]
 _alerts: Table = MonitoringAlert.__table__  # type: ignore[assignment]
+_agreements: Table = JudgeAgreementRow.__table__  # type: ignore[assignment]
 
 
 @dataclass(slots=True)
@@ -86,6 +97,7 @@ class RunStart:
     options: dict[str, Any]
     source: str
     destination: str
+    shard: Any = None  # core.sharding.Shard: this run is one shard of a group
 
 
 class Store:
@@ -100,9 +112,15 @@ class Store:
                                             expire_on_commit=False)
         self._target = target
         self._pending_hits: Counter[str] = Counter()
+        self._pending_cache: dict[str, dict[str, Any]] = {}
+        self._pending_cache_since = 0.0
+        # SQLite: lookups read the file inline (see cache_reader); PostgreSQL: batched async reads.
+        self._cache_file = SQLiteCacheReader(target.path) if target.path is not None else None
         self._cache_waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._cache_reader: asyncio.Task[None] | None = None
         self.url = target.display
+        # PostgreSQL text cannot hold NUL; record data and model answers sometimes do.
+        self._text = without_nul if engine.dialect.name == "postgresql" else _same
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -121,10 +139,10 @@ class Store:
         try:
             if self._cache_reader is not None:
                 await self._cache_reader
-            if self._pending_hits:
-                async with self._write() as conn:
-                    await self._flush_hits(conn)
+            await self.cache_flush()
         finally:
+            if self._cache_file is not None:
+                self._cache_file.close()
             await self._engine.dispose()
 
     async def __aenter__(self) -> "Store":
@@ -227,6 +245,9 @@ class Store:
             "params": run.params, "options": run.options, "source": run.source,
             "destination": run.destination,
             "cost_usd": 0.0, "cost_by_stage": {}, "cost_by_model": {}, "warnings": [], "extra": {},
+            "shard_group": run.shard.group if run.shard is not None else None,
+            "shard_index": run.shard.index if run.shard is not None else None,
+            "shard_count": run.shard.count if run.shard is not None else None,
         }
         async with self._write() as conn:
             # The run points at its pipeline: keep the pipeline's latest definition too.
@@ -244,7 +265,7 @@ class Store:
             "input_tokens": progress.input_tokens, "output_tokens": progress.output_tokens,
             "llm_calls": progress.llm_calls, "cache_hits": progress.cache_hits,
             "latency_p50_s": progress.latency_p50_s, "latency_p95_s": progress.latency_p95_s,
-            "duration_s": progress.elapsed_s,
+            "duration_s": progress.elapsed_s, "concurrency_final": progress.concurrency,
         }
         async with self._write() as conn:
             result = await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(values))
@@ -263,6 +284,7 @@ class Store:
         if not results:
             return
         now = utcnow()
+        text = self._text
         rows: list[dict[str, Any]] = []
         quarantined: list[dict[str, Any]] = []
         for result in results:
@@ -284,10 +306,11 @@ class Store:
             verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
             outcome = result.outcome.value
             stage = result.stage.value if result.stage is not None else None
-            reason = result.reason
+            reason = text(result.reason)
+            record_id = text(record.id)
             data = raw_json(record.data)
             rows.append({
-                "run_id": run_id, "record_id": record.id, "ordinal": record.ordinal,
+                "run_id": run_id, "record_id": record_id, "ordinal": record.ordinal,
                 "outcome": outcome, "stage": stage, "reason": reason,
                 "error_type": result.error_type, "input": data, "output": output, "scores": scores,
                 "verdict": verdict, "input_tokens": input_tokens, "output_tokens": output_tokens,
@@ -297,11 +320,11 @@ class Store:
             })
             if outcome == Outcome.QUARANTINED.value:
                 quarantined.append({
-                    "run_id": run_id, "pipeline_name": pipeline, "record_id": record.id,
+                    "run_id": run_id, "pipeline_name": pipeline, "record_id": record_id,
                     "ordinal": record.ordinal, "stage": stage or _inferred_stage(result),
-                    "reason": reason or record.extract_error, "error_type": result.error_type,
+                    "reason": reason or text(record.extract_error), "error_type": result.error_type,
                     "input": data, "output": output,
-                    "raw_output": transform.raw_text if transform is not None else None,
+                    "raw_output": text(transform.raw_text) if transform is not None else None,
                     "messages": raw_json(transform.messages) if transform is not None else None,
                     "scores": scores, "verdict": verdict, "quarantined_at": now,
                     "status": "open", "resolved_at": None, "resolution_note": None,
@@ -311,8 +334,7 @@ class Store:
             await conn.execute(insert(_record_results), rows)
             if quarantined:
                 await conn.execute(insert(_quarantine), quarantined)
-            if self._pending_hits:
-                await self._flush_hits(conn)
+            await self._flush_cache(conn)
 
     async def demote_loaded(self, run_id: str, reason: str, *, quarantine: bool = False) -> int:
         """Records of a run written as loaded that did not reach the destination after all.
@@ -322,6 +344,7 @@ class Store:
         abandoned (they become skipped). Returns how many records changed.
         """
         outcome = Outcome.QUARANTINED.value if quarantine else Outcome.SKIPPED.value
+        reason = self._text(reason) or ""
         loaded = (_record_results.c.run_id == run_id) & (
             _record_results.c.outcome == Outcome.LOADED.value)
         async with self._write() as conn:
@@ -350,9 +373,10 @@ class Store:
             unknown = ", ".join(sorted(set(lineage) - LINEAGE_KEYS))
             raise ValueError(f"unknown lineage keys: {unknown}")
         now = utcnow()
+        status_reason = self._text(summary.status_reason)
         values = {
-            "status": summary.status, "status_reason": summary.status_reason,
-            "error_message": summary.status_reason if summary.status == RunStatus.FAILED else None,
+            "status": summary.status, "status_reason": status_reason,
+            "error_message": status_reason if summary.status == RunStatus.FAILED else None,
             "finished_at": now, "updated_at": now, "extracted": summary.extracted,
             "loaded": summary.loaded, "quarantined": summary.quarantined,
             "skipped": summary.skipped, "rejection_rate": summary.rejection_rate,
@@ -362,7 +386,10 @@ class Store:
             "cache_hits": summary.cache_hits, "duration_s": summary.duration_s,
             "latency_p50_s": summary.latency_p50_s, "latency_p95_s": summary.latency_p95_s,
             "latency_p99_s": summary.latency_p99_s, "warnings": list(summary.warnings),
-            "extra": summary.extra,
+            "extra": summary.extra, "concurrency": summary.concurrency,
+            "concurrency_min": summary.concurrency_min,
+            "concurrency_final": summary.concurrency_final, "throttled": summary.throttled,
+            "retries": summary.retries, "budget_usd": summary.budget_usd,
         }
         stats = [{
             "run_id": summary.run_id, "evaluator": s.evaluator, "type": s.type,
@@ -381,8 +408,7 @@ class Store:
                 await conn.execute(insert(_lineage),
                                    {**dict.fromkeys(LINEAGE_KEYS), **lineage,
                                     "run_id": summary.run_id, "created_at": now})
-            if self._pending_hits:
-                await self._flush_hits(conn)
+            await self._flush_cache(conn)
 
     async def list_runs(self, *, pipeline: str | None = None, status: str | None = None,
                         limit: int = 50, before: tuple[datetime, str] | None = None,
@@ -423,6 +449,17 @@ class Store:
             filters.append(_runs.c.status == status)
         return filters
 
+    async def shard_group_runs(self, groups: Sequence[str], *,
+                               pipeline: str | None = None) -> list[PipelineRun]:
+        """Every run of these shard groups (retries included), newest first."""
+        if not groups:
+            return []
+        statement = select(PipelineRun).where(_runs.c.shard_group.in_(sorted(set(groups))))
+        if pipeline is not None:
+            statement = statement.where(PipelineRun.pipeline_name == pipeline)
+        statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        return await self._all(statement)
+
     async def get_run(self, run_id: str) -> PipelineRun | None:
         """A run by its id or by a prefix of it that matches one run only."""
         run = await self._first(select(PipelineRun).where(PipelineRun.run_id == run_id))
@@ -447,6 +484,27 @@ class Store:
         statement = (select(PipelineRun).join(newest, newest.c.run_id == _runs.c.run_id)
                      .where(newest.c.rank == 1).order_by(_runs.c.pipeline_name))
         return {run.pipeline_name: run for run in await self._all(statement)}
+
+    async def trailing_runs(self, pipeline: str, *, before: datetime, exclude_run_id: str | None = None,
+                            statuses: Sequence[str] = (RunStatus.SUCCESS, RunStatus.PARTIAL),
+                            limit: int = 10) -> list[PipelineRun]:
+        """A pipeline's newest runs in `statuses` that started before `before`: the window a
+        run is compared with."""
+        statement = select(PipelineRun).where(
+            PipelineRun.pipeline_name == pipeline, _runs.c.status.in_(list(statuses)),
+            _runs.c.started_at <= before)
+        if exclude_run_id is not None:
+            statement = statement.where(_runs.c.run_id != exclude_run_id)
+        statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        return await self._all(statement.limit(limit))
+
+    async def evaluation_results_for(self, run_ids: Sequence[str]) -> list[EvaluationResult]:
+        """Per-evaluator statistics of several runs, in one query."""
+        if not run_ids:
+            return []
+        return await self._all(select(EvaluationResult)
+                               .where(_evaluations.c.run_id.in_(list(run_ids)))
+                               .order_by(_evaluations.c.id))
 
     async def evaluation_results(self, run_id: str) -> list[EvaluationResult]:
         return await self._all(select(EvaluationResult)
@@ -542,17 +600,62 @@ class Store:
             values["verdict"] = verdict.to_dict() if hasattr(verdict, "to_dict") else verdict
         async with self._write() as conn:
             current = (await conn.execute(
-                select(_quarantine.c.status).where(_quarantine.c.id == quarantine_id)
-                .with_for_update())).first()
+                select(_quarantine.c.status, _quarantine.c.scores, _quarantine.c.run_id,
+                       _quarantine.c.pipeline_name, _quarantine.c.record_id)
+                .where(_quarantine.c.id == quarantine_id).with_for_update())).first()
             if current is None:
                 raise StoreError(f"there is no quarantined record {quarantine_id}")
             await conn.execute(update(_quarantine).where(_quarantine.c.id == quarantine_id)
                                .values(values))
+            if status != "open":
+                # The person's decision against each judge's verdict on the scores they saw.
+                for decision in judge_decisions(current.scores, action):
+                    await conn.execute(self._upsert(_agreements, {
+                        "quarantine_id": quarantine_id, "run_id": current.run_id,
+                        "pipeline_name": current.pipeline_name, "record_id": current.record_id,
+                        "evaluator": decision.evaluator, "evaluator_type": decision.evaluator_type,
+                        "judge_value": decision.judge_value, "judge_passed": decision.judge_passed,
+                        "action": decision.action, "agreed": decision.agreed, "actor": actor,
+                        "decided_at": now,
+                    }, ["quarantine_id", "evaluator"],
+                        ["judge_value", "judge_passed", "action", "agreed", "actor", "decided_at"]))
             recorded = {"from": current.status, "to": status, "note": note, "reason": reason,
                         "final_output": final_output, **(details or {})}
             await conn.execute(insert(_actions), {
                 "quarantine_id": quarantine_id, "action": action, "at": now, "actor": actor,
                 "details": {k: v for k, v in recorded.items() if v is not None}})
+
+    async def judge_agreement(self, *, pipeline: str | None = None) -> list[JudgeAgreement]:
+        """Each LLM judge's agreement with the people who resolved its pipeline's quarantine,
+        by pipeline and judge."""
+        statement = select(
+            _agreements.c.pipeline_name, _agreements.c.evaluator, _agreements.c.evaluator_type,
+            func.count().label("decisions"),
+            func.sum(case((_agreements.c.agreed, 1), else_=0)).label("agreed"),
+            func.sum(case((~_agreements.c.judge_passed & (_agreements.c.action == "approve"), 1),
+                          else_=0)).label("too_strict"),
+            func.sum(case((_agreements.c.judge_passed & (_agreements.c.action != "approve"), 1),
+                          else_=0)).label("too_lenient"),
+        ).group_by(_agreements.c.pipeline_name, _agreements.c.evaluator,
+                   _agreements.c.evaluator_type
+                   ).order_by(_agreements.c.pipeline_name, _agreements.c.evaluator)
+        if pipeline is not None:
+            statement = statement.where(_agreements.c.pipeline_name == pipeline)
+        try:
+            async with self._reader.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+        except SQLAlchemyError as exc:
+            raise self._target.error("read", exc) from exc
+        return [JudgeAgreement(pipeline=row.pipeline_name, evaluator=row.evaluator,
+                               evaluator_type=row.evaluator_type, decisions=int(row.decisions),
+                               agreed=int(row.agreed or 0), too_strict=int(row.too_strict or 0),
+                               too_lenient=int(row.too_lenient or 0)) for row in rows]
+
+    async def judge_decisions(self, quarantine_id: int) -> list[JudgeAgreementRow]:
+        """The judges' verdicts on one resolved record, against the person's."""
+        return await self._all(select(JudgeAgreementRow)
+                               .where(JudgeAgreementRow.quarantine_id == quarantine_id)
+                               .order_by(_agreements.c.id))
 
     async def quarantine_actions(self, quarantine_id: int) -> list[QuarantineAction]:
         return await self._all(select(QuarantineAction)
@@ -564,21 +667,35 @@ class Store:
     async def cache_get(self, key: str) -> dict[str, Any] | None:
         """The cached response, or None when missing or expired. Counts a hit.
 
-        Lookups made while another is in flight are read together in one query: the transform
-        workers look up concurrently, and one round trip per lookup would cost more CPU than
-        the rest of a record's bookkeeping.
+        SQLite: a primary-key read on the loop's thread (core.store.cache_reader), tens of
+        microseconds. PostgreSQL: lookups made while another is in flight are read together in
+        one query, since one round trip per lookup would cost more than the rest of a record.
+        Entries written by this store but not yet flushed are found too.
         """
+        pending = self._pending_cache.get(key)
+        if pending is not None:
+            expires_at = pending["expires_at"]
+            value = None if expires_at is not None and expires_at <= utcnow() else \
+                copy.deepcopy(pending["response"])
+        elif self._cache_file is not None:
+            try:
+                value = self._cache_file.get(key, utcnow())
+            except sqlite3.Error as exc:
+                raise self._target.error("read", exc) from exc
+        else:
+            value = await self._cache_read_batched(key)
+        if value is not None:
+            self._pending_hits[key] += 1
+            if len(self._pending_hits) >= _HIT_FLUSH_AT:
+                await self.cache_flush()
+        return value
+
+    async def _cache_read_batched(self, key: str) -> dict[str, Any] | None:
         future: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
         self._cache_waiting.setdefault(key, []).append(future)
         if self._cache_reader is None:
             self._cache_reader = asyncio.create_task(self._read_cache_batches())
-        value = await future
-        if value is not None:
-            self._pending_hits[key] += 1
-            if len(self._pending_hits) >= _HIT_FLUSH_AT:
-                async with self._write() as conn:
-                    await self._flush_hits(conn)
-        return value
+        return await future
 
     async def _read_cache_batches(self) -> None:
         try:
@@ -620,38 +737,65 @@ class Store:
 
     async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str,
                         ttl_s: float | None = None) -> None:
-        """Keep a response (replacing any older one); `ttl_s=None` keeps it for good."""
+        """Keep a response (replacing any older one); `ttl_s=None` keeps it for good.
+
+        Entries are written in batches (see _CACHE_WRITE_AT): this store's own reads see them at
+        once, other processes once they are flushed — at the latest when the store closes.
+        """
         now = utcnow()
-        values = {"key": key, "provider": provider, "model": model, "response": value,
-                  "created_at": now,
-                  "expires_at": now + timedelta(seconds=ttl_s) if ttl_s is not None else None,
-                  "hits": 0}
-        async with self._write() as conn:
-            await conn.execute(self._upsert(_cache, values, ["key"],
-                                            ["provider", "model", "response", "created_at",
-                                             "expires_at", "hits"]))
-            if self._pending_hits:
-                await self._flush_hits(conn)
+        if not self._pending_cache:
+            self._pending_cache_since = time.monotonic()
+        self._pending_cache.pop(key, None)
+        self._pending_cache[key] = {
+            "key": key, "provider": provider, "model": model, "response": value,
+            "created_at": now,
+            "expires_at": now + timedelta(seconds=ttl_s) if ttl_s is not None else None,
+            "hits": 0}
+        self._pending_hits.pop(key, None)  # a fresh entry starts at 0 hits
+        if len(self._pending_cache) >= _CACHE_WRITE_AT or \
+                time.monotonic() - self._pending_cache_since >= _CACHE_WRITE_AFTER_S:
+            await self.cache_flush()
+
+    async def cache_flush(self) -> None:
+        """Write the cache entries and hit counts waiting in memory."""
+        if self._pending_cache or self._pending_hits:
+            async with self._write() as conn:
+                await self._flush_cache(conn)
 
     async def cache_prune(self) -> int:
         """Delete expired responses; returns how many."""
+        await self.cache_flush()
         async with self._write() as conn:
             result = await conn.execute(_cache.delete().where(_cache.c.expires_at <= utcnow()))
             return int(result.rowcount)
 
     async def cache_entry(self, key: str) -> LLMCacheEntry | None:
         """The whole cache row (hits, expiry), for inspection."""
+        await self.cache_flush()
         return await self._first(select(LLMCacheEntry).where(LLMCacheEntry.key == key))
 
-    async def _flush_hits(self, conn: AsyncConnection) -> None:
-        pending, self._pending_hits = self._pending_hits, Counter()
+    async def _flush_cache(self, conn: AsyncConnection) -> None:
+        """Inside a write transaction: waiting entries first, then hit counts."""
+        entries, self._pending_cache = self._pending_cache, {}
+        hits, self._pending_hits = self._pending_hits, Counter()
         try:
-            await conn.execute(
-                update(_cache).where(_cache.c.key == bindparam("hit_key"))
-                .values(hits=_cache.c.hits + bindparam("hit_count")),
-                [{"hit_key": key, "hit_count": count} for key, count in pending.items()])
+            if entries:
+                dialect = postgresql if self._engine.dialect.name == "postgresql" else sqlite
+                statement = dialect.insert(_cache)
+                statement = statement.on_conflict_do_update(
+                    index_elements=["key"],
+                    set_={name: statement.excluded[name] for name in
+                          ("provider", "model", "response", "created_at", "expires_at", "hits")})
+                await conn.execute(statement, list(entries.values()))
+            if hits:
+                await conn.execute(
+                    update(_cache).where(_cache.c.key == bindparam("hit_key"))
+                    .values(hits=_cache.c.hits + bindparam("hit_count")),
+                    [{"hit_key": key, "hit_count": count} for key, count in hits.items()])
         except BaseException:
-            self._pending_hits.update(pending)
+            # Not written: keep them for the next write (newer entries for a key win).
+            self._pending_cache = {**entries, **self._pending_cache}
+            self._pending_hits.update(hits)
             raise
 
     # -- monitoring alerts ---------------------------------------------------------------------
@@ -684,12 +828,36 @@ class Store:
         statement = statement.order_by(_alerts.c.triggered_at.desc(), _alerts.c.id.desc())
         return await self._all(statement.limit(limit))
 
+    async def alerts_for_runs(self, run_ids: Sequence[str]) -> dict[str, list[MonitoringAlert]]:
+        """Each run's alerts, oldest first, in one query (for a page of history)."""
+        found: dict[str, list[MonitoringAlert]] = {run_id: [] for run_id in run_ids}
+        if not run_ids:
+            return found
+        rows = await self._all(select(MonitoringAlert)
+                               .where(_alerts.c.run_id.in_(list(run_ids)))
+                               .order_by(_alerts.c.id))
+        for row in rows:
+            found[row.run_id].append(row)
+        return found
+
+    async def mark_alerts_notified(self, alert_ids: Sequence[int]) -> None:
+        """The alerts reached their notification channel."""
+        if not alert_ids:
+            return
+        async with self._write() as conn:
+            await conn.execute(update(_alerts).where(_alerts.c.id.in_(list(alert_ids))).values(
+                notification_sent=True, notification_sent_at=utcnow()))
+
     async def acknowledge_alert(self, alert_id: int, *, by: str | None = None) -> None:
         async with self._write() as conn:
             result = await conn.execute(update(_alerts).where(_alerts.c.id == alert_id).values(
                 acknowledged=True, acknowledged_at=utcnow(), acknowledged_by=by))
             if result.rowcount == 0:
                 raise StoreError(f"there is no alert {alert_id}")
+
+
+def _same(text: str | None) -> str | None:
+    return text
 
 
 def _inferred_stage(result: RecordResult) -> str:

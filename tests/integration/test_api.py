@@ -137,3 +137,19 @@ async def test_an_unknown_model_costs_null_with_one_warning(tmp_path: Path, llm_
     assert summary.cost_usd is None
     assert len([w for w in summary.warnings if "my-finetune-v3" in w]) == 1
     assert summary.to_json()["cost_usd"] is None
+
+
+async def test_progress_reports_the_adaptive_concurrency(tmp_path: Path, llm_server) -> None:
+    # Every call of the first wave is refused once: the limit halves, and every snapshot after
+    # that shows the lowered value until successes grow it back.
+    llm_server.faults.retry_after_s = 0.01
+    llm_server.script(["429:0.01"] * 8)
+    path = write_pipeline(tmp_path / "p", rows=rows(8), base_url=llm_server.base_url,
+                          transform={"concurrency": 8})
+    async with Workspace(tmp_path) as workspace:
+        events = [event async for event in workspace.run(workspace.load(path))]
+    summary = events[-1].summary
+    last = [e for e in events if isinstance(e, Progress)][-1]
+    assert summary.throttled == 8 and summary.concurrency_min == 4
+    assert last.concurrency == summary.concurrency_final
+    assert 4 <= summary.concurrency_final <= 8

@@ -65,7 +65,9 @@ async def test_weighted_from_a_pipeline(tmp_path):
                                 gate_threshold=0.7)
     assert not verdict.passed and verdict.value == pytest.approx(1 / 3)
     assert verdict.threshold == 0.7
-    assert verdict.reason == "weighted 0.33 < 0.70: label_ok 0.00 (w1), confident 0.00 (w1), short 1.00 (w1)"
+    assert verdict.reason == ("weighted 0.33 < 0.70: label_ok 0.00 (w1: 'happy' is not one of "
+                              "positive, negative, neutral), confident 0.00 (w1: output.confidence "
+                              "is missing), short 1.00 (w1)")
 
 
 # ---------------------------------------------------------------- all_pass
@@ -150,6 +152,17 @@ def test_weighted_with_unequal_weights():
     passed = apply_gate(flipped, gate("weighted", 0.8))
     assert passed.passed and passed.value == pytest.approx(0.85)
     assert passed.reason == "weighted 0.85 >= 0.80: judged 0.40 (w1), label_ok 1.00 (w3)"
+
+
+def test_a_rejected_weighted_verdict_says_why_each_failing_evaluator_scored_low():
+    scores = [s("label_ok", 1.0, weight=1, explanation="'positive' is allowed"),
+              s("judged", 0.2, threshold=0.7, weight=3,
+                explanation="The review never mentions a refund.\nThe rest is faithful.")]
+    verdict = apply_gate(scores, gate("weighted", 0.8))
+    assert verdict.reason == ("weighted 0.40 < 0.80: judged 0.20 (w3: The review never mentions "
+                              "a refund. The rest is faithful.), label_ok 1.00 (w1)")
+    long = [s("judged", 0.0, threshold=0.7, explanation="x" * 300)]
+    assert apply_gate(long, gate("weighted", 0.8)).reason.endswith("x…)")
 
 
 def test_weighted_ignores_individual_pass_fail():

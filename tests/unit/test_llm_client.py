@@ -41,7 +41,8 @@ class DictCache:
     async def cache_get(self, key: str) -> dict[str, Any] | None:
         return self.entries.get(key)
 
-    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str) -> None:
+    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str,
+                        ttl_s: float | None = None) -> None:
         self.entries[key] = value
         self.puts.append((key, provider, model))
 
@@ -50,7 +51,8 @@ class BrokenCache:
     async def cache_get(self, key: str) -> dict[str, Any] | None:
         raise OSError("database is locked")
 
-    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str) -> None:
+    async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str,
+                        ttl_s: float | None = None) -> None:
         raise OSError("database is locked")
 
 
@@ -376,3 +378,57 @@ async def test_retry_policy_is_configurable(llm_server):
         _, call = await client.complete(request())
     assert call.attempts == 3
     assert time.sleeps == [pytest.approx(1.0), pytest.approx(1.5)]  # 0.5 x min(3, 2 * 2^k)
+
+
+# ---------------------------------------------------------------- limits and budget
+
+
+async def test_requests_per_minute_spread_the_calls_over_the_minute(llm_server):
+    time = FakeTime()
+    async with make_client(llm_server, time=time, requests_per_minute=60) as client:
+        await asyncio.gather(*(client.complete(request(f'{{"n": {i}}}')) for i in range(10)))
+    assert llm_server.count == 10
+    assert sum(time.sleeps) == pytest.approx(4.0)  # a burst of 6, then one a second
+
+
+async def test_tokens_per_minute_count_the_prompt_and_max_tokens(llm_server):
+    time = FakeTime()
+    # 6,000 tokens a minute: 100 a second, a bucket of 600; each call reserves its ~20-token
+    # prompt plus max_tokens 200, and gets back what it did not use.
+    async with make_client(llm_server, time=time, tokens_per_minute=6000) as client:
+        for i in range(6):
+            await client.complete(request(f'{{"n": {i}}}', max_tokens=200))
+        bucket = client.limits.tokens
+        assert bucket is not None and bucket.level > 600 - 6 * 40  # the unused output came back
+    assert time.sleeps == []  # never had to wait: the real usage was far below the ceiling
+
+
+async def test_a_429_cuts_the_concurrency_the_whole_client_uses(llm_server):
+    llm_server.script(["429:0", "429:0"])
+    async with make_client(llm_server, concurrency=8) as client:
+        await asyncio.gather(*(client.complete(request(f'{{"n": {i}}}')) for i in range(2)))
+        limit = client.limits.concurrency
+        assert limit.lowest == 4 and limit.cuts == 1  # two 429s sent together: one cut
+        assert client.limits.stats.throttled == 2 and client.limits.stats.retries == 2
+
+
+async def test_a_call_the_budget_cannot_afford_is_never_sent(llm_server):
+    from core.errors import BudgetExceeded
+    from core.llm.budget import Budget
+
+    budget = Budget(0.00001, pricing=Pricing())
+    async with make_client(llm_server, budget=budget) as client:
+        _, call = await client.complete(request(max_tokens=10))  # worst case ~$0.000008
+        with pytest.raises(BudgetExceeded):
+            await client.complete(request('{"n": 2}', max_tokens=10))
+    assert llm_server.count == 1
+    assert budget.spent == pytest.approx(call.cost_usd) and budget.reserved == 0
+
+
+async def test_a_cache_hit_keeps_what_the_answer_cost_when_it_was_made(llm_server):
+    async with make_client(llm_server, cache=DictCache()) as client:
+        _, paid = await client.complete(request())
+        _, free = await client.complete(request())
+    assert free.cost_usd == 0 and free.input_tokens == 0
+    assert (free.list_input_tokens, free.list_output_tokens, free.list_cost_usd) == \
+        (paid.input_tokens, paid.output_tokens, paid.cost_usd)

@@ -50,7 +50,7 @@ async def test_openai_compatible_uses_the_pipelines_base_url_and_key(tmp_path, l
         assert isinstance(provider, OpenAIProvider)
         assert (provider.name, provider.base_url, provider.timeout_s) == \
             ("openai_compatible", llm_server.base_url, 7)
-        assert len(provider._pools.clients) == 10  # 40 in flight over pools of 4 connections
+        assert len(provider._pools.pools) == 2  # 40 in flight over pools of 32 connections
         await provider.complete(LLMRequest(model="gpt-4o-mini",
                                            messages=[{"role": "user", "content": "hi"}]))
         headers = {k.lower(): v for k, v in llm_server.headers[-1].items()}

@@ -6,12 +6,13 @@ from __future__ import annotations
 import collections
 import contextlib
 
+import httpx
 import pytest
 
 from core.errors import PipelineError, ProviderError, SecretError
 from core.llm.base import LLMRequest
 from core.llm.openai import DEFAULT_BASE_URL, OpenAIProvider
-from core.llm.transport import ConnectionPools, MAX_POOL_CONNECTIONS
+from core.llm.transport import MAX_HTTPX_POOL_CONNECTIONS, MAX_POOL_CONNECTIONS, ConnectionPools
 from tests.support.llm_server import LLMServer
 
 
@@ -204,21 +205,35 @@ async def test_connection_pools_stay_small_and_requests_go_to_free_ones():
     one = ConnectionPools(concurrency=3, timeout_s=1, headers={})
     many = ConnectionPools(concurrency=100, timeout_s=1, headers={})
     try:
-        assert len(one.clients) == 1
-        assert len(many.clients) == 25
-        pool = many.clients[0]._transport._pool  # what httpcore enforces
-        assert pool._max_connections == MAX_POOL_CONNECTIONS == 4
+        assert len(one.pools) == 1 and one.pool_size == 3
+        assert len(many.pools) == 4  # ceil(100 / 32)
+        assert many.pool_size == MAX_POOL_CONNECTIONS == 32
+        assert all(pool.max_connections == 32 for pool in many.pools)  # what the transport enforces
         with contextlib.ExitStack() as stack:
-            leased = [stack.enter_context(many.lease()) for _ in range(100)]
-            # Every connection of every pool is in use once, never five on one pool.
-            assert collections.Counter(map(id, leased)).most_common(1)[0][1] == 4
-            assert len(set(map(id, leased[:25]))) == 25
+            leased = [stack.enter_context(many.lease()) for _ in range(128)]
+            # Every connection of every pool is in use once, never 33 on one pool.
+            assert collections.Counter(leased).most_common(1)[0][1] == 32
+            assert len(set(leased[:4])) == 4
             extra = stack.enter_context(many.lease())  # past capacity: still served
-            assert extra in many.clients
-        assert len(many._free) == 100
+            assert extra in leased
+        assert len(many._free) == 128
     finally:
         await one.aclose()
         await many.aclose()
+
+
+async def test_a_proxy_in_the_environment_gets_httpx_own_transport(monkeypatch):
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    monkeypatch.setenv("NO_PROXY", "internal.example")
+    proxied = ConnectionPools(concurrency=10, timeout_s=1, headers={}, url="https://api.openai.com/v1")
+    direct = ConnectionPools(concurrency=10, timeout_s=1, headers={}, url="https://internal.example/v1")
+    try:
+        assert proxied.uses_httpx_transport and not direct.uses_httpx_transport
+        assert proxied.pool_size == MAX_HTTPX_POOL_CONNECTIONS == 4 and len(proxied.pools) == 3
+        assert all(isinstance(pool, httpx.AsyncClient) for pool in proxied.pools)
+    finally:
+        await proxied.aclose()
+        await direct.aclose()
 
 
 @pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.com/v1", "http://"])

@@ -394,3 +394,22 @@ async def _write(loaded: LoadedSpec, batches: list[list[dict[str, Any]]]) -> Non
     for batch in batches:
         await sink.write(batch)
     await sink.commit()
+
+
+@pytest.mark.parametrize("mode", ["append", "upsert"])
+async def test_writers_that_opened_before_the_table_existed_share_it(tmp_path: Path, mode: str) -> None:
+    # Parallel shards: every sink opens while the table does not exist yet; the first batch
+    # creates it, and the others' batches must go into it, new columns included.
+    make_reviews(tmp_path / "src.db")
+    loaded = make_spec(tmp_path, extract={"table": "reviews", "id_field": "id"}, load={"mode": mode})
+    sinks = [open_sink(loaded) for _ in range(3)]
+    for i, sink in enumerate(sinks):
+        await sink.open(f"shard-{i}")
+    await sinks[0].write([{"id": "a", "label": "pos"}])
+    await sinks[1].write([{"id": "b", "label": "neg", "extra": 1}])
+    await sinks[2].write([{"id": "c", "label": "neu", "extra": 2}])
+    await sinks[0].write([{"id": "d", "label": "pos", "extra": 3}])
+    for sink in sinks:
+        await sink.commit()
+    assert query(tmp_path / "out.db", "SELECT id, label, extra FROM scores ORDER BY id") == [
+        ("a", "pos", None), ("b", "neg", 1), ("c", "neu", 2), ("d", "pos", 3)]

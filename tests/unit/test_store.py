@@ -33,7 +33,7 @@ from core.store.migrate import MIGRATIONS, head_revision, new_revision
 
 TABLES = {"pipelines", "pipeline_runs", "record_results", "evaluation_results",
           "quarantined_records", "quarantine_actions", "prompt_versions", "context_versions",
-          "llm_cache", "lineage", "monitoring_alerts"}
+          "llm_cache", "lineage", "monitoring_alerts", "judge_agreements"}
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -44,8 +44,26 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "home"
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def backend(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The same tests against the default SQLite file and a real PostgreSQL (LOOM_STORE_URL)."""
+    if request.param == "postgres":
+        database = request.getfixturevalue("pg_database")
+        monkeypatch.setenv("LOOM_STORE_URL", database.url)
+    return request.param
+
+
 @pytest.fixture
-async def store(home: Path):
+async def store(backend: str):
+    store = await Store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def sqlite_store(home: Path):
     store = await Store.open()
     try:
         yield store
@@ -116,7 +134,7 @@ def progress(**counts: int) -> Progress:
 # -- schema --------------------------------------------------------------------------------------
 
 
-async def test_migrations_create_every_table_in_wal_mode(store: Store, home: Path) -> None:
+async def test_migrations_create_every_table_in_wal_mode(sqlite_store: Store, home: Path) -> None:
     with sqlite3.connect(home / "loom.db") as db:
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         version = db.execute("SELECT version_num FROM alembic_version").fetchall()
@@ -124,7 +142,7 @@ async def test_migrations_create_every_table_in_wal_mode(store: Store, home: Pat
     assert tables == TABLES | {"alembic_version"}
     assert version == [(head_revision(),)]
     assert journal == "wal"
-    assert store.url == f"sqlite:///{home / 'loom.db'}"
+    assert sqlite_store.url == f"sqlite:///{home / 'loom.db'}"
 
 
 async def test_reopening_is_idempotent_and_keeps_data(home: Path) -> None:
@@ -529,7 +547,7 @@ async def test_versions_are_content_addressed_and_idempotent(store: Store) -> No
         await store.save_version("template", "t" * 64, "x", path="x", pipeline="p")
 
 
-async def test_cache_get_put_hits_and_expiry(home: Path) -> None:
+async def test_cache_get_put_hits_and_expiry(backend: str) -> None:
     async with await Store.open() as store:
         assert await store.cache_get("k1") is None
         await store.cache_put("k1", {"text": "positive"}, provider="openai", model="gpt-4o-mini",
@@ -628,12 +646,18 @@ async def test_demote_loaded_to_skipped(store: Store) -> None:
     assert await store.count_quarantine(status=None) == 0
 
 
-async def test_a_failing_cache_read_fails_every_waiter(store: Store, home: Path) -> None:
-    with sqlite3.connect(home / "loom.db") as db:
-        db.execute("DROP TABLE llm_cache")
+async def test_a_failing_cache_read_fails_every_waiter(store: Store, backend: str, home: Path,
+                                                       request: pytest.FixtureRequest) -> None:
+    if backend == "postgres":
+        request.getfixturevalue("pg_database").sql("DROP TABLE llm_cache")
+        missing = 'relation "llm_cache" does not exist'
+    else:
+        with sqlite3.connect(home / "loom.db") as db:
+            db.execute("DROP TABLE llm_cache")
+        missing = "no such table"
     outcomes = await asyncio.gather(store.cache_get("a"), store.cache_get("b"),
                                     return_exceptions=True)
-    assert all(isinstance(o, StoreError) and "no such table" in str(o) for o in outcomes)
+    assert all(isinstance(o, StoreError) and missing in str(o) for o in outcomes), outcomes
     assert "\n" not in str(outcomes[0])
 
 
@@ -663,3 +687,154 @@ async def test_list_quarantine_pages_back_and_to_the_last_page(store: Store) -> 
     assert [r.id for r in await store.list_quarantine(before_id=ids[1], limit=3)] == ids[:1]
     assert [r.id for r in await store.list_quarantine(last=True, limit=4)] == ids[5:]
     assert [r.id for r in await store.list_quarantine(after_id=ids[2], limit=2)] == ids[3:5]
+
+
+async def test_new_cache_entries_are_seen_at_once_and_written_together(home: Path) -> None:
+    async with await Store.open() as store:
+        for n in range(5):
+            await store.cache_put(f"k{n}", {"text": str(n)}, provider="p", model="m", ttl_s=60)
+        assert await store.cache_get("k3") == {"text": "3"}  # not written yet, found anyway
+        with sqlite3.connect(home / "loom.db") as db:  # another reader sees nothing yet
+            assert db.execute("SELECT COUNT(*) FROM llm_cache").fetchone() == (0,)
+    with sqlite3.connect(home / "loom.db") as db:  # closing the store wrote them
+        rows = db.execute("SELECT key, hits FROM llm_cache ORDER BY key").fetchall()
+    assert rows == [("k0", 0), ("k1", 0), ("k2", 0), ("k3", 1), ("k4", 0)]
+
+
+async def test_cache_entries_go_out_with_the_next_batch_of_results(store: Store) -> None:
+    await store.start_run(run_start())
+    await store.cache_put("k", {"text": "x"}, provider="p", model="m")
+    async with await Store.open() as other:  # another process's view of the same store
+        assert await other.cache_entry("k") is None
+        await store.write_results("run-0001", "sentiment", [result(0, Outcome.LOADED)])
+        assert (await other.cache_entry("k")).response == {"text": "x"}
+
+
+async def test_batched_cache_reads_serve_stores_without_the_inline_reader(store: Store) -> None:
+    # PostgreSQL stores read through the async engine, several lookups in one query.
+    store._cache_file = None
+    await store.cache_put("a", {"text": "A"}, provider="p", model="m")
+    await store.cache_flush()
+    found = await asyncio.gather(store.cache_get("a"), store.cache_get("a"), store.cache_get("zz"))
+    assert found == [{"text": "A"}, {"text": "A"}, None] and found[0] is not found[1]
+
+
+async def test_revision_0004_adds_the_limit_columns_to_existing_runs(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from core.store.migrate import alembic_config
+
+    path = tmp_path / "old.db"
+    engine = create_engine(f"sqlite:///{path}")
+    with engine.begin() as conn:
+        command.upgrade(alembic_config(conn), "0003")
+    engine.dispose()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO pipelines (name, version, definition, created_at, updated_at) "
+                   "VALUES ('p', '1', '{}', '2025-01-01', '2025-01-01')")
+        db.execute("INSERT INTO pipeline_runs (run_id, pipeline_name, pipeline_version, started_at,"
+                   " updated_at, status, config, context_hashes, params, options, extracted,"
+                   " transformed, evaluated, loaded, quarantined, skipped, cost_by_stage,"
+                   " cost_by_model, input_tokens, output_tokens, llm_calls, cache_hits, warnings,"
+                   " extra) VALUES ('old-run', 'p', '1', '2025-01-01', '2025-01-01', 'success',"
+                   " '{}', '{}', '{}', '{}', 1, 1, 1, 1, 0, 0, '{}', '{}', 0, 0, 0, 0, '[]', '{}')")
+    async with await Store.open(f"sqlite:///{path}") as store:
+        run = await store.get_run("old-run")
+    assert (run.throttled, run.retries, run.concurrency, run.budget_usd) == (0, 0, None, None)
+
+
+def test_schema_head_names_the_newest_migration() -> None:
+    # Opening a store skips Alembic when the store is at SCHEMA_HEAD: the two must agree.
+    from core.store.migrate import SCHEMA_HEAD
+
+    assert SCHEMA_HEAD == head_revision()
+
+
+# -- PostgreSQL specifics ------------------------------------------------------------------------
+
+
+async def test_postgres_store_has_every_table_at_head_with_jsonb(pg_database) -> None:
+    async with await Store.open(pg_database.url) as store:
+        assert store.url == pg_database.url.replace("loom-test-password", "***")
+    tables = {row[0] for row in pg_database.rows(
+        "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")}
+    assert tables == TABLES | {"alembic_version"}
+    assert pg_database.rows("SELECT version_num FROM alembic_version") == [[head_revision()]]
+    types = dict(pg_database.rows(
+        "SELECT column_name, data_type FROM information_schema.columns "
+        "WHERE table_name = 'record_results'"))
+    assert types["input"] == types["output"] == types["scores"] == "jsonb"
+    assert types["created_at"] == "timestamp with time zone"
+
+
+async def test_models_match_the_migrations_on_postgres(pg_database) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from core.store.models import metadata
+
+    await (await Store.open(pg_database.url)).close()
+    engine = StoreTarget.parse(pg_database.url).create_engine(single_use=True)
+    try:
+        async with engine.connect() as conn:
+            diff = await conn.run_sync(lambda sync: compare_metadata(
+                MigrationContext.configure(sync, opts={"compare_type": True}), metadata))
+    finally:
+        await engine.dispose()
+    assert diff == []
+
+
+def test_two_processes_open_the_same_new_postgres_store_at_once(tmp_path: Path,
+                                                               postgres_cluster) -> None:
+    databases = [postgres_cluster.create_database("fresh") for _ in range(3)]
+    go = tmp_path / "go"
+    readies = [tmp_path / f"ready{n}" for n in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _OPENER, str(ready), str(go),
+                               *(d.url for d in databases)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for ready in readies]
+    try:
+        deadline = time.monotonic() + 60
+        while not all(r.exists() for r in readies) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()  # the advisory lock makes one wait while the other migrates
+        outcomes = [proc.communicate(timeout=90) for proc in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
+    for proc, (_, err) in zip(procs, outcomes):
+        assert proc.returncode == 0, err
+    for database in databases:
+        assert database.rows("SELECT version_num FROM alembic_version") == [[head_revision()]]
+        assert database.rows("SELECT count(*) FROM llm_cache") == [["2"]]
+        database.drop()
+
+
+async def test_postgres_store_errors_are_one_line_without_the_password(pg_database) -> None:
+    from tests.support.postgres import free_port
+
+    wrong = pg_database.url.replace("loom-test-password", "wrong-secret-pw")
+    with pytest.raises(StoreError) as auth:
+        await Store.open(wrong)
+    text = str(auth.value)
+    assert 'password authentication failed for user "loom"' in text
+    assert "wrong-secret-pw" not in text and "\n" not in text and "***" in text
+
+    closed = f"postgresql://loom:loom-test-password@127.0.0.1:{free_port()}/x"
+    with pytest.raises(StoreError) as refused:
+        await Store.open(closed)
+    assert "loom-test-password" not in str(refused.value)
+    assert str(refused.value).startswith("cannot open the history store postgresql://loom:***@")
+
+
+async def test_nul_characters_reach_a_postgres_store(pg_database) -> None:
+    async with await Store.open(pg_database.url) as store:
+        await store.start_run(run_start())
+        bad = result(0, Outcome.QUARANTINED, stage=Stage.TRANSFORM, reason="bad \x00 answer")
+        bad.record.data["text"] = "a\x00b \\u0000 literal"
+        bad.transform.raw_text = "raw \x00"
+        await store.write_results("run-0001", "sentiment", [bad])
+        (row,) = await store.list_quarantine()
+    assert row.input["text"] == "a\ufffdb \\u0000 literal"  # the literal text is untouched
+    assert (row.reason, row.raw_output) == ("bad \ufffd answer", "raw \ufffd")

@@ -1,0 +1,328 @@
+"""Rows out of CSV, JSON Lines and JSON byte streams: the parsers every row source shares.
+
+Local files (core.connectors.files) and object stores (core.connectors.s3) hand these a binary
+stream; each parser reads it incrementally, so memory stays flat whatever the size, and yields
+(row, origin, error). A row that cannot be read is yielded with its reason, to be quarantined at
+stage `extract`; it never ends the run and is never dropped. The parsers are synchronous: a
+source drains them a chunk of rows at a time in a worker thread (`drain_in_thread`), one thread
+hop per chunk rather than per row, so the event loop stays free.
+
+Streams need only `read` (and `readinto` when wrapped for text): nothing here seeks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import csv
+import io
+import itertools
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import IO, Any
+
+import ijson
+
+from core.errors import ConnectorError
+
+RAW_LIMIT = 10_240  # how much of an unreadable row the quarantine keeps
+FORMATS = ("csv", "jsonl", "json")
+# Python's default CSV field limit (128 kB) would quarantine every row holding a long document.
+_CSV_FIELD_LIMIT = 64 << 20
+_SURROGATES = re.compile("[\udc80-\udcff]")
+_JSON_SPACE = b" \t\r\n"
+_UTF8_BOM = codecs.BOM_UTF8
+_PROBE = 65536
+
+Row = tuple[dict[str, Any] | None, str, str | None]
+Parser = Callable[..., Iterator[Row]]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= RAW_LIMIT else text[:RAW_LIMIT]
+
+
+def has_surrogates(text: str) -> bool:
+    """True when `text` holds bytes that did not decode (surrogateescape leaves them as surrogates)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def make_safe(text: str) -> str:
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
+
+
+def json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
+
+
+def is_utf8(encoding: str) -> bool:
+    try:
+        return codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    except LookupError:
+        return False
+
+
+def check_encoding(encoding: str) -> str:
+    try:
+        codecs.lookup(encoding)
+    except LookupError:
+        raise ConnectorError(f"extract.encoding: unknown encoding {encoding!r}") from None
+    return encoding
+
+
+def _take(rows: Iterator[Row], count: int) -> list[Row]:
+    return list(itertools.islice(rows, count))
+
+
+async def drain_in_thread(rows: Iterator[Row], chunk: int) -> AsyncIterator[Row]:
+    """Yield a synchronous parser's rows, reading `chunk` of them per worker-thread hop."""
+    try:
+        while True:
+            taken = await asyncio.to_thread(_take, rows, chunk)
+            for item in taken:
+                yield item
+            if len(taken) < chunk:
+                return
+    finally:
+        try:
+            rows.close()
+        except ValueError:
+            pass  # still running in a cancelled thread: it closes its stream when collected
+
+
+def _text(stream: IO[bytes], encoding: str, newline: str) -> io.TextIOWrapper:
+    # A BOM is not part of the first column's name: utf-8-sig drops it when present.
+    return io.TextIOWrapper(stream,  # type: ignore[arg-type]
+                            encoding="utf-8-sig" if is_utf8(encoding) else encoding,
+                            errors="surrogateescape", newline=newline)
+
+
+# ---------------------------------------------------------------- CSV
+
+
+def csv_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Iterator[Row]:
+    """A CSV with a header row; values stay the strings they are. `name` starts each row's
+    origin ("reviews.csv:17"), `where` names the source in errors."""
+    if csv.field_size_limit() < _CSV_FIELD_LIMIT:
+        csv.field_size_limit(_CSV_FIELD_LIMIT)
+    encoding_label = "UTF-8" if is_utf8(encoding) else encoding
+    handle = _text(stream, encoding, newline="")
+    pending: list[str] = []  # the physical lines of the row being parsed, for `_raw`
+
+    def tap() -> Iterator[str]:
+        for line in handle:
+            pending.append(line)
+            yield line
+
+    # strict: a stray quote is a malformed row to quarantine, not a value to guess at.
+    reader = csv.reader(tap(), strict=True)
+    header: list[str] | None = None
+    width = 0
+    line_end = 0
+    while True:
+        start = line_end + 1
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            line_end = reader.line_num
+            raw = "".join(pending)
+            pending.clear()
+            if header is None:
+                raise ConnectorError(f"csv source {where}: the header row is malformed: "
+                                     f"{first_line(exc)}") from None
+            yield ({"_raw": clip(make_safe(raw))}, f"{name}:{start}",
+                   f"malformed CSV row at line {start}: {first_line(exc)}")
+            continue
+        line_end = reader.line_num
+        if header is None:
+            pending.clear()
+            if not values:
+                continue  # blank lines before the header
+            header = _csv_header(values, where)
+            width = len(header)
+            continue
+        if not values:
+            pending.clear()
+            continue  # a blank line
+        origin = f"{name}:{start}"
+        # A NUL byte means a binary or mis-encoded file (and no database text holds one).
+        if any("\x00" in line for line in pending):
+            raw = "".join(pending)
+            pending.clear()
+            yield ({"_raw": clip(make_safe(raw.replace("\x00", "\\x00")))}, origin,
+                   f"malformed CSV row at line {start}: NUL byte")
+            continue
+        ascii_only = all(line.isascii() for line in pending)
+        if len(values) != width:
+            raw = "".join(pending)
+            pending.clear()
+            yield ({"_raw": clip(make_safe(raw))}, origin,
+                   f"line {start}: the row has {len(values)} fields, the header has {width}")
+            continue
+        pending.clear()
+        row = dict(zip(header, values))
+        if not ascii_only:
+            bad = [column for column, value in row.items() if has_surrogates(value)]
+            if bad:
+                for column in bad:
+                    row[column] = make_safe(row[column])
+                named = ", ".join(repr(c) for c in bad)
+                yield (row, origin, f"invalid {encoding_label} in column"
+                                    f"{'s' if len(bad) > 1 else ''} {named}")
+                continue
+        yield row, origin, None
+
+
+def _csv_header(values: list[str], where: str) -> list[str]:
+    header = [make_safe(name) for name in values]
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise ConnectorError(f"csv source {where}: column {name!r} appears twice in "
+                                 f"the header; rename one")
+        seen.add(name)
+    return header
+
+
+# ---------------------------------------------------------------- JSON Lines
+
+
+def jsonl_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Iterator[Row]:
+    """One JSON object per line; blank lines are skipped."""
+    loads = json.loads
+    # Only "\n" ends a line: a lone "\r" inside a value must not split a record.
+    handle = _text(stream, encoding, newline="\n")
+    utf8 = is_utf8(encoding)
+    lineno = 0
+    for line in handle:
+        lineno += 1
+        text = line.strip(" \t\r\n")
+        if not text:
+            continue
+        origin = f"{name}:{lineno}"
+        if has_surrogates(text):
+            yield ({"_raw": clip(make_safe(text))}, origin,
+                   f"line {lineno}: invalid UTF-8" if utf8 else f"line {lineno}: invalid {encoding}")
+            continue
+        try:
+            value = loads(text)
+        except ValueError as exc:
+            column = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
+            message = exc.msg if isinstance(exc, json.JSONDecodeError) else first_line(exc)
+            yield ({"_raw": clip(text)}, origin, f"line {lineno}: invalid JSON: {message}{column}")
+            continue
+        if not isinstance(value, dict):
+            yield ({"_raw": clip(text)}, origin,
+                   f"line {lineno}: not a JSON object (got {json_kind(value)})")
+            continue
+        yield value, origin, None
+
+
+# ---------------------------------------------------------------- JSON
+
+
+class _Prefixed(io.RawIOBase):
+    """`head`, then the rest of `stream`: what was read while looking ahead, put back."""
+
+    def __init__(self, head: bytes, stream: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        data = self._stream.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
+
+
+class _Utf8Reader:
+    """Bytes for ijson from a text stream in another encoding (ijson parses UTF-8)."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self._handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        return self._handle.read(size).encode("utf-8", "surrogateescape")
+
+
+def _from_first_significant(stream: IO[bytes]) -> tuple[bytes, IO[bytes]]:
+    """(the first byte that is not a BOM or whitespace, the stream from that byte on).
+
+    The byte is b"" for a stream with nothing in it.
+    """
+    chunk = stream.read(_PROBE)
+    if chunk.startswith(_UTF8_BOM):
+        chunk = chunk[len(_UTF8_BOM):]
+    while chunk:
+        stripped = chunk.lstrip(_JSON_SPACE)
+        if stripped:
+            return stripped[:1], io.BufferedReader(_Prefixed(stripped, stream), _PROBE)
+        chunk = stream.read(_PROBE)
+    return b"", stream
+
+
+def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Iterator[Row]:
+    """A top-level JSON array of objects, parsed incrementally with ijson."""
+    first, content = _from_first_significant(stream)
+    if first != b"[":
+        found = "an empty file" if not first else \
+            ("an object" if first == b"{" else f"{first.decode('latin-1')!r}")
+        raise ConnectorError(f"json source {where}: expected a top-level JSON array "
+                             f"of objects, found {found}")
+    if is_utf8(encoding):
+        readable: Any = content
+    else:
+        readable = _Utf8Reader(io.TextIOWrapper(content, encoding=encoding))  # type: ignore[arg-type]
+    index = 0
+    try:
+        for value in ijson.items(readable, "item", use_float=True):
+            origin = f"{name}[{index}]"
+            if isinstance(value, dict):
+                yield value, origin, None
+            else:
+                raw = json.dumps(value, ensure_ascii=False, default=str)
+                yield ({"_raw": clip(raw)}, origin,
+                       f"element {index} is not a JSON object (got {json_kind(value)})")
+            index += 1
+    except (ijson.JSONError, UnicodeDecodeError) as exc:
+        # The parser cannot resume after an error: what follows is one unreadable record.
+        yield (None, f"{name}[{index}]",
+               f"invalid JSON at element {index}: {first_line(exc)}; "
+               f"the rest of the file cannot be read")
+
+
+PARSERS: dict[str, Parser] = {"csv": csv_rows, "jsonl": jsonl_rows, "json": json_rows}

@@ -1,0 +1,89 @@
+"""Write the review_summaries sample's cassette from its hand-written answers.
+
+    .venv/bin/python tools/write_review_summaries_cassette.py
+
+The sample runs offline with `provider: replay`, whose answers are keyed by the exact request,
+the judge's included. When the sample's prompt, data, judge criteria or model settings change
+(or the packaged judge prompts do), the keys change: run this to rewrite `cassettes/demo.jsonl`
+from `cassettes/demo_answers.yaml`. Every record goes through Loom's own record processor
+(render, transform, validate, repair, judge, repair, gate), so the cassette holds exactly the
+requests a run makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.connectors.registry import open_source  # noqa: E402
+from core.evaluate.judge_models import JudgeModels  # noqa: E402
+from core.evaluate.registry import build_evaluators  # noqa: E402
+from core.llm.base import LLMRequest, LLMResponse, Provider  # noqa: E402
+from core.llm.client import LLMClient  # noqa: E402
+from core.llm.pricing import Pricing  # noqa: E402
+from core.llm.replay import CassetteRecorder  # noqa: E402
+from core.processing import RecordProcessor  # noqa: E402
+from core.prompts import load_prompts  # noqa: E402
+from core.spec import load_spec  # noqa: E402
+from core.transform import Transformer, load_output_schema  # noqa: E402
+
+SAMPLE = ROOT / "sample_pipelines" / "review_summaries"
+NOTE = ("Written by hand for Loom's review_summaries sample "
+        "(tools/write_review_summaries_cassette.py from demo_answers.yaml): these responses, the "
+        "transform's and the judge's, were not produced by a model. Token counts are estimates "
+        "(4 characters per token).")
+
+
+class DemoAnswers(Provider):
+    """The record's hand-written replies, in the order Loom asks for them."""
+
+    name = "demo"
+
+    def __init__(self) -> None:
+        self.replies: list[str] = []
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        text = self.replies.pop(0)
+        prompt = sum(len(m["content"]) for m in request.messages)
+        return LLMResponse(text=text, input_tokens=prompt // 4 + 1, output_tokens=len(text) // 4 + 1,
+                           model=request.model, finish_reason="stop")
+
+
+async def main() -> None:
+    # Loaded as if it called a server: a replay pipeline cannot load before its cassette exists.
+    # The provider is not part of a request's key, so the entries replay under `replay`.
+    loaded = load_spec(SAMPLE, ["transform.provider=openai_compatible",
+                                "transform.base_url=http://127.0.0.1:9/v1"])
+    answers = yaml.safe_load((SAMPLE / "cassettes" / "demo_answers.yaml").read_text(encoding="utf-8"))
+    target = SAMPLE / "cassettes" / "demo.jsonl"
+    target.unlink(missing_ok=True)
+    provider = DemoAnswers()
+    prompts = load_prompts(loaded)
+    schema = load_output_schema(loaded)
+    with CassetteRecorder(target, note=NOTE) as recorder:
+        client = LLMClient(provider, pricing=Pricing(), use_cache=False, recorder=recorder,
+                           concurrency=1)
+        judges = JudgeModels(run_client=client, resolved=loaded, prompts=prompts, schema=schema)
+        evaluators = build_evaluators(loaded, llm=judges)
+        processor = RecordProcessor(prompts, Transformer(loaded.spec.transform, client, schema),
+                                    evaluators, loaded.spec.evaluate)
+        source = open_source(loaded)
+        async for batch in source.batches():
+            for record in batch:
+                provider.replies = list(answers[record.id])
+                result = await processor.process(record)
+                if provider.replies:
+                    raise SystemExit(f"{record.id}: {len(provider.replies)} replies were never asked for")
+                print(f"{record.id}: {result.outcome} {result.reason or ''}"[:160])
+        await source.aclose()
+    print(f"wrote {target.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
