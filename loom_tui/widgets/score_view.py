@@ -67,7 +67,9 @@ def details_text(details: Any, colors: Mapping[str, str], indent: str = "") -> T
             if n:
                 out.append("\n")
             out.append(f"{indent}{key}: ", "dim")
-            if isinstance(value, (Mapping, list, tuple)) and value and not _flat(value):
+            if value in (None, "", [], {}, ()):
+                out.append("none", "dim")
+            elif isinstance(value, (Mapping, list, tuple)) and not _flat(value):
                 out.append("\n")
                 out.append_text(details_text(value, colors, indent + "  "))
             else:

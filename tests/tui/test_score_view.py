@@ -52,6 +52,7 @@ def test_deterministic_scores_and_odd_details() -> None:
     assert "could not score: field output.x is missing" in text
     assert plain(details_text(["a", "b"], COLORS)).split() == ["•", "a", "•", "b"]
     assert "n: 1, 2" in plain(details_text({"n": [1, 2]}, COLORS))
+    assert "criteria_not_met: none" in plain(details_text({"criteria_not_met": []}, COLORS))
 
 
 def test_formatting_never_makes_up_a_price() -> None:
