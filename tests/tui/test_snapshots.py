@@ -1,0 +1,266 @@
+"""Snapshots of every screen at 120×36 with deterministic data (fixed run ids and times, cached
+model answers): a layout or style regression shows up as an SVG diff.
+
+Update after a deliberate change with `pytest tests/tui/test_snapshots.py --snapshot-update`,
+then look at the SVGs (the report pytest-textual-snapshot writes on failure shows both)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from core.api import Workspace
+from core.events import Progress, RunStarted, RunSummary
+from core.store import Store
+from loom_tui.app import LoomApp
+from loom_tui.messages import RunBegan, RunEnded, RunProgressed
+from loom_tui.screens.run import RunScreen
+from loom_tui.widgets.paged_table import PagedTable
+from loom_tui.widgets.prompt_editor import PromptEditor
+from loom_tui.widgets.sample_output import SampleOutput
+from tests.tui.conftest import SIZE, copy_sample, settle, wait_for, write_invalid
+from tests.tui.data import T0, seed_history
+
+EDITED = "\n(Be strict: a review that only states facts is neutral.)\n"
+
+
+@pytest.fixture
+def workspace_folder(tmp_path: Path) -> Path:
+    """A folder named the same in every run (the top bar shows its name)."""
+    folder = tmp_path / "workspace"
+    folder.mkdir()
+    return folder
+
+
+def seeded() -> list[str]:
+    async def go() -> list[str]:
+        async with await Store.open() as store:
+            return await seed_history(store)
+    return asyncio.run(go())
+
+
+def warm_cache(pipeline: Path, prompts: list[str | None], count: int = 5) -> None:
+    """Answer the sample once before the snapshot, so the screen shows cached results (no
+    wall-clock latency on screen)."""
+    async def go() -> None:
+        async with Workspace(pipeline.parent.parent) as workspace:
+            loaded = workspace.load(pipeline)
+            records = await workspace.preview(loaded, limit=count)
+            for prompt in prompts:
+                await workspace.run_sample(loaded, records, prompt_text=prompt)
+    asyncio.run(go())
+
+
+async def until_listed(pilot) -> None:
+    table = pilot.app.screen.query_one(PagedTable)
+    await wait_for(pilot, lambda: table.rows and table.total is not None, what="rows")
+    await settle(pilot)
+
+
+def test_pipelines(snap_compare, workspace_folder: Path) -> None:
+    copy_sample(workspace_folder)
+    write_invalid(workspace_folder)
+    seeded()
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=until_listed)
+
+
+def test_pipelines_light(snap_compare, workspace_folder: Path) -> None:
+    copy_sample(workspace_folder)
+    write_invalid(workspace_folder)
+    seeded()
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=until_listed,
+                        press=["ctrl+t"])
+
+
+async def open_workbench(pilot) -> None:
+    await until_listed(pilot)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: pilot.app.screen.query(SampleOutput)
+                   and pilot.app.screen.query_one(SampleOutput).results, what="the sample")
+    await settle(pilot)
+
+
+def test_workbench(snap_compare, workspace_folder: Path) -> None:
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=SIZE,
+                        run_before=open_workbench)
+
+
+def test_workbench_template_error(snap_compare, workspace_folder: Path) -> None:
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+
+    async def broken(pilot) -> None:
+        await open_workbench(pilot)
+        editor = pilot.app.screen.query_one(PromptEditor)
+        editor.load_text(editor.text.replace("{{ input.text }}", "{{ input.text }"))
+        await wait_for(pilot, lambda: "error" in str(
+            pilot.app.screen.query_one("#prompt-pane").border_subtitle), what="the error")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=SIZE,
+                        run_before=broken)
+
+
+def test_workbench_after_save_shows_changed_verdicts(snap_compare, workspace_folder: Path) -> None:
+    pipeline = copy_sample(workspace_folder)
+    prompt = (pipeline.parent / "prompts" / "classify.j2").read_text()
+    # The edited prompt is not in the demo cassette: replay has no answer, so every sample
+    # record fails under it — a pass→fail A/B, all from cached or local answers.
+    warm_cache(pipeline, [None, prompt + EDITED])
+
+    async def saved(pilot) -> None:
+        await open_workbench(pilot)
+        screen = pilot.app.screen
+        screen.query_one(PromptEditor).load_text(prompt + EDITED)
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: screen.query_one(SampleOutput).comparison is not None,
+                       what="the A/B")
+        await settle(pilot)
+        pilot.app.clear_notifications()
+        await pilot.pause()
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=SIZE,
+                        run_before=saved)
+
+
+def _run_messages(path: Path) -> tuple[RunStarted, Progress, RunSummary]:
+    run_id = "20260302-170000-00beef"
+    started = RunStarted(run_id=run_id, pipeline="customer_sentiment", pipeline_path=str(path),
+                         started_at=T0, model="gpt-4o-mini", provider="openai",
+                         prompt_hash="7df814db4b" + "0" * 54, source="csv://data/reviews.csv",
+                         destination="csv://out/sentiment.csv", budget_usd=0.05)
+    progress = Progress(run_id=run_id, extracted=2400, transformed=1730, evaluated=1712,
+                        loaded=1540, quarantined=158, skipped=0, in_flight=16, elapsed_s=41.5,
+                        records_per_s=40.9, cost_usd=0.0389, budget_usd=0.05,
+                        input_tokens=391_000, output_tokens=51_000, llm_calls=1731,
+                        cache_hits=12, latency_p50_s=0.41, latency_p95_s=1.22, concurrency=16,
+                        recent_errors=(
+                            "R1187: all_pass failed: matches_truth 0.00 < 1.00 (expected "
+                            "'neutral', found 'positive')",
+                            "R1203: output invalid after one repair: not JSON (Expecting "
+                            "value): 'Sentiment: negative.'",
+                            "R1311: all_pass failed: confident 0.00 < 1.00 (0.45 is below "
+                            "min 0.6)"), total_hint=4000)
+    summary = RunSummary(run_id=run_id, pipeline="customer_sentiment", status="partial",
+                         status_reason="rejection rate 9.3% is above max_rejection_rate 5.0%",
+                         extracted=4000, loaded=3620, quarantined=371, skipped=9,
+                         cost_usd=0.0497, cost_by_stage={"transform": 0.0497},
+                         cost_by_model={"gpt-4o-mini": 0.0497}, input_tokens=652_000,
+                         output_tokens=85_000, llm_calls=3998, cache_hits=14, duration_s=97.3,
+                         latency_p50_s=0.40, latency_p95_s=1.19, latency_p99_s=2.4)
+    return started, progress, summary
+
+
+def _run_screen(workspace_folder: Path, *, finished: bool):
+    pipeline = copy_sample(workspace_folder)
+    started, progress, summary = _run_messages(pipeline)
+
+    async def live(pilot) -> None:
+        await until_listed(pilot)
+        screen = RunScreen(pipeline, start=False)
+        await pilot.app.push_screen(screen)
+        screen.post_message(RunBegan(started))
+        screen.post_message(RunProgressed(progress))
+        if finished:
+            # As the engine does: a last snapshot, then the summary.
+            screen.post_message(RunProgressed(dataclasses.replace(
+                progress, extracted=4000, transformed=3991, evaluated=3950, loaded=3620,
+                quarantined=371, skipped=9, in_flight=0, cost_usd=0.0497)))
+            screen.post_message(RunEnded(summary))
+        await settle(pilot)
+
+    return live
+
+
+def test_run_in_progress(snap_compare, workspace_folder: Path) -> None:
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE,
+                        run_before=_run_screen(workspace_folder, finished=False))
+
+
+def test_run_summary(snap_compare, workspace_folder: Path) -> None:
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE,
+                        run_before=_run_screen(workspace_folder, finished=True))
+
+
+async def open_section(pilot, key: str) -> None:
+    await pilot.press(key)
+    await pilot.pause()
+    await until_listed(pilot)
+
+
+def test_quarantine(snap_compare, workspace_folder: Path) -> None:
+    seeded()
+
+    async def shown(pilot) -> None:
+        await open_section(pilot, "f3")
+        detail = pilot.app.screen.query_one("#q-detail")
+        await wait_for(pilot, lambda: detail.actions == [], what="the detail")
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+
+
+def test_quarantine_marked_for_a_bulk_action(snap_compare, workspace_folder: Path) -> None:
+    seeded()
+
+    async def marked(pilot) -> None:
+        await open_section(pilot, "f3")
+        await pilot.press("space", "space", "down", "space")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=marked)
+
+
+def test_quarantine_edit_output(snap_compare, workspace_folder: Path) -> None:
+    seeded()
+
+    async def editing(pilot) -> None:
+        await open_section(pilot, "f3")
+        await pilot.press("e")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=editing)
+
+
+def test_history(snap_compare, workspace_folder: Path) -> None:
+    seeded()
+
+    async def shown(pilot) -> None:
+        await open_section(pilot, "f4")
+        screen = pilot.app.screen
+        await wait_for(pilot, lambda: screen.charted == "customer_sentiment", what="charts")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+
+
+def test_compare_two_runs(snap_compare, workspace_folder: Path) -> None:
+    ids = seeded()
+
+    async def compared(pilot) -> None:
+        await open_section(pilot, "f4")
+        table = pilot.app.screen.query_one(PagedTable)
+        await pilot.press("space")
+        table.cursor = len(ids) - 1
+        await pilot.press("space", "c")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "CompareScreen",
+                       what="the comparison")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=compared)
+
+
+def test_help(snap_compare, workspace_folder: Path) -> None:
+    seeded()
+
+    async def helped(pilot) -> None:
+        await open_section(pilot, "f3")
+        await pilot.press("f1")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=helped)
