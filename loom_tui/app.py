@@ -96,6 +96,16 @@ class LoomApp(App[int]):
 
         self.push_screen(RunScreen(path))
 
+    def estimate(self, path: Path, loaded: Any = None) -> None:
+        """What a whole run of the pipeline would cost and take; run it from there if wanted."""
+        from loom_tui.screens.estimate import EstimateScreen
+
+        def then(run: bool | None) -> None:
+            if run:
+                self.start_run(path)
+
+        self.push_screen(EstimateScreen(path, loaded), then)
+
     async def show_quarantine(self, *, run_id: str | None = None,
                               pipeline: str | None = None) -> None:
         """The quarantine section, filtered to one run or pipeline."""

@@ -57,8 +57,10 @@ class RunCharts(Horizontal):
         plt.clear_figure()
         known = [(x, p.cost_usd) for x, p in zip(xs, points) if p.cost_usd is not None]
         if known:
-            plt.bar([x for x, _ in known], [c for _, c in known], width=0.6)
-        plt.title(f"cost per run, USD · {pipeline} · last {len(points)}")
+            # Narrow slots (many runs, a narrow pane) need thin bars, or they merge into a block.
+            slot = max(1, cost.size.width - 10) / len(points)
+            plt.bar([x for x, _ in known], [c for _, c in known], width=0.6 if slot >= 5 else 0.3)
+        plt.title(f"cost per run, USD · last {len(points)}")
         plt.xticks(*labels)
         plt.yfrequency(4)
         cost.refresh()
