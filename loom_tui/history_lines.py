@@ -79,8 +79,11 @@ def gather(page: Sequence[PipelineRun], groups: Mapping[tuple[str, str], ShardGr
         counted = {member.run_id for member in group.counted}
         raised = tuple(a for member in runs for a in alerts.get(member.run_id, ()))
         lines.append(Line(line_key(group), group, here, here, raised))
+        # A run of the group stands just above where its group line does: paging up from it
+        # (the group line scrolled out of the window) brings the group line back.
+        above = (here[0], "")
         for n, member in enumerate(runs):
-            lines.append(Line(member.run_id, member, here, here,
+            lines.append(Line(member.run_id, member, above, here,
                               tuple(alerts.get(member.run_id, ())),
                               shard="└" if n == len(runs) - 1 else "├",
                               retried=member.run_id not in counted))

@@ -289,3 +289,51 @@ async def test_history_pages_through_a_shard_group_bigger_than_a_page(tmp_path: 
         assert seen[0] == ("group", "many", "big") and sorted(seen[1:226]) == sorted(shards)
         others = [key for key in seen[226:]]
         assert others == sorted(others, reverse=True)
+
+
+async def test_a_group_cut_by_the_window_gets_its_line_back_when_paging_up(tmp_path: Path) -> None:
+    """600 runs; a group of 40 shards among the first 120. Paging down, the window (400 lines)
+    drops the group's line but keeps some of its runs; paging back up brings the line back,
+    above all its runs, once."""
+    from core.sharding import Shard
+
+    members = [*range(70, 90), *range(100, 120)]  # positions, newest first
+    async with await Store.open() as store:
+        for i in range(600):
+            at = T0 + timedelta(minutes=1000 - i)
+            shard = Shard(members.index(i), 40, "cut") if i in members else None
+            await store.start_run(RunStart(
+                run_id=f"{at:%Y%m%d-%H%M%S}-{i:06x}", pipeline="many", pipeline_version="1",
+                pipeline_path="/x.yaml", started_at=at, config={}, model="m",
+                provider="openai", prompt_hash="h", system_hash=None, context_hashes={},
+                params={}, options={}, source="csv://x.csv", destination="jsonl://y.jsonl",
+                shard=shard))
+    group = ("group", "many", "cut")
+    app = LoomApp(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen), what="history")
+        table = app.screen.query_one(PagedTable)
+        await wait_for(pilot, lambda: table.total == 601, what="601 lines")
+
+        def keys() -> list:
+            return [row.key for row in table.rows]
+
+        ours = {f"{i:06x}" for i in members}
+        cut = False
+        while not cut and table.window_start + len(table.rows) < 601:
+            table.action_page(1)
+            await wait_for(pilot, lambda: not table.waiting, what="a page")
+            shards = [k for k in keys() if isinstance(k, str) and k[-6:] in ours]
+            cut = group not in keys() and 0 < len(shards) < 40
+        assert cut, "the window never cut the group: the test shows nothing"
+        assert keys()[0][-6:] in ours  # the window starts with some of the group's runs
+        while table.window_start > 0 or table.cursor > 0:
+            table.action_page(-1)
+            await wait_for(pilot, lambda: not table.waiting, what="a page")
+        await wait_for(pilot, lambda: not table.waiting, what="the top")
+        top = keys()
+        assert top.count(group) == 1 and len(top) == len(set(top))
+        at = top.index(group)
+        shards = top[at + 1:at + 41]
+        assert sorted(k[-6:] for k in shards) == sorted(f"{i:06x}" for i in members)
