@@ -24,7 +24,7 @@ from core.compare import (ComparedValue, PromptComparison, RunComparison, Verdic
                           compare_runs, compare_verdicts)
 from core.config import LoomConfig, load_config, store_url
 from core.connectors.registry import open_source
-from core.credentials import KeyringSecrets, SecretResolver
+from core.credentials import KeyringSecrets, SecretResolver, placeholder_names
 from core.engine import Engine, Listener, RunController, RunOptions
 from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError, UsageError
@@ -37,6 +37,7 @@ from core.sharding import ShardGroup
 from core.spec import LoadedSpec, load_spec
 from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
                         Store)
+from core.store.models import MonitoringAlert
 
 # What a UI needs from the engine, importable from this one module (the workbench imports
 # nothing else from core but the events and the record types).
@@ -45,6 +46,7 @@ __all__ = [
     "PipelineEntry", "PipelineRun", "PromptComparison", "PromptSource", "QuarantineAction",
     "QuarantinedRecord", "RenderResult", "RunComparison", "RunController", "RunOptions",
     "RunPoint", "SavedPrompt", "VerdictChange", "Workspace", "find_pipeline_files",
+    "Estimate", "JudgeAgreement", "MonitoringAlert", "ShardGroup",
 ]
 
 # Folders never worth scanning for pipelines.
@@ -337,10 +339,7 @@ class Workspace:
         also those past `limit`). Other runs come as they are (core.store.PipelineRun)."""
         store = await self.store()
         runs = await store.list_runs(pipeline=pipeline, limit=limit)
-        groups = {run.shard_group for run in runs if run.shard_group is not None}
-        members: dict[tuple[str, str], list[Any]] = {}
-        for run in await store.shard_group_runs(sorted(groups), pipeline=pipeline):
-            members.setdefault((run.pipeline_name, run.shard_group), []).append(run)
+        groups = await self.shard_groups(runs)
         entries: list[Any] = []
         shown: set[tuple[str, str]] = set()
         for run in runs:
@@ -350,8 +349,30 @@ class Workspace:
             key = (run.pipeline_name, run.shard_group)
             if key not in shown:
                 shown.add(key)
-                entries.append(ShardGroup.of(members[key]))
+                entries.append(groups[key])
         return entries
+
+    async def shard_groups(self, runs: Sequence[PipelineRun]) -> dict[tuple[str, str], ShardGroup]:
+        """The shard groups these runs belong to, each whole (every run of the group, retries
+        and runs outside `runs` too), by (pipeline, group), in one query. For a page of
+        history read with `runs(...)`: the workbench pages runs by keyset and gathers groups
+        itself."""
+        wanted = {(run.pipeline_name, run.shard_group) for run in runs
+                  if run.shard_group is not None}
+        if not wanted:
+            return {}
+        members: dict[tuple[str, str], list[Any]] = {}
+        store = await self.store()
+        for run in await store.shard_group_runs(sorted({group for _, group in wanted})):
+            key = (run.pipeline_name, run.shard_group)
+            if key in wanted:
+                members.setdefault(key, []).append(run)
+        return {key: ShardGroup.of(found) for key, found in members.items()}
+
+    async def count_history(self, *, pipeline: str | None = None, status: str | None = None) -> int:
+        """How many lines the history shows with shard groups gathered: each run that is not a
+        shard, and for each shard group with a matching run its summed line and all its runs."""
+        return await (await self.store()).count_history_rows(pipeline=pipeline, status=status)
 
     async def get_run(self, run_id: str) -> Any:
         return await (await self.store()).get_run(run_id)
@@ -459,6 +480,16 @@ class Workspace:
     def secrets_backend(self) -> str:
         """The keyring backend in use, e.g. `keyrings.alt.file.PlaintextKeyring`."""
         return KeyringSecrets().backend()
+
+    def secret_references(self) -> dict[str, list[str]]:
+        """Which pipelines under the folder ask for each secret: `${NAME}` name -> pipeline
+        names (valid pipelines only; reads their files, so call it from a worker too)."""
+        users: dict[str, set[str]] = {}
+        for entry in self.pipelines():
+            if entry.loaded is not None:
+                for name in placeholder_names(entry.loaded.raw):
+                    users.setdefault(name, set()).add(entry.name)
+        return {name: sorted(found) for name, found in sorted(users.items())}
 
 
 class _Done:

@@ -43,6 +43,21 @@ def has_placeholder(text: str) -> bool:
     return "${" in text
 
 
+def placeholder_names(value: Any) -> set[str]:
+    """The secret names a YAML-shaped tree's `${NAME}` placeholders ask for (not `$${NAME}`,
+    which is a literal, nor `${aws:…}`, which only AWS Secrets Manager answers)."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return set()
+        return {match.group(2).strip() for match in _PLACEHOLDER.finditer(value)
+                if not match.group(1) and SECRET_NAME.fullmatch(match.group(2).strip())}
+    if isinstance(value, dict):
+        return set().union(*(placeholder_names(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(placeholder_names(v) for v in value))
+    return set()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

@@ -1,7 +1,7 @@
 """The `loom` workbench: a Textual app over core.api, nothing else.
 
 Sections (modes, see screens/__init__.py): Pipelines (home; the workbench and runs are pushed
-on it), Quarantine, History. Keys live in bindings with ids, so `workbench.keymap` in
+on it), Quarantine, History, Secrets. Keys live in bindings with ids, so `workbench.keymap` in
 ~/.loom/config.yaml remaps any of them; the palette (ctrl+p) offers the current screen's
 actions; F1 shows the keys.
 """
@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from textual.app import App
 from textual.binding import Binding, BindingType
 
-from core.api import Workspace
+from core.api import LoadedSpec, Workspace
 from loom_tui.commands import Sections
 from loom_tui.screens import SECTIONS, Section
 from loom_tui.themes import LOOM_DARK, PAIR, THEMES
@@ -95,6 +95,16 @@ class LoomApp(App[int]):
         from loom_tui.screens.run import RunScreen
 
         self.push_screen(RunScreen(path))
+
+    def estimate(self, path: Path, loaded: LoadedSpec | None = None) -> None:
+        """What a whole run of the pipeline would cost and take; run it from there if wanted."""
+        from loom_tui.screens.estimate import EstimateScreen
+
+        def then(run: bool | None) -> None:
+            if run:
+                self.start_run(path)
+
+        self.push_screen(EstimateScreen(path, loaded), then)
 
     async def show_quarantine(self, *, run_id: str | None = None,
                               pipeline: str | None = None) -> None:

@@ -9,7 +9,12 @@ Run         RunBegan → RunProgressed (coalesced: only the newest waits) … �
                      → RunWarned                                   | RunCouldNotStart
 Quarantine  PageWanted → PageFetched · QuarantineCounted · QuarantineDetailFetched
             → (approve, edit, reprocess, discard) QuarantineActionsApplied
-History     PageWanted → PageFetched · RunsCounted · RunSeriesFetched · RunsCompared
+            → (F8, or e on Pipelines) EstimateReady
+History     PageWanted → PageFetched (runs with shard groups gathered, and their alerts)
+            · RunsCounted · RunSeriesFetched · JudgesFetched · RunsCompared
+            → (a) AlertsAcknowledged
+Secrets     SecretsListed (names and the keyring backend, or why there is no usable keyring)
+            → (set, delete) SecretStored | SecretDeleted | SecretRefused
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from typing import Any
 
 from textual.message import Message
 
-from core.api import (ActionResult, LoadedSpec, PipelineEntry, PipelineRun, PromptComparison,
-                      QuarantineAction, QuarantinedRecord, RenderResult, RunComparison, RunPoint,
-                      SavedPrompt)
+from core.api import (ActionResult, Estimate, JudgeAgreement, LoadedSpec, MonitoringAlert,
+                      PipelineEntry, PipelineRun, PromptComparison, QuarantineAction,
+                      QuarantinedRecord, RenderResult, RunComparison, RunPoint, SavedPrompt)
 from core.events import Progress, RunStarted, RunSummary
 from core.records import Record, RecordResult
 
@@ -119,6 +124,14 @@ class VerdictsCompared(Message):
         super().__init__()
 
 
+class EstimateReady(Message):
+    """What a whole run would cost, take and use, projected from a sample of records."""
+
+    def __init__(self, estimate: Estimate) -> None:
+        self.estimate = estimate
+        super().__init__()
+
+
 # ---------------------------------------------------------------- run
 
 
@@ -180,11 +193,13 @@ class PageWanted(Message):
 class PageFetched(Message):
     """The page a `PageWanted` asked for (its items, ready to become rows)."""
 
-    def __init__(self, table: Any, items: Sequence[Any], direction: str, generation: int) -> None:
+    def __init__(self, table: Any, items: Sequence[Any], direction: str, generation: int, *,
+                 more: bool | None = None) -> None:
         self.table = table
         self.items = list(items)
         self.direction = direction
         self.generation = generation
+        self.more = more  # whether the listing goes on past this page (None: a full page says so)
         super().__init__()
 
 
@@ -240,4 +255,63 @@ class RunSeriesFetched(Message):
 class RunsCompared(Message):
     def __init__(self, comparison: RunComparison) -> None:
         self.comparison = comparison
+        super().__init__()
+
+
+class JudgesFetched(Message):
+    """How often each LLM judge of a pipeline agreed with the people who reviewed its records."""
+
+    def __init__(self, pipeline: str, agreements: Sequence[JudgeAgreement]) -> None:
+        self.pipeline = pipeline
+        self.agreements = list(agreements)
+        super().__init__()
+
+
+class AlertsAcknowledged(Message):
+    """Alerts were acknowledged: these runs' alerts as they are now."""
+
+    def __init__(self, alerts: dict[str, list[MonitoringAlert]], count: int) -> None:
+        self.alerts = alerts
+        self.count = count
+        super().__init__()
+
+
+# ---------------------------------------------------------------- secrets
+# A secret's value is in none of these: workers take it, store it and forget it.
+
+
+class SecretsListed(Message):
+    """The names Loom keeps in the keyring and the backend holding them (`problem` says why
+    there is no usable keyring instead; then `names` is empty), which pipelines of the folder
+    ask for which `${NAME}`, and which of those names the environment has."""
+
+    def __init__(self, names: Sequence[str], backend: str | None, problem: str | None,
+                 references: dict[str, list[str]], in_environment: set[str]) -> None:
+        self.names = list(names)
+        self.backend = backend
+        self.problem = problem
+        self.references = references
+        self.in_environment = in_environment
+        super().__init__()
+
+
+class SecretStored(Message):
+    def __init__(self, name: str, replaced: bool) -> None:
+        self.name = name
+        self.replaced = replaced
+        super().__init__()
+
+
+class SecretDeleted(Message):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__()
+
+
+class SecretRefused(Message):
+    """The keyring did not take a set or a delete (a bad name, no usable keyring): why."""
+
+    def __init__(self, name: str, error: str) -> None:
+        self.name = name
+        self.error = error
         super().__init__()

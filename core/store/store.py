@@ -460,6 +460,28 @@ class Store:
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
         return await self._all(statement)
 
+    async def count_history_rows(self, *, pipeline: str | None = None,
+                                 status: str | None = None) -> int:
+        """The lines a history of these runs shows with shard groups gathered: each run that
+        matches and is not a shard, plus, for each shard group with a matching run, its
+        summed line and every one of its runs (retries too)."""
+        filters = self._run_filters(pipeline, status)
+        touched = (select(_runs.c.pipeline_name, _runs.c.shard_group)
+                   .where(*filters, _runs.c.shard_group.is_not(None)).distinct().subquery())
+        members = (select(func.count()).select_from(_runs).join(touched, (
+            _runs.c.pipeline_name == touched.c.pipeline_name)
+            & (_runs.c.shard_group == touched.c.shard_group)).scalar_subquery())
+        statement = select(
+            select(func.count()).select_from(_runs)
+            .where(*filters, _runs.c.shard_group.is_(None)).scalar_subquery(),
+            select(func.count()).select_from(touched).scalar_subquery(), members)
+        try:
+            async with self._reader.connect() as conn:
+                alone, groups, grouped = (await conn.execute(statement)).one()
+        except SQLAlchemyError as exc:
+            raise self._target.error("read", exc) from exc
+        return int(alone) + int(groups) + int(grouped)
+
     async def get_run(self, run_id: str) -> PipelineRun | None:
         """A run by its id or by a prefix of it that matches one run only."""
         run = await self._first(select(PipelineRun).where(PipelineRun.run_id == run_id))

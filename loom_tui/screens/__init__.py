@@ -24,9 +24,11 @@ class Section:
 
     @property
     def binding(self) -> Binding:
+        # A priority binding: the prompt editor takes F6 and F7 (select line, select all) for
+        # itself otherwise, and a section key should work from every screen.
         return Binding(self.key, f"app.section('{self.mode}')", self.title, show=False,
                        tooltip=f"Go to {self.title}: {self.description.lower()}",
-                       id=f"section.{self.mode}")
+                       id=f"section.{self.mode}", priority=True)
 
 
 def _pipelines() -> Screen[None]:
@@ -47,10 +49,19 @@ def _history() -> Screen[None]:
     return HistoryScreen()
 
 
+def _secrets() -> Screen[None]:
+    from loom_tui.screens.secrets import SecretsScreen
+
+    return SecretsScreen()
+
+
+# F5 is not a section's: the workbench runs its pipeline with it.
 SECTIONS: tuple[Section, ...] = (
     Section("pipelines", "Pipelines", "f2", "Every pipeline under the folder: open, run", _pipelines),
     Section("quarantine", "Quarantine", "f3",
             "Records that did not pass: approve, edit, reprocess, discard", _quarantine),
     Section("history", "History", "f4", "Runs, cost and latency across runs, compare two runs",
             _history),
+    Section("secrets", "Secrets", "f6", "Secrets in the keyring, by name: set, delete",
+            _secrets),
 )

@@ -39,11 +39,14 @@ class PipelinesScreen(LoomScreen):
     TITLE = "Pipelines"
     HELP = ("Every pipeline file under the folder (YAML with extract: and transform:). An "
             "invalid one shows its error and cannot be opened until it is fixed. Enter opens "
-            "the workbench: records, the prompt and its live output. r runs the pipeline.")
+            "the workbench: records, the prompt and its live output. r runs the pipeline; e "
+            "first projects what the run would cost and take, from 20 records.")
     BINDINGS = [
         Binding("enter", "open", "Open", tooltip="Open the workbench on this pipeline",
                 id="pipelines.open"),
         Binding("r", "run", "Run", tooltip="Run this pipeline and watch it", id="pipelines.run"),
+        Binding("e", "estimate", "Estimate", tooltip="Project a whole run's cost, tokens and time "
+                "from 20 records, before spending", id="pipelines.estimate"),
         Binding("ctrl+r", "rescan", "Rescan", tooltip="Look for pipeline files again",
                 id="pipelines.rescan"),
     ]
@@ -220,6 +223,11 @@ class PipelinesScreen(LoomScreen):
         entry = self._usable()
         if entry is not None:
             self.loom.start_run(entry.path)
+
+    def action_estimate(self) -> None:
+        entry = self._usable()
+        if entry is not None:
+            self.loom.estimate(entry.path, entry.loaded)
 
     def action_rescan(self) -> None:
         self._rescan()

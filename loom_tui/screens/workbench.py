@@ -45,7 +45,8 @@ class WorkbenchScreen(LoomScreen):
             "the prompt rendered for the picked record below it; on the right the output and "
             "every evaluator's score for a sample of records, the picked one first. The output "
             "refreshes by itself shortly after you stop typing, and on ctrl+r. ctrl+s saves the "
-            "prompt and shows which sample records changed verdict against the previous version.")
+            "prompt and shows which sample records changed verdict against the previous version. "
+            "F8 projects what a whole run would cost and take, from 20 records.")
     BINDINGS = [
         Binding("ctrl+s", "save", "Save prompt", tooltip="Write the prompt file, store the version, "
                 "and compare verdicts with the previous one", id="workbench.save"),
@@ -53,6 +54,9 @@ class WorkbenchScreen(LoomScreen):
                 id="workbench.refresh"),
         Binding("f5", "run", "Run pipeline", tooltip="Run the whole pipeline (saved prompt)",
                 id="workbench.run"),
+        # Not ctrl+e: the editor's end of line, pressed by habit, must not start paid calls.
+        Binding("f8", "estimate", "Estimate", tooltip="Project the whole run's cost, tokens "
+                "and time from 20 records (saved prompt)", id="workbench.estimate"),
         Binding("plus,equals_sign", "sample_size(1)", "Sample +", tooltip="More sample records",
                 id="workbench.sample_more"),
         Binding("minus", "sample_size(-1)", "Sample −", tooltip="Fewer sample records",
@@ -329,6 +333,14 @@ class WorkbenchScreen(LoomScreen):
             self.notify("The run uses the saved prompt: ctrl+s saves your edits first.",
                         severity="warning")
         self.loom.start_run(self.path)
+
+    def action_estimate(self) -> None:
+        if self.loaded is None:
+            return
+        if self.text is not None and self.text != self.saved_text:
+            self.notify("The estimate uses the saved prompt: ctrl+s saves your edits first.",
+                        severity="warning")
+        self.loom.estimate(self.path, self.loaded)
 
     def action_back(self) -> None:
         if self.text is not None and self.saved_text is not None and self.text != self.saved_text:

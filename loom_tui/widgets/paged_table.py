@@ -169,16 +169,19 @@ class PagedTable(ScrollView, can_focus=True):
         self.cursor = 0
         self._ask("first", None)
 
-    def show_page(self, rows: Sequence[Row], direction: Direction, generation: int) -> None:
+    def show_page(self, rows: Sequence[Row], direction: Direction, generation: int, *,
+                  more: bool | None = None) -> None:
         """A page the screen fetched for `PageWanted`. Pages for an older generation (the
-        filters changed while they were fetched) are dropped."""
+        filters changed while they were fetched) are dropped. `more` says whether the listing
+        goes on past this page; by default a full page says it does."""
         if generation != self.generation:
             return
         self._pending.discard(direction)
         asked = self._asked.pop(direction, None)
         if asked is not None:
             self.page_times.append(time.perf_counter() - asked)
-        more = len(rows) >= self.page_size
+        if more is None:
+            more = len(rows) >= self.page_size
         self.fetching = False
         keep_key = self.rows[self.cursor].key if self.rows else None
         if direction in ("first", "last"):
@@ -342,6 +345,8 @@ class PagedTable(ScrollView, can_focus=True):
         self._layout_columns()
         self._resize_virtual()
         self._cache.clear()
+        # Fewer lines to show (a detail line below grew): the cursor's row stays in view.
+        self._scroll_to_cursor()
         self._check_edges()
 
     def notify_style_update(self) -> None:

@@ -57,8 +57,11 @@ class RunCharts(Horizontal):
         plt.clear_figure()
         known = [(x, p.cost_usd) for x, p in zip(xs, points) if p.cost_usd is not None]
         if known:
-            plt.bar([x for x, _ in known], [c for _, c in known], width=0.6)
-        plt.title(f"cost per run, USD · {pipeline} · last {len(points)}")
+            # Many runs in a chart a third of the screen wide: thin bars, or they merge into
+            # one block. (By count, not by the widget's size: that is not known yet here.)
+            plt.bar([x for x, _ in known], [c for _, c in known],
+                    width=0.6 if len(points) <= 8 else 0.3)
+        plt.title(f"cost per run, USD · last {len(points)}")
         plt.xticks(*labels)
         plt.yfrequency(4)
         cost.refresh()
@@ -79,7 +82,8 @@ class RunCharts(Horizontal):
 
 
 def _labels(points: Sequence[RunPoint]) -> tuple[list[int], list[str]]:
-    """A few x ticks, labelled with the run's start (first, middle, last)."""
+    """Two x ticks, labelled with the first and the last run's start: three would not fit a
+    narrow chart, and plotext would drop one or another depending on the width."""
     count = len(points)
-    picks = sorted({1, (count + 1) // 2, count})
+    picks = sorted({1, count})
     return picks, [fmt.when(points[i - 1].started_at)[5:] for i in picks]

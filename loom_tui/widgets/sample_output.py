@@ -131,7 +131,11 @@ class SampleOutput(VerticalScroll):
         parts: list[RenderableType] = [title, self._costs(result)]
         if not ok and result.reason:
             stage = f"{result.stage}: " if result.stage else ""
-            parts.append(Text(f"{stage}{result.reason}", style=colors.get("error", "")))
+            reason = Text(f"{stage}{result.reason}", style=colors.get("error", ""))
+            if result.scores:
+                # The gate's reason repeats the scores' explanations, listed below: one line.
+                reason.no_wrap, reason.overflow = True, "ellipsis"
+            parts.append(reason)
         if result.output is not None:
             parts.append(Text(fmt.compact_json(result.output), style=colors.get("secondary", "")))
         elif result.transform is not None and result.transform.raw_text:

@@ -8,12 +8,15 @@ dictionaries (Score.to_dict(), or as the store keeps them).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 _TRUTHY_KEYS = ("met", "passed", "supported", "ok", "pass", "correct", "grounded", "verdict")
+_VERDICTS = {"supported": True, "unsupported": False}
 
 
 def scores_table(scores: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) -> Table:
@@ -43,63 +46,155 @@ def scores_table(scores: Sequence[Mapping[str, Any]], colors: Mapping[str, str])
             extra.append(f"${score['cost_usd']:.6f}")
         if extra:
             head.append(f"  {' · '.join(extra)}", "dim")
-        body = Text()
+        cell: list[RenderableType] = [head]
         if score.get("error"):
-            body.append(f"could not score: {score['error']}", bad)
+            cell.append(Text(f"could not score: {score['error']}", style=bad))
         elif score.get("explanation"):
-            body.append(str(score["explanation"]))
-        details = score.get("details")
-        if details:
-            if body:
-                body.append("\n")
-            body.append_text(details_text(details, colors))
-        cell = head if not body else Text.assemble(head, "\n", body)
-        grid.add_row(Text("✓" if passed else "✗", style=ok if passed else bad), cell)
+            cell.append(Text(str(score["explanation"])))
+        if score.get("details"):
+            cell.append(details_view(score["details"], colors))
+        grid.add_row(Text("✓" if passed else "✗", style=ok if passed else bad), Group(*cell))
     return grid
 
 
-def details_text(details: Any, colors: Mapping[str, str], indent: str = "") -> Text:
-    """Any JSON-shaped details as indented lines: lists of findings get ✓/✗ marks when an
-    item says whether it held (met, passed, supported, …)."""
-    out = Text()
-    if isinstance(details, Mapping):
-        for n, (key, value) in enumerate(details.items()):
-            if n:
-                out.append("\n")
-            out.append(f"{indent}{key}: ", "dim")
-            if value in (None, "", [], {}, ()):
-                out.append("none", "dim")
-            elif isinstance(value, (Mapping, list, tuple)) and not _flat(value):
-                out.append("\n")
-                out.append_text(details_text(value, colors, indent + "  "))
-            else:
-                out.append(_scalar(value))
-    elif isinstance(details, (list, tuple)):
-        for n, item in enumerate(details):
-            if n:
-                out.append("\n")
-            out.append(indent)
-            out.append_text(_finding(item, colors))
-    else:
-        out.append(f"{indent}{_scalar(details)}")
-    return out
+# Lists an LLM judge gives of what held and what did not (core.evaluate.judges), drawn as one
+# label and ✓ / ✗ lines: (held, did not hold, label).
+_PAIRS = (("criteria_met", "criteria_not_met", "criteria"), ("addressed", "missed", "query"),
+          ("followed", "violated", "instructions"), ("grounded", "ungrounded", "statements"),
+          ("supported", "unsupported", "claims"))
+# Itemised findings (each with its reason) that make a pair above redundant.
+_ITEMS = {"claims": ("supported", "unsupported"), "statements": ("grounded", "ungrounded")}
+_LAST = ("judge",)  # who judged: after what it found
+_CLIP = 240  # long texts (the other prompt's output, a judge's unusable reply) are cut here
 
 
-def _finding(item: Any, colors: Mapping[str, str]) -> Text:
-    if not isinstance(item, Mapping):
-        return Text(f"• {_scalar(item)}")
-    held = next((item[key] for key in _TRUTHY_KEYS if isinstance(item.get(key), bool)), None)
-    words = [str(value) for key, value in item.items()
-             if key not in _TRUTHY_KEYS and isinstance(value, (str, int, float))
-             and not isinstance(value, bool)]
-    text = Text()
+@dataclass(frozen=True)
+class _Item:
+    """One finding under a label: ✓ (held), ✗ (did not) or • (neither said)."""
+
+    held: bool | None
+    text: str
+    depth: int
+
+
+def details_view(details: Any, colors: Mapping[str, str]) -> RenderableType:
+    """`details` as lines, findings under their label with a hanging indent (a long claim
+    wraps under itself, not under its mark)."""
+    parts: list[RenderableType] = []
+    items: list[_Item] = []
+
+    def flush() -> None:
+        if items:
+            grid = Table.grid(padding=(0, 1))
+            grid.add_column(no_wrap=True)
+            grid.add_column(ratio=1)
+            for item in items:
+                grid.add_row(Text("  " * item.depth) + _mark(item.held, colors), item.text)
+            parts.append(grid)
+            items.clear()
+
+    for block in _blocks(details, colors, 0):
+        if isinstance(block, _Item):
+            items.append(block)
+        else:
+            flush()
+            parts.append(block)
+    flush()
+    return Group(*parts)
+
+
+def details_text(details: Any, colors: Mapping[str, str]) -> Text:
+    """`details` as one Text (no hanging indents): for plain renderings and tests."""
+    lines = []
+    for block in _blocks(details, colors, 0):
+        if isinstance(block, _Item):
+            lines.append(Text("  " * block.depth) + _mark(block.held, colors) + " " + block.text)
+        else:
+            lines.append(block)
+    return Text("\n").join(lines)
+
+
+def _mark(held: bool | None, colors: Mapping[str, str]) -> Text:
     if held is None:
-        text.append("• ")
-    else:
-        text.append("✓ " if held else "✗ ",
-                    colors.get("success", "green") if held else colors.get("error", "red"))
-    text.append(" — ".join(words) if words else _scalar(item))
-    return text
+        return Text("•")
+    return Text("✓" if held else "✗", style=colors.get("success" if held else "error", ""))
+
+
+def _blocks(details: Any, colors: Mapping[str, str], depth: int) -> list[Text | _Item]:
+    indent = "  " * depth
+    if isinstance(details, (list, tuple)):
+        return [_finding(item, depth) for item in details]
+    if not isinstance(details, Mapping):
+        return [Text(f"{indent}{_clip(_scalar(details))}")]
+    blocks: list[Text | _Item] = []
+    done: set[str] = set(_LAST)
+    for key, pair in _ITEMS.items():
+        if isinstance(details.get(key), list) and details[key]:
+            done.update(pair)
+    for held, missed, label in _PAIRS:
+        if held in done or (held not in details and missed not in details):
+            continue
+        good, bad = _strings(details.get(held)), _strings(details.get(missed))
+        if good is None or bad is None:  # not lists of texts: shown as they are below
+            continue
+        done.update((held, missed))
+        if not good and not bad:
+            blocks.append(Text.assemble((f"{indent}{label}: ", "dim"), ("none given", "dim")))
+            continue
+        blocks.append(Text(f"{indent}{label}:", style="dim"))
+        blocks += [_Item(True, g, depth + 1) for g in good]
+        blocks += [_Item(False, b, depth + 1) for b in bad]
+    for key, value in details.items():
+        if key in done:
+            continue
+        label = Text(f"{indent}{_label(key)}: ", style="dim")
+        if value in (None, "", [], {}, ()):
+            blocks.append(label.append("none", "dim"))
+        elif isinstance(value, (Mapping, list, tuple)) and not _flat(value):
+            blocks.append(label.rstrip() or label)
+            blocks += _blocks(value, colors, depth + 1)
+        elif isinstance(value, (list, tuple)) and any(isinstance(v, str) and len(v) > 30
+                                                      for v in value):
+            # Sentences (key differences, …): one a line, not run together with commas.
+            blocks.append(Text(f"{indent}{_label(key)}:", style="dim"))
+            blocks += [_Item(None, _clip(_scalar(v)), depth + 1) for v in value]
+        else:
+            blocks.append(label.append(_clip(_scalar(value))))
+    for key in _LAST:
+        if isinstance(details, Mapping) and key in details:
+            blocks.append(Text(f"{indent}{_label(key)}: {_scalar(details[key])}", style="dim"))
+    return blocks
+
+
+def _strings(value: Any) -> list[str] | None:
+    if value is None:
+        return []
+    if isinstance(value, list) and all(isinstance(v, (str, int, float)) for v in value):
+        return [str(v) for v in value]
+    return None
+
+
+def _label(key: str) -> str:
+    return str(key).replace("_", " ")
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _CLIP else text[: _CLIP - 1] + "…"
+
+
+def _finding(item: Any, depth: int) -> _Item:
+    if not isinstance(item, Mapping):
+        return _Item(None, _clip(_scalar(item)), depth)
+    held = next((item[key] for key in _TRUTHY_KEYS if isinstance(item.get(key), bool)), None)
+    if held is None and item.get("verdict") in _VERDICTS:  # a factuality claim
+        held = _VERDICTS[item["verdict"]]
+    words = [str(value) for key, value in item.items()
+             if key not in _TRUTHY_KEYS and key != "source" and isinstance(value, (str, int, float))
+             and not isinstance(value, bool)]
+    text = " — ".join(words) if words else _scalar(item)
+    if isinstance(item.get("source"), int) and not isinstance(item.get("source"), bool):
+        text += f" (source {item['source']})"  # a groundedness statement's document
+    return _Item(held, _clip(text), depth)
 
 
 def _flat(value: Any) -> bool:

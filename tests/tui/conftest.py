@@ -70,10 +70,10 @@ async def settle(pilot) -> None:
     await pilot.pause()
 
 
-def text_of(widget) -> str:
-    """What a Static shows, as plain text (its Rich content rendered at 100 columns)."""
+def text_of(widget, width: int = 100) -> str:
+    """What a Static shows, as plain text (its Rich content rendered at `width` columns)."""
     from rich.console import Console
 
-    console = Console(width=100, record=True, file=open(os.devnull, "w"))
+    console = Console(width=width, record=True, file=open(os.devnull, "w"))
     console.print(widget.content)
     return console.export_text()

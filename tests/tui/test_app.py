@@ -22,6 +22,7 @@ from loom_tui.screens.help import HelpScreen
 from loom_tui.screens.history import HistoryScreen
 from loom_tui.screens.pipelines import PipelinesScreen
 from loom_tui.screens.quarantine import QuarantineScreen
+from loom_tui.screens.secrets import SecretsScreen
 from tests.conftest import in_ci
 from tests.tui.conftest import ROOT, SIZE, copy_sample, text_of, wait_for
 
@@ -35,12 +36,15 @@ async def test_sections_help_theme_and_quit(tmp_path: Path) -> None:
         assert isinstance(app.screen, QuarantineScreen)
         await pilot.press("f4")
         assert isinstance(app.screen, HistoryScreen)
+        await pilot.press("f6")
+        assert isinstance(app.screen, SecretsScreen)
         await pilot.press("f2")
         assert isinstance(app.screen, PipelinesScreen)
         await pilot.press("f1")
         assert isinstance(app.screen, HelpScreen)
         shown = text_of(app.screen.query_one("#help-text"))
         assert "Run this pipeline and watch it" in shown and "Go to Quarantine" in shown
+        assert "Go to Secrets: secrets in the keyring, by name" in " ".join(shown.split())
         await pilot.press("escape")
         assert isinstance(app.screen, PipelinesScreen)
         assert app.theme == "loom-dark"
@@ -55,13 +59,15 @@ def test_every_binding_has_an_id() -> None:
     from loom_tui.screens.compare import CompareScreen
     from loom_tui.screens.confirm import ConfirmScreen
     from loom_tui.screens.edit_output import EditOutputScreen
+    from loom_tui.screens.estimate import EstimateScreen
     from loom_tui.screens.run import RunScreen
+    from loom_tui.screens.set_secret import SetSecretScreen
     from loom_tui.screens.workbench import WorkbenchScreen
     from loom_tui.widgets.paged_table import PagedTable
 
     owners = [LoomApp, PipelinesScreen, WorkbenchScreen, RunScreen, QuarantineScreen,
               HistoryScreen, CompareScreen, HelpScreen, ConfirmScreen, EditOutputScreen,
-              PagedTable]
+              SecretsScreen, SetSecretScreen, EstimateScreen, PagedTable]
     ids = []
     for owner in owners:
         for binding in owner.BINDINGS:

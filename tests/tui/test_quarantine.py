@@ -256,3 +256,34 @@ def test_seeded_results_are_quarantined() -> None:
     # The helper the paging test relies on builds quarantined results at both stages.
     assert quarantined_result(0, REVIEWS[2]).stage is Stage.TRANSFORM
     assert quarantined_result(0, REVIEWS[0]).outcome is Outcome.QUARANTINED
+
+
+async def test_a_real_llm_judges_findings_read_in_the_detail(tmp_path: Path) -> None:
+    """review_summaries (its judge answers from the sample's cassette, offline): the record the
+    judge failed shows the judge's explanation and its criteria met and not met as ✓ / ✗."""
+    import shutil
+
+    from tests.tui.conftest import ROOT
+
+    target = tmp_path / "review_summaries"
+    shutil.copytree(ROOT / "sample_pipelines" / "review_summaries", target,
+                    ignore=shutil.ignore_patterns("out"))
+    async with Workspace(tmp_path) as workspace:
+        summary = await workspace.run_to_end(workspace.load(target / "pipeline.yaml"))
+    assert summary.quarantined == 2
+    app = LoomApp(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f3")
+        table = app.screen.query_one(PagedTable)
+        await wait_for(pilot, lambda: table.total == 2, what="two records")
+        detail = app.screen.query_one(QuarantineDetail)
+        await wait_for(pilot, lambda: detail.actions == [], what="the detail")
+        lines = [line.rstrip() for line in text_of(detail.query_one("#detail-text")).splitlines()]
+        assert "✗ faithful  0.20 < 0.70  custom_criteria · confidence 0.90 · weight 3 · $0.000101" \
+            in lines
+        assert "  The review only says the toaster toasts bread; uneven browning and the price" \
+            " are invented." in lines
+        at = lines.index("  criteria:")
+        assert lines[at + 1:at + 4] == ["    ✓ sentiment matches",
+                                        "    ✗ no invented facts: uneven browning, price",
+                                        "  judge: replay:gpt-4o-mini"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ from loom_tui.screens.run import RunScreen
 from loom_tui.widgets.paged_table import PagedTable
 from loom_tui.widgets.prompt_editor import PromptEditor
 from loom_tui.widgets.sample_output import SampleOutput
-from tests.tui.conftest import SIZE, copy_sample, settle, wait_for, write_invalid
-from tests.tui.data import T0, seed_history
+from tests.tui.conftest import ROOT, SIZE, copy_sample, settle, wait_for, write_invalid
+from tests.tui.data import T0, seed_everything, seed_history
 
 EDITED = "\n(Be strict: a review that only states facts is neutral.)\n"
 
@@ -228,12 +229,29 @@ def test_quarantine_edit_output(snap_compare, workspace_folder: Path) -> None:
 
 
 def test_history(snap_compare, workspace_folder: Path) -> None:
-    seeded()
+    """A shard group on top (summed, its runs beneath), alerts, and the judges' agreement."""
+    asyncio.run(seed_everything())
 
     async def shown(pilot) -> None:
         await open_section(pilot, "f4")
         screen = pilot.app.screen
-        await wait_for(pilot, lambda: screen.charted == "customer_sentiment", what="charts")
+        await wait_for(pilot, lambda: screen.charted == "customer_sentiment"
+                       and screen.query_one("#h-judge-panel").agreements, what="charts, judges")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+
+
+def test_history_run_with_alerts(snap_compare, workspace_folder: Path) -> None:
+    ids, _ = asyncio.run(seed_everything())
+
+    async def shown(pilot) -> None:
+        await open_section(pilot, "f4")
+        screen = pilot.app.screen
+        table = screen.query_one(PagedTable)
+        table.cursor = [row.key for row in table.rows].index(ids[2])
+        await wait_for(pilot, lambda: screen.charted == "customer_sentiment"
+                       and screen.query_one("#h-judge-panel").agreements, what="charts, judges")
         await settle(pilot)
 
     assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
@@ -264,3 +282,82 @@ def test_help(snap_compare, workspace_folder: Path) -> None:
         await settle(pilot)
 
     assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=helped)
+
+
+def test_secrets(snap_compare, workspace_folder: Path, file_keyring: Path,
+                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Names only: stored ones, one the environment has, one a pipeline needs and nobody has."""
+    path = copy_sample(workspace_folder)
+    path.write_text(path.read_text().replace(
+        "  provider: replay\n", "  provider: replay\n  api_key: ${OPENAI_API_KEY}\n").replace(
+        "params:\n", "params:\n  db_password: ${PG_PASSWORD}\n", 1))
+    workspace = Workspace(workspace_folder)
+    workspace.set_secret("ANTHROPIC_API_KEY", "sk-ant-snapshot-value")
+    workspace.set_secret("SLACK_WEBHOOK", "https://hooks.example/snapshot")
+    monkeypatch.setenv("PG_PASSWORD", "from-the-environment")
+
+    async def shown(pilot) -> None:
+        await open_section(pilot, "f6")
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+
+
+def test_secrets_without_a_keyring(snap_compare, workspace_folder: Path) -> None:
+    import keyring
+    from keyring.backends.fail import Keyring as Fail
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(Fail())
+
+    async def shown(pilot) -> None:
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: pilot.app.screen.listed is not None, what="the keyring")
+        await settle(pilot)
+
+    try:
+        assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+    finally:
+        keyring.set_keyring(previous)
+
+
+def test_set_secret_value_is_masked(snap_compare, workspace_folder: Path,
+                                    file_keyring: Path) -> None:
+    async def typing(pilot) -> None:
+        await pilot.press("f6")
+        await wait_for(pilot, lambda: pilot.app.screen.listed is not None, what="the keyring")
+        await pilot.press("n", *"OPENAI_API_KEY", "enter", *"sk-do-not-show-me-1234")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=typing)
+
+
+def test_estimate(snap_compare, workspace_folder: Path) -> None:
+    copy_sample(workspace_folder)
+
+    async def estimated(pilot) -> None:
+        await until_listed(pilot)
+        await pilot.press("e")
+        await wait_for(pilot, lambda: getattr(pilot.app.screen, "estimate", None) is not None,
+                       what="the estimate")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=estimated)
+
+
+def test_workbench_llm_judge(snap_compare, workspace_folder: Path) -> None:
+    """review_summaries: an LLM judge's explanation and criteria in the Output pane."""
+    target = workspace_folder / "review_summaries"
+    shutil.copytree(ROOT / "sample_pipelines" / "review_summaries", target,
+                    ignore=shutil.ignore_patterns("out"))
+    warm_cache(target / "pipeline.yaml", [None])
+
+    async def opened(pilot) -> None:
+        await open_workbench(pilot)
+        pilot.app.screen.query_one("#records-table").cursor = 2  # R003: the judge fails it
+        await wait_for(pilot, lambda: pilot.app.screen.query_one(SampleOutput).results
+                       and pilot.app.screen.query_one(SampleOutput).results[0].record.id == "R003",
+                       what="R003 first")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=SIZE,
+                        run_before=opened)
