@@ -342,12 +342,21 @@ class KeyringSecrets:
         if not value:
             raise SecretError(f"secret {name}: the value is empty")
         try:
-            self._keyring().set_password(self.service, name, value)
-            names = self._index()
-            if name not in names:
-                self._save_index([*names, name])
+            keyring = self._keyring()
+            keyring.set_password(self.service, name, value)
+            # Some backends accept a value and keep nothing (keyring.backends.null): reading it
+            # back is the only way to know it was stored.
+            stored = keyring.get_password(self.service, name) == value
+            if stored:
+                names = self._index()
+                if name not in names:
+                    self._save_index([*names, name])
         except Exception as exc:
             raise self._unusable(exc, name) from exc
+        if not stored:
+            raise SecretError(
+                f"secret {name}: the keyring backend {self.backend()} did not keep it; install "
+                "keyrings.alt or set PYTHON_KEYRING_BACKEND (see the README's Secrets section)")
 
     def delete(self, name: str) -> None:
         self.check_name(name)

@@ -18,7 +18,7 @@ from textual.widgets import Button, Input, Static
 from textual.worker import Worker, WorkerState
 
 from loom_tui import format as fmt
-from loom_tui.messages import SecretRefused, SecretStored
+from loom_tui.messages import SecretStored
 from loom_tui.widgets.masked_input import MaskedInput
 
 
@@ -153,14 +153,9 @@ class SetSecretScreen(ModalScreen[SecretStored | None]):
           description="store a secret in the keyring")
     def store(self, name: str, value: OneShot, replacing: bool) -> None:
         workspace = self.app.workspace  # type: ignore[attr-defined]
+        # core reads the value back: a backend that keeps nothing (keyring.backends.null) is a
+        # SecretError, shown by the worker-error handler like any other refusal.
         workspace.set_secret(name, value.take())
-        # A backend that keeps nothing (keyring.backends.null) "stores" without a word.
-        if name not in workspace.secret_names():
-            backend = workspace.secrets_backend()
-            self.post_message(SecretRefused(name, (
-                f"the keyring backend {backend} did not keep {name}: pick a backend that "
-                "stores secrets (PYTHON_KEYRING_BACKEND; see the README's Secrets section)")))
-            return
         self.post_message(SecretStored(name, replacing))
 
     @on(SecretStored)
@@ -168,11 +163,6 @@ class SetSecretScreen(ModalScreen[SecretStored | None]):
         event.stop()
         self.query_one(MaskedInput).forget()
         self.dismiss(event)
-
-    @on(SecretRefused)
-    def _refused(self, event: SecretRefused) -> None:
-        event.stop()
-        self._failed(event.error)
 
     @on(Worker.StateChanged)
     def _worker_state(self, event: Worker.StateChanged) -> None:

@@ -301,3 +301,16 @@ def test_a_password_written_into_a_uri_is_masked_in_what_is_stored_and_shown(tmp
     assert cli.main(["validate", str(tmp_path / "pipeline.yaml")]) == 0
     out = capsys.readouterr().out
     assert "literal-pw-123" not in out and "loom:***@db.example/x" in out
+
+
+def test_a_backend_that_keeps_nothing_is_refused_when_setting() -> None:
+    from keyring.backends.null import Keyring as NullKeyring
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(NullKeyring())
+    try:
+        with pytest.raises(SecretError, match="did not keep it"):
+            KeyringSecrets().set("SOME_KEY", "value-1234")
+        assert "SOME_KEY" not in KeyringSecrets().names()
+    finally:
+        keyring.set_keyring(previous)
