@@ -16,7 +16,9 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 
 class _Commands(Provider):
     def commands(self) -> Iterator[tuple[str, str, Any]]:
-        raise NotImplementedError
+        """(title, help, callback) for each action the screen offers; each screen's provider
+        lists its own."""
+        return iter(())
 
     async def discover(self) -> Hits:
         for title, help_text, run in self.commands():
