@@ -19,10 +19,12 @@ from core.store.models import (
     QuarantinedRecord,
     RecordResultRow,
 )
-from core.store.store import QUARANTINE_STATUSES, RunStart, Store
+from core.store.store import PASSED, QUARANTINE_STATUSES, STAGED, RunStart, Store
 
 __all__ = [
+    "PASSED",
     "QUARANTINE_STATUSES",
+    "STAGED",
     "ContextVersion",
     "EvaluationResult",
     "JudgeAgreementRow",

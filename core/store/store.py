@@ -63,6 +63,10 @@ _CACHE_WRITE_AT = 1024
 _CACHE_WRITE_AFTER_S = 2.0
 # Keys per `IN (...)` when concurrent cache lookups are read together.
 _CACHE_READ_CHUNK = 500
+_IN_CHUNK = 500
+# Record states a run passes through before its final outcome (see RecordResultRow.outcome).
+PASSED = "passed"
+STAGED = "staged"
 
 _runs: Table = PipelineRun.__table__  # type: ignore[assignment]
 _pipelines: Table = Pipeline.__table__  # type: ignore[assignment]
@@ -76,6 +80,20 @@ _cache: Table = LLMCacheEntry.__table__  # type: ignore[assignment]
 _lineage: Table = Lineage.__table__  # type: ignore[assignment]
 _alerts: Table = MonitoringAlert.__table__  # type: ignore[assignment]
 _agreements: Table = JudgeAgreementRow.__table__  # type: ignore[assignment]
+
+# A sink batch took these records (one row per record, by the (run_id, record_id) index).
+_MARK_WRITTEN = update(_record_results).where(
+    (_record_results.c.run_id == bindparam("b_run"))
+    & (_record_results.c.record_id == bindparam("b_record"))
+    & (_record_results.c.outcome == PASSED)).values(outcome=bindparam("b_outcome"))
+# A sink batch refused these records (passed ones; or, resuming into a destination that is
+# rebuilt, loaded ones written again).
+_MARK_REFUSED = update(_record_results).where(
+    (_record_results.c.run_id == bindparam("b_run"))
+    & (_record_results.c.record_id == bindparam("b_record"))
+    & _record_results.c.outcome.in_([PASSED, Outcome.LOADED.value])).values(
+        outcome=Outcome.QUARANTINED.value, stage=Stage.LOAD.value, reason=bindparam("b_reason"),
+        error_type=bindparam("b_type"))
 
 
 @dataclass(slots=True)
@@ -278,11 +296,22 @@ class Store:
     async def write_results(self, run_id: str, pipeline: str, results: list[RecordResult]) -> None:
         """Write a batch of finished records, and a quarantine row for each quarantined one.
 
-        The engine's hot path: one transaction, one executemany per table, and each JSON value
-        serialized exactly once even when it goes to two tables.
+        One transaction, one executemany per table, and each JSON value serialized exactly once
+        even when it goes to two tables. (The engine itself writes through `checkpoint`.)
         """
         if not results:
             return
+        rows, quarantined = self._result_rows(run_id, pipeline, results, passed=Outcome.LOADED.value)
+        async with self._write() as conn:
+            await conn.execute(insert(_record_results), rows)
+            if quarantined:
+                await conn.execute(insert(_quarantine), quarantined)
+            await self._flush_cache(conn)
+
+    def _result_rows(self, run_id: str, pipeline: str, results: Sequence[RecordResult], *,
+                     passed: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """record_results rows (a record that passed the gate stored as `passed`) and the
+        quarantine rows of the quarantined ones."""
         now = utcnow()
         text = self._text
         rows: list[dict[str, Any]] = []
@@ -305,6 +334,8 @@ class Store:
             scores = raw_json([score.to_dict() for score in result.scores])
             verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
             outcome = result.outcome.value
+            if outcome == Outcome.LOADED.value:
+                outcome = passed
             stage = result.stage.value if result.stage is not None else None
             reason = text(result.reason)
             record_id = text(record.id)
@@ -319,25 +350,192 @@ class Store:
                 "created_at": now,
             })
             if outcome == Outcome.QUARANTINED.value:
-                quarantined.append({
-                    "run_id": run_id, "pipeline_name": pipeline, "record_id": record_id,
-                    "ordinal": record.ordinal, "stage": stage or _inferred_stage(result),
-                    "reason": reason or text(record.extract_error), "error_type": result.error_type,
-                    "input": data, "output": output,
-                    "raw_output": text(transform.raw_text) if transform is not None else None,
-                    "messages": raw_json(transform.messages) if transform is not None else None,
-                    "scores": scores, "verdict": verdict, "quarantined_at": now,
-                    "status": "open", "resolved_at": None, "resolution_note": None,
-                    "final_output": None,
-                })
+                quarantined.append(self._quarantine_row(run_id, pipeline, result, data, output,
+                                                        scores, verdict, now))
+        return rows, quarantined
+
+    def _quarantine_row(self, run_id: str, pipeline: str, result: RecordResult, data: Any,
+                        output: Any, scores: Any, verdict: Any, now: datetime) -> dict[str, Any]:
+        text = self._text
+        record = result.record
+        transform = result.transform
+        stage = result.stage.value if result.stage is not None else None
+        return {
+            "run_id": run_id, "pipeline_name": pipeline, "record_id": text(record.id),
+            "ordinal": record.ordinal, "stage": stage or _inferred_stage(result),
+            "reason": text(result.reason) or text(record.extract_error),
+            "error_type": result.error_type, "input": data, "output": output,
+            "raw_output": text(transform.raw_text) if transform is not None else None,
+            "messages": raw_json(transform.messages) if transform is not None else None,
+            "scores": scores, "verdict": verdict, "quarantined_at": now,
+            "status": "open", "resolved_at": None, "resolution_note": None,
+            "final_output": None,
+        }
+
+    # -- checkpoints: what makes a run resumable (core.resume) ----------------------------------
+
+    async def checkpoint(self, run_id: str, pipeline: str, results: Sequence[RecordResult], *,
+                         written: Sequence[str] = (), written_outcome: str = Outcome.LOADED.value,
+                         refused: Sequence[RecordResult] = (),
+                         replaced: Sequence[int] = ()) -> None:
+        """The engine's checkpoint, in one short transaction, every ~100 ms of a run:
+
+        - `replaced`: rows (ids) of a resumed run's records that are being processed again.
+        - `results`: records just transformed and evaluated. One that passed the gate is stored
+          `passed`, its output kept, so that a crash never pays for it again; the others with
+          their final outcome (and a quarantine row).
+        - `written`: record ids a sink batch took since the last checkpoint: their `passed` rows
+          become `written_outcome` (`loaded`, or `staged` for a sink that publishes at commit).
+        - `refused`: records of a batch the sink refused (quarantined at stage load): their
+          `passed` rows are quarantined, with a quarantine row each.
+        A record's result is always checkpointed in an earlier call than, or the same call as,
+        the one that marks it written or refused.
+        """
+        if not (results or written or refused or replaced):
+            return
+        rows, quarantined = self._result_rows(run_id, pipeline, results, passed=PASSED)
+        refusals: list[dict[str, Any]] = []
+        if refused:
+            now = utcnow()
+            text = self._text
+            for result in refused:
+                data = raw_json(result.record.data)
+                output = raw_json(result.output)
+                scores = raw_json([score.to_dict() for score in result.scores])
+                verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
+                refusals.append({"b_run": run_id, "b_record": text(result.record.id),
+                                 "b_reason": text(result.reason), "b_type": result.error_type})
+                quarantined.append(self._quarantine_row(run_id, pipeline, result, data, output,
+                                                        scores, verdict, now))
         async with self._write() as conn:
-            await conn.execute(insert(_record_results), rows)
+            for start in range(0, len(replaced), _IN_CHUNK):
+                await conn.execute(_record_results.delete().where(
+                    _record_results.c.id.in_(list(replaced[start:start + _IN_CHUNK]))))
+            if rows:
+                await conn.execute(insert(_record_results), rows)
+            if written:
+                await conn.execute(_MARK_WRITTEN, [
+                    {"b_run": run_id, "b_record": record_id, "b_outcome": written_outcome}
+                    for record_id in written])
+            if refusals:
+                await conn.execute(_MARK_REFUSED, refusals)
             if quarantined:
                 await conn.execute(insert(_quarantine), quarantined)
             await self._flush_cache(conn)
 
-    async def demote_loaded(self, run_id: str, reason: str, *, quarantine: bool = False) -> int:
-        """Records of a run written as loaded that did not reach the destination after all.
+    async def sweep_passed(self, run_id: str, reason: str) -> int:
+        """At the end of a run: records that passed but no sink batch took are skipped (their
+        output stays: resuming the run loads them without a call). Returns how many."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(_record_results).where((_record_results.c.run_id == run_id)
+                                              & (_record_results.c.outcome == PASSED))
+                .values(outcome=Outcome.SKIPPED.value, stage=Stage.LOAD.value,
+                        reason=self._text(reason)))
+            return int(result.rowcount)
+
+    async def begin_commit(self, run_id: str, token: str | None) -> None:
+        """The sink is about to publish: a crash from here on is resolved with `token`."""
+        async with self._write() as conn:
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state="committing", commit_token=token, updated_at=utcnow()))
+
+    async def finish_commit(self, run_id: str) -> int:
+        """The sink published: the run's staged records are loaded. Returns how many."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(_record_results).where((_record_results.c.run_id == run_id)
+                                              & (_record_results.c.outcome == STAGED))
+                .values(outcome=Outcome.LOADED.value))
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state="committed", updated_at=utcnow()))
+            return int(result.rowcount)
+
+    async def claim_run(self, run_id: str, *, status: str, updated_at: datetime,
+                        options: dict[str, Any]) -> int | None:
+        """Take over an unfinished run to resume it, if nobody else did since it was read as
+        (`status`, `updated_at`): it is `running` again, with one more attempt. Returns the
+        attempt's number, or None when another process claimed it first."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(_runs).where((_runs.c.run_id == run_id) & (_runs.c.status == status)
+                                    & (_runs.c.updated_at == updated_at))
+                .values(status=RunStatus.RUNNING, finished_at=None, status_reason=None,
+                        error_message=None, updated_at=utcnow(), options=options,
+                        attempts=_runs.c.attempts + 1))
+            if result.rowcount != 1:
+                return None
+            attempts = (await conn.execute(
+                select(_runs.c.attempts).where(_runs.c.run_id == run_id))).scalar_one()
+            return int(attempts)
+
+    async def resume_rows(self, run_id: str, *, page: int = 5000) -> AsyncIterator[list[Any]]:
+        """A run's record rows for resuming it, a page at a time by row id: everything but
+        the record's input and output (read later for the records that need them)."""
+        c = _record_results.c
+        columns = (c.id, c.record_id, c.ordinal, c.outcome, c.stage, c.error_type,
+                   c.output.is_not(None).label("has_output"), c.verdict, c.scores,
+                   c.input_tokens, c.output_tokens, c.cost_usd, c.latency_s, c.cached, c.llm_calls)
+        after = 0
+        while True:
+            try:
+                async with self._reader.connect() as conn:
+                    rows = (await conn.execute(
+                        select(*columns).where((c.run_id == run_id) & (c.id > after))
+                        .order_by(c.id).limit(page))).all()
+            except SQLAlchemyError as exc:
+                raise self._target.error("read", exc) from exc
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
+            if len(rows) < page:
+                return
+
+    async def stored_results(self, row_ids: Sequence[int]) -> list[RecordResultRow]:
+        """Record rows by id, whole (input and output too)."""
+        found: list[RecordResultRow] = []
+        for start in range(0, len(row_ids), _IN_CHUNK):
+            found.extend(await self._all(select(RecordResultRow).where(
+                _record_results.c.id.in_(list(row_ids[start:start + _IN_CHUNK])))))
+        return found
+
+    async def set_outcomes(self, row_ids: Sequence[int], outcome: str, *,
+                           stage: str | None = None, reason: str | None = None) -> None:
+        """Set the outcome of record rows by id (and their stage and reason, when given)."""
+        values: dict[str, Any] = {"outcome": outcome}
+        if stage is not None:
+            values["stage"] = stage
+        if reason is not None:
+            values["reason"] = self._text(reason)
+        async with self._write() as conn:
+            for start in range(0, len(row_ids), _IN_CHUNK):
+                await conn.execute(update(_record_results).where(
+                    _record_results.c.id.in_(list(row_ids[start:start + _IN_CHUNK]))).values(values))
+
+    async def reset_commit_state(self, run_id: str) -> None:
+        """A resumed attempt settled what the previous one published: it starts afresh."""
+        async with self._write() as conn:
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state=None, commit_token=None))
+
+    async def unfinished_runs(self, *, pipeline: str | None = None,
+                              limit: int = 50) -> list[PipelineRun]:
+        """Runs that may be resumed, newest first: `running` ones (alive or not: see
+        core.resume.is_alive) and stopped ones that left records skipped."""
+        statement = select(PipelineRun).where(or_(
+            _runs.c.status == RunStatus.RUNNING,
+            _runs.c.status.in_([RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.PARTIAL])
+            & (_runs.c.skipped > 0)))
+        if pipeline is not None:
+            statement = statement.where(PipelineRun.pipeline_name == pipeline)
+        statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        return await self._all(statement.limit(limit))
+
+    async def demote_loaded(self, run_id: str, reason: str, *, quarantine: bool = False,
+                            from_outcome: str = Outcome.LOADED.value) -> int:
+        """Records of a run written as loaded (or `from_outcome`, e.g. staged) that did not
+        reach the destination after all.
 
         The sink's commit failed (`quarantine=True`: each becomes an open quarantined record at
         stage `load`, with its input, output, scores and verdict) or a `replace` load was
@@ -346,7 +544,7 @@ class Store:
         outcome = Outcome.QUARANTINED.value if quarantine else Outcome.SKIPPED.value
         reason = self._text(reason) or ""
         loaded = (_record_results.c.run_id == run_id) & (
-            _record_results.c.outcome == Outcome.LOADED.value)
+            _record_results.c.outcome == from_outcome)
         async with self._write() as conn:
             if quarantine:
                 pipeline = select(_runs.c.pipeline_name).where(_runs.c.run_id == run_id) \
@@ -367,8 +565,9 @@ class Store:
             return int(result.rowcount)
 
     async def finish_run(self, summary: RunSummary, evaluator_stats: list[EvaluatorStats],
-                         lineage: dict[str, Any] | None = None) -> None:
-        """Close a run: final status, counts, cost, latency, per-evaluator stats and lineage."""
+                         lineage: dict[str, Any] | None = None, *, resumed: bool = False) -> None:
+        """Close a run: final status, counts, cost, latency, per-evaluator stats and lineage.
+        A `resumed` run's statistics and lineage replace those an earlier attempt wrote."""
         if lineage is not None and not LINEAGE_KEYS.issuperset(lineage):
             unknown = ", ".join(sorted(set(lineage) - LINEAGE_KEYS))
             raise ValueError(f"unknown lineage keys: {unknown}")
@@ -402,6 +601,10 @@ class Store:
             result = await conn.execute(
                 update(_runs).where(_runs.c.run_id == summary.run_id).values(values))
             self._require_run(result.rowcount, summary.run_id)
+            if resumed:
+                await conn.execute(_evaluations.delete().where(
+                    _evaluations.c.run_id == summary.run_id))
+                await conn.execute(_lineage.delete().where(_lineage.c.run_id == summary.run_id))
             if stats:
                 await conn.execute(insert(_evaluations), stats)
             if lineage is not None:
