@@ -9,11 +9,13 @@ run's row says so: extracted = loaded + quarantined + skipped.
 
 Checkpoints make a run resumable (core.resume). Each record's result reaches the store within
 CHECKPOINT_S of its model answer — a record that passed the gate as `passed`, with its output —
-and always before a sink batch holds it; after the batch, the rows say `loaded` (or `staged`,
-for a sink that publishes only at commit). So a crash costs at most the calls in flight and
-the answers of the last ~100 ms: `--resume` pays for nothing else again. The checkpoint is one
-short transaction (an executemany insert and, for the records a batch took, an executemany
-update by the (run_id, record_id) index) about ten times a second, not one per record.
+and always before a sink batch holds it. So a crash costs at most the calls in flight and the
+answers of the last ~100 ms: `--resume` pays for nothing else again. The checkpoint is one short
+transaction (one executemany insert) about ten times a second, never one per record, and it is
+the only write a record costs: which passed records a sink holds is not written per batch. At
+the end the few that no batch took (the run stopped) are skipped by id, and one statement makes
+the rest `loaded` once the sink has published them; after a crash, the sink itself says what it
+holds (a ledger, a commit token: see Sink.resume_policy).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from core.resume import (DONE, DUPLICATE_ID, LOAD, PROCESS, RELOAD, ResumeIndex,
 from core.sharding import Shard, bind_destination
 from core.spec import LoadedSpec, snapshot
 from core.stats import Quantiles
-from core.store import STAGED, RunStart, Store
+from core.store import PASSED, RunStart, Store
 
 Listener = Callable[[Event], None]
 
@@ -253,11 +255,11 @@ class Engine:
         self._runtime: Runtime | None = None
         # The checkpoint waiting to be written (see Store.checkpoint).
         self._checkpoint: list[RecordResult] = []
-        self._written: list[str] = []
         self._refused: list[RecordResult] = []
         self._replaced: list[int] = []
         self._last_checkpoint = 0.0
-        self._written_outcome = Outcome.LOADED.value
+        # Record ids whose rows are `passed` but that no sink batch took: skipped at the end.
+        self._not_loaded: list[str] = []
         # Duplicate ids (extract.on_duplicate_id): first-seen ids, or for keep_last each id's
         # last ordinal (-1 once it was taken). Ids only, never records.
         self._seen: dict[str, str | None] = {}
@@ -360,8 +362,6 @@ class Engine:
             opening = open_sink(runtime.loaded)
             await opening.open(self.run_id)
             sink = opening  # only a sink that opened is committed or aborted
-            if sink.resume_policy != "ledger":
-                self._written_outcome = STAGED  # loaded only once commit() publishes it
             if resume is not None:
                 await self._reconcile(runtime, resume, sink)
             with contextlib.suppress(Exception):
@@ -397,7 +397,8 @@ class Engine:
             await self._skip_unfinished(why)
             self._settle_unread(why)
             await self._flush_checkpoint()
-            await self.store.sweep_passed(self.run_id, f"not loaded: {why}")
+            await self.store.skip_passed(self.run_id, self._not_loaded, f"not loaded: {why}")
+            self._not_loaded = []
             if sink is not None:
                 status, error = await self._finish_sink(sink, status, error)
         except StoreError:
@@ -458,11 +459,14 @@ class Engine:
         if index is None:
             return
         tally = self.tally
-        for entry in index.entries.values():
+        for record_id, entry in index.entries.items():
             if not entry.seen:
                 tally.extracted += 1
-            if entry.kind in (LOAD, PROCESS):
-                tally.skipped += 1  # a passed row is swept to skipped; a skipped one stays
+            if entry.kind == LOAD:
+                tally.skipped += 1
+                self._not_loaded.append(record_id)
+            elif entry.kind == PROCESS:
+                tally.skipped += 1  # its row says skipped already
         index.entries.clear()
         tally.extracted += len(index.duplicates)
         index.duplicates.clear()
@@ -508,8 +512,7 @@ class Engine:
         if entry.kind == PROCESS:
             return record
         result = stored.get(entry.pk)
-        if result is None:  # its row vanished since the index was read: process it
-            entry.kind = PROCESS
+        if result is None:  # not fetched (the run is stopping), or its row is gone: process it
             return record
         return _Stored(result)
 
@@ -732,7 +735,7 @@ class Engine:
         while True:
             if done.empty():
                 # Nothing waiting: sleep until the next checkpoint or load is due, at most.
-                if self._checkpoint or self._written or self._refused:
+                if self._checkpoint or self._refused:
                     timeout = max(0.0, self._last_checkpoint + CHECKPOINT_S - now)
                 else:
                     timeout = LOAD_FLUSH_S
@@ -759,7 +762,7 @@ class Engine:
                 last_load = now = time.monotonic()
             elif len(self._checkpoint) >= CHECKPOINT_RECORDS or (
                     now - self._last_checkpoint >= CHECKPOINT_S
-                    and (self._checkpoint or self._written or self._refused)):
+                    and (self._checkpoint or self._refused)):
                 await self._flush_checkpoint()
                 now = time.monotonic()
         if to_load:
@@ -768,14 +771,12 @@ class Engine:
 
     async def _flush_checkpoint(self) -> None:
         self._last_checkpoint = time.monotonic()
-        if not (self._checkpoint or self._written or self._refused or self._replaced):
+        if not (self._checkpoint or self._refused or self._replaced):
             return
         results, self._checkpoint = self._checkpoint, []
-        written, self._written = self._written, []
         refused, self._refused = self._refused, []
         replaced, self._replaced = self._replaced, []
-        await self.store.checkpoint(self.run_id, self.loaded.spec.name, results, written=written,
-                                    written_outcome=self._written_outcome, refused=refused,
+        await self.store.checkpoint(self.run_id, self.loaded.spec.name, results, refused=refused,
                                     replaced=replaced)
 
     async def _load(self, sink: Sink, results: list[RecordResult]) -> None:
@@ -784,10 +785,9 @@ class Engine:
         await self._flush_checkpoint()
         loaded = self.loaded
         rows = [build_row(loaded, r.record, r.output) for r in results]
-        ids = [r.record.id for r in results]
         refused = False
         try:
-            await sink.write_records(rows, ids)
+            await sink.write_records(rows, [r.record.id for r in results])
         except LoadError as exc:
             refused = True
             message = self.resolver.redact(str(exc))
@@ -795,8 +795,6 @@ class Engine:
                 result.outcome, result.stage = Outcome.QUARANTINED, Stage.LOAD
                 result.reason, result.error_type = message, type(exc).__name__
             self._refused.extend(results)
-        else:
-            self._written.extend(ids)
         index = self._index
         for result in results:
             if index is not None:
@@ -829,8 +827,10 @@ class Engine:
         if entry.kind in (DONE, RELOAD):
             return False  # counted already, as it stands
         if result.outcome is Outcome.SKIPPED and result.transform is None and not result.scores:
-            # Stopped before anything was learned: the row says as much already (a passed row
-            # is swept to skipped at the end, a skipped one stays).
+            # Stopped before anything was learned: the row says as much already (a passed one
+            # is skipped at the end, keeping its output; a skipped one stays).
+            if entry.kind == LOAD:
+                self._not_loaded.append(result.record.id)
             self._settle(result, count_only=True)
             return False
         self._replaced.append(entry.pk)
@@ -874,11 +874,12 @@ class Engine:
             self._finish_record(item)
         self._unfinished = []
         for result in self._to_load:
-            # Checkpointed as passed (swept to skipped at the end), or a resumed record's
+            # Checkpointed as passed (skipped by id at the end), or a resumed record's
             # stored output.
             if index is not None and result.record.id in index.entries:
                 self._stored_not_loaded(result, reason)
                 continue
+            self._not_loaded.append(result.record.id)
             self._settle(RecordResult(result.record, Outcome.SKIPPED, Stage.LOAD,
                                       f"not loaded: {reason}", None, transform=result.transform,
                                       scores=result.scores, verdict=result.verdict))
@@ -889,22 +890,33 @@ class Engine:
         assert self._index is not None
         entry = self._index.entries.pop(result.record.id, None)
         if entry is not None and entry.kind == LOAD:
+            self._not_loaded.append(result.record.id)
             self._settle(RecordResult(result.record, Outcome.SKIPPED, Stage.LOAD,
                                       f"not loaded: {reason}", None, transform=result.transform,
                                       scores=result.scores, verdict=result.verdict))
 
     async def _finish_sink(self, sink: Sink, status: str, error: str | None) -> tuple[str, str | None]:
         """Commit what loaded. A `replace` destination is all or nothing: a run that did not
-        succeed leaves it as it was, and its records count as skipped."""
+        succeed leaves it as it was, and its records count as skipped. By now every passed
+        record that no batch took is skipped: the `passed` rows are exactly what the sink holds."""
         replace = self.loaded.spec.load.mode == "replace"
         if status in (RunStatus.FAILED, RunStatus.CANCELLED) and replace:
             with contextlib.suppress(Exception):
                 await sink.abort()
             demoted = await self.store.demote_loaded(
                 self.run_id, f"not loaded: replace mode loads all or nothing and the run {status}",
-                from_outcome=self._written_outcome)
+                from_outcome=PASSED)
             self.tally.loaded -= demoted
             self.tally.skipped += demoted
+            return status, error
+        if sink.resume_policy == "ledger":
+            # Every batch is committed at the destination already. The store says so before the
+            # sink forgets its ledger (commit), so that a crash in between loses nothing.
+            await self.store.finish_commit(self.run_id)
+            try:
+                await sink.commit()
+            except LoomError as exc:
+                self._warn(f"{redact_uri(self.loaded.spec.load.destination)}: {exc}")
             return status, error
         try:
             # Between the two, a crash leaves the question "did it publish?": the token answers
@@ -920,7 +932,7 @@ class Engine:
             message = self.resolver.redact(
                 f"commit to {redact_uri(self.loaded.spec.load.destination)} failed: {exc}")
             demoted = await self.store.demote_loaded(self.run_id, message, quarantine=True,
-                                                     from_outcome=self._written_outcome)
+                                                     from_outcome=PASSED)
             self.tally.loaded -= demoted
             self.tally.quarantined += demoted
             return RunStatus.FAILED, message

@@ -1,18 +1,20 @@
 """Resuming a run that did not finish: `loom --run PIPELINE --resume [RUN_ID]`.
 
 What keeps a run resumable is the engine's checkpointing (core.engine): every record's result is
-in the history store within about 100 ms of its model answer, a record that passed the gate as
-`passed` with its output, before any sink batch holds it; once a batch holds it, `loaded` (a
-sink that commits batch by batch, with a ledger row in the same transaction) or `staged` (a sink
-that publishes at commit: files, replace tables, S3 parts). So after a crash (kill -9, power
-loss, OOM) the store knows, for every record, whether it was paid for and where its output went.
+in the history store within about 100 ms of its model answer — a record that passed the gate as
+`passed`, with its output — before any sink batch holds it. The store does not follow each batch
+(that would cost a write per record); the destination itself says what it holds: a sink that
+commits batch by batch keeps a ledger row per batch in the same transaction, a sink that
+publishes at commit (files, replace tables) holds nothing until then, and leaves a token to tell
+whether a commit that began went through. So after a crash (kill -9, power loss, OOM) Loom knows,
+for every record, whether it was paid for and whether the destination has it.
 
 A resumed run keeps its run id and reads the source again. For each record it decides from the
 checkpoints (`ResumeIndex`):
 
 - loaded (at the destination) or quarantined: nothing to do, nothing paid again;
-- passed, or loaded by an attempt whose output does not survive (see `Sink.resume_policy`):
-  loaded now from the stored output, without a model call;
+- passed and not at the destination (see `Sink.resume_policy`): loaded now from the stored
+  output, without a model call;
 - skipped without an answer, or no row at all (in flight at the crash, never reached): processed.
 
 Before that, `reconcile` settles what the previous attempt left half-way with the destination
@@ -37,7 +39,7 @@ from core.errors import ResumeError
 from core.events import RunStatus
 from core.records import Outcome
 from core.spec import LoadedSpec, snapshot
-from core.store import PASSED, STAGED, PipelineRun, Store
+from core.store import PASSED, PipelineRun, Store
 
 if TYPE_CHECKING:
     from core.connectors.base import Sink
@@ -238,9 +240,10 @@ async def reconcile(store: Store, run: PipelineRun, sink: "Sink", *, attempt: in
 
     `rebuilds`: the destination is rebuilt from this run alone (mode replace), so what was
     loaded is written again. `count(row, kind)` feeds each row's counts and cost to the run's
-    totals, once. Rows change state here only to say the truth about the destination: staged
-    rows whose commit went through are loaded, staged ones whose did not are passed again, and
-    so on; every change is idempotent, so a crash during this is resumed the same way.
+    totals, once. Rows change state here only to say the truth about the destination: passed
+    rows that a commit which went through published, or that a committed batch holds, are
+    loaded; loaded rows a "rewrite" sink withdrew are passed again; skipped rows that had passed
+    are passed again. Every change is idempotent, so a crash during this is resumed the same way.
     """
     published = False
     if run.commit_state == "committing":
@@ -268,12 +271,10 @@ async def reconcile(store: Store, run: PipelineRun, sink: "Sink", *, attempt: in
                 count(row, DONE)
                 continue
             state = outcome
-            if state == STAGED:
-                state = Outcome.LOADED.value if published else PASSED
+            if state == PASSED and (published or record_id in ledger):
+                state = Outcome.LOADED.value  # at the destination; the store had not said so yet
             if state == Outcome.LOADED.value and rewrite:
                 state = PASSED  # withdrawn: written again
-            if state == PASSED and record_id in ledger:
-                state = Outcome.LOADED.value  # the batch committed; the mark did not
             if state == Outcome.SKIPPED.value and row.has_output and _passed(row.verdict):
                 state = PASSED  # answered and passed, then the run stopped before loading it
             if state != outcome:

@@ -19,12 +19,11 @@ from core.store.models import (
     QuarantinedRecord,
     RecordResultRow,
 )
-from core.store.store import PASSED, QUARANTINE_STATUSES, STAGED, RunStart, Store
+from core.store.store import PASSED, QUARANTINE_STATUSES, RunStart, Store
 
 __all__ = [
     "PASSED",
     "QUARANTINE_STATUSES",
-    "STAGED",
     "ContextVersion",
     "EvaluationResult",
     "JudgeAgreementRow",

@@ -156,8 +156,7 @@ class RecordResultRow(SQLModel, table=True):
     record_id: str
     ordinal: int
     # loaded | quarantined | skipped once the run is over. While it runs (or after a crash) also
-    # passed (checkpointed: passed the gate, its output stored, not yet written to the sink) and
-    # staged (written to a sink that publishes at commit: files, S3, replace tables).
+    # passed: passed the gate, its output stored; written to the sink or not (core.resume).
     outcome: str
     stage: str | None = None  # the stage that stopped it
     reason: str | None = Field(default=None, sa_type=Text)

@@ -31,8 +31,9 @@ from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
-from core.store.cache_reader import SQLiteCacheReader
-from core.store.engine import SINGLE_READ, WRITE, StoreTarget, raw_json, without_nul
+from core.store.cache_reader import SQLiteCacheReader, storage_time
+from core.store.checkpoint_writer import SQLiteCheckpointWriter
+from core.store.engine import SINGLE_READ, WRITE, StoreTarget, dumps, raw_json, without_nul
 from core.store.migrate import migrate
 from core.store.models import (
     ContextVersion,
@@ -64,9 +65,9 @@ _CACHE_WRITE_AFTER_S = 2.0
 # Keys per `IN (...)` when concurrent cache lookups are read together.
 _CACHE_READ_CHUNK = 500
 _IN_CHUNK = 500
-# Record states a run passes through before its final outcome (see RecordResultRow.outcome).
+# The state of a record while its run goes (see RecordResultRow.outcome): answered, passed the
+# gate, output stored; loaded (or skipped) when the run ends.
 PASSED = "passed"
-STAGED = "staged"
 
 _runs: Table = PipelineRun.__table__  # type: ignore[assignment]
 _pipelines: Table = Pipeline.__table__  # type: ignore[assignment]
@@ -81,11 +82,12 @@ _lineage: Table = Lineage.__table__  # type: ignore[assignment]
 _alerts: Table = MonitoringAlert.__table__  # type: ignore[assignment]
 _agreements: Table = JudgeAgreementRow.__table__  # type: ignore[assignment]
 
-# A sink batch took these records (one row per record, by the (run_id, record_id) index).
-_MARK_WRITTEN = update(_record_results).where(
+# A record that passed was not written: the run stopped first.
+_SKIP_PASSED = update(_record_results).where(
     (_record_results.c.run_id == bindparam("b_run"))
     & (_record_results.c.record_id == bindparam("b_record"))
-    & (_record_results.c.outcome == PASSED)).values(outcome=bindparam("b_outcome"))
+    & (_record_results.c.outcome == PASSED)).values(
+        outcome=Outcome.SKIPPED.value, stage=Stage.LOAD.value, reason=bindparam("b_reason"))
 # A sink batch refused these records (passed ones; or, resuming into a destination that is
 # rebuilt, loaded ones written again).
 _MARK_REFUSED = update(_record_results).where(
@@ -134,6 +136,9 @@ class Store:
         self._pending_cache_since = 0.0
         # SQLite: lookups read the file inline (see cache_reader); PostgreSQL: batched async reads.
         self._cache_file = SQLiteCacheReader(target.path) if target.path is not None else None
+        # SQLite: checkpoints in one thread hop each (see checkpoint_writer).
+        self._checkpoint_file = SQLiteCheckpointWriter(target.path) if target.path is not None \
+            else None
         self._cache_waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._cache_reader: asyncio.Task[None] | None = None
         self.url = target.display
@@ -161,6 +166,8 @@ class Store:
         finally:
             if self._cache_file is not None:
                 self._cache_file.close()
+            if self._checkpoint_file is not None:
+                self._checkpoint_file.close()
             await self._engine.dispose()
 
     async def __aenter__(self) -> "Store":
@@ -375,23 +382,23 @@ class Store:
     # -- checkpoints: what makes a run resumable (core.resume) ----------------------------------
 
     async def checkpoint(self, run_id: str, pipeline: str, results: Sequence[RecordResult], *,
-                         written: Sequence[str] = (), written_outcome: str = Outcome.LOADED.value,
                          refused: Sequence[RecordResult] = (),
                          replaced: Sequence[int] = ()) -> None:
-        """The engine's checkpoint, in one short transaction, every ~100 ms of a run:
+        """The engine's checkpoint, in one short transaction, about ten times a second:
 
         - `replaced`: rows (ids) of a resumed run's records that are being processed again.
         - `results`: records just transformed and evaluated. One that passed the gate is stored
           `passed`, its output kept, so that a crash never pays for it again; the others with
           their final outcome (and a quarantine row).
-        - `written`: record ids a sink batch took since the last checkpoint: their `passed` rows
-          become `written_outcome` (`loaded`, or `staged` for a sink that publishes at commit).
         - `refused`: records of a batch the sink refused (quarantined at stage load): their
           `passed` rows are quarantined, with a quarantine row each.
-        A record's result is always checkpointed in an earlier call than, or the same call as,
-        the one that marks it written or refused.
+        A record's result is always checkpointed before a sink batch holds it.
         """
-        if not (results or written or refused or replaced):
+        if not (results or refused or replaced):
+            return
+        if self._checkpoint_file is not None:
+            await self._checkpoint_sqlite(self._checkpoint_file, run_id, pipeline, results,
+                                          refused, replaced)
             return
         rows, quarantined = self._result_rows(run_id, pipeline, results, passed=PASSED)
         refusals: list[dict[str, Any]] = []
@@ -413,25 +420,85 @@ class Store:
                     _record_results.c.id.in_(list(replaced[start:start + _IN_CHUNK]))))
             if rows:
                 await conn.execute(insert(_record_results), rows)
-            if written:
-                await conn.execute(_MARK_WRITTEN, [
-                    {"b_run": run_id, "b_record": record_id, "b_outcome": written_outcome}
-                    for record_id in written])
             if refusals:
                 await conn.execute(_MARK_REFUSED, refusals)
             if quarantined:
                 await conn.execute(insert(_quarantine), quarantined)
-            await self._flush_cache(conn)
 
-    async def sweep_passed(self, run_id: str, reason: str) -> int:
-        """At the end of a run: records that passed but no sink batch took are skipped (their
-        output stays: resuming the run loads them without a call). Returns how many."""
+    async def _checkpoint_sqlite(self, writer: SQLiteCheckpointWriter, run_id: str,
+                                 pipeline: str, results: Sequence[RecordResult],
+                                 refused: Sequence[RecordResult], replaced: Sequence[int]) -> None:
+        """`checkpoint` on SQLite: the same rows, as tuples, in one thread hop."""
+        now = storage_time(utcnow())
+        records: list[tuple[Any, ...]] = []
+        quarantined: list[tuple[Any, ...]] = []
+        loaded = Outcome.LOADED.value
+        for result in results:
+            record = result.record
+            transform = result.transform
+            input_tokens = output_tokens = made = 0
+            latency = 0.0
+            cost: float | None = 0.0
+            for call in result.calls:
+                input_tokens += call.input_tokens
+                output_tokens += call.output_tokens
+                latency += call.latency_s
+                if cost is not None:
+                    cost = None if call.cost_usd is None else cost + call.cost_usd
+                if not call.cached:
+                    made += 1
+            output = dumps(transform.output) if transform is not None and \
+                transform.output is not None else None
+            scores = dumps([score.to_dict() for score in result.scores])
+            verdict = dumps(result.verdict.to_dict()) if result.verdict is not None else None
+            outcome = result.outcome.value
+            stage = result.stage.value if result.stage is not None else None
+            data = dumps(record.data)
+            records.append((
+                run_id, record.id, record.ordinal, PASSED if outcome == loaded else outcome,
+                stage, result.reason, result.error_type, data, output, scores, verdict,
+                input_tokens, output_tokens, cost, latency,
+                1 if transform is not None and transform.cached else 0, made, now))
+            if outcome == Outcome.QUARANTINED.value:
+                quarantined.append(self._quarantine_tuple(run_id, pipeline, result, data, output,
+                                                          scores, verdict, now))
+        refusals: list[tuple[Any, ...]] = []
+        for result in refused:
+            output = dumps(result.output) if result.output is not None else None
+            scores = dumps([score.to_dict() for score in result.scores])
+            verdict = dumps(result.verdict.to_dict()) if result.verdict is not None else None
+            refusals.append((result.reason, result.error_type, run_id, result.record.id))
+            quarantined.append(self._quarantine_tuple(run_id, pipeline, result,
+                                                      dumps(result.record.data), output, scores,
+                                                      verdict, now))
+        try:
+            await writer.write(records, quarantined, refusals, replaced)
+        except sqlite3.Error as exc:
+            raise self._target.error("write to", exc) from exc
+
+    @staticmethod
+    def _quarantine_tuple(run_id: str, pipeline: str, result: RecordResult, data: str,
+                          output: str | None, scores: str, verdict: str | None,
+                          now: str) -> tuple[Any, ...]:
+        record = result.record
+        transform = result.transform
+        stage = result.stage.value if result.stage is not None else None
+        return (run_id, pipeline, record.id, record.ordinal, stage or _inferred_stage(result),
+                result.reason or record.extract_error, result.error_type, data, output,
+                transform.raw_text if transform is not None else None,
+                dumps(transform.messages) if transform is not None else None, scores, verdict,
+                now, "open", None, None, None)
+
+    async def skip_passed(self, run_id: str, record_ids: Sequence[str], reason: str) -> int:
+        """Records that passed but that no sink batch took (the run stopped first): skipped.
+        Their output stays: resuming the run loads them without a call. Returns how many."""
+        if not record_ids:
+            return 0
+        reason = self._text(reason) or ""
         async with self._write() as conn:
-            result = await conn.execute(
-                update(_record_results).where((_record_results.c.run_id == run_id)
-                                              & (_record_results.c.outcome == PASSED))
-                .values(outcome=Outcome.SKIPPED.value, stage=Stage.LOAD.value,
-                        reason=self._text(reason)))
+            result = await conn.execute(_SKIP_PASSED, [
+                {"b_run": run_id, "b_record": self._text(record_id), "b_reason": reason}
+                for record_id in record_ids])
             return int(result.rowcount)
 
     async def begin_commit(self, run_id: str, token: str | None) -> None:
@@ -441,11 +508,12 @@ class Store:
                 commit_state="committing", commit_token=token, updated_at=utcnow()))
 
     async def finish_commit(self, run_id: str) -> int:
-        """The sink published: the run's staged records are loaded. Returns how many."""
+        """The run's load is published: its passed records are loaded. Call it once every record
+        that was not written is skipped (`skip_passed`). Returns how many."""
         async with self._write() as conn:
             result = await conn.execute(
                 update(_record_results).where((_record_results.c.run_id == run_id)
-                                              & (_record_results.c.outcome == STAGED))
+                                              & (_record_results.c.outcome == PASSED))
                 .values(outcome=Outcome.LOADED.value))
             await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
                 commit_state="committed", updated_at=utcnow()))
@@ -534,8 +602,8 @@ class Store:
 
     async def demote_loaded(self, run_id: str, reason: str, *, quarantine: bool = False,
                             from_outcome: str = Outcome.LOADED.value) -> int:
-        """Records of a run written as loaded (or `from_outcome`, e.g. staged) that did not
-        reach the destination after all.
+        """Records of a run written as loaded (or `from_outcome`: passed, for a load that was
+        never published) that did not reach the destination after all.
 
         The sink's commit failed (`quarantine=True`: each becomes an open quarantined record at
         stage `load`, with its input, output, scores and verdict) or a `replace` load was
