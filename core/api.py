@@ -248,7 +248,7 @@ class Workspace:
         """The pipeline and the options that resume run `run_id` of the pipeline at `path` (by
         default its newest unfinished run, of `shard` when given): then `run(...)` or
         `run_to_end(...)` them. The run keeps its id, its --limit and its shard; the pipeline is
-        loaded with the --set overrides the run started with, unless `overrides` are given.
+        loaded with the --set overrides the run started with, then `overrides` on top.
         Raises ResumeError (nothing to resume, still running) or UsageError."""
         loaded = self.load(path, overrides)
         run = await find_resumable(await self.store(), loaded.spec.name, run_id, shard=shard)
@@ -256,17 +256,16 @@ class Workspace:
         if limit is not None and limit != stored.get("limit"):
             raise UsageError(f"--resume continues run {run.run_id} with its own --limit "
                              f"({stored.get('limit', 'none')}); leave --limit out")
-        if overrides is None and stored.get("overrides"):
-            loaded = self.load(path, list(stored["overrides"]))
+        overrides = [*(stored.get("overrides") or []), *(overrides or [])]
+        if overrides:
+            loaded = self.load(path, overrides)
         run_shard = None
         if run.shard_group is not None and run.shard_index is not None and run.shard_count:
             run_shard = Shard(run.shard_index, run.shard_count, run.shard_group)
         options = RunOptions(limit=stored.get("limit"),
                              use_cache=use_cache and stored.get("use_cache", True) is not False,
                              record_path=record_path, shard=run_shard,
-                             resume=ResumeRequest(run, force=force),
-                             overrides=list(overrides if overrides is not None
-                                            else stored.get("overrides") or []))
+                             resume=ResumeRequest(run, force=force), overrides=overrides)
         return loaded, options
 
     async def resume(self, path: str | Path, run_id: str | None = None, *, force: bool = False,

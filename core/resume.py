@@ -167,7 +167,7 @@ def pipeline_change(run: PipelineRun, loaded: LoadedSpec, runtime: "Runtime") ->
     for name in sorted(set(judges_then) | set(judges_now)):
         if judges_then.get(name) != judges_now.get(name):
             return f"the prompt of judge {name} was edited"
-    difference = _first_difference(run.config or {}, snapshot(loaded))
+    difference = _first_difference(_shaping(run.config or {}), _shaping(snapshot(loaded)))
     if difference is not None:
         path, then, now_value = difference
         return f"{path or 'the pipeline'}: {_shown(then)} then, {_shown(now_value)} now"
@@ -175,6 +175,22 @@ def pipeline_change(run: PipelineRun, loaded: LoadedSpec, runtime: "Runtime") ->
 
 
 _ABSENT = object()
+# Settings that change how a run goes, not what a record's result is: a resumed run may differ in
+# these (a larger budget for a run a budget stopped, a lower concurrency after 429s, a rotated key).
+_OPERATIONAL = {"description": None, "budget": None, "monitoring": None,
+                "transform": ("concurrency", "rate_limit", "timeout_s", "max_retries", "api_key"),
+                "extract": ("batch_size",), "load": ("batch_size",)}
+
+
+def _shaping(config: dict[str, Any]) -> dict[str, Any]:
+    """The pipeline without its operational settings."""
+    shaped = dict(config)
+    for section, keys in _OPERATIONAL.items():
+        if keys is None:
+            shaped.pop(section, None)
+        elif isinstance(shaped.get(section), dict):
+            shaped[section] = {k: v for k, v in shaped[section].items() if k not in keys}
+    return shaped
 
 
 def _first_difference(then: Any, now: Any, path: str = "") -> tuple[str, Any, Any] | None:
