@@ -46,7 +46,9 @@ class ProgressReporter:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunWarning):
-            self.console.print(f"[yellow]warning:[/] {event.message}", highlight=False)
+            # One line each, whatever the width: logs are grepped line by line.
+            self.console.print(f"[yellow]warning:[/] {event.message}", highlight=False,
+                               soft_wrap=True)
         elif isinstance(event, RunResumed):
             self.console.print(resumed_line(event), highlight=False, soft_wrap=True)
         elif isinstance(event, RunStarted) and self.show:
