@@ -260,6 +260,7 @@ class Engine:
         self._last_checkpoint = 0.0
         # Record ids whose rows are `passed` but that no sink batch took: skipped at the end.
         self._not_loaded: list[str] = []
+        self._batches_written = 0
         # Duplicate ids (extract.on_duplicate_id): first-seen ids, or for keep_last each id's
         # last ordinal (-1 once it was taken). Ids only, never records.
         self._seen: dict[str, str | None] = {}
@@ -788,6 +789,7 @@ class Engine:
         refused = False
         try:
             await sink.write_records(rows, [r.record.id for r in results])
+            self._batches_written += 1
         except LoadError as exc:
             refused = True
             message = self.resolver.redact(str(exc))
@@ -900,6 +902,11 @@ class Engine:
         succeed leaves it as it was, and its records count as skipped. By now every passed
         record that no batch took is skipped: the `passed` rows are exactly what the sink holds."""
         replace = self.loaded.spec.load.mode == "replace"
+        if status in (RunStatus.FAILED, RunStatus.CANCELLED) and not self._batches_written:
+            # Nothing to publish: the destination stays exactly as it was (no empty file).
+            with contextlib.suppress(Exception):
+                await sink.abort()
+            return status, error
         if status in (RunStatus.FAILED, RunStatus.CANCELLED) and replace:
             with contextlib.suppress(Exception):
                 await sink.abort()
