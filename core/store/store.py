@@ -489,17 +489,16 @@ class Store:
                 dumps(transform.messages) if transform is not None else None, scores, verdict,
                 now, "open", None, None, None)
 
-    async def skip_passed(self, run_id: str, record_ids: Sequence[str], reason: str) -> int:
+    async def skip_passed(self, run_id: str, record_ids: Sequence[str], reason: str) -> None:
         """Records that passed but that no sink batch took (the run stopped first): skipped.
-        Their output stays: resuming the run loads them without a call. Returns how many."""
+        Their output stays: resuming the run loads them without a call."""
         if not record_ids:
-            return 0
+            return
         reason = self._text(reason) or ""
         async with self._write() as conn:
-            result = await conn.execute(_SKIP_PASSED, [
+            await conn.execute(_SKIP_PASSED, [
                 {"b_run": run_id, "b_record": self._text(record_id), "b_reason": reason}
                 for record_id in record_ids])
-            return int(result.rowcount)
 
     async def begin_commit(self, run_id: str, token: str | None) -> None:
         """The sink is about to publish: a crash from here on is resolved with `token`."""
