@@ -263,6 +263,7 @@ class Engine:
         self._batches_written = 0
         # Duplicate ids (extract.on_duplicate_id): first-seen ids, or for keep_last each id's
         # last ordinal (-1 once it was taken). Ids only, never records.
+        self._keep_last = self.loaded.spec.extract.on_duplicate_id == "keep_last"
         self._seen: dict[str, str | None] = {}
         self._latest: dict[str, int] = {}
         self._duplicates = 0
@@ -371,7 +372,7 @@ class Engine:
                     self._total_hint = None  # the source's count, not this shard's
                 if self._total_hint is not None and self.options.limit is not None:
                     self._total_hint = min(self._total_hint, self.options.limit)
-            if spec.extract.on_duplicate_id == "keep_last":
+            if self._keep_last:
                 await self._find_last_occurrences(source)
             await self._pump(runtime, source, sink)
         except FatalRunError as exc:
@@ -389,6 +390,10 @@ class Engine:
             status, reason = self.controller.status, self.controller.reason
         if status == RunStatus.SUCCESS and self._stop_status:
             status, reason = self._stop_status, self._stop_reason
+        if resume is not None and self._index is None:
+            # The resume stopped before it knew what earlier attempts did: the run keeps their
+            # counts (its rows are untouched), so that it can be resumed again.
+            self._keep_counts(resume.run)
 
         # Whatever stopped the run, the records it had read end somewhere.
         why = error or reason or "run stopped"
@@ -452,6 +457,14 @@ class Engine:
         self._emit(RunResumed(self.run_id, attempt=index.attempt, loaded=index.loaded,
                               quarantined=index.quarantined, from_store=index.from_store,
                               to_process=index.to_process, rewritten=index.rewritten))
+
+    def _keep_counts(self, run: Any) -> None:
+        tally = self.tally
+        tally.extracted, tally.loaded = run.extracted, run.loaded
+        tally.quarantined, tally.skipped = run.quarantined, run.skipped
+        tally.cost_known, tally.cost_unknown = run.cost_usd or 0.0, run.cost_usd is None
+        tally.input_tokens, tally.output_tokens = run.input_tokens, run.output_tokens
+        tally.llm_calls, tally.cache_hits = run.llm_calls, run.cache_hits
 
     def _settle_unread(self, reason: str) -> None:
         """Rows of a resumed run whose records this attempt never finished: not read again (the
@@ -520,7 +533,7 @@ class Engine:
     def _duplicate(self, record: Record) -> RecordResult | None:
         """The result of a record whose id an earlier record already had, or None."""
         record_id = record.id
-        if self.loaded.spec.extract.on_duplicate_id == "keep_last":
+        if self._keep_last:
             last = self._latest.get(record_id)
             if last is None or last == record.ordinal:
                 self._latest[record_id] = -1  # taken: any occurrence after it is a duplicate
@@ -556,7 +569,7 @@ class Engine:
             return
         count = self._duplicates
         what = f"{count} record{'s' if count != 1 else ''}"
-        if self.loaded.spec.extract.on_duplicate_id == "keep_last":
+        if self._keep_last:
             self._warn(f"{what} had an id a later record has too, first {self._first_duplicate}: "
                        f"skipped, the last one with each id is loaded (extract.on_duplicate_id: "
                        f"keep_last)")

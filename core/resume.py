@@ -104,7 +104,9 @@ def resume_problem(run: PipelineRun) -> str | None:
         return (f"run {run.run_id} is still running (pid {options.get('pid', '?')} on "
                 f"{options.get('host', '?')}, last heartbeat {heartbeat_age(run):.0f} s ago)")
     if run.status in (RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.PARTIAL):
-        if run.skipped:
+        # A resume that failed before it settled with the destination kept the run's counts,
+        # which may not show what is left: it may be resumed again whatever they say.
+        if run.skipped or (run.status == RunStatus.FAILED and (run.attempts or 1) > 1):
             return None
         return f"run {run.run_id} ended {run.status} with no record left unfinished: nothing to resume"
     return f"run {run.run_id} finished ({run.status}): there is nothing to resume"

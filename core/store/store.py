@@ -593,7 +593,8 @@ class Store:
         statement = select(PipelineRun).where(or_(
             _runs.c.status == RunStatus.RUNNING,
             _runs.c.status.in_([RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.PARTIAL])
-            & (_runs.c.skipped > 0)))
+            & (_runs.c.skipped > 0),
+            (_runs.c.status == RunStatus.FAILED) & (_runs.c.attempts > 1)))
         if pipeline is not None:
             statement = statement.where(PipelineRun.pipeline_name == pipeline)
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())

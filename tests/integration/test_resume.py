@@ -373,3 +373,33 @@ async def test_the_api_lists_unfinished_runs_and_resumes_one(tmp_path, llm_serve
     (finished,) = [e for e in events if isinstance(e, RunFinished)]
     assert finished.summary.status == "success" and finished.summary.loaded == 200
     assert (run.status, run.attempts, run.loaded) == ("success", 2, 200)
+
+
+def test_a_resume_that_fails_before_it_settles_keeps_the_run_resumable(
+        tmp_path, llm_server, capsys):
+    llm_server.latency_s = 0.02
+    source = rows(200)
+    path = write_pipeline(tmp_path / "p", rows=source, base_url=llm_server.base_url,
+                          transform={"concurrency": 2, "cache": False},
+                          load={"destination": "sqlite://out/dest.db", "table": "reviews"})
+    first = cancel_after(path, 20)
+    database = tmp_path / "p" / "out" / "dest.db"
+    with sqlite3.connect(database) as db:  # someone broke the ledger
+        db.execute("INSERT INTO loom_load_ledger VALUES (?, 'reviews', 'not json', 'now')",
+                   (first.run_id,))
+
+    code, out, err = run_cli(capsys, "--run", str(path), "--resume", "--json")
+    assert code == 1, err
+    failed = json.loads(out)
+    assert failed["status"] == "failed" and "cannot read loom_load_ledger" in failed["status_reason"]
+    assert failed["records"] == {"extracted": first.extracted, "loaded": first.loaded,
+                                 "quarantined": first.quarantined, "skipped": first.skipped}
+
+    with sqlite3.connect(database) as db:
+        db.execute("DELETE FROM loom_load_ledger")
+    code, out, err = run_cli(capsys, "--run", str(path), "--resume", "--json")
+    assert code == 0, err
+    summary = json.loads(out)
+    assert summary["attempts"] == 3 and summary["records"]["loaded"] == 200
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT count(*), count(DISTINCT id) FROM reviews").fetchone() == (200, 200)
