@@ -9,7 +9,9 @@ reaches into the engine's internals and the headless CLI behaves exactly like th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,21 +20,35 @@ from typing import Any
 import yaml
 
 from core.agreement import JudgeAgreement
+from core.compare import (ComparedValue, PromptComparison, RunComparison, VerdictChange,
+                          compare_runs, compare_verdicts)
 from core.config import LoomConfig, load_config, store_url
 from core.connectors.registry import open_source
-from core.credentials import KeyringSecrets, SecretResolver
+from core.credentials import KeyringSecrets, SecretResolver, placeholder_names
 from core.engine import Engine, Listener, RunController, RunOptions
 from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError, UsageError
 from core.events import Event, RunFinished, RunSummary
 from core.processing import Runtime
 from core.quarantine import ActionResult, QuarantineDesk
-from core.prompts import template_syntax_error
+from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
 from core.resume import ResumeRequest, find_resumable, is_resumable, resume_problem
 from core.sharding import Shard, ShardGroup
 from core.spec import LoadedSpec, load_spec
-from core.store import Store
+from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
+                        Store)
+from core.store.models import MonitoringAlert
+
+# What a UI needs from the engine, importable from this one module (the workbench imports
+# nothing else from core but the events and the record types).
+__all__ = [
+    "ActionResult", "ComparedValue", "EvaluationResult", "LoadedSpec", "LoomError",
+    "PipelineEntry", "PipelineRun", "PromptComparison", "PromptSource", "QuarantineAction",
+    "QuarantinedRecord", "RenderResult", "RunComparison", "RunController", "RunOptions",
+    "RunPoint", "SavedPrompt", "VerdictChange", "Workspace", "find_pipeline_files",
+    "Estimate", "JudgeAgreement", "MonitoringAlert", "ShardGroup",
+]
 
 # Folders never worth scanning for pipelines.
 _SKIP_DIRS = {".git", ".venv", "venv", "node_modules", "__pycache__", ".tox", ".mypy_cache",
@@ -59,6 +75,44 @@ class RenderResult:
     messages: list[dict[str, str]] | None
     error: str | None = None
     error_line: int | None = None
+
+
+@dataclass(frozen=True)
+class PromptSource:
+    """A pipeline's prompt file as it is on disk."""
+
+    path: Path
+    text: str
+    hash: str
+
+
+@dataclass(frozen=True)
+class SavedPrompt:
+    """A prompt written to its file and stored as a version."""
+
+    path: Path
+    text: str
+    hash: str
+    previous_hash: str
+    previous_text: str
+
+    @property
+    def changed(self) -> bool:
+        return self.hash != self.previous_hash
+
+
+@dataclass(frozen=True)
+class RunPoint:
+    """One run of a pipeline, as a point on its cost and latency charts."""
+
+    run_id: str
+    started_at: Any
+    status: str
+    cost_usd: float | None
+    latency_p50_s: float | None
+    latency_p95_s: float | None
+    rejection_rate: float | None
+    extracted: int
 
 
 def find_pipeline_files(folder: Path) -> list[Path]:
@@ -96,6 +150,13 @@ class Workspace:
         self._store = store
         self._store_url = store_url_override
         self._owns_store = store is None
+        # Several workbench workers may ask for the store at once: open it only once.
+        self._store_lock: asyncio.Lock | None = None
+
+    def detached(self) -> "Workspace":
+        """The same folder, config and store, for another thread's event loop (a store's
+        connections belong to the loop that opened them). The caller closes it."""
+        return Workspace(self.folder, store_url_override=self._store_url, config=self.config)
 
     async def __aenter__(self) -> "Workspace":
         await self.store()
@@ -106,7 +167,11 @@ class Workspace:
 
     async def store(self) -> Store:
         if self._store is None:
-            self._store = await Store.open(self._store_url or store_url(self.config))
+            if self._store_lock is None:
+                self._store_lock = asyncio.Lock()
+            async with self._store_lock:
+                if self._store is None:
+                    self._store = await Store.open(self._store_url or store_url(self.config))
         return self._store
 
     async def close(self) -> None:
@@ -170,6 +235,41 @@ class Workspace:
                 head = exc.detail[5:].split(":", 1)[0]
                 line = int(head) if head.isdigit() else None
             return RenderResult(None, exc.detail, line)
+
+    def prompt_source(self, loaded: LoadedSpec) -> PromptSource:
+        """The prompt file the pipeline names, as it is on disk now."""
+        from core.prompts import load_prompts
+
+        prompts = load_prompts(loaded)
+        return PromptSource(prompts.prompt_path, prompts.prompt_text, prompts.prompt_hash)
+
+    async def save_prompt(self, loaded: LoadedSpec, text: str) -> SavedPrompt:
+        """Write the prompt file and keep both it and the text it replaces as stored versions,
+        so that a later run (or the A/B below) can always say what changed."""
+        current = self.prompt_source(loaded)
+        store = await self.store()
+        name = loaded.spec.name
+        await store.save_version("prompt", current.hash, current.text, path=str(current.path),
+                                 pipeline=name)
+        if text != current.text:
+            try:
+                _write_atomically(current.path, text)
+            except OSError as exc:
+                raise PipelineError(f"cannot write the prompt: {exc.strerror or exc}",
+                                    file=str(current.path)) from None
+        saved = SavedPrompt(current.path, text, content_hash(text), current.hash, current.text)
+        await store.save_version("prompt", saved.hash, text, path=str(current.path), pipeline=name)
+        return saved
+
+    async def compare_prompts(self, loaded: LoadedSpec, records: Sequence[Record], before: str,
+                              after: str, *, use_cache: bool = True) -> PromptComparison:
+        """Judge the same records under two prompt texts: which changed verdict (the A/B).
+        Answers already paid for come from the cache, so re-judging a sample is usually free."""
+        records = list(records)
+        old = await self.run_sample(loaded, records, prompt_text=before, use_cache=use_cache)
+        new = await self.run_sample(loaded, records, prompt_text=after, use_cache=use_cache)
+        return compare_verdicts(old, new, before_hash=content_hash(before),
+                                after_hash=content_hash(after))
 
     async def run_sample(self, loaded: LoadedSpec, records: Iterable[Record], *,
                          prompt_text: str | None = None, use_cache: bool = True,
@@ -280,16 +380,16 @@ class Workspace:
     async def runs(self, *, pipeline: str | None = None, limit: int = 50, **kw: Any) -> list[Any]:
         return await (await self.store()).list_runs(pipeline=pipeline, limit=limit, **kw)
 
+    async def count_runs(self, *, pipeline: str | None = None, status: str | None = None) -> int:
+        return await (await self.store()).count_runs(pipeline=pipeline, status=status)
+
     async def history(self, *, pipeline: str | None = None, limit: int = 50) -> list[Any]:
         """The newest `limit` runs, newest first, with the runs of a shard group gathered into
         one `ShardGroup` (placed where its newest run is; it holds every run of the group,
         also those past `limit`). Other runs come as they are (core.store.PipelineRun)."""
         store = await self.store()
         runs = await store.list_runs(pipeline=pipeline, limit=limit)
-        groups = {run.shard_group for run in runs if run.shard_group is not None}
-        members: dict[tuple[str, str], list[Any]] = {}
-        for run in await store.shard_group_runs(sorted(groups), pipeline=pipeline):
-            members.setdefault((run.pipeline_name, run.shard_group), []).append(run)
+        groups = await self.shard_groups(runs)
         entries: list[Any] = []
         shown: set[tuple[str, str]] = set()
         for run in runs:
@@ -299,11 +399,67 @@ class Workspace:
             key = (run.pipeline_name, run.shard_group)
             if key not in shown:
                 shown.add(key)
-                entries.append(ShardGroup.of(members[key]))
+                entries.append(groups[key])
         return entries
+
+    async def shard_groups(self, runs: Sequence[PipelineRun]) -> dict[tuple[str, str], ShardGroup]:
+        """The shard groups these runs belong to, each whole (every run of the group, retries
+        and runs outside `runs` too), by (pipeline, group), in one query. For a page of
+        history read with `runs(...)`: the workbench pages runs by keyset and gathers groups
+        itself."""
+        wanted = {(run.pipeline_name, run.shard_group) for run in runs
+                  if run.shard_group is not None}
+        if not wanted:
+            return {}
+        members: dict[tuple[str, str], list[Any]] = {}
+        store = await self.store()
+        for run in await store.shard_group_runs(sorted({group for _, group in wanted})):
+            key = (run.pipeline_name, run.shard_group)
+            if key in wanted:
+                members.setdefault(key, []).append(run)
+        return {key: ShardGroup.of(found) for key, found in members.items()}
+
+    async def count_history(self, *, pipeline: str | None = None, status: str | None = None) -> int:
+        """How many lines the history shows with shard groups gathered: each run that is not a
+        shard, and for each shard group with a matching run its summed line and all its runs."""
+        return await (await self.store()).count_history_rows(pipeline=pipeline, status=status)
 
     async def get_run(self, run_id: str) -> Any:
         return await (await self.store()).get_run(run_id)
+
+    async def last_runs(self) -> dict[str, PipelineRun]:
+        """Each pipeline's newest run, by pipeline name."""
+        return await (await self.store()).last_run_per_pipeline()
+
+    async def pipeline_names(self) -> list[str]:
+        """Every pipeline the history has seen."""
+        return [p.name for p in await (await self.store()).list_pipelines()]
+
+    async def run_series(self, pipeline: str, *, limit: int = 60) -> list[RunPoint]:
+        """A pipeline's last `limit` finished runs, oldest first: its cost and latency charts."""
+        runs = await (await self.store()).list_runs(pipeline=pipeline, limit=limit * 2)
+        finished = [r for r in runs if r.status != "running"][:limit]
+        return [RunPoint(r.run_id, r.started_at, r.status, r.cost_usd, r.latency_p50_s,
+                         r.latency_p95_s, r.rejection_rate, r.extracted)
+                for r in reversed(finished)]
+
+    async def compare_runs(self, run_a: str, run_b: str) -> RunComparison:
+        """Two runs side by side: their configuration (prompt, context, model) and results."""
+        store = await self.store()
+        runs = []
+        for run_id in (run_a, run_b):
+            run = await store.get_run(run_id)
+            if run is None:
+                raise UsageError(f"there is no run {run_id}")
+            runs.append(run)
+        a, b = runs
+        prompts = []
+        for run in runs:
+            version = await store.get_version(run.prompt_hash) if run.prompt_hash else None
+            prompts.append(version[1] if version else None)
+        return compare_runs(a, b, evaluators_a=await store.evaluation_results(a.run_id),
+                            evaluators_b=await store.evaluation_results(b.run_id),
+                            prompt_a=prompts[0], prompt_b=prompts[1])
 
     async def quarantine(self, **filters: Any) -> list[Any]:
         """Quarantined records, filtered (pipeline, run_id, stage, reason_contains, status) and
@@ -375,9 +531,28 @@ class Workspace:
         """The keyring backend in use, e.g. `keyrings.alt.file.PlaintextKeyring`."""
         return KeyringSecrets().backend()
 
+    def secret_references(self) -> dict[str, list[str]]:
+        """Which pipelines under the folder ask for each secret: `${NAME}` name -> pipeline
+        names (valid pipelines only; reads their files, so call it from a worker too)."""
+        users: dict[str, set[str]] = {}
+        for entry in self.pipelines():
+            if entry.loaded is not None:
+                for name in placeholder_names(entry.loaded.raw):
+                    users.setdefault(name, set()).add(entry.name)
+        return {name: sorted(found) for name, found in sorted(users.items())}
+
 
 class _Done:
     pass
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace a file's text without ever leaving it half-written."""
+    temporary = path.with_name(f".{path.name}.loom-tmp")
+    temporary.write_text(text, encoding="utf-8")
+    with contextlib.suppress(OSError):
+        shutil.copymode(path, temporary)
+    os.replace(temporary, path)
 
 
 def _declared_name(path: Path) -> str:

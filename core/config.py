@@ -9,6 +9,9 @@
       ttl_days: 30
     pricing:                                          # per 1M tokens, USD; overrides the table
       my-finetune: {input: 0.5, output: 1.5, cached_input: 0.25}
+    workbench:                                        # the `loom` TUI
+      theme: loom-light
+      keymap: {quarantine.approve: y}                 # binding id -> key
 
 `LOOM_STORE_URL` overrides storage.url. `${NAME}` placeholders in either resolve like a
 pipeline's (core.credentials), when the store is opened.
@@ -56,11 +59,19 @@ class ModelPrice(_Strict):
     cached_input: float | None = Field(None, ge=0)
 
 
+class WorkbenchConfig(_Strict):
+    """The `loom` workbench: its theme, and keys remapped by binding id."""
+
+    theme: str | None = None  # loom-dark | loom-light | any Textual theme
+    keymap: dict[str, str] = Field(default_factory=dict)  # binding id -> key(s), e.g. {quarantine.approve: y}
+
+
 class LoomConfig(_Strict):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
     pricing: dict[str, ModelPrice] = Field(default_factory=dict)
     credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
+    workbench: WorkbenchConfig = Field(default_factory=WorkbenchConfig)
 
 
 def loom_home() -> Path:

@@ -43,6 +43,21 @@ def has_placeholder(text: str) -> bool:
     return "${" in text
 
 
+def placeholder_names(value: Any) -> set[str]:
+    """The secret names a YAML-shaped tree's `${NAME}` placeholders ask for (not `$${NAME}`,
+    which is a literal, nor `${aws:…}`, which only AWS Secrets Manager answers)."""
+    if isinstance(value, str):
+        if "${" not in value:
+            return set()
+        return {match.group(2).strip() for match in _PLACEHOLDER.finditer(value)
+                if not match.group(1) and SECRET_NAME.fullmatch(match.group(2).strip())}
+    if isinstance(value, dict):
+        return set().union(*(placeholder_names(v) for v in value.values()))
+    if isinstance(value, list):
+        return set().union(*(placeholder_names(v) for v in value))
+    return set()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -327,12 +342,21 @@ class KeyringSecrets:
         if not value:
             raise SecretError(f"secret {name}: the value is empty")
         try:
-            self._keyring().set_password(self.service, name, value)
-            names = self._index()
-            if name not in names:
-                self._save_index([*names, name])
+            keyring = self._keyring()
+            keyring.set_password(self.service, name, value)
+            # Some backends accept a value and keep nothing (keyring.backends.null): reading it
+            # back is the only way to know it was stored.
+            stored = keyring.get_password(self.service, name) == value
+            if stored:
+                names = self._index()
+                if name not in names:
+                    self._save_index([*names, name])
         except Exception as exc:
             raise self._unusable(exc, name) from exc
+        if not stored:
+            raise SecretError(
+                f"secret {name}: the keyring backend {self.backend()} did not keep it; install "
+                "keyrings.alt or set PYTHON_KEYRING_BACKEND (see the README's Secrets section)")
 
     def delete(self, name: str) -> None:
         self.check_name(name)

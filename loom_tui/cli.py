@@ -1,15 +1,44 @@
-"""The `loom` console script: headless commands go to core.cli; `loom [FOLDER]` opens the workbench."""
+"""The `loom` console script: `loom [FOLDER]` opens the workbench; everything else (`--run`,
+`validate`, `runs`, `quarantine`) is the headless command line in core.cli.
+
+Textual is imported only when the workbench opens, so `loom --run` in cron stays light.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from core import cli as headless
+import core.cli as headless
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return headless.main(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in headless.HEADLESS_COMMANDS:
+        return headless.main(argv)
+    args = headless.build_run_parser().parse_args(argv)
+    if args.run:
+        return headless.main(argv)
+    return open_workbench(Path(args.folder))
+
+
+def open_workbench(folder: Path) -> int:
+    if not folder.is_dir():
+        sys.stderr.write(f"error: {folder}: no such folder (loom [FOLDER] opens the workbench "
+                         "on a folder of pipelines)\n")
+        return 2
+    from core.api import LoomError
+
+    try:
+        from loom_tui.app import LoomApp
+
+        app = LoomApp(folder)
+    except LoomError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return exc.exit_code
+    app.run()
+    return app.return_code or 0
 
 
 if __name__ == "__main__":

@@ -56,3 +56,18 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     command = next(line.strip() for line in ci.splitlines() if "pytest" in line and "pip install" in line)
     assert command in readme
+
+
+# The workbench is an adapter over the facade: it reaches the engine through these only.
+TUI_MAY_IMPORT = ("core.api", "core.events", "core.records")
+
+
+def test_the_tui_imports_only_the_facade_the_events_and_the_records() -> None:
+    offenders = []
+    for path in sorted((ROOT / "loom_tui").rglob("*.py")):
+        allowed = TUI_MAY_IMPORT + (("core.cli",) if path.name == "cli.py" and
+                                    path.parent.name == "loom_tui" else ())
+        for name in imported_modules(path):
+            if (name == "core" or name.startswith("core.")) and name not in allowed:
+                offenders.append(f"{path.relative_to(ROOT)}: {name}")
+    assert offenders == []

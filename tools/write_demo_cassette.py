@@ -1,12 +1,14 @@
-"""Write the sample pipeline's cassette from its hand-written answers.
+"""Write a sample pipeline's cassette from its hand-written answers.
 
-    .venv/bin/python tools/write_demo_cassette.py
+    .venv/bin/python tools/write_demo_cassette.py                      # every sample
+    .venv/bin/python tools/write_demo_cassette.py sample_pipelines/review_summaries
 
-The sample runs offline with `provider: replay`, whose answers are keyed by the exact request.
-When the prompt, the context, the data or the model settings of the sample change, the keys
-change: run this to rewrite `cassettes/demo.jsonl` from `cassettes/demo_answers.yaml`. Every
-request goes through Loom's own transform (render, call, validate, one repair), so the
-cassette holds exactly the requests a run will make.
+The samples run offline with `provider: replay`, whose answers are keyed by the exact request,
+a judge's included. When a sample's prompt, context, data, judge criteria or model settings
+change (or the packaged judge prompts do), the keys change: run this to rewrite
+`cassettes/demo.jsonl` from `cassettes/demo_answers.yaml`. Every record goes through Loom's own
+record processor (render, transform, validate, repair, judge, repair, gate), so the cassette
+holds exactly the requests a run makes.
 """
 
 from __future__ import annotations
@@ -21,22 +23,23 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core.connectors.registry import open_source  # noqa: E402
+from core.evaluate.judge_models import JudgeModels  # noqa: E402
+from core.evaluate.registry import build_evaluators  # noqa: E402
 from core.llm.base import LLMRequest, LLMResponse, Provider  # noqa: E402
 from core.llm.client import LLMClient  # noqa: E402
 from core.llm.pricing import Pricing  # noqa: E402
 from core.llm.replay import CassetteRecorder  # noqa: E402
+from core.processing import RecordProcessor  # noqa: E402
 from core.prompts import load_prompts  # noqa: E402
 from core.spec import load_spec  # noqa: E402
-from core.transform import TransformFailed, Transformer, load_output_schema  # noqa: E402
+from core.transform import Transformer, load_output_schema  # noqa: E402
 
-SAMPLE = ROOT / "sample_pipelines" / "customer_sentiment"
-NOTE = ("Written by hand for Loom's demo (tools/write_demo_cassette.py from demo_answers.yaml): "
-        "these responses were not produced by a model. Token counts are estimates (4 characters "
-        "per token).")
+SAMPLES = [ROOT / "sample_pipelines" / "customer_sentiment",
+           ROOT / "sample_pipelines" / "review_summaries"]
 
 
 class DemoAnswers(Provider):
-    """Answers from the hand-written list of the record being transformed."""
+    """The record's hand-written replies, in the order Loom asks for them."""
 
     name = "demo"
 
@@ -50,34 +53,43 @@ class DemoAnswers(Provider):
                            model=request.model, finish_reason="stop")
 
 
-async def main() -> None:
+async def write(sample: Path) -> None:
     # Loaded as if it called a server: a replay pipeline cannot load before its cassette exists.
     # The provider is not part of a request's key, so the entries replay under `replay`.
-    loaded = load_spec(SAMPLE, ["transform.provider=openai_compatible",
+    loaded = load_spec(sample, ["transform.provider=openai_compatible",
                                 "transform.base_url=http://127.0.0.1:9/v1"])
-    answers = yaml.safe_load((SAMPLE / "cassettes" / "demo_answers.yaml").read_text(encoding="utf-8"))
-    target = loaded.resolve(loaded.spec.transform.cassette or "cassettes/demo.jsonl")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    answers = yaml.safe_load((sample / "cassettes" / "demo_answers.yaml").read_text(encoding="utf-8"))
+    target = sample / "cassettes" / "demo.jsonl"
     target.unlink(missing_ok=True)
+    note = (f"Written by hand for Loom's {loaded.spec.name} sample (tools/write_demo_cassette.py "
+            "from demo_answers.yaml): these responses were not produced by a model. Token counts "
+            "are estimates (4 characters per token).")
     provider = DemoAnswers()
     prompts = load_prompts(loaded)
-    with CassetteRecorder(target, note=NOTE) as recorder:
+    schema = load_output_schema(loaded)
+    with CassetteRecorder(target, note=note) as recorder:
         client = LLMClient(provider, pricing=Pricing(), use_cache=False, recorder=recorder,
                            concurrency=1)
-        transformer = Transformer(loaded.spec.transform, client, load_output_schema(loaded))
+        judges = JudgeModels(run_client=client, resolved=loaded, prompts=prompts, schema=schema)
+        evaluators = build_evaluators(loaded, llm=judges)
+        processor = RecordProcessor(prompts, Transformer(loaded.spec.transform, client, schema),
+                                    evaluators, loaded.spec.evaluate)
         source = open_source(loaded)
         async for batch in source.batches():
             for record in batch:
                 provider.replies = list(answers[record.id])
-                try:
-                    await transformer.run(prompts.render(record.data))
-                except TransformFailed:
-                    pass  # a reply that fails on purpose: the run quarantines it
+                result = await processor.process(record)
                 if provider.replies:
                     raise SystemExit(f"{record.id}: {len(provider.replies)} replies were never asked for")
+                print(f"{record.id}: {result.outcome} {result.reason or ''}"[:160])
         await source.aclose()
     print(f"wrote {target.relative_to(ROOT)}")
 
 
+async def main(samples: list[Path]) -> None:
+    for sample in samples:
+        await write(sample.resolve())
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main([Path(arg) for arg in sys.argv[1:]] or SAMPLES))

@@ -682,21 +682,43 @@ class Store:
             await self._flush_cache(conn)
 
     async def list_runs(self, *, pipeline: str | None = None, status: str | None = None,
-                        limit: int = 50,
-                        before: tuple[datetime, str] | None = None) -> list[PipelineRun]:
-        """Runs, newest first. Page with `before=(last.started_at, last.run_id)`."""
-        statement = select(PipelineRun)
-        if pipeline is not None:
-            statement = statement.where(PipelineRun.pipeline_name == pipeline)
-        if status is not None:
-            statement = statement.where(PipelineRun.status == status)
+                        limit: int = 50, before: tuple[datetime, str] | None = None,
+                        after: tuple[datetime, str] | None = None,
+                        oldest: bool = False) -> list[PipelineRun]:
+        """Runs, newest first. Page down with `before=(last.started_at, last.run_id)`, up with
+        `after=(first.started_at, first.run_id)` (the `limit` runs just newer than it); `oldest`
+        gives the last page (the `limit` oldest runs). Every page comes back newest first."""
+        statement = select(PipelineRun).where(*self._run_filters(pipeline, status))
         if before is not None:
             started_at, run_id = before
             statement = statement.where(or_(
                 _runs.c.started_at < started_at,
                 (_runs.c.started_at == started_at) & (_runs.c.run_id < run_id)))
+        if after is not None:
+            started_at, run_id = after
+            statement = statement.where(or_(
+                _runs.c.started_at > started_at,
+                (_runs.c.started_at == started_at) & (_runs.c.run_id > run_id)))
+        if after is not None or oldest:
+            # Walk the index upwards from the anchor, then give the page back newest first.
+            statement = statement.order_by(_runs.c.started_at, _runs.c.run_id)
+            return list(reversed(await self._all(statement.limit(limit))))
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
         return await self._all(statement.limit(limit))
+
+    async def count_runs(self, *, pipeline: str | None = None, status: str | None = None) -> int:
+        rows = await self._all(select(func.count()).select_from(_runs)
+                               .where(*self._run_filters(pipeline, status)))
+        return int(rows[0])
+
+    @staticmethod
+    def _run_filters(pipeline: str | None, status: str | None) -> list[ColumnElement[bool]]:
+        filters: list[ColumnElement[bool]] = []
+        if pipeline is not None:
+            filters.append(_runs.c.pipeline_name == pipeline)
+        if status is not None:
+            filters.append(_runs.c.status == status)
+        return filters
 
     async def shard_group_runs(self, groups: Sequence[str], *,
                                pipeline: str | None = None) -> list[PipelineRun]:
@@ -708,6 +730,28 @@ class Store:
             statement = statement.where(PipelineRun.pipeline_name == pipeline)
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
         return await self._all(statement)
+
+    async def count_history_rows(self, *, pipeline: str | None = None,
+                                 status: str | None = None) -> int:
+        """The lines a history of these runs shows with shard groups gathered: each run that
+        matches and is not a shard, plus, for each shard group with a matching run, its
+        summed line and every one of its runs (retries too)."""
+        filters = self._run_filters(pipeline, status)
+        touched = (select(_runs.c.pipeline_name, _runs.c.shard_group)
+                   .where(*filters, _runs.c.shard_group.is_not(None)).distinct().subquery())
+        members = (select(func.count()).select_from(_runs).join(touched, (
+            _runs.c.pipeline_name == touched.c.pipeline_name)
+            & (_runs.c.shard_group == touched.c.shard_group)).scalar_subquery())
+        statement = select(
+            select(func.count()).select_from(_runs)
+            .where(*filters, _runs.c.shard_group.is_(None)).scalar_subquery(),
+            select(func.count()).select_from(touched).scalar_subquery(), members)
+        try:
+            async with self._reader.connect() as conn:
+                alone, groups, grouped = (await conn.execute(statement)).one()
+        except SQLAlchemyError as exc:
+            raise self._target.error("read", exc) from exc
+        return int(alone) + int(groups) + int(grouped)
 
     async def get_run(self, run_id: str) -> PipelineRun | None:
         """A run by its id or by a prefix of it that matches one run only."""
@@ -795,13 +839,21 @@ class Store:
     async def list_quarantine(self, *, pipeline: str | None = None, run_id: str | None = None,
                               stage: str | None = None, reason_contains: str | None = None,
                               status: str | None = "open", limit: int = 50,
-                              after_id: int | None = None) -> list[QuarantinedRecord]:
-        """Quarantined records by id; page with `after_id=last.id`. `status=None`: any status."""
+                              after_id: int | None = None, before_id: int | None = None,
+                              last: bool = False) -> list[QuarantinedRecord]:
+        """Quarantined records by id; page with `after_id=last.id`, back with
+        `before_id=first.id` (the `limit` records just before it), or take the `last` page.
+        Every page comes back in id order. `status=None`: any status."""
         filters = self._quarantine_filters(pipeline, run_id, stage, reason_contains, status)
         if after_id is not None:
             filters.append(_quarantine.c.id > after_id)
-        statement = select(QuarantinedRecord).where(*filters).order_by(_quarantine.c.id)
-        return await self._all(statement.limit(limit))
+        if before_id is not None:
+            filters.append(_quarantine.c.id < before_id)
+        statement = select(QuarantinedRecord).where(*filters)
+        if before_id is not None or last:
+            statement = statement.order_by(_quarantine.c.id.desc())
+            return list(reversed(await self._all(statement.limit(limit))))
+        return await self._all(statement.order_by(_quarantine.c.id).limit(limit))
 
     async def count_quarantine(self, *, pipeline: str | None = None, run_id: str | None = None,
                                stage: str | None = None, reason_contains: str | None = None,

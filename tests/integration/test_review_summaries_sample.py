@@ -1,7 +1,7 @@
 """The review_summaries sample runs offline: its cassette answers the transform and the judge.
 
 If this fails after a change to the sample, its prompt or the packaged judge prompts, rewrite
-the cassette: .venv/bin/python tools/write_review_summaries_cassette.py
+the cassette: .venv/bin/python tools/write_demo_cassette.py
 """
 
 from __future__ import annotations

@@ -292,28 +292,11 @@ def test_an_unsharded_run_fills_shard_placeholder_with_0(tmp_path, llm_server, c
     assert len(read_jsonl(folder / "out" / "results-0.jsonl")) == json.loads(out)["records"]["loaded"]
 
 
-@pytest.fixture(scope="module")
-def postgres_store():
-    from tests.conftest import in_ci
-    from tests.support.pg_server import PostgresServer, find_bin
-
-    bin_dir = find_bin()
-    if bin_dir is None:
-        if in_ci():
-            pytest.fail("PostgreSQL is not installed: .ci/run installs it")
-        pytest.skip("PostgreSQL is not installed here")
-    server = PostgresServer(bin_dir).start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
 @pytest.mark.postgres
-def test_four_parallel_shards_share_a_postgresql_history_store(tmp_path, llm_server, postgres_store,
+def test_four_parallel_shards_share_a_postgresql_history_store(tmp_path, llm_server, pg_database,
                                                               monkeypatch, capsys):
     # The team set-up: workers on several machines, one PostgreSQL history store.
-    monkeypatch.setenv("LOOM_STORE_URL", postgres_store)
+    monkeypatch.setenv("LOOM_STORE_URL", pg_database.url)
     rows = source_rows(80)
     pipeline = write_pipeline(tmp_path / "p", rows=rows, base_url=llm_server.base_url,
                               load={"destination": "jsonl://out/results-{shard}.jsonl"})

@@ -21,7 +21,7 @@ from keyring.backends.fail import Keyring as FailKeyring
 from core import cli
 from core.api import Workspace
 from core.config import CredentialsConfig, load_config, store_url
-from core.credentials import KeyringSecrets, SecretResolver
+from core.credentials import KeyringSecrets, SecretResolver, placeholder_names
 from core.errors import SecretError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,6 +188,22 @@ def test_workspace_secrets_for_the_workbench(file_keyring, tmp_path):
     assert workspace.secret_names() == []
 
 
+def test_which_pipelines_ask_for_which_secret(tmp_path):
+    from tests.pipelines import write_pipeline
+
+    assert placeholder_names({"a": ["x ${ONE}", {"b": "${TWO} $${LITERAL} ${aws:prod/db#pw}"}],
+                              "c": 3, "d": "${ bad name }"}) == {"ONE", "TWO"}
+    write_pipeline(tmp_path / "a", rows=[], transform={"api_key": "${OPENAI_API_KEY}"})
+    path = write_pipeline(tmp_path / "b", rows=[], transform={"api_key": "${OPENAI_API_KEY}"},
+                          load={"destination": "postgres://loom:${PG_PASSWORD}@db/shop",
+                                "table": "t"})
+    path.write_text(path.read_text().replace("name: test_pipeline", "name: second"))
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "pipeline.yaml").write_text("extract: {source: '${NOT_VALID'}\ntransform: 1\n")
+    assert Workspace(tmp_path).secret_references() == {
+        "OPENAI_API_KEY": ["second", "test_pipeline"], "PG_PASSWORD": ["second"]}
+
+
 def test_no_usable_keyring_is_a_clear_error(broken_keyring):
     with pytest.raises(SecretError) as failed:
         KeyringSecrets().set("TOKEN", "value")
@@ -285,3 +301,16 @@ def test_a_password_written_into_a_uri_is_masked_in_what_is_stored_and_shown(tmp
     assert cli.main(["validate", str(tmp_path / "pipeline.yaml")]) == 0
     out = capsys.readouterr().out
     assert "literal-pw-123" not in out and "loom:***@db.example/x" in out
+
+
+def test_a_backend_that_keeps_nothing_is_refused_when_setting() -> None:
+    from keyring.backends.null import Keyring as NullKeyring
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(NullKeyring())
+    try:
+        with pytest.raises(SecretError, match="did not keep it"):
+            KeyringSecrets().set("SOME_KEY", "value-1234")
+        assert "SOME_KEY" not in KeyringSecrets().names()
+    finally:
+        keyring.set_keyring(previous)

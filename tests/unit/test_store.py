@@ -661,6 +661,34 @@ async def test_a_failing_cache_read_fails_every_waiter(store: Store, backend: st
     assert "\n" not in str(outcomes[0])
 
 
+async def test_list_runs_pages_back_up_and_to_the_oldest(store: Store) -> None:
+    for i in range(10):
+        await store.start_run(run_start(f"run-{i:04d}", "sentiment", T0 + timedelta(minutes=i)))
+    assert await store.count_runs() == 10
+    assert await store.count_runs(pipeline="other") == 0
+    newest = await store.list_runs(limit=4)
+    assert [r.run_id[-1] for r in newest] == ["9", "8", "7", "6"]
+    older = await store.list_runs(limit=4, before=(newest[-1].started_at, newest[-1].run_id))
+    assert [r.run_id[-1] for r in older] == ["5", "4", "3", "2"]
+    # Back up from the older page: the 4 runs just newer, still newest first.
+    back = await store.list_runs(limit=4, after=(older[0].started_at, older[0].run_id))
+    assert [r.run_id for r in back] == [r.run_id for r in newest]
+    assert [r.run_id[-1] for r in await store.list_runs(limit=3, oldest=True)] == ["2", "1", "0"]
+
+
+async def test_list_quarantine_pages_back_and_to_the_last_page(store: Store) -> None:
+    await store.start_run(run_start())
+    await store.write_results("run-0001", "sentiment", [
+        result(i, Outcome.QUARANTINED, stage=Stage.EVALUATE, reason="label_ok failed")
+        for i in range(9)])
+    ids = [row.id for row in await store.list_quarantine(limit=100)]
+    assert len(ids) == 9
+    assert [r.id for r in await store.list_quarantine(before_id=ids[5], limit=3)] == ids[2:5]
+    assert [r.id for r in await store.list_quarantine(before_id=ids[1], limit=3)] == ids[:1]
+    assert [r.id for r in await store.list_quarantine(last=True, limit=4)] == ids[5:]
+    assert [r.id for r in await store.list_quarantine(after_id=ids[2], limit=2)] == ids[3:5]
+
+
 async def test_new_cache_entries_are_seen_at_once_and_written_together(home: Path) -> None:
     async with await Store.open() as store:
         for n in range(5):

@@ -1,0 +1,131 @@
+"""What a whole run would cost before it spends anything (`loom --run … --estimate` in the
+workbench): the first records are transformed and judged now, exactly as a run would (nothing
+loaded, no run recorded), and their cost, tokens, calls and time are scaled to the whole
+source. The work runs in a worker while the dialog says so; escape stops it."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+from textual.worker import Worker, WorkerState
+
+from core.api import Estimate, LoadedSpec
+from loom_tui import format as fmt
+from loom_tui.messages import EstimateReady
+
+SAMPLE = 20  # records, as `--estimate` without N
+
+
+class EstimateScreen(ModalScreen[bool]):
+    """Dismisses with True when the user asks to run the pipeline from here."""
+
+    BINDINGS = [
+        Binding("r", "run", "Run it", id="estimate.run"),
+        Binding("escape", "close", "Close", id="estimate.close"),
+    ]
+
+    def __init__(self, path: Path, loaded: LoadedSpec | None = None, *,
+                 sample: int = SAMPLE) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.loaded = loaded
+        self.sample = sample
+        self.estimate: Estimate | None = None
+        self.error: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Vertical(id="estimate-body") as body:
+            name = self.loaded.spec.name if self.loaded is not None else self.path.parent.name
+            body.border_title = f"Estimate · {name}"
+            body.border_subtitle = "escape closes"
+            yield Static(id="estimate-text")
+
+    def on_mount(self) -> None:
+        colors = self.app.theme_variables
+        self.query_one("#estimate-text", Static).update(Text(
+            f"◌ transforming and judging the first {fmt.plural(self.sample, 'record')}, as a "
+            "run would (nothing is loaded, no run is recorded)…",
+            style=f"bold {colors.get('accent', '')}"))
+        self.project(self.path, self.loaded, self.sample)
+
+    @work(exclusive=True, group="estimate", exit_on_error=False)
+    async def project(self, path: Path, loaded: LoadedSpec | None, sample: int) -> None:
+        workspace = self.app.workspace  # type: ignore[attr-defined]
+        if loaded is None:
+            loaded = await asyncio.to_thread(workspace.load, path)
+        self.post_message(EstimateReady(await workspace.estimate(loaded, sample=sample)))
+
+    @on(EstimateReady)
+    def _ready(self, event: EstimateReady) -> None:
+        self.estimate = event.estimate
+        self.query_one("#estimate-body").border_subtitle = "r runs it · escape closes"
+        self.query_one("#estimate-text", Static).update(self._describe(event.estimate))
+
+    @on(Worker.StateChanged)
+    def _worker_state(self, event: Worker.StateChanged) -> None:
+        if event.state is WorkerState.ERROR and event.worker.error is not None:
+            colors = self.app.theme_variables
+            self.error = fmt.error_line(event.worker.error)
+            self.query_one("#estimate-text", Static).update(Text(
+                f"Could not estimate: {self.error}", style=f"bold {colors.get('error', '')}"))
+
+    def _describe(self, estimate: Estimate) -> Group:
+        colors = self.app.theme_variables
+        about = "" if estimate.total_exact else "about "
+        if estimate.sample >= estimate.total:
+            intro = Text.assemble("From all ", (f"{estimate.sample:,}", "bold"),
+                                  " records, transformed and judged now.")
+        else:
+            intro = Text.assemble("From ", (f"{estimate.sample:,}", "bold"), f" of {about}",
+                                  (f"{estimate.total:,}", "bold"),
+                                  " records, transformed and judged now.")
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column()
+        cost = estimate.projected_cost_usd
+        grid.add_row("whole run", Text.assemble(
+            (fmt.money(cost), f"bold {colors.get('accent', '')}"),
+            (" (a model has no known price)" if cost is None else "", "dim"),
+            f" · {estimate.projected_calls:,} calls"))
+        grid.add_row("tokens", f"{estimate.projected_input_tokens:,} in · "
+                     f"{estimate.projected_output_tokens:,} out")
+        duration = estimate.projected_duration_s
+        grid.add_row("time", (_about(duration) if duration is not None
+                              else "unknown: every sample answer came from the cache")
+                     + f" at concurrency {estimate.concurrency}")
+        grid.add_row("sample", f"{estimate.loaded} would load · {estimate.quarantined} "
+                     f"quarantined · {estimate.skipped} skipped · {estimate.calls} calls "
+                     f"({estimate.cache_hits} from the cache, counted at full price) · "
+                     f"{fmt.money(estimate.cost_usd)}")
+        for warning in estimate.warnings:
+            grid.add_row("warning", Text(fmt.one_line(warning, 300),
+                                         style=colors.get("warning", "")))
+        return Group(intro, Text(""), grid)
+
+    def action_run(self) -> None:
+        if self.estimate is not None:
+            self.dismiss(True)
+
+    def action_close(self) -> None:
+        self.dismiss(False)
+
+
+def _about(seconds: float) -> str:
+    """A projection's precision: whole seconds, minutes or tenths of hours."""
+    if seconds < 1:
+        return "under a second"
+    if seconds < 90:
+        return f"about {seconds:.0f} s"
+    if seconds < 5400:
+        return f"about {seconds / 60:.0f} min"
+    return f"about {seconds / 3600:.1f} h"

@@ -1,0 +1,361 @@
+"""A run, live: records per stage, throughput, cost against the budget, p50/p95 latency and
+the latest errors, then the summary.
+
+The engine runs in a thread worker with its own event loop and its own store connection, so
+a busy run never makes the interface stutter. Only the engine's Progress snapshots (a few a
+second) reach the screen, never one message per record; a queued snapshot is replaced by a
+newer one (RunProgressed.can_replace).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Footer, ProgressBar, Static
+
+from core.api import LoomError, RunController, RunOptions
+from core.events import Progress, RunFinished, RunStarted, RunSummary, RunWarning
+from loom_tui import format as fmt
+from loom_tui.messages import RunBegan, RunCouldNotStart, RunEnded, RunProgressed, RunWarned
+from loom_tui.screens.base import LoomScreen
+from loom_tui.widgets.stage_counter import StageCounter
+from loom_tui.widgets.top_bar import TopBar
+
+STAGES = ("extracted", "transformed", "evaluated", "loaded", "quarantined", "skipped")
+
+
+class RunScreen(LoomScreen):
+    SECTION = "pipelines"
+    TITLE = "Run"
+    HELP = ("A run of the pipeline, live: records per stage, records per second, cost so far "
+            "against the budget, p50/p95 latency and the latest errors. c cancels it cleanly: "
+            "records in flight finish, the rest are skipped, and the run is recorded as "
+            "cancelled. The summary appears when it ends.")
+    BINDINGS = [
+        Binding("c", "cancel", "Cancel run", tooltip="Stop cleanly: finish records in flight, "
+                "skip the rest", id="run.cancel"),
+        Binding("o", "quarantine", "Quarantine", tooltip="This run's quarantined records",
+                id="run.quarantine"),
+        Binding("escape", "back", "Back", id="run.back"),
+    ]
+
+    def __init__(self, path: Path, *, start: bool = True, options: RunOptions | None = None) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.start = start
+        self.options = options or RunOptions()
+        self.pipeline = self.path.parent.name if self.path.name.startswith("pipeline.") \
+            else self.path.stem
+        self.run_id: str | None = None
+        self.started: RunStarted | None = None
+        self.progress: Progress | None = None
+        self.summary: RunSummary | None = None
+        self.failure: str | None = None
+        self.warnings: list[str] = []
+        self.cancelling = False
+        self._run_controller: RunController | None = None
+        self._run_loop: asyncio.AbstractEventLoop | None = None
+        self._run_task: asyncio.Task[Any] | None = None
+        self._run_done = threading.Event()
+
+    # ------------------------------------------------------------------ layout
+
+    def compose(self) -> ComposeResult:
+        yield TopBar()
+        with Vertical(id="run-body"):
+            yield Static(id="run-head")
+            with Horizontal(id="run-stages"):
+                for stage in STAGES:
+                    yield StageCounter(stage, id=f"stage-{stage}")
+            yield ProgressBar(id="run-bar", show_eta=False)
+            with Vertical(id="run-metrics", classes="pane") as metrics:
+                metrics.border_title = "Now"
+                yield Static(id="run-metrics-text")
+            with VerticalScroll(id="run-errors", classes="pane") as errors:
+                errors.border_title = "Latest errors"
+                yield Static(Text("none yet", style="dim"), id="run-errors-text")
+            with VerticalScroll(id="run-summary", classes="pane") as summary:
+                summary.border_title = "Summary"
+                yield Static(id="run-summary-text")
+        yield Footer()
+
+    def crumbs(self) -> list[str]:
+        return [self.pipeline, f"run {self.run_id}" if self.run_id else "run"]
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self.query_one("#run-summary").display = False
+        self._draw_head()
+        self._draw_metrics()
+        if self.start:
+            self.drive()
+
+    async def on_unmount(self) -> None:
+        # Leaving for good (the app quits): stop the engine now, and give it the moment it
+        # needs to skip what it had read and record the run as cancelled.
+        if self._run_done.is_set() or self._run_loop is None or self._run_task is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the run's loop already closed
+            self._run_loop.call_soon_threadsafe(self._run_task.cancel)
+        await asyncio.to_thread(self._run_done.wait, 30)
+
+    # ------------------------------------------------------------------ the run
+
+    @work(thread=True, exclusive=True, group="run", exit_on_error=False)
+    def drive(self) -> None:
+        asyncio.run(self._drive())
+
+    async def _drive(self) -> None:
+        try:
+            self._run_controller = RunController()
+            self._run_loop = asyncio.get_running_loop()
+            self._run_task = asyncio.current_task()
+            if self.cancelling:
+                self._run_controller.cancel("cancelled in the workbench")
+            workspace = self.workspace.detached()
+            try:
+                loaded = workspace.load(self.path)
+                async for event in workspace.run(loaded, self.options,
+                                                 controller=self._run_controller):
+                    if isinstance(event, Progress):
+                        self.post_message(RunProgressed(event))
+                    elif isinstance(event, RunStarted):
+                        self.post_message(RunBegan(event))
+                    elif isinstance(event, RunWarning):
+                        self.post_message(RunWarned(event.message))
+                    elif isinstance(event, RunFinished):
+                        self.post_message(RunEnded(event.summary))
+                    # RecordFinished, BatchLoaded: the Progress snapshots already count them.
+            except LoomError as exc:
+                self.post_message(RunCouldNotStart(fmt.error_line(exc)))
+            finally:
+                await workspace.close()
+        finally:
+            self._run_done.set()
+
+    @on(RunBegan)
+    def _began(self, event: RunBegan) -> None:
+        self.started = event.event
+        self.run_id = event.event.run_id
+        self.pipeline = event.event.pipeline
+        self.refresh_top_bar()
+        self._draw_head()
+        self._draw_metrics()
+
+    @on(RunProgressed)
+    def _progressed(self, event: RunProgressed) -> None:
+        progress = event.progress
+        self.progress = progress
+        for stage in STAGES:
+            self.query_one(f"#stage-{stage}", StageCounter).value = getattr(progress, stage)
+        bar = self.query_one(ProgressBar)
+        done = progress.loaded + progress.quarantined + progress.skipped
+        bar.update(total=progress.total_hint or max(progress.extracted, 1), progress=done)
+        self._draw_head()
+        self._draw_metrics()
+        self._draw_errors(progress.recent_errors)
+
+    @on(RunWarned)
+    def _warned(self, event: RunWarned) -> None:
+        self.warnings.append(event.warning)
+        self.notify(event.warning, title="warning", severity="warning", timeout=6)
+
+    @on(RunEnded)
+    def _ended(self, event: RunEnded) -> None:
+        summary = event.summary
+        self.summary = summary
+        bar = self.query_one(ProgressBar)
+        bar.update(total=max(summary.extracted, 1),
+                   progress=summary.loaded + summary.quarantined + summary.skipped)
+        for stage in ("extracted", "loaded", "quarantined", "skipped"):
+            self.query_one(f"#stage-{stage}", StageCounter).value = getattr(summary, stage)
+        self.query_one("#stage-loaded", StageCounter).set_class(summary.loaded > 0, "-good")
+        self.query_one("#stage-quarantined", StageCounter).set_class(summary.quarantined > 0, "-bad")
+        self._draw_head()
+        self._draw_metrics()
+        pane = self.query_one("#run-summary")
+        pane.display = True
+        self.query_one("#run-summary-text", Static).update(self._summary(summary))
+        self.refresh_bindings()
+
+    @on(RunCouldNotStart)
+    def _could_not_start(self, event: RunCouldNotStart) -> None:
+        self.failure = event.error
+        self._draw_head()
+        pane = self.query_one("#run-summary")
+        pane.display = True
+        pane.border_title = "Could not run"
+        self.query_one("#run-summary-text", Static).update(
+            Text(event.error, style=self.app.theme_variables.get("error", "")))
+        self.refresh_bindings()
+
+    def work_failed(self, group: str, message: str) -> None:
+        if group == "run":
+            self.post_message(RunCouldNotStart(message))
+            return
+        super().work_failed(group, message)
+
+    # ------------------------------------------------------------------ actions
+
+    @property
+    def running(self) -> bool:
+        return self.summary is None and self.failure is None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # False hides a key that does nothing now (cancel after the end).
+        if action == "cancel":
+            return self.running and not self.cancelling
+        if action == "quarantine":
+            return self.run_id is not None
+        return True
+
+    def action_cancel(self) -> None:
+        if not self.running or self.cancelling:
+            return
+        self.cancelling = True
+        if self._run_loop is not None and self._run_controller is not None:
+            with contextlib.suppress(RuntimeError):  # the run's loop already closed
+                self._run_loop.call_soon_threadsafe(self._run_controller.cancel,
+                                                "cancelled in the workbench")
+        self.notify("Stopping: records in flight finish, the rest are skipped.", timeout=4)
+        self._draw_head()
+        self.refresh_bindings()
+
+    async def action_quarantine(self) -> None:
+        if self.run_id:
+            await self.loom.show_quarantine(run_id=self.run_id)
+
+    def action_back(self) -> None:
+        if self.running and self.start:
+            self.notify("The run is still going: c cancels it; F2–F4 go elsewhere meanwhile.",
+                        severity="warning")
+            return
+        self.dismiss()
+
+    # ------------------------------------------------------------------ drawing
+
+    def restyle(self) -> None:
+        super().restyle()
+        self._draw_head()
+        self._draw_metrics()
+        if self.progress is not None:
+            self._draw_errors(self.progress.recent_errors)
+        if self.summary is not None:
+            self.query_one("#run-summary-text", Static).update(self._summary(self.summary))
+
+    def _draw_head(self) -> None:
+        colors = self.app.theme_variables
+        head = Text()
+        head.append(self.pipeline, "bold")
+        if self.run_id:
+            head.append(f"  run {self.run_id}", "dim")
+        if self.failure is not None:
+            status, color = "could not start", "error"
+        elif self.summary is not None:
+            status = self.summary.status
+            color = fmt.STATUS_COLOR.get(status, "")
+        elif self.cancelling:
+            status, color = "cancelling…", "warning"
+        else:
+            status, color = ("running" if self.started else "starting…"), "accent"
+        head.append("  ● ", colors.get(color, ""))
+        head.append(status, f"bold {colors.get(color, '')}")
+        if self.started is not None:
+            head.append(f"\n{self.started.source} → {self.started.provider}:"
+                        f"{self.started.model} → {self.started.destination}", "dim")
+        self.query_one("#run-head", Static).update(head)
+
+    def _draw_metrics(self) -> None:
+        p = self.progress
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column()
+        summary = self.summary
+        if summary is not None:
+            # Finished: the summary's numbers are the final word.
+            done = summary.loaded + summary.quarantined + summary.skipped
+            rate = done / summary.duration_s if summary.duration_s else 0.0
+            budget = self.started.budget_usd if self.started is not None else None
+            grid.add_row("throughput", f"{rate:,.1f} records/s over {fmt.duration(summary.duration_s)}")
+            grid.add_row("latency", f"p50 {fmt.latency(summary.latency_p50_s)} · "
+                                    f"p95 {fmt.latency(summary.latency_p95_s)}")
+            grid.add_row("cost", self._cost_line(summary.cost_usd, budget))
+            grid.add_row("tokens", f"{summary.input_tokens:,} in · {summary.output_tokens:,} out · "
+                                   f"{fmt.plural(summary.llm_calls, 'call')} · "
+                                   f"{summary.cache_hits:,} cached")
+            self.query_one("#run-metrics").border_title = "Final"
+            self.query_one("#run-metrics-text", Static).update(grid)
+            return
+        if p is None:
+            grid.add_row("", Text("waiting for the first records…", style="dim"))
+            self.query_one("#run-metrics-text", Static).update(grid)
+            return
+        grid.add_row("throughput", f"{p.records_per_s:,.1f} records/s · {p.in_flight} in flight "
+                                   f"(concurrency {p.concurrency})")
+        grid.add_row("latency", f"p50 {fmt.latency(p.latency_p50_s)} · "
+                                f"p95 {fmt.latency(p.latency_p95_s)}")
+        grid.add_row("cost", self._cost_line(p.cost_usd, p.budget_usd))
+        grid.add_row("tokens", f"{p.input_tokens:,} in · {p.output_tokens:,} out · "
+                               f"{fmt.plural(p.llm_calls, 'call')} · {p.cache_hits:,} cached")
+        grid.add_row("elapsed", fmt.duration(p.elapsed_s))
+        self.query_one("#run-metrics-text", Static).update(grid)
+
+    def _cost_line(self, cost: float | None, budget: float | None) -> Text:
+        if budget is None:
+            return Text.assemble(fmt.money(cost), ("  no budget set", "dim"))
+        if cost is None:
+            return Text(f"unknown of {fmt.money(budget)} budget", style="dim")
+        share = min(1.0, cost / budget) if budget else 1.0
+        width = 20
+        filled = round(share * width)
+        colors = self.app.theme_variables
+        color = colors.get("error" if share >= 0.9 else "warning" if share >= 0.6 else "success", "")
+        return Text.assemble(
+            f"{fmt.money(cost)} of {fmt.money(budget)} budget  ",
+            ("━" * filled, color), ("━" * (width - filled), "dim"), f" {share:.0%}")
+
+    def _draw_errors(self, errors: tuple[str, ...]) -> None:
+        if not errors:
+            return
+        colors = self.app.theme_variables
+        lines = [Text(fmt.one_line(error, 400), style=colors.get("warning", "")) for error in errors]
+        self.query_one("#run-errors-text", Static).update(Group(*lines))
+
+    def _summary(self, summary: RunSummary) -> Table:
+        colors = self.app.theme_variables
+        grid = Table.grid(padding=(0, 2))
+        grid.add_column(style="dim", no_wrap=True)
+        grid.add_column()
+        color = colors.get(fmt.STATUS_COLOR.get(summary.status, ""), "")
+        grid.add_row("status", Text.assemble((summary.status, f"bold {color}"),
+                                             f" · {fmt.duration(summary.duration_s)}"))
+        if summary.status_reason:
+            grid.add_row("reason", Text(summary.status_reason, style=color))
+        grid.add_row("records", f"{summary.extracted:,} extracted, {summary.loaded:,} loaded, "
+                                f"{summary.quarantined:,} quarantined, {summary.skipped:,} skipped "
+                                f"({summary.rejection_rate:.1%} rejected)")
+        by_stage = ", ".join(f"{stage} {fmt.money(cost)}"
+                             for stage, cost in summary.cost_by_stage.items())
+        grid.add_row("cost", fmt.money(summary.cost_usd) + (f" ({by_stage})" if by_stage else ""))
+        grid.add_row("tokens", f"{summary.input_tokens:,} in, {summary.output_tokens:,} out · "
+                               f"{fmt.plural(summary.llm_calls, 'call')}, "
+                               f"{summary.cache_hits:,} cached")
+        grid.add_row("latency", f"p50 {fmt.latency(summary.latency_p50_s)} · p95 "
+                                f"{fmt.latency(summary.latency_p95_s)} · p99 "
+                                f"{fmt.latency(summary.latency_p99_s)}")
+        for warning in summary.warnings:
+            grid.add_row("warning", Text(warning, style=colors.get("warning", "")))
+        if summary.quarantined:
+            grid.add_row("next", "o opens this run's quarantine")
+        return grid

@@ -1,0 +1,33 @@
+"""One stage of a run (extracted, transformed, …) as a big number with its label."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.reactive import reactive
+from textual.widgets import Static
+
+
+class StageCounter(Static):
+    DEFAULT_CSS = """
+    StageCounter {
+        width: 1fr;
+        height: 3;
+        border: round $foreground 25%;
+        border-title-color: $text-muted;
+        content-align: center middle;
+        text-align: center;
+        background: $surface;
+    }
+    StageCounter.-good { border: round $success 60%; }
+    StageCounter.-bad { border: round $warning 60%; }
+    """
+
+    value: reactive[int] = reactive(0)
+
+    def __init__(self, label: str, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.label = label
+        self.border_title = label
+
+    def render(self) -> Text:
+        return Text(f"{self.value:,}", style="bold")
