@@ -190,9 +190,10 @@ def test_a_read_only_loom_home_is_one_line(tmp_path, llm_server, monkeypatch, ex
     assert not (tmp_path / "p" / "out" / "results.jsonl").exists() or existing_store
 
 
-def test_sigterm_mid_run_cancels_cleanly_and_resumes(tmp_path, loom_home):
-    """ctrl+c's sibling, a service manager's SIGTERM: the calls in flight finish, the run ends
-    `cancelled` with what passed published, and --resume pays only for what never ran."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl+c", "sigterm"])
+def test_a_stop_signal_mid_run_cancels_cleanly_and_resumes(tmp_path, loom_home, signum):
+    """ctrl+c at the terminal and a service manager's SIGTERM: the calls in flight finish, the
+    run ends `cancelled` with what passed published, and --resume pays only for what never ran."""
     with LoopbackProcess(latency_ms=20) as server:
         pipeline = write_pipeline(tmp_path / "p", rows=source_rows(600), base_url=server.base_url,
                                   transform={"concurrency": 4, "cache": False})
@@ -205,7 +206,7 @@ def test_sigterm_mid_run_cancels_cleanly_and_resumes(tmp_path, loom_home):
             except sqlite3.Error:
                 pass  # the store is being created
             time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signum)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 1, err
         assert "stopping: finishing records in flight" in err and "Traceback" not in err
