@@ -33,7 +33,8 @@ from core.processing import Runtime
 from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
-from core.sharding import ShardGroup
+from core.resume import ResumeRequest, find_resumable, is_resumable, resume_problem
+from core.sharding import Shard, ShardGroup
 from core.spec import LoadedSpec, load_spec
 from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
                         Store)
@@ -324,6 +325,55 @@ class Workspace:
                 (controller or RunController()).cancel()
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+
+    # ------------------------------------------------------------ resuming (core.resume)
+
+    async def unfinished_runs(self, *, pipeline: str | None = None, limit: int = 50) -> list[Any]:
+        """Runs `resume` can finish, newest first (PipelineRun rows): `running` ones whose
+        process is gone (a crash, kill -9, a reboot), and cancelled or failed ones that left
+        records unfinished. What the History screen offers a Resume action for."""
+        runs = await (await self.store()).unfinished_runs(pipeline=pipeline, limit=limit)
+        return [run for run in runs if is_resumable(run)]
+
+    def resume_problem(self, run: Any) -> str | None:
+        """Why a run (a PipelineRun from `runs`/`history`) cannot be resumed, in one line; None
+        when it can. A run whose process is alive is not resumable: it is running."""
+        return resume_problem(run)
+
+    async def prepare_resume(self, path: str | Path, run_id: str | None = None, *,
+                             force: bool = False, overrides: list[str] | None = None,
+                             shard: Shard | None = None, limit: int | None = None,
+                             use_cache: bool = True,
+                             record_path: Path | None = None) -> tuple[LoadedSpec, RunOptions]:
+        """The pipeline and the options that resume run `run_id` of the pipeline at `path` (by
+        default its newest unfinished run, of `shard` when given): then `run(...)` or
+        `run_to_end(...)` them. The run keeps its id, its --limit and its shard; the pipeline is
+        loaded with the --set overrides the run started with, then `overrides` on top.
+        Raises ResumeError (nothing to resume, still running) or UsageError."""
+        loaded = self.load(path, overrides)
+        run = await find_resumable(await self.store(), loaded.spec.name, run_id, shard=shard)
+        stored = run.options or {}
+        if limit is not None and limit != stored.get("limit"):
+            raise UsageError(f"--resume continues run {run.run_id} with its own --limit "
+                             f"({stored.get('limit', 'none')}); leave --limit out")
+        overrides = [*(stored.get("overrides") or []), *(overrides or [])]
+        if overrides:
+            loaded = self.load(path, overrides)
+        run_shard = None
+        if run.shard_group is not None and run.shard_index is not None and run.shard_count:
+            run_shard = Shard(run.shard_index, run.shard_count, run.shard_group)
+        options = RunOptions(limit=stored.get("limit"),
+                             use_cache=use_cache and stored.get("use_cache", True) is not False,
+                             record_path=record_path, shard=run_shard,
+                             resume=ResumeRequest(run, force=force), overrides=overrides)
+        return loaded, options
+
+    async def resume(self, path: str | Path, run_id: str | None = None, *, force: bool = False,
+                     listeners: Iterable[Listener] = (),
+                     controller: RunController | None = None) -> RunSummary:
+        """Resume a run to its end (see `prepare_resume`); the summary covers the whole run."""
+        loaded, options = await self.prepare_resume(path, run_id, force=force)
+        return await self.run_to_end(loaded, options, listeners=listeners, controller=controller)
 
     # ------------------------------------------------------------ history
 

@@ -77,6 +77,13 @@ def build_run_parser() -> argparse.ArgumentParser:
                         help="process only shard I of N (numbered from 0) of the source's records")
     parser.add_argument("--shard-group", metavar="NAME",
                         help="the id the N shard runs share (default under Airflow: the task)")
+    parser.add_argument("--resume", nargs="?", const="", metavar="RUN_ID",
+                        help="finish an unfinished run (crashed, killed, cancelled or failed) "
+                             "instead of starting one: RUN_ID, or the pipeline's newest; what "
+                             "was loaded is not loaded again, what was answered not paid again")
+    parser.add_argument("--force", action="store_true",
+                        help="with --resume: resume even though the pipeline changed since the "
+                             "run started")
     parser.add_argument("--version", action="version", version=f"loom {__version__}")
     return parser
 
@@ -143,6 +150,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_run_parser().parse_args(argv)
         if args.estimate is not None and not args.run:
             build_run_parser().error("--estimate needs --run PIPELINE")
+        if args.force and args.resume is None:
+            build_run_parser().error("--force goes with --resume")
+        if args.resume is not None and not args.run:
+            build_run_parser().error("--resume needs --run PIPELINE")
+        if args.resume is not None and args.estimate is not None:
+            build_run_parser().error("--estimate and --resume do not go together")
         if args.run and args.estimate is not None:
             return _estimate(args)
         if args.run:
@@ -194,10 +207,17 @@ def _run(args: argparse.Namespace) -> int:
         except (NotImplementedError, RuntimeError):
             pass
         async with Workspace(".") as workspace:
-            loaded = workspace.load(args.run, args.set)
-            options = RunOptions(limit=args.limit, use_cache=not args.no_cache,
-                                 record_path=Path(args.record) if args.record else None,
-                                 shard=shard)
+            record_path = Path(args.record) if args.record else None
+            if args.resume is not None:
+                loaded, options = await workspace.prepare_resume(
+                    args.run, args.resume or None, force=args.force, overrides=args.set or None,
+                    shard=shard, limit=args.limit, use_cache=not args.no_cache,
+                    record_path=record_path)
+            else:
+                loaded = workspace.load(args.run, args.set)
+                options = RunOptions(limit=args.limit, use_cache=not args.no_cache,
+                                     record_path=record_path, shard=shard,
+                                     overrides=list(args.set))
             try:
                 summary = await workspace.run_to_end(loaded, options, listeners=[reporter],
                                                      controller=controller)

@@ -6,6 +6,16 @@ in batches, so a run is recorded whether or not anybody is watching.
 
 Every extracted record ends in exactly one place — loaded, quarantined or skipped — and the
 run's row says so: extracted = loaded + quarantined + skipped.
+
+Checkpoints make a run resumable (core.resume). Each record's result reaches the store within
+CHECKPOINT_S of its model answer — a record that passed the gate as `passed`, with its output —
+and always before a sink batch holds it. So a crash costs at most the calls in flight and the
+answers of the last ~100 ms: `--resume` pays for nothing else again. The checkpoint is one short
+transaction (one executemany insert) about ten times a second, never one per record, and it is
+the only write a record costs: which passed records a sink holds is not written per batch. At
+the end the few that no batch took (the run stopped) are skipped by id, and one statement makes
+the rest `loaded` once the sink has published them; after a crash, the sink itself says what it
+holds (a ledger, a commit token: see Sink.resume_policy).
 """
 
 from __future__ import annotations
@@ -27,23 +37,27 @@ from core.config import LoomConfig, load_config
 from core.connectors.base import Sink, Source, build_row
 from core.connectors.registry import open_sink, open_source, redact_uri
 from core.credentials import SecretResolver
-from core.errors import LoadError, LoomError
+from core.errors import LoadError, LoomError, ResumeError, StoreError
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
-                         RunFinished, RunStarted, RunStatus, RunSummary, RunWarning)
+                         RunFinished, RunResumed, RunStarted, RunStatus, RunSummary, RunWarning)
 from core.monitoring import monitor_run
 from core.processing import FatalRunError, Runtime
-from core.records import EvaluatorStats, Outcome, RecordResult, Stage
+from core.records import EvaluatorStats, Outcome, Record, RecordResult, Stage, TransformResult, Verdict
+from core.resume import (DONE, DUPLICATE_ID, LOAD, PROCESS, RELOAD, ResumeIndex, ResumeRequest,
+                         host_name, pipeline_change, reconcile)
 from core.sharding import Shard, bind_destination
 from core.spec import LoadedSpec, snapshot
 from core.stats import Quantiles
-from core.store import RunStart, Store
+from core.store import PASSED, RunStart, Store
 
 Listener = Callable[[Event], None]
 
 PROGRESS_INTERVAL_S = 0.25  # a few snapshots a second: enough for a live view, cheap for a UI
 HEARTBEAT_INTERVAL_S = 2.0
-STORE_FLUSH_RECORDS = 500
-STORE_FLUSH_S = 1.0
+# A record's result is in the store at most this long after it is known (or as soon as this many
+# wait): what a crash can cost again is the calls in flight plus ~CHECKPOINT_S of answers.
+CHECKPOINT_S = 0.1
+CHECKPOINT_RECORDS = 256
 LOAD_FLUSH_S = 1.0
 
 
@@ -61,6 +75,10 @@ class RunOptions:
     run_id: str | None = None
     # Process only the records whose id hashes to this shard (core.sharding); None: all.
     shard: Shard | None = None
+    # Resume this unfinished run (core.resume) instead of starting one: Workspace.resume_options.
+    resume: ResumeRequest | None = None
+    # The --set overrides the pipeline was loaded with: kept with the run, for resuming it.
+    overrides: list[str] = field(default_factory=list)
 
 
 class RunController:
@@ -145,6 +163,55 @@ class _Tally:
             if name in self.evaluators:
                 self.evaluators[name][0].errors += 1
 
+    def count_stored(self, row: Any, kind: int, models: dict[str, str], transform_model: str) -> None:
+        """A row an earlier attempt of a resumed run wrote: what it cost was paid then, once.
+        Rows that will be processed again add only their cost; the others their scores too."""
+        self.llm_calls += row.llm_calls or 0
+        self.cache_hits += bool(row.cached)
+        self.input_tokens += row.input_tokens or 0
+        self.output_tokens += row.output_tokens or 0
+        scores = row.scores or []
+        judged_cost = 0.0
+        judged_latency = 0.0
+        for score in scores:
+            if "cost_usd" in score:
+                cost = score["cost_usd"]
+                model = models.get(str(score.get("evaluator")), transform_model)
+                _add(self.cost_by_stage, "evaluate", cost)
+                _add(self.cost_by_model, model, cost)
+                judged_cost += cost or 0.0
+                judged_latency += score.get("latency_s") or 0.0
+        if row.cost_usd is None:
+            self.cost_unknown = True
+            _add(self.cost_by_stage, "transform", None)
+            _add(self.cost_by_model, transform_model, None)
+        else:
+            self.cost_known += row.cost_usd
+            if row.cost_usd - judged_cost > 1e-12 or row.llm_calls:
+                transform_cost = max(0.0, row.cost_usd - judged_cost)
+                _add(self.cost_by_stage, "transform", transform_cost)
+                _add(self.cost_by_model, transform_model, transform_cost)
+        if kind == PROCESS:
+            return
+        if row.has_output:
+            self.transformed += 1
+        if scores or row.verdict is not None:
+            self.evaluated += 1
+        if row.llm_calls and not row.cached:
+            self.latency.add(max(0.0, (row.latency_s or 0.0) - judged_latency))
+        for score in scores:
+            entry = self.evaluators.get(str(score.get("evaluator")))
+            if entry is None:
+                continue
+            stats, values = entry
+            stats.count += 1
+            stats.passed += bool(score.get("passed"))
+            if score.get("error") is None and isinstance(score.get("value"), (int, float)):
+                values.add(float(score["value"]))
+            if "cost_usd" in score:
+                cost = score["cost_usd"]
+                stats.cost_usd = None if cost is None or stats.cost_usd is None else stats.cost_usd + cost
+
     def evaluator_stats(self) -> list[EvaluatorStats]:
         out = []
         for stats, values in self.evaluators.values():
@@ -171,20 +238,40 @@ class Engine:
         self.config = config or load_config()
         self.listeners = list(listeners)
         self.controller = controller or RunController()
-        self.run_id = self.options.run_id or new_run_id()
+        resume = self.options.resume
+        self.run_id = resume.run.run_id if resume else (self.options.run_id or new_run_id())
         self.tally = _Tally()
         self.warnings: list[str] = []
         self.resolver = SecretResolver(on_warning=self._warn, credentials=self.config.credentials)
         self._started = 0.0
         self._in_flight_records: dict[int, Any] = {}
         self._unqueued: deque[Any] = deque()
-        self._unfinished: list[RecordResult] = []
+        self._handing: Any = None  # what the producer is handing on for `_unqueued[0]`
+        self._unfinished: list[Any] = []
+        self._to_load: list[RecordResult] = []
         self._total_hint: int | None = None
-        self._pending_store: list[RecordResult] = []
-        self._last_store_flush = 0.0
         self._stop_reason: str | None = None
         self._stop_status: str | None = None
         self._runtime: Runtime | None = None
+        # The checkpoint waiting to be written (see Store.checkpoint).
+        self._checkpoint: list[RecordResult] = []
+        self._refused: list[RecordResult] = []
+        self._replaced: list[int] = []
+        self._last_checkpoint = 0.0
+        # Record ids whose rows are `passed` but that no sink batch took: skipped at the end.
+        self._not_loaded: list[str] = []
+        self._batches_written = 0
+        # Duplicate ids (extract.on_duplicate_id): first-seen ids, or for keep_last each id's
+        # last ordinal (-1 once it was taken). Ids only, never records.
+        self._keep_last = self.loaded.spec.extract.on_duplicate_id == "keep_last"
+        self._seen: dict[str, str | None] = {}
+        self._latest: dict[str, int] = {}
+        self._duplicates = 0
+        self._first_duplicate: str | None = None
+        # Resuming (core.resume): the earlier attempts' rows, by record id.
+        self._index: ResumeIndex | None = None
+        self._attempt = 1
+        self._prior_duration = 0.0
 
     # ------------------------------------------------------------------ events
 
@@ -225,15 +312,27 @@ class Engine:
 
     async def run(self) -> RunSummary:
         """Run the pipeline to the end. Raises LoomError for errors that prevent a run at all
-        (a missing secret, an unreadable prompt); everything after the start is in the summary."""
-        spec = self.loaded.spec
+        (a missing secret, an unreadable prompt, a run that cannot be resumed); everything
+        after the start is in the summary."""
         runtime = Runtime.build(
             self.loaded, config=self.config, cache=self.store, use_cache=self.options.use_cache,
             resolver=self.resolver, on_warning=self._warn, record_path=self.options.record_path)
         try:
+            if self.options.resume is not None:
+                self._check_unchanged(runtime, self.options.resume)
             return await self._run(runtime)
         finally:
             await runtime.aclose()
+
+    def _check_unchanged(self, runtime: Runtime, request: ResumeRequest) -> None:
+        change = pipeline_change(request.run, self.loaded, runtime)
+        if change is None:
+            return
+        if not request.force:
+            raise ResumeError(f"cannot resume run {self.run_id}: the pipeline changed since it "
+                              f"started ({change}); run it afresh, or resume anyway with --force")
+        self._warn(f"resumed with --force although the pipeline changed since the run started "
+                   f"({change}): records finished before keep what the earlier version made")
 
     async def _run(self, runtime: Runtime) -> RunSummary:
         spec = self.loaded.spec
@@ -244,8 +343,11 @@ class Engine:
                 EvaluatorStats(evaluator=evaluator.name, type=evaluator.type,
                                threshold=evaluator.threshold, weight=evaluator.weight),
                 Quantiles())
-        started_at = datetime.now(timezone.utc)
-        self._started = time.monotonic()
+        resume = self.options.resume
+        started_at = resume.run.started_at if resume else datetime.now(timezone.utc)
+        if resume is not None:
+            self._prior_duration = resume.run.duration_s or 0.0
+        self._started = time.monotonic() - self._prior_duration
         await self._record_start(runtime, started_at)
         self._emit(RunStarted(
             run_id=self.run_id, pipeline=spec.name, pipeline_path=str(self.loaded.path),
@@ -262,12 +364,16 @@ class Engine:
             opening = open_sink(runtime.loaded)
             await opening.open(self.run_id)
             sink = opening  # only a sink that opened is committed or aborted
+            if resume is not None:
+                await self._reconcile(runtime, resume, sink)
             with contextlib.suppress(Exception):
                 self._total_hint = await source.count_hint()
                 if self.options.shard is not None and self.options.shard.count > 1:
                     self._total_hint = None  # the source's count, not this shard's
                 if self._total_hint is not None and self.options.limit is not None:
                     self._total_hint = min(self._total_hint, self.options.limit)
+            if self._keep_last:
+                await self._find_last_occurrences(source)
             await self._pump(runtime, source, sink)
         except FatalRunError as exc:
             fatal, status, error = exc, RunStatus.FAILED, self.resolver.redact(str(exc))
@@ -284,12 +390,32 @@ class Engine:
             status, reason = self.controller.status, self.controller.reason
         if status == RunStatus.SUCCESS and self._stop_status:
             status, reason = self._stop_status, self._stop_reason
+        if resume is not None and self._index is None:
+            # The resume stopped before it knew what earlier attempts did: the run keeps their
+            # counts (its rows are untouched), so that it can be resumed again.
+            self._keep_counts(resume.run)
 
         # Whatever stopped the run, the records it had read end somewhere.
-        await self._skip_unfinished(error or reason or "run stopped")
-        if sink is not None:
-            status, error = await self._finish_sink(sink, status, error)
-        await self._flush_store(force=True)
+        why = error or reason or "run stopped"
+        try:
+            if isinstance(fatal, StoreError):
+                raise fatal
+            await self._skip_unfinished(why)
+            self._settle_unread(why)
+            await self._flush_checkpoint()
+            await self.store.skip_passed(self.run_id, self._not_loaded, f"not loaded: {why}")
+            self._not_loaded = []
+            if sink is not None:
+                status, error = await self._finish_sink(sink, status, error)
+        except StoreError:
+            # The history cannot say what the destination holds: publish nothing, and say why
+            # in one line (the run stays `running` in the store, resumable once it can be
+            # written again).
+            if sink is not None:
+                with contextlib.suppress(Exception):
+                    await sink.abort()
+            raise
+        self._report_duplicates()
 
         if status == RunStatus.SUCCESS:
             limit = spec.evaluate.max_rejection_rate
@@ -307,6 +433,164 @@ class Engine:
             # run is still recorded as failed.
             raise fatal
         return summary
+
+    # ------------------------------------------------------------------ resuming
+
+    async def _reconcile(self, runtime: Runtime, request: ResumeRequest, sink: Sink) -> None:
+        """Settle with the destination what earlier attempts left, and count what they did."""
+        spec = self.loaded.spec
+        models = {evaluator.label: getattr(evaluator, "model", None) or spec.transform.model
+                  for evaluator in spec.evaluate.evaluators}
+        tally = self.tally
+
+        def count(row: Any, kind: int) -> None:
+            tally.count_stored(row, kind, models, spec.transform.model)
+
+        index = await reconcile(self.store, request.run, sink, attempt=self._attempt,
+                                rebuilds=spec.load.mode == "replace", count=count)
+        self._index = index
+        tally.loaded += index.loaded
+        tally.quarantined += index.quarantined
+        tally.skipped += index.skipped
+        # The budget is the run's, across its attempts.
+        runtime.budget.spent += tally.cost_known
+        self._emit(RunResumed(self.run_id, attempt=index.attempt, loaded=index.loaded,
+                              quarantined=index.quarantined, from_store=index.from_store,
+                              to_process=index.to_process, rewritten=index.rewritten))
+
+    def _keep_counts(self, run: Any) -> None:
+        tally = self.tally
+        tally.extracted, tally.loaded = run.extracted, run.loaded
+        tally.quarantined, tally.skipped = run.quarantined, run.skipped
+        tally.cost_known, tally.cost_unknown = run.cost_usd or 0.0, run.cost_usd is None
+        tally.input_tokens, tally.output_tokens = run.input_tokens, run.output_tokens
+        tally.llm_calls, tally.cache_hits = run.llm_calls, run.cache_hits
+
+    def _settle_unread(self, reason: str) -> None:
+        """Rows of a resumed run whose records this attempt never finished: not read again (the
+        source shrank, or the run stopped first). Each is counted once, as it now stands."""
+        index = self._index
+        if index is None:
+            return
+        tally = self.tally
+        for record_id, entry in index.entries.items():
+            if not entry.seen:
+                tally.extracted += 1
+            if entry.kind == LOAD:
+                tally.skipped += 1
+                self._not_loaded.append(record_id)
+            elif entry.kind == PROCESS:
+                tally.skipped += 1  # its row says skipped already
+        index.entries.clear()
+        tally.extracted += len(index.duplicates)
+        index.duplicates.clear()
+
+    async def _find_last_occurrences(self, source: Source) -> None:
+        """keep_last: read the source once for ids only, so that streaming can tell, at an
+        id's first occurrence, whether a later one replaces it."""
+        limit = self.options.limit if self.options.limit is not None else self.loaded.spec.extract.limit
+        shard = self.options.shard
+        latest = self._latest
+        async for batch in source.batches(limit):
+            if shard is not None:
+                batch = shard.select(batch)
+            for record in batch:
+                if record.extract_error is None:
+                    latest[record.id] = record.ordinal
+
+    # ------------------------------------------------------------------ the pump
+
+    def _route(self, record: Record, stored: dict[int, RecordResult]) -> Any:
+        """What happens to a record read from the source: the record itself (process it), a
+        result (a duplicate id, or a resumed record's stored output to load), or None (a
+        resumed record that needs nothing more)."""
+        record_id = record.id
+        if record.extract_error is None:
+            duplicate = self._duplicate(record)
+            if duplicate is not None:
+                index = self._index
+                if index is not None and (record_id, record.ordinal) in index.duplicates:
+                    index.duplicates.discard((record_id, record.ordinal))
+                    return None  # recorded by an earlier attempt
+                return duplicate
+        index = self._index
+        if index is None:
+            return record
+        entry = index.entries.get(record_id)
+        if entry is None:
+            return record
+        entry.seen = True
+        if entry.kind == DONE:
+            del index.entries[record_id]
+            return None
+        if entry.kind == PROCESS:
+            return record
+        result = stored.get(entry.pk)
+        if result is None:  # not fetched (the run is stopping), or its row is gone: process it
+            return record
+        return _Stored(result)
+
+    def _duplicate(self, record: Record) -> RecordResult | None:
+        """The result of a record whose id an earlier record already had, or None."""
+        record_id = record.id
+        if self._keep_last:
+            last = self._latest.get(record_id)
+            if last is None or last == record.ordinal:
+                self._latest[record_id] = -1  # taken: any occurrence after it is a duplicate
+                return None
+            if last > record.ordinal:
+                return self._note_duplicate(record, RecordResult(
+                    record, Outcome.SKIPPED, Stage.EXTRACT,
+                    f"duplicate id {record_id!r}: a later record has it too and replaces this "
+                    f"one (extract.on_duplicate_id: keep_last)", DUPLICATE_ID))
+            # Past the last occurrence the first read found: the source grew since.
+            return self._note_duplicate(record, RecordResult(
+                record, Outcome.QUARANTINED, Stage.EXTRACT,
+                f"duplicate id {record_id!r}: the record with it was already taken (the source "
+                f"changed while the run read it)", DUPLICATE_ID))
+        seen = self._seen
+        if record_id not in seen:
+            seen[record_id] = record.origin
+            return None
+        first = seen[record_id]
+        return self._note_duplicate(record, RecordResult(
+            record, Outcome.QUARANTINED, Stage.EXTRACT,
+            f"duplicate id {record_id!r}: {first or 'an earlier record'} has it too (extract."
+            f"on_duplicate_id: quarantine keeps the first)", DUPLICATE_ID))
+
+    def _note_duplicate(self, record: Record, result: RecordResult) -> RecordResult:
+        self._duplicates += 1
+        if self._first_duplicate is None:
+            self._first_duplicate = f"{record.id!r} ({record.origin or f'record {record.ordinal}'})"
+        return result
+
+    def _report_duplicates(self) -> None:
+        if not self._duplicates:
+            return
+        count = self._duplicates
+        what = f"{count} record{'s' if count != 1 else ''}"
+        if self._keep_last:
+            self._warn(f"{what} had an id a later record has too, first {self._first_duplicate}: "
+                       f"skipped, the last one with each id is loaded (extract.on_duplicate_id: "
+                       f"keep_last)")
+        else:
+            self._warn(f"{what} had an id an earlier record has too, first {self._first_duplicate}: "
+                       f"quarantined (extract.on_duplicate_id: quarantine; keep_last loads the "
+                       f"last one instead)")
+
+    async def _stored_results(self, batch: list[Record]) -> dict[int, RecordResult]:
+        """A resumed run: the stored outputs this batch's records will load, by row id."""
+        index = self._index
+        if index is None:
+            return {}
+        wanted = []
+        for record in batch:
+            entry = index.entries.get(record.id)
+            if entry is not None and entry.kind in (LOAD, RELOAD):
+                wanted.append(entry.pk)
+        if not wanted:
+            return {}
+        return {row.id: _result_from_row(row) for row in await self.store.stored_results(wanted)}
 
     async def _pump(self, runtime: Runtime, source: Source, sink: Sink) -> None:
         spec = self.loaded.spec
@@ -330,6 +614,7 @@ class Engine:
         async def extract() -> None:
             limit = self.options.limit if self.options.limit is not None else spec.extract.limit
             shard = self.options.shard
+            route = self._route
             async for batch in source.batches(limit):
                 if shard is not None:
                     # Other shards' records are not this run's: not extracted, not skipped.
@@ -340,18 +625,32 @@ class Engine:
                         continue
                 self.tally.extracted += len(batch)
                 self._emit(RecordsExtracted(self.run_id, len(batch), self.tally.extracted))
-                # Until a record is in the work queue, the producer answers for it: if the run
-                # stops here, `_drain` finds it in `_unqueued` and skips it with the reason.
+                # Until a record is handed on, the producer answers for it: if the run stops
+                # here, `_drain` finds it in `_unqueued` and accounts for it.
                 self._unqueued = deque(batch)
-                while self._unqueued:
+                stored = await self._stored_results(batch) if self._index is not None else {}
+                unqueued = self._unqueued
+                while unqueued:
                     if stop.is_set():
                         # Read but never started: explicitly skipped, never lost.
-                        while self._unqueued:
-                            await done.put(_skipped(self._unqueued[0], self.controller.reason))
-                            self._unqueued.popleft()
+                        while unqueued:
+                            item = route(unqueued[0], stored)
+                            self._handing = item
+                            if item is not None:
+                                await done.put(_stopped(item, self.controller.reason))
+                            self._handing = None
+                            unqueued.popleft()
                         return
-                    await work.put(self._unqueued[0])
-                    self._unqueued.popleft()
+                    record = unqueued[0]
+                    item = route(record, stored)
+                    if item is not None:
+                        self._handing = item
+                        if item is record:
+                            await work.put(record)
+                        else:
+                            await done.put(item)
+                        self._handing = None
+                    unqueued.popleft()
                 if stop.is_set():
                     return
 
@@ -411,65 +710,157 @@ class Engine:
             self._drain(work, done)
 
     def _drain(self, work: asyncio.Queue[Any], done: asyncio.Queue[Any]) -> None:
-        leftovers: list[RecordResult] = []
+        leftovers: list[Any] = []
         while not done.empty():
             item = done.get_nowait()
             if item is not None:
                 leftovers.append(item)
-        unstarted = [*self._in_flight_records.values(), *self._unqueued]
+        unstarted = list(self._in_flight_records.values())
+        unqueued = self._unqueued
+        if unqueued and self._handing is not None:
+            # The producer was handing this record on when the run stopped.
+            leftovers.append(_stopped(self._handing, "run stopped before this record finished"))
+            unqueued.popleft()
+        self._handing = None
         while not work.empty():
             item = work.get_nowait()
             if item is not None:
                 unstarted.append(item)
         leftovers.extend(_skipped(r, "run stopped before this record finished") for r in unstarted)
+        for record in unqueued:
+            item = self._route(record, {})
+            if item is not None:
+                leftovers.append(_stopped(item, "run stopped before this record finished"))
         self._in_flight_records.clear()
-        self._unqueued.clear()
+        self._unqueued = deque()
         self._unfinished = leftovers
 
+    # ------------------------------------------------------------------ the collector
+
     async def _collect(self, done: asyncio.Queue[Any], sink: Sink) -> None:
-        """Batch passing records into the sink and every result into the store."""
+        """Checkpoint every result, batch the passing ones into the sink."""
         batch_size = self.loaded.spec.load.batch_size
-        to_load: list[RecordResult] = []
-        last_load = time.monotonic()
-        self._last_store_flush = time.monotonic()
-        self._to_load = to_load
+        to_load = self._to_load
+        now = time.monotonic()
+        last_load = now
+        self._last_checkpoint = now
+        get_nowait = done.get_nowait
+        passed = Outcome.LOADED
         while True:
-            try:
-                result = await asyncio.wait_for(done.get(), timeout=LOAD_FLUSH_S)
-            except asyncio.TimeoutError:
-                result = ...
-            if result is None:
-                break
-            if result is not ...:
-                if result.outcome is Outcome.LOADED:
-                    to_load.append(result)
+            if done.empty():
+                # Nothing waiting: sleep until the next checkpoint or load is due, at most.
+                if self._checkpoint or self._refused:
+                    timeout = max(0.0, self._last_checkpoint + CHECKPOINT_S - now)
                 else:
-                    self._finish_record(result)
+                    timeout = LOAD_FLUSH_S
+                try:
+                    item = await asyncio.wait_for(done.get(), timeout=timeout)
+                except asyncio.TimeoutError:
+                    item = ...
+            else:
+                item = get_nowait()
+            if item is None:
+                break
+            if item is not ...:
+                if type(item) is _Stored:
+                    to_load.append(item.result)
+                elif item.outcome is passed:
+                    self._checkpoint_passed(item)
+                    to_load.append(item)
+                else:
+                    self._finish_record(item)
             now = time.monotonic()
-            if len(to_load) >= batch_size or (to_load and now - last_load >= LOAD_FLUSH_S):
+            if to_load and (len(to_load) >= batch_size or now - last_load >= LOAD_FLUSH_S):
                 await self._load(sink, to_load)
                 to_load.clear()
-                last_load = now
-            await self._flush_store()
+                last_load = now = time.monotonic()
+            elif len(self._checkpoint) >= CHECKPOINT_RECORDS or (
+                    now - self._last_checkpoint >= CHECKPOINT_S
+                    and (self._checkpoint or self._refused)):
+                await self._flush_checkpoint()
+                now = time.monotonic()
         if to_load:
             await self._load(sink, to_load)
             to_load.clear()
 
+    async def _flush_checkpoint(self) -> None:
+        self._last_checkpoint = time.monotonic()
+        if not (self._checkpoint or self._refused or self._replaced):
+            return
+        results, self._checkpoint = self._checkpoint, []
+        refused, self._refused = self._refused, []
+        replaced, self._replaced = self._replaced, []
+        await self.store.checkpoint(self.run_id, self.loaded.spec.name, results, refused=refused,
+                                    replaced=replaced)
+
     async def _load(self, sink: Sink, results: list[RecordResult]) -> None:
-        rows = [build_row(self.loaded, r.record, r.output) for r in results]
+        # Their results are in the store before the sink has them: a crash in between costs a
+        # write from the stored output on resume, never a second call or a second row.
+        await self._flush_checkpoint()
+        loaded = self.loaded
+        rows = [build_row(loaded, r.record, r.output) for r in results]
+        refused = False
         try:
-            await sink.write(rows)
+            await sink.write_records(rows, [r.record.id for r in results])
+            self._batches_written += 1
         except LoadError as exc:
+            refused = True
             message = self.resolver.redact(str(exc))
             for result in results:
                 result.outcome, result.stage = Outcome.QUARANTINED, Stage.LOAD
                 result.reason, result.error_type = message, type(exc).__name__
+            self._refused.extend(results)
+        index = self._index
         for result in results:
-            self._finish_record(result)
-        if results and results[0].outcome is Outcome.LOADED:
+            if index is not None:
+                entry = index.entries.pop(result.record.id, None)
+                if entry is not None and entry.kind == RELOAD:
+                    if refused:  # it is no longer at the rebuilt destination
+                        self.tally.loaded -= 1
+                        self._settle(result)
+                    continue
+            self._settle(result)
+        if not refused:
             self._emit(BatchLoaded(self.run_id, len(results), self.tally.loaded))
 
+    def _checkpoint_passed(self, result: RecordResult) -> None:
+        """A record that passed the gate: checkpointed now, settled once its batch is written."""
+        if self._index is not None:
+            self._replaces(result)
+        self._checkpoint.append(result)
+        self.tally.count_result(result)
+
+    def _replaces(self, result: RecordResult) -> bool:
+        """A resumed run: whether this new result of a record stands in for the record's stored
+        row (which goes), or adds nothing to it (False: the row stays as it is)."""
+        assert self._index is not None
+        if result.error_type == DUPLICATE_ID:
+            return True
+        entry = self._index.entries.pop(result.record.id, None)
+        if entry is None:
+            return True
+        if entry.kind in (DONE, RELOAD):
+            return False  # counted already, as it stands
+        if result.outcome is Outcome.SKIPPED and result.transform is None and not result.scores:
+            # Stopped before anything was learned: the row says as much already (a passed one
+            # is skipped at the end, keeping its output; a skipped one stays).
+            if entry.kind == LOAD:
+                self._not_loaded.append(result.record.id)
+            self._settle(result, count_only=True)
+            return False
+        self._replaced.append(entry.pk)
+        return True
+
     def _finish_record(self, result: RecordResult) -> None:
+        """A record that did not pass (quarantined or skipped): checkpointed and settled."""
+        if self._index is not None and not self._replaces(result):
+            return
+        self._checkpoint.append(result)
+        self.tally.count_result(result)
+        self._settle(result)
+
+    def _settle(self, result: RecordResult, *, count_only: bool = False) -> None:
+        """Count a record's final outcome, and say so."""
         tally = self.tally
         if result.outcome is Outcome.LOADED:
             tally.loaded += 1
@@ -480,62 +871,102 @@ class Engine:
                 tally.recent_errors.append(f"{result.record.id}: {result.reason}"[:300])
         else:
             tally.skipped += 1
-        tally.count_result(result)
-        self._pending_store.append(result)
-        self._emit(RecordFinished(self.run_id, result))
-
-    async def _flush_store(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self._pending_store:
-            return
-        if not force and len(self._pending_store) < STORE_FLUSH_RECORDS and \
-                now - self._last_store_flush < STORE_FLUSH_S:
-            return
-        batch, self._pending_store = self._pending_store, []
-        self._last_store_flush = now
-        await self.store.write_results(self.run_id, self.loaded.spec.name, batch)
+        if not count_only:
+            self._emit(RecordFinished(self.run_id, result))
 
     async def _skip_unfinished(self, reason: str) -> None:
-        """Records read but not finished when the run stopped: skipped, with why."""
-        for result in self._unfinished:
-            if result.outcome is Outcome.LOADED:
-                # Passed the gate but never reached the sink.
-                result = _skipped(result.record, f"not loaded: {reason}")
-            self._finish_record(result)
+        """Records read but not finished when the run stopped: skipped, with why. One that
+        passed keeps its output (resuming loads it without a call)."""
+        index = self._index
+        for item in self._unfinished:
+            if type(item) is _Stored:
+                self._stored_not_loaded(item.result, reason)
+                continue
+            if item.outcome is Outcome.LOADED:
+                # Passed the gate but never reached the collector: skipped, answer kept.
+                item.outcome, item.stage = Outcome.SKIPPED, Stage.LOAD
+                item.reason = f"not loaded: {reason}"
+            self._finish_record(item)
         self._unfinished = []
-        for result in getattr(self, "_to_load", []):
-            self._finish_record(_skipped(result.record, f"not loaded: {reason}"))
-        if hasattr(self, "_to_load"):
-            self._to_load.clear()
+        for result in self._to_load:
+            # Checkpointed as passed (skipped by id at the end), or a resumed record's
+            # stored output.
+            if index is not None and result.record.id in index.entries:
+                self._stored_not_loaded(result, reason)
+                continue
+            self._not_loaded.append(result.record.id)
+            self._settle(RecordResult(result.record, Outcome.SKIPPED, Stage.LOAD,
+                                      f"not loaded: {reason}", None, transform=result.transform,
+                                      scores=result.scores, verdict=result.verdict))
+        self._to_load.clear()
+
+    def _stored_not_loaded(self, result: RecordResult, reason: str) -> None:
+        """A resumed record's stored output that this attempt did not get to load."""
+        assert self._index is not None
+        entry = self._index.entries.pop(result.record.id, None)
+        if entry is not None and entry.kind == LOAD:
+            self._not_loaded.append(result.record.id)
+            self._settle(RecordResult(result.record, Outcome.SKIPPED, Stage.LOAD,
+                                      f"not loaded: {reason}", None, transform=result.transform,
+                                      scores=result.scores, verdict=result.verdict))
 
     async def _finish_sink(self, sink: Sink, status: str, error: str | None) -> tuple[str, str | None]:
         """Commit what loaded. A `replace` destination is all or nothing: a run that did not
-        succeed leaves it as it was, and its records count as skipped."""
+        succeed leaves it as it was, and its records count as skipped. By now every passed
+        record that no batch took is skipped: the `passed` rows are exactly what the sink holds."""
         replace = self.loaded.spec.load.mode == "replace"
+        if status in (RunStatus.FAILED, RunStatus.CANCELLED) and not self._batches_written:
+            # Nothing to publish: the destination stays exactly as it was (no empty file).
+            with contextlib.suppress(Exception):
+                await sink.abort()
+            return status, error
         if status in (RunStatus.FAILED, RunStatus.CANCELLED) and replace:
             with contextlib.suppress(Exception):
                 await sink.abort()
-            await self._flush_store(force=True)
             demoted = await self.store.demote_loaded(
-                self.run_id, f"not loaded: replace mode loads all or nothing and the run {status}")
+                self.run_id, f"not loaded: replace mode loads all or nothing and the run {status}",
+                from_outcome=PASSED)
             self.tally.loaded -= demoted
             self.tally.skipped += demoted
             return status, error
+        if sink.resume_policy == "ledger":
+            # Every batch is committed at the destination already. The store says so before the
+            # sink forgets its ledger (commit), so that a crash in between loses nothing.
+            await self.store.finish_commit(self.run_id)
+            try:
+                await sink.commit()
+            except LoomError as exc:
+                self._warn(f"{redact_uri(self.loaded.spec.load.destination)}: {exc}")
+            return status, error
         try:
+            # Between the two, a crash leaves the question "did it publish?": the token answers
+            # it when the run is resumed (core.resume.reconcile).
+            token = await sink.prepare_commit()
+            await self.store.begin_commit(self.run_id, token)
             await sink.commit()
+        except StoreError:
+            raise
         except LoomError as exc:
             with contextlib.suppress(Exception):
                 await sink.abort()
-            await self._flush_store(force=True)
             message = self.resolver.redact(
                 f"commit to {redact_uri(self.loaded.spec.load.destination)} failed: {exc}")
-            demoted = await self.store.demote_loaded(self.run_id, message, quarantine=True)
+            demoted = await self.store.demote_loaded(self.run_id, message, quarantine=True,
+                                                     from_outcome=PASSED)
             self.tally.loaded -= demoted
             self.tally.quarantined += demoted
             return RunStatus.FAILED, message
+        await self.store.finish_commit(self.run_id)
         return status, error
 
     # ------------------------------------------------------------------ history
+
+    def _run_options(self) -> dict[str, Any]:
+        return {"limit": self.options.limit, "use_cache": self.options.use_cache,
+                "record": str(self.options.record_path) if self.options.record_path else None,
+                "pid": os.getpid(), "host": host_name(),
+                "overrides": list(self.options.overrides),
+                **({"shard": self.options.shard.label} if self.options.shard else {})}
 
     async def _record_start(self, runtime: Runtime, started_at: datetime) -> None:
         spec = self.loaded.spec
@@ -556,16 +987,26 @@ class Engine:
                 await self.store.save_version("judge", version.hash, version.text,
                                               path=version.path, pipeline=spec.name)
                 judge_prompts.setdefault(evaluator.name, []).append(version.hash)
+        resume = self.options.resume
+        if resume is not None:
+            # The run keeps its snapshot (what it started with); only who runs it changes.
+            run = resume.run
+            options = {**(run.options or {}), **self._run_options(),
+                       "judge_prompts": (run.options or {}).get("judge_prompts", judge_prompts)}
+            attempt = await self.store.claim_run(run.run_id, status=run.status,
+                                                 updated_at=run.updated_at, options=options)
+            if attempt is None:
+                raise ResumeError(f"cannot resume run {run.run_id}: another process resumed "
+                                  "it first")
+            self._attempt = attempt
+            return
         await self.store.start_run(RunStart(
             run_id=self.run_id, pipeline=spec.name, pipeline_version=spec.version,
             pipeline_path=str(self.loaded.path), started_at=started_at, config=snapshot(self.loaded),
             model=spec.transform.model, provider=spec.transform.provider,
             prompt_hash=prompts.prompt_hash, system_hash=prompts.system_hash,
             context_hashes=prompts.context_hashes, params=dict(spec.params),
-            options={"limit": self.options.limit, "use_cache": self.options.use_cache,
-                     "record": str(self.options.record_path) if self.options.record_path else None,
-                     "pid": os.getpid(), "judge_prompts": judge_prompts,
-                     **({"shard": self.options.shard.label} if self.options.shard else {})},
+            options={**self._run_options(), "judge_prompts": judge_prompts},
             source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination),
             shard=self.options.shard))
 
@@ -590,7 +1031,8 @@ class Engine:
             "destination": redact_uri(spec.load.destination), "table_name": spec.load.table,
             "records_in": summary.extracted, "records_out": summary.loaded,
         }
-        await self.store.finish_run(summary, self.tally.evaluator_stats(), lineage)
+        await self.store.finish_run(summary, self.tally.evaluator_stats(), lineage,
+                                    resumed=self._attempt > 1)
 
     def _summary(self, status: str, reason: str | None) -> RunSummary:
         tally = self.tally
@@ -609,7 +1051,7 @@ class Engine:
             latency_p95_s=_round(tally.latency.quantile(0.95), 4),
             latency_p99_s=_round(tally.latency.quantile(0.99), 4),
             warnings=tuple(self.warnings),
-            extra={"shard": self.options.shard.to_json()} if self.options.shard else {},
+            extra=self._extra(),
             concurrency=self.loaded.spec.transform.concurrency,
             concurrency_min=transform.concurrency.lowest if transform else None,
             concurrency_final=transform.concurrency.limit if transform else None,
@@ -619,8 +1061,48 @@ class Engine:
         )
 
 
+    def _extra(self) -> dict[str, Any]:
+        extra: dict[str, Any] = {}
+        if self.options.shard:
+            extra["shard"] = self.options.shard.to_json()
+        if self._attempt > 1:
+            extra["attempts"] = self._attempt
+        if self._duplicates:
+            extra["duplicate_ids"] = self._duplicates
+        return extra
+
+
+class _Stored:
+    """A resumed record's stored result, on its way to the sink (it is checkpointed already)."""
+
+    __slots__ = ("result",)
+
+    def __init__(self, result: RecordResult) -> None:
+        self.result = result
+
+
 def _skipped(record: Any, reason: str) -> RecordResult:
     return RecordResult(record, Outcome.SKIPPED, None, reason, None)
+
+
+def _stopped(item: Any, reason: str) -> Any:
+    """What a routed item becomes when the run stops before it goes on: a record is skipped;
+    a duplicate's result and a stored result stay what they are."""
+    return _skipped(item, reason) if isinstance(item, Record) else item
+
+
+def _result_from_row(row: Any) -> RecordResult:
+    """A stored record row as the result it was: its input, its output, its verdict (the
+    scores are kept as stored; no call is made again, so none is counted again)."""
+    record = Record(id=row.record_id, data=row.input or {}, ordinal=row.ordinal)
+    transform = TransformResult(output=row.output, raw_text="", messages=[])
+    verdict = None
+    if isinstance(row.verdict, dict):
+        verdict = Verdict(passed=bool(row.verdict.get("passed")), gate=str(row.verdict.get("gate")),
+                          value=float(row.verdict.get("value") or 0.0),
+                          threshold=row.verdict.get("threshold"),
+                          reason=str(row.verdict.get("reason") or ""))
+    return RecordResult(record, Outcome.LOADED, transform=transform, verdict=verdict)
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:

@@ -111,6 +111,12 @@ class StoreError(LoomError):
     """The history store cannot be opened or written."""
 
 
+class ResumeError(LoomError):
+    """A run that cannot be resumed: none unfinished, still running, or its pipeline changed."""
+
+    exit_code = 2
+
+
 class BudgetExceeded(LoomError):
     """The next call would pass budget.max_cost_usd."""
 

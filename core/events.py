@@ -47,6 +47,19 @@ class RunStarted(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RunResumed(Event):
+    """A resumed run (`loom --run … --resume`) found what its earlier attempts finished."""
+
+    attempt: int  # 2 for the first resume
+    loaded: int  # records already at the destination
+    quarantined: int
+    from_store: int  # passed before, to be loaded now from their stored output: no call
+    to_process: int  # recorded as skipped without an answer: processed now (as are records the
+                     # store has no row for: in flight at the crash, or never reached)
+    rewritten: int = 0  # loaded before, written again because the destination is rebuilt
+
+
+@dataclass(frozen=True, slots=True)
 class RecordsExtracted(Event):
     count: int  # in this batch
     total: int  # so far

@@ -14,7 +14,8 @@ from rich.table import Table
 from rich.text import Text
 
 from core.estimate import Estimate
-from core.events import Event, Progress, RunFinished, RunStarted, RunStatus, RunSummary, RunWarning
+from core.events import (Event, Progress, RunFinished, RunResumed, RunStarted, RunStatus, RunSummary,
+                         RunWarning)
 
 STATUS_STYLE = {RunStatus.SUCCESS: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red",
                 RunStatus.CANCELLED: "magenta", RunStatus.RUNNING: "cyan"}
@@ -45,7 +46,11 @@ class ProgressReporter:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunWarning):
-            self.console.print(f"[yellow]warning:[/] {event.message}", highlight=False)
+            # One line each, whatever the width: logs are grepped line by line.
+            self.console.print(f"[yellow]warning:[/] {event.message}", highlight=False,
+                               soft_wrap=True)
+        elif isinstance(event, RunResumed):
+            self.console.print(resumed_line(event), highlight=False, soft_wrap=True)
         elif isinstance(event, RunStarted) and self.show:
             self._progress = RichProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -68,15 +73,26 @@ class ProgressReporter:
             self._progress = None
 
 
+def resumed_line(event: RunResumed) -> str:
+    """What a resumed run found its earlier attempts did, in one line."""
+    line = (f"resuming run {event.run_id} (attempt {event.attempt}): {event.loaded} loaded and "
+            f"{event.quarantined} quarantined before; {event.from_store} to load from their "
+            f"stored answers without a call")
+    if event.rewritten:
+        line += f", {event.rewritten} loaded ones written again (the destination is rebuilt)"
+    return line + "; every other record is processed now"
+
+
 def summary_table(summary: RunSummary) -> Table:
     """The end-of-run summary people read; fits an 80-column terminal."""
     style = STATUS_STYLE.get(summary.status, "white")
     table = Table.grid(padding=(0, 2))
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
+    attempts = summary.extra.get("attempts")
     table.add_row(Text(summary.pipeline, style="bold"), Text.assemble(
         "run ", summary.run_id, " · ", (summary.status, f"bold {style}"),
-        f" · {summary.duration_s:.1f} s"))
+        f" · {summary.duration_s:.1f} s", f" · {attempts} attempts" if attempts else ""))
     if summary.status_reason:
         table.add_row("reason", Text(summary.status_reason, style=style))
     shard = summary.extra.get("shard")

@@ -59,6 +59,9 @@ class ExtractSpec(_ObjectStoreOptions):
     limit: int | None = Field(None, ge=0)
     encoding: str = "utf-8"
     format: Literal["csv", "jsonl", "json"] | None = None  # for object stores; default: by suffix
+    # A record whose id an earlier record of the source already had: `quarantine` it (the
+    # first one wins), or `keep_last` (the last one wins; the source is read twice to know it).
+    on_duplicate_id: Literal["quarantine", "keep_last"] = "quarantine"
 
     @field_validator("source")
     @classmethod

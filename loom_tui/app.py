@@ -96,6 +96,12 @@ class LoomApp(App[int]):
 
         self.push_screen(RunScreen(path))
 
+    def resume_run(self, path: Path, run_id: str) -> None:
+        """Finish an unfinished run (core.api.Workspace.prepare_resume), watched live."""
+        from loom_tui.screens.run import RunScreen
+
+        self.push_screen(RunScreen(path, resume=run_id))
+
     def estimate(self, path: Path, loaded: LoadedSpec | None = None) -> None:
         """What a whole run of the pipeline would cost and take; run it from there if wanted."""
         from loom_tui.screens.estimate import EstimateScreen

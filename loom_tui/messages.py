@@ -27,7 +27,7 @@ from textual.message import Message
 from core.api import (ActionResult, Estimate, JudgeAgreement, LoadedSpec, MonitoringAlert,
                       PipelineEntry, PipelineRun, PromptComparison, QuarantineAction,
                       QuarantinedRecord, RenderResult, RunComparison, RunPoint, SavedPrompt)
-from core.events import Progress, RunStarted, RunSummary
+from core.events import Progress, RunResumed, RunStarted, RunSummary
 from core.records import Record, RecordResult
 
 
@@ -161,6 +161,14 @@ class RunWarned(Message):
 class RunEnded(Message):
     def __init__(self, summary: RunSummary) -> None:
         self.summary = summary
+        super().__init__()
+
+
+class RunWasResumed(Message):
+    """A resumed run found what its earlier attempts finished (core.events.RunResumed)."""
+
+    def __init__(self, event: RunResumed) -> None:
+        self.event = event
         super().__init__()
 
 

@@ -106,12 +106,44 @@ class Sink(abc.ABC):
         self.uri = uri
         self.spec = loaded.spec.load
 
+    #: What a resumed run (core.resume) does about what earlier attempts of the run wrote here:
+    #: - "ledger": a batch is at the destination once `write_records` returns (one database
+    #:   transaction per batch), and the same transaction notes the batch's record ids in a
+    #:   ledger: `written_ids()` says which records need no writing again.
+    #: - "publish": nothing is visible before `commit()` publishes it (files: a staged temp file
+    #:   renamed into place; replace tables): an attempt that did not publish wrote nothing, and
+    #:   `committed(token)` tells whether one that began to publish did.
+    #: - "rewrite": what the run wrote is withdrawn when it resumes (`withdraw()`) and written
+    #:   again, whole, from the history store (S3 parts).
+    resume_policy = "publish"
+
     async def open(self, run_id: str) -> None:
         self.run_id = run_id
 
     @abc.abstractmethod
     async def write(self, rows: list[dict[str, Any]]) -> None:
         """Write one batch. Raise LoadError (the batch's records are quarantined at `load`)."""
+
+    async def write_records(self, rows: list[dict[str, Any]], record_ids: list[str]) -> None:
+        """Write one batch whose rows are these records' (what the engine calls); a "ledger"
+        sink notes the ids in the batch's own transaction."""
+        await self.write(rows)
+
+    async def written_ids(self) -> set[str]:
+        """Ids of the records earlier attempts of this run wrote ("ledger" sinks), after open()."""
+        return set()
+
+    async def withdraw(self) -> None:
+        """Remove what earlier attempts of this run wrote ("rewrite" sinks), after open()."""
+
+    async def prepare_commit(self) -> str | None:
+        """Get ready to publish; returns a token by which `committed` can later tell whether the
+        commit that follows went through (a crash between the two), or None."""
+        return None
+
+    async def committed(self, token: str | None) -> bool:
+        """Whether the commit prepared with `token` (by an earlier attempt) published."""
+        return False
 
     async def commit(self) -> None:
         """Make everything written visible at the destination."""

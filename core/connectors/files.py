@@ -16,6 +16,7 @@ import abc
 import asyncio
 import codecs
 import csv
+import errno
 import io
 import json
 import os
@@ -75,6 +76,17 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# A write that fails this way will fail for every batch after it: the run stops (one clear
+# error) instead of quarantining batch after batch.
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _identity(path: Path) -> str:
+    """What tells a file apart: a rename keeps all four, a new file has another inode."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _safe_run_id(run_id: str) -> str:
@@ -191,6 +203,7 @@ class _FileSink(Sink):
         self.path = data_path(loaded, uri)
         self._tmp: Path | None = None
         self._fd: int | None = None
+        self._ready: Path | None = None  # the complete staged file, once prepare_commit made it
         self._lock = asyncio.Lock()
         # A cancelled await leaves its thread running: this keeps that thread's work and the
         # abort that follows from ever touching the file or connection at the same time.
@@ -262,19 +275,58 @@ class _FileSink(Sink):
                 os.lseek(self._fd, position, os.SEEK_SET)
             except OSError:
                 pass
-            raise LoadError(f"{self.kind} destination {self.path}: cannot write: "
-                            f"{exc.strerror or exc}") from exc
+            error = ConnectorError if exc.errno in _NO_ROOM else LoadError
+            raise error(f"{self.kind} destination {self.path}: cannot write: "
+                        f"{exc.strerror or exc}") from exc
         self._accept(state)
+
+    async def prepare_commit(self) -> str | None:
+        async with self._lock:
+            return await asyncio.to_thread(self._serially, self._prepare_sync)
+
+    def _prepare_sync(self) -> str:
+        """Complete the staged file; its identity tells later whether the rename happened."""
+        self._complete()
+        assert self._ready is not None
+        try:
+            return _identity(self._ready)
+        except OSError as exc:
+            self._discard()
+            raise ConnectorError(f"{self.kind} destination {self.path}: cannot write: "
+                                 f"{exc.strerror or exc}") from None
+
+    async def committed(self, token: str | None) -> bool:
+        if token is None:
+            return False
+        try:
+            return await asyncio.to_thread(_identity, self.path) == token
+        except OSError:
+            return False
+
+    def _complete(self) -> None:
+        if self._ready is not None:
+            return
+        if self._fd is None:
+            raise ConnectorError(f"{self.kind} destination {self.path}: commit() without open()")
+        try:
+            self._ready = self._finish()
+        except OSError as exc:
+            self._discard()
+            raise ConnectorError(f"{self.kind} destination {self.path}: cannot write: "
+                                 f"{exc.strerror or exc}") from None
+        except ConnectorError:
+            self._discard()
+            raise
 
     async def commit(self) -> None:
         async with self._lock:
             await asyncio.to_thread(self._serially, self._commit_sync)
 
     def _commit_sync(self) -> None:
-        if self._fd is None:
-            raise ConnectorError(f"{self.kind} destination {self.path}: commit() without open()")
+        self._complete()
         try:
-            ready = self._finish()
+            ready = self._ready
+            assert ready is not None
             if self.path.exists():
                 try:
                     os.chmod(ready, self.path.stat().st_mode & 0o7777)
@@ -326,6 +378,7 @@ class _FileSink(Sink):
             except OSError:
                 pass
         self._tmp = None
+        self._ready = None
 
     def _write_raw(self, data: bytes) -> None:
         assert self._fd is not None

@@ -46,6 +46,13 @@ _INTEGER_TYPES = ("smallint", "integer", "bigint", "int2", "int4", "int8")
 _NUMBER_TYPES = _INTEGER_TYPES + ("numeric", "real", "double precision", "float4", "float8")
 _DB_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError,
               ValueError, OverflowError, TypeError)
+# The load ledger (see Sink.resume_policy and core.connectors.sqlite.LEDGER): one row per batch,
+# in the batch's transaction, naming its records; a run's rows are deleted when it commits.
+LEDGER = "loom_load_ledger"
+_LEDGER_LOCK = 0x4C6F6F6C  # sessions creating the ledger table at once queue on this lock
+# Failures every later batch would meet too: they stop the run instead of quarantining batches.
+_FATAL_ERRORS = (asyncpg.DiskFullError, asyncpg.InsufficientResourcesError,
+                 asyncpg.ReadOnlySQLTransactionError)
 
 
 def describe(exc: BaseException) -> str:
@@ -354,6 +361,10 @@ class PostgresSink(Sink):
         self._target_columns: dict[str, str] | None = None  # replace: the target's, at open
         self._written: dict[str, None] = {}  # columns rows carried (replace copies only these)
         self._statements: dict[tuple[str, ...], tuple[str, list[Callable[[Any], str | None]]]] = {}
+        # append and upsert commit each batch with its ledger row; replace publishes at commit.
+        self.resume_policy = "publish" if self.mode == "replace" else "ledger"
+        self._ledger = (f"{quote_column(self.schema)}." if self.schema else "") + quote_column(LEDGER)
+        self._ledger_ready = False
 
     def describe(self) -> str:
         return f"{self.uri.display} table {self.table_name}"
@@ -460,8 +471,47 @@ class PostgresSink(Sink):
     # -- write
 
     async def write(self, rows: list[dict[str, Any]]) -> None:
+        await self.write_records(rows, None)
+
+    async def written_ids(self) -> set[str]:
+        async with self._lock:
+            if self._pool is None:
+                raise ConnectorError(f"{self._where()}: written_ids() before open()")
+            found: set[str] = set()
+            try:
+                async with self._pool.acquire() as connection:
+                    if await connection.fetchval("SELECT to_regclass($1)", self._ledger) is None:
+                        return found
+                    for row in await connection.fetch(
+                            f"SELECT record_ids FROM {self._ledger} WHERE run_id = $1 "
+                            "AND table_name = $2", str(self.run_id), self.table_name):
+                        found.update(json.loads(row["record_ids"]))
+            except (*_DB_ERRORS, json.JSONDecodeError) as exc:
+                raise ConnectorError(f"{self._where()}: cannot read {LEDGER}: "
+                                     f"{describe(exc)}") from exc
+            return found
+
+    async def _note_in_ledger(self, connection: asyncpg.Connection, record_ids: list[str]) -> None:
+        """Inside the batch's transaction: the batch's record ids, for a resumed run."""
+        if not self._ledger_ready and await connection.fetchval(
+                "SELECT to_regclass($1)", self._ledger) is None:
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", _LEDGER_LOCK)
+            await connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._ledger} (run_id text NOT NULL, "
+                "table_name text NOT NULL, record_ids text NOT NULL, "
+                "written_at timestamptz NOT NULL DEFAULT now())")
+            await connection.execute(
+                f"CREATE INDEX IF NOT EXISTS {quote_column(LEDGER + '_run')} ON {self._ledger} "
+                "(run_id, table_name)")
+        await connection.execute(
+            f"INSERT INTO {self._ledger} (run_id, table_name, record_ids) VALUES ($1, $2, $3)",
+            str(self.run_id), self.table_name, json.dumps(record_ids, ensure_ascii=False))
+
+    async def write_records(self, rows: list[dict[str, Any]], record_ids: list[str] | None) -> None:
         if not rows:
             return
+        if self.resume_policy != "ledger":
+            record_ids = None
         async with self._lock:
             if self._pool is None:
                 raise ConnectorError(f"{self._where()}: write() before open()")
@@ -482,10 +532,16 @@ class PostgresSink(Sink):
                             await connection.executemany(sql, [
                                 [encode(value) for encode, value in zip(encoders, row.values())]
                                 for row in group])
+                        if record_ids is not None:
+                            await self._note_in_ledger(connection, record_ids)
             except _DB_ERRORS as exc:
                 self._statements.clear()  # a column may have changed type under us
+                if isinstance(exc, _FATAL_ERRORS):
+                    raise ConnectorError(f"{self._where()}: cannot write: {describe(exc)}") from exc
                 raise LoadError(f"{self._where()}: {describe(exc)}") from exc
             # Committed: the table and its columns exist now.
+            if record_ids is not None:
+                self._ledger_ready = True
             self._columns = columns
             for names in groups:
                 self._written.update(dict.fromkeys(names))
@@ -571,11 +627,25 @@ class PostgresSink(Sink):
                     async with self._pool.acquire() as connection:
                         async with connection.transaction():
                             await self._swap_in_scratch(connection)
+                else:
+                    await self._forget_ledger()
             except _DB_ERRORS as exc:
                 raise ConnectorError(f"{self._where()}: cannot replace the table: "
                                      f"{describe(exc)}") from exc
             finally:
                 await self._close()
+
+    async def _forget_ledger(self) -> None:
+        """The history store knows every record this run loaded by now: its ledger rows are no
+        longer needed. Leaving them costs nothing but space."""
+        assert self._pool is not None
+        try:
+            async with self._pool.acquire() as connection:
+                if await connection.fetchval("SELECT to_regclass($1)", self._ledger) is not None:
+                    await connection.execute(f"DELETE FROM {self._ledger} WHERE run_id = $1 AND "
+                                             "table_name = $2", str(self.run_id), self.table_name)
+        except _DB_ERRORS:
+            pass
 
     async def _swap_in_scratch(self, connection: asyncpg.Connection) -> None:
         """In one transaction: empty (or create) the target, copy the scratch rows in, drop it."""

@@ -216,7 +216,14 @@ def _safe_run_id(run_id: str) -> str:
 
 
 class S3Sink(Sink):
-    """Each batch one JSON Lines object under `prefix/<run_id>/`, named by its number."""
+    """Each batch one JSON Lines object under `prefix/<run_id>/`, named by its number.
+
+    A resumed run withdraws its folder and writes it again, every record from the history store
+    (no model call for those): parts are numbered per attempt, so what an earlier attempt wrote
+    must not linger beside the new parts, or a record could appear in two of them.
+    """
+
+    resume_policy = "rewrite"
 
     def __init__(self, loaded: "LoadedSpec", uri: "ParsedURI") -> None:
         super().__init__(loaded, uri)
@@ -251,6 +258,19 @@ class S3Sink(Sink):
             reason = describe_error(exc)
             raise ConnectorError(f"s3 destination {self._where()}: cannot write: "
                                  f"{'no such bucket' if reason == 'not found' else reason}") from exc
+
+    async def withdraw(self) -> None:
+        async with self._lock:
+            client = self._objects.client
+            if client is None:
+                raise ConnectorError(f"s3 destination {self._where()}: withdraw() before open()")
+            try:
+                await self._delete_under(client, self._run_prefix)
+            except (ClientError, BotoCoreError) as exc:
+                raise ConnectorError(f"s3 destination {self._where(self._run_prefix)}: cannot "
+                                     f"remove the earlier attempt's parts: "
+                                     f"{describe_error(exc)}") from exc
+            self._parts = 0
 
     async def write(self, rows: list[dict[str, Any]]) -> None:
         if not rows:

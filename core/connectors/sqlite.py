@@ -37,6 +37,15 @@ if TYPE_CHECKING:
 
 BUSY_TIMEOUT_S = 30.0
 _PLAIN = (str, int, float, type(None), bytes)
+# The load ledger (see Sink.resume_policy): one row per batch Loom appended or upserted, written
+# in the batch's own transaction, naming its records, so that a resumed run knows exactly which
+# records reached this database. A run's rows are deleted when it commits.
+LEDGER = "loom_load_ledger"
+# Failures that every later batch would meet too (a full disk, a read-only file): they stop the
+# run with one error instead of quarantining batch after batch.
+_FATAL_CODES = {getattr(sqlite3, name) for name in ("SQLITE_FULL", "SQLITE_IOERR", "SQLITE_READONLY",
+                                                   "SQLITE_CANTOPEN", "SQLITE_CORRUPT", "SQLITE_NOTADB")
+                if hasattr(sqlite3, name)}
 
 
 def database_path(loaded: "LoadedSpec", uri: "ParsedURI") -> Path:
@@ -58,6 +67,12 @@ def _split_table(name: str) -> tuple[str, str]:
     """(schema, table) the way quote_identifier reads a dotted name."""
     schema, dot, table = name.partition(".")
     return (schema, table) if dot else ("main", name)
+
+
+def _no_way_on(exc: BaseException) -> bool:
+    """A failure no later batch would escape (the primary result code is the low byte)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return isinstance(code, int) and (code & 0xFF) in _FATAL_CODES
 
 
 def _one_line(exc: BaseException) -> str:
@@ -259,6 +274,11 @@ class SqliteSink(Sink):
         self._write_schema, self._write_bare = self.schema, self.bare_table
         self._columns: dict[str, tuple[str, str]] | None = None
         self._statements: dict[tuple[str, ...], str] = {}
+        # append and upsert write each batch in one transaction, ledger row included;
+        # replace publishes at commit (the scratch table is gone after a crash).
+        self.resume_policy = "publish" if self.mode == "replace" else "ledger"
+        self._ledger = f"{quote_column(self.schema)}.{quote_column(LEDGER)}"
+        self._ledger_ready = False
 
     def describe(self) -> str:
         return f"{self.uri.uri} table {self.table_name}"
@@ -365,7 +385,47 @@ class SqliteSink(Sink):
         async with self._lock:
             await asyncio.to_thread(self._serially, self._write_sync, rows)
 
-    def _write_sync(self, rows: list[dict[str, Any]]) -> None:
+    async def write_records(self, rows: list[dict[str, Any]], record_ids: list[str]) -> None:
+        if not rows:
+            return
+        async with self._lock:
+            await asyncio.to_thread(self._serially, self._write_sync, rows,
+                                    record_ids if self.resume_policy == "ledger" else None)
+
+    async def written_ids(self) -> set[str]:
+        async with self._lock:
+            return await asyncio.to_thread(self._serially, self._written_ids_sync)
+
+    def _written_ids_sync(self) -> set[str]:
+        conn = self._conn
+        if conn is None:
+            raise ConnectorError(f"{self._where()}: written_ids() before open()")
+        if self._object_type(self.schema, LEDGER) != "table":
+            return set()
+        found: set[str] = set()
+        try:
+            for (ids,) in conn.execute(f"SELECT record_ids FROM {self._ledger} WHERE run_id = ? "
+                                       "AND table_name = ?", (str(self.run_id), self.table_name)):
+                found.update(json.loads(ids))
+        except (sqlite3.Error, ValueError) as exc:
+            raise ConnectorError(f"{self._where()}: cannot read {LEDGER}: {_one_line(exc)}") from None
+        return found
+
+    def _note_in_ledger(self, record_ids: list[str]) -> None:
+        """Inside the batch's transaction: the batch's record ids, for a resumed run."""
+        assert self._conn is not None
+        if not self._ledger_ready:
+            self._conn.execute(f"CREATE TABLE IF NOT EXISTS {self._ledger} (run_id TEXT NOT NULL, "
+                               "table_name TEXT NOT NULL, record_ids TEXT NOT NULL, "
+                               "written_at TEXT NOT NULL)")
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {quote_column(self.schema)}."
+                               f"{quote_column(LEDGER + '_run')} ON {quote_column(LEDGER)} "
+                               "(run_id, table_name)")
+        self._conn.execute(f"INSERT INTO {self._ledger} VALUES (?, ?, ?, ?)", (
+            str(self.run_id), self.table_name, json.dumps(record_ids, ensure_ascii=False),
+            dt.datetime.now(dt.timezone.utc).isoformat()))
+
+    def _write_sync(self, rows: list[dict[str, Any]], record_ids: list[str] | None = None) -> None:
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where()}: write() before open()")
@@ -398,12 +458,16 @@ class SqliteSink(Sink):
                 conn.executemany(self._insert_sql(columns), [
                     [value if type(value) in _PLAIN else _storable(value) for value in row.values()]
                     for row in group])
+            if record_ids is not None:
+                self._note_in_ledger(record_ids)
             conn.execute("COMMIT")
         except (sqlite3.Error, OverflowError, ValueError) as exc:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             if shared:
                 self._columns = None  # what the rollback undid: read the table again next time
+            if _no_way_on(exc):
+                raise ConnectorError(f"{self._where()}: cannot write: {_one_line(exc)}") from exc
             raise LoadError(f"{self._where()}: {_one_line(exc)}") from exc
         except ConnectorError:  # the shared table cannot take an upsert (duplicate keys)
             if conn.in_transaction:
@@ -414,6 +478,8 @@ class SqliteSink(Sink):
             self._columns = {}
         assert self._columns is not None
         self._columns.update(added)
+        if record_ids is not None:
+            self._ledger_ready = True
 
     def _create_table(self, rows: list[dict[str, Any]]) -> dict[str, tuple[str, str]]:
         """The table, shaped by the first batch: each column typed by its first non-null value."""
@@ -496,6 +562,14 @@ class SqliteSink(Sink):
                 conn.execute("ROLLBACK")
             self._close()
             raise ConnectorError(f"{self._where()}: cannot replace the table: {_one_line(exc)}") from None
+        if self.resume_policy == "ledger":
+            # The history store knows every record this run loaded by now: the ledger rows are
+            # no longer needed. Leaving them costs nothing but space.
+            try:
+                conn.execute(f"DELETE FROM {self._ledger} WHERE run_id = ? AND table_name = ?",
+                             (str(self.run_id), self.table_name))
+            except sqlite3.Error:
+                pass
         self._close()
 
     def _swap_in_scratch(self, conn: sqlite3.Connection) -> None:

@@ -19,9 +19,10 @@ from core.store.models import (
     QuarantinedRecord,
     RecordResultRow,
 )
-from core.store.store import QUARANTINE_STATUSES, RunStart, Store
+from core.store.store import PASSED, QUARANTINE_STATUSES, RunStart, Store
 
 __all__ = [
+    "PASSED",
     "QUARANTINE_STATUSES",
     "ContextVersion",
     "EvaluationResult",

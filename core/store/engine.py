@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import os
 import re
 import time
 import uuid
@@ -154,6 +155,12 @@ class StoreTarget:
             raise self.error("open", exc) from exc
         if self.path.is_dir():
             raise StoreError(f"cannot open the history store {self.path}: it is a folder, not a file")
+        # SQLite writes beside the file (its WAL and shared-memory index) even to read: a folder
+        # it cannot write is one clear line here, not "unable to open database file" later.
+        if not os.access(self.path.parent, os.W_OK):
+            raise StoreError(f"cannot open the history store {self.path}: its folder "
+                             f"{self.path.parent} is read-only (point LOOM_HOME at a folder "
+                             f"Loom can write)")
 
     def create_engine(self, *, foreign_keys: bool = True, single_use: bool = False) -> AsyncEngine:
         """An async engine; `single_use` (no pooling) for the short-lived migration engine."""
@@ -227,4 +234,8 @@ def describe(exc: BaseException) -> str:
         text = str(exc).split("\n", 1)[0]
     else:
         text = str(exc)
-    return " ".join(text.split()) or type(exc).__name__
+    text = " ".join(text.split()) or type(exc).__name__
+    if text == "disk I/O error":
+        # What SQLite says when a write fails with EFBIG or EIO: say what it usually means.
+        text += " (is the disk full, or a file size limit reached?)"
+    return text

@@ -133,6 +133,14 @@ class PipelineRun(SQLModel, table=True):
     retries: int = 0
     budget_usd: float | None = None  # budget.max_cost_usd when the run had one
 
+    # Resuming (revision 0005, core.resume): how many times the run was started (1, then one
+    # more per `--resume`), and where its last attempt got with publishing its load: NULL,
+    # "committing" (the sink was told to publish; `commit_token` says how to tell whether it
+    # did) or "committed".
+    attempts: int = 1
+    commit_state: str | None = None
+    commit_token: str | None = Field(default=None, sa_type=Text)
+
 
 class RecordResultRow(SQLModel, table=True):
     """Where one record of one run ended (core.records.RecordResult, flattened)."""
@@ -147,7 +155,9 @@ class RecordResultRow(SQLModel, table=True):
     run_id: str = Field(foreign_key="pipeline_runs.run_id", ondelete="CASCADE")
     record_id: str
     ordinal: int
-    outcome: str  # loaded | quarantined | skipped
+    # loaded | quarantined | skipped once the run is over. While it runs (or after a crash) also
+    # passed: passed the gate, its output stored; written to the sink or not (core.resume).
+    outcome: str
     stage: str | None = None  # the stage that stopped it
     reason: str | None = Field(default=None, sa_type=Text)
     error_type: str | None = None

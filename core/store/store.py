@@ -31,8 +31,9 @@ from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
-from core.store.cache_reader import SQLiteCacheReader
-from core.store.engine import SINGLE_READ, WRITE, StoreTarget, raw_json, without_nul
+from core.store.cache_reader import SQLiteCacheReader, storage_time
+from core.store.checkpoint_writer import SQLiteCheckpointWriter
+from core.store.engine import SINGLE_READ, WRITE, StoreTarget, dumps, raw_json, without_nul
 from core.store.migrate import migrate
 from core.store.models import (
     ContextVersion,
@@ -63,6 +64,10 @@ _CACHE_WRITE_AT = 1024
 _CACHE_WRITE_AFTER_S = 2.0
 # Keys per `IN (...)` when concurrent cache lookups are read together.
 _CACHE_READ_CHUNK = 500
+_IN_CHUNK = 500
+# The state of a record while its run goes (see RecordResultRow.outcome): answered, passed the
+# gate, output stored; loaded (or skipped) when the run ends.
+PASSED = "passed"
 
 _runs: Table = PipelineRun.__table__  # type: ignore[assignment]
 _pipelines: Table = Pipeline.__table__  # type: ignore[assignment]
@@ -76,6 +81,21 @@ _cache: Table = LLMCacheEntry.__table__  # type: ignore[assignment]
 _lineage: Table = Lineage.__table__  # type: ignore[assignment]
 _alerts: Table = MonitoringAlert.__table__  # type: ignore[assignment]
 _agreements: Table = JudgeAgreementRow.__table__  # type: ignore[assignment]
+
+# A record that passed was not written: the run stopped first.
+_SKIP_PASSED = update(_record_results).where(
+    (_record_results.c.run_id == bindparam("b_run"))
+    & (_record_results.c.record_id == bindparam("b_record"))
+    & (_record_results.c.outcome == PASSED)).values(
+        outcome=Outcome.SKIPPED.value, stage=Stage.LOAD.value, reason=bindparam("b_reason"))
+# A sink batch refused these records (passed ones; or, resuming into a destination that is
+# rebuilt, loaded ones written again).
+_MARK_REFUSED = update(_record_results).where(
+    (_record_results.c.run_id == bindparam("b_run"))
+    & (_record_results.c.record_id == bindparam("b_record"))
+    & _record_results.c.outcome.in_([PASSED, Outcome.LOADED.value])).values(
+        outcome=Outcome.QUARANTINED.value, stage=Stage.LOAD.value, reason=bindparam("b_reason"),
+        error_type=bindparam("b_type"))
 
 
 @dataclass(slots=True)
@@ -116,6 +136,9 @@ class Store:
         self._pending_cache_since = 0.0
         # SQLite: lookups read the file inline (see cache_reader); PostgreSQL: batched async reads.
         self._cache_file = SQLiteCacheReader(target.path) if target.path is not None else None
+        # SQLite: checkpoints in one thread hop each (see checkpoint_writer).
+        self._checkpoint_file = SQLiteCheckpointWriter(target.path) if target.path is not None \
+            else None
         self._cache_waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
         self._cache_reader: asyncio.Task[None] | None = None
         self.url = target.display
@@ -143,6 +166,8 @@ class Store:
         finally:
             if self._cache_file is not None:
                 self._cache_file.close()
+            if self._checkpoint_file is not None:
+                self._checkpoint_file.close()
             await self._engine.dispose()
 
     async def __aenter__(self) -> "Store":
@@ -278,11 +303,22 @@ class Store:
     async def write_results(self, run_id: str, pipeline: str, results: list[RecordResult]) -> None:
         """Write a batch of finished records, and a quarantine row for each quarantined one.
 
-        The engine's hot path: one transaction, one executemany per table, and each JSON value
-        serialized exactly once even when it goes to two tables.
+        One transaction, one executemany per table, and each JSON value serialized exactly once
+        even when it goes to two tables. (The engine itself writes through `checkpoint`.)
         """
         if not results:
             return
+        rows, quarantined = self._result_rows(run_id, pipeline, results, passed=Outcome.LOADED.value)
+        async with self._write() as conn:
+            await conn.execute(insert(_record_results), rows)
+            if quarantined:
+                await conn.execute(insert(_quarantine), quarantined)
+            await self._flush_cache(conn)
+
+    def _result_rows(self, run_id: str, pipeline: str, results: Sequence[RecordResult], *,
+                     passed: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """record_results rows (a record that passed the gate stored as `passed`) and the
+        quarantine rows of the quarantined ones."""
         now = utcnow()
         text = self._text
         rows: list[dict[str, Any]] = []
@@ -305,6 +341,8 @@ class Store:
             scores = raw_json([score.to_dict() for score in result.scores])
             verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
             outcome = result.outcome.value
+            if outcome == Outcome.LOADED.value:
+                outcome = passed
             stage = result.stage.value if result.stage is not None else None
             reason = text(result.reason)
             record_id = text(record.id)
@@ -319,25 +357,253 @@ class Store:
                 "created_at": now,
             })
             if outcome == Outcome.QUARANTINED.value:
-                quarantined.append({
-                    "run_id": run_id, "pipeline_name": pipeline, "record_id": record_id,
-                    "ordinal": record.ordinal, "stage": stage or _inferred_stage(result),
-                    "reason": reason or text(record.extract_error), "error_type": result.error_type,
-                    "input": data, "output": output,
-                    "raw_output": text(transform.raw_text) if transform is not None else None,
-                    "messages": raw_json(transform.messages) if transform is not None else None,
-                    "scores": scores, "verdict": verdict, "quarantined_at": now,
-                    "status": "open", "resolved_at": None, "resolution_note": None,
-                    "final_output": None,
-                })
+                quarantined.append(self._quarantine_row(run_id, pipeline, result, data, output,
+                                                        scores, verdict, now))
+        return rows, quarantined
+
+    def _quarantine_row(self, run_id: str, pipeline: str, result: RecordResult, data: Any,
+                        output: Any, scores: Any, verdict: Any, now: datetime) -> dict[str, Any]:
+        text = self._text
+        record = result.record
+        transform = result.transform
+        stage = result.stage.value if result.stage is not None else None
+        return {
+            "run_id": run_id, "pipeline_name": pipeline, "record_id": text(record.id),
+            "ordinal": record.ordinal, "stage": stage or _inferred_stage(result),
+            "reason": text(result.reason) or text(record.extract_error),
+            "error_type": result.error_type, "input": data, "output": output,
+            "raw_output": text(transform.raw_text) if transform is not None else None,
+            "messages": raw_json(transform.messages) if transform is not None else None,
+            "scores": scores, "verdict": verdict, "quarantined_at": now,
+            "status": "open", "resolved_at": None, "resolution_note": None,
+            "final_output": None,
+        }
+
+    # -- checkpoints: what makes a run resumable (core.resume) ----------------------------------
+
+    async def checkpoint(self, run_id: str, pipeline: str, results: Sequence[RecordResult], *,
+                         refused: Sequence[RecordResult] = (),
+                         replaced: Sequence[int] = ()) -> None:
+        """The engine's checkpoint, in one short transaction, about ten times a second:
+
+        - `replaced`: rows (ids) of a resumed run's records that are being processed again.
+        - `results`: records just transformed and evaluated. One that passed the gate is stored
+          `passed`, its output kept, so that a crash never pays for it again; the others with
+          their final outcome (and a quarantine row).
+        - `refused`: records of a batch the sink refused (quarantined at stage load): their
+          `passed` rows are quarantined, with a quarantine row each.
+        A record's result is always checkpointed before a sink batch holds it.
+        """
+        if not (results or refused or replaced):
+            return
+        if self._checkpoint_file is not None:
+            await self._checkpoint_sqlite(self._checkpoint_file, run_id, pipeline, results,
+                                          refused, replaced)
+            return
+        rows, quarantined = self._result_rows(run_id, pipeline, results, passed=PASSED)
+        refusals: list[dict[str, Any]] = []
+        if refused:
+            now = utcnow()
+            text = self._text
+            for result in refused:
+                data = raw_json(result.record.data)
+                output = raw_json(result.output)
+                scores = raw_json([score.to_dict() for score in result.scores])
+                verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
+                refusals.append({"b_run": run_id, "b_record": text(result.record.id),
+                                 "b_reason": text(result.reason), "b_type": result.error_type})
+                quarantined.append(self._quarantine_row(run_id, pipeline, result, data, output,
+                                                        scores, verdict, now))
         async with self._write() as conn:
-            await conn.execute(insert(_record_results), rows)
+            for start in range(0, len(replaced), _IN_CHUNK):
+                await conn.execute(_record_results.delete().where(
+                    _record_results.c.id.in_(list(replaced[start:start + _IN_CHUNK]))))
+            if rows:
+                await conn.execute(insert(_record_results), rows)
+            if refusals:
+                await conn.execute(_MARK_REFUSED, refusals)
             if quarantined:
                 await conn.execute(insert(_quarantine), quarantined)
-            await self._flush_cache(conn)
 
-    async def demote_loaded(self, run_id: str, reason: str, *, quarantine: bool = False) -> int:
-        """Records of a run written as loaded that did not reach the destination after all.
+    async def _checkpoint_sqlite(self, writer: SQLiteCheckpointWriter, run_id: str,
+                                 pipeline: str, results: Sequence[RecordResult],
+                                 refused: Sequence[RecordResult], replaced: Sequence[int]) -> None:
+        """`checkpoint` on SQLite: the same rows, as tuples, in one thread hop."""
+        now = storage_time(utcnow())
+        records: list[tuple[Any, ...]] = []
+        quarantined: list[tuple[Any, ...]] = []
+        loaded = Outcome.LOADED.value
+        for result in results:
+            record = result.record
+            transform = result.transform
+            input_tokens = output_tokens = made = 0
+            latency = 0.0
+            cost: float | None = 0.0
+            for call in result.calls:
+                input_tokens += call.input_tokens
+                output_tokens += call.output_tokens
+                latency += call.latency_s
+                if cost is not None:
+                    cost = None if call.cost_usd is None else cost + call.cost_usd
+                if not call.cached:
+                    made += 1
+            output = dumps(transform.output) if transform is not None and \
+                transform.output is not None else None
+            scores = dumps([score.to_dict() for score in result.scores])
+            verdict = dumps(result.verdict.to_dict()) if result.verdict is not None else None
+            outcome = result.outcome.value
+            stage = result.stage.value if result.stage is not None else None
+            data = dumps(record.data)
+            records.append((
+                run_id, record.id, record.ordinal, PASSED if outcome == loaded else outcome,
+                stage, result.reason, result.error_type, data, output, scores, verdict,
+                input_tokens, output_tokens, cost, latency,
+                1 if transform is not None and transform.cached else 0, made, now))
+            if outcome == Outcome.QUARANTINED.value:
+                quarantined.append(self._quarantine_tuple(run_id, pipeline, result, data, output,
+                                                          scores, verdict, now))
+        refusals: list[tuple[Any, ...]] = []
+        for result in refused:
+            output = dumps(result.output) if result.output is not None else None
+            scores = dumps([score.to_dict() for score in result.scores])
+            verdict = dumps(result.verdict.to_dict()) if result.verdict is not None else None
+            refusals.append((result.reason, result.error_type, run_id, result.record.id))
+            quarantined.append(self._quarantine_tuple(run_id, pipeline, result,
+                                                      dumps(result.record.data), output, scores,
+                                                      verdict, now))
+        try:
+            await writer.write(records, quarantined, refusals, replaced)
+        except sqlite3.Error as exc:
+            raise self._target.error("write to", exc) from exc
+
+    @staticmethod
+    def _quarantine_tuple(run_id: str, pipeline: str, result: RecordResult, data: str,
+                          output: str | None, scores: str, verdict: str | None,
+                          now: str) -> tuple[Any, ...]:
+        record = result.record
+        transform = result.transform
+        stage = result.stage.value if result.stage is not None else None
+        return (run_id, pipeline, record.id, record.ordinal, stage or _inferred_stage(result),
+                result.reason or record.extract_error, result.error_type, data, output,
+                transform.raw_text if transform is not None else None,
+                dumps(transform.messages) if transform is not None else None, scores, verdict,
+                now, "open", None, None, None)
+
+    async def skip_passed(self, run_id: str, record_ids: Sequence[str], reason: str) -> None:
+        """Records that passed but that no sink batch took (the run stopped first): skipped.
+        Their output stays: resuming the run loads them without a call."""
+        if not record_ids:
+            return
+        reason = self._text(reason) or ""
+        async with self._write() as conn:
+            await conn.execute(_SKIP_PASSED, [
+                {"b_run": run_id, "b_record": self._text(record_id), "b_reason": reason}
+                for record_id in record_ids])
+
+    async def begin_commit(self, run_id: str, token: str | None) -> None:
+        """The sink is about to publish: a crash from here on is resolved with `token`."""
+        async with self._write() as conn:
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state="committing", commit_token=token, updated_at=utcnow()))
+
+    async def finish_commit(self, run_id: str) -> int:
+        """The run's load is published: its passed records are loaded. Call it once every record
+        that was not written is skipped (`skip_passed`). Returns how many."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(_record_results).where((_record_results.c.run_id == run_id)
+                                              & (_record_results.c.outcome == PASSED))
+                .values(outcome=Outcome.LOADED.value))
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state="committed", updated_at=utcnow()))
+            return int(result.rowcount)
+
+    async def claim_run(self, run_id: str, *, status: str, updated_at: datetime,
+                        options: dict[str, Any]) -> int | None:
+        """Take over an unfinished run to resume it, if nobody else did since it was read as
+        (`status`, `updated_at`): it is `running` again, with one more attempt. Returns the
+        attempt's number, or None when another process claimed it first."""
+        async with self._write() as conn:
+            result = await conn.execute(
+                update(_runs).where((_runs.c.run_id == run_id) & (_runs.c.status == status)
+                                    & (_runs.c.updated_at == updated_at))
+                .values(status=RunStatus.RUNNING, finished_at=None, status_reason=None,
+                        error_message=None, updated_at=utcnow(), options=options,
+                        attempts=_runs.c.attempts + 1))
+            if result.rowcount != 1:
+                return None
+            attempts = (await conn.execute(
+                select(_runs.c.attempts).where(_runs.c.run_id == run_id))).scalar_one()
+            return int(attempts)
+
+    async def resume_rows(self, run_id: str, *, page: int = 5000) -> AsyncIterator[list[Any]]:
+        """A run's record rows for resuming it, a page at a time by row id: everything but
+        the record's input and output (read later for the records that need them)."""
+        c = _record_results.c
+        columns = (c.id, c.record_id, c.ordinal, c.outcome, c.stage, c.error_type,
+                   c.output.is_not(None).label("has_output"), c.verdict, c.scores,
+                   c.input_tokens, c.output_tokens, c.cost_usd, c.latency_s, c.cached, c.llm_calls)
+        after = 0
+        while True:
+            try:
+                async with self._reader.connect() as conn:
+                    rows = (await conn.execute(
+                        select(*columns).where((c.run_id == run_id) & (c.id > after))
+                        .order_by(c.id).limit(page))).all()
+            except SQLAlchemyError as exc:
+                raise self._target.error("read", exc) from exc
+            if not rows:
+                return
+            yield rows
+            after = rows[-1].id
+            if len(rows) < page:
+                return
+
+    async def stored_results(self, row_ids: Sequence[int]) -> list[RecordResultRow]:
+        """Record rows by id, whole (input and output too)."""
+        found: list[RecordResultRow] = []
+        for start in range(0, len(row_ids), _IN_CHUNK):
+            found.extend(await self._all(select(RecordResultRow).where(
+                _record_results.c.id.in_(list(row_ids[start:start + _IN_CHUNK])))))
+        return found
+
+    async def set_outcomes(self, row_ids: Sequence[int], outcome: str, *,
+                           stage: str | None = None, reason: str | None = None) -> None:
+        """Set the outcome of record rows by id (and their stage and reason, when given)."""
+        values: dict[str, Any] = {"outcome": outcome}
+        if stage is not None:
+            values["stage"] = stage
+        if reason is not None:
+            values["reason"] = self._text(reason)
+        async with self._write() as conn:
+            for start in range(0, len(row_ids), _IN_CHUNK):
+                await conn.execute(update(_record_results).where(
+                    _record_results.c.id.in_(list(row_ids[start:start + _IN_CHUNK]))).values(values))
+
+    async def reset_commit_state(self, run_id: str) -> None:
+        """A resumed attempt settled what the previous one published: it starts afresh."""
+        async with self._write() as conn:
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state=None, commit_token=None))
+
+    async def unfinished_runs(self, *, pipeline: str | None = None,
+                              limit: int = 50) -> list[PipelineRun]:
+        """Runs that may be resumed, newest first: `running` ones (alive or not: see
+        core.resume.is_alive) and stopped ones that left records skipped."""
+        statement = select(PipelineRun).where(or_(
+            _runs.c.status == RunStatus.RUNNING,
+            _runs.c.status.in_([RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.PARTIAL])
+            & (_runs.c.skipped > 0),
+            (_runs.c.status == RunStatus.FAILED) & (_runs.c.attempts > 1)))
+        if pipeline is not None:
+            statement = statement.where(PipelineRun.pipeline_name == pipeline)
+        statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
+        return await self._all(statement.limit(limit))
+
+    async def demote_loaded(self, run_id: str, reason: str, *, quarantine: bool = False,
+                            from_outcome: str = Outcome.LOADED.value) -> int:
+        """Records of a run written as loaded (or `from_outcome`: passed, for a load that was
+        never published) that did not reach the destination after all.
 
         The sink's commit failed (`quarantine=True`: each becomes an open quarantined record at
         stage `load`, with its input, output, scores and verdict) or a `replace` load was
@@ -346,7 +612,7 @@ class Store:
         outcome = Outcome.QUARANTINED.value if quarantine else Outcome.SKIPPED.value
         reason = self._text(reason) or ""
         loaded = (_record_results.c.run_id == run_id) & (
-            _record_results.c.outcome == Outcome.LOADED.value)
+            _record_results.c.outcome == from_outcome)
         async with self._write() as conn:
             if quarantine:
                 pipeline = select(_runs.c.pipeline_name).where(_runs.c.run_id == run_id) \
@@ -367,8 +633,9 @@ class Store:
             return int(result.rowcount)
 
     async def finish_run(self, summary: RunSummary, evaluator_stats: list[EvaluatorStats],
-                         lineage: dict[str, Any] | None = None) -> None:
-        """Close a run: final status, counts, cost, latency, per-evaluator stats and lineage."""
+                         lineage: dict[str, Any] | None = None, *, resumed: bool = False) -> None:
+        """Close a run: final status, counts, cost, latency, per-evaluator stats and lineage.
+        A `resumed` run's statistics and lineage replace those an earlier attempt wrote."""
         if lineage is not None and not LINEAGE_KEYS.issuperset(lineage):
             unknown = ", ".join(sorted(set(lineage) - LINEAGE_KEYS))
             raise ValueError(f"unknown lineage keys: {unknown}")
@@ -402,6 +669,10 @@ class Store:
             result = await conn.execute(
                 update(_runs).where(_runs.c.run_id == summary.run_id).values(values))
             self._require_run(result.rowcount, summary.run_id)
+            if resumed:
+                await conn.execute(_evaluations.delete().where(
+                    _evaluations.c.run_id == summary.run_id))
+                await conn.execute(_lineage.delete().where(_lineage.c.run_id == summary.run_id))
             if stats:
                 await conn.execute(insert(_evaluations), stats)
             if lineage is not None:

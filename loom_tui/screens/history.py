@@ -1,12 +1,13 @@
 """History: every run, newest first, paged from the store by (started_at, run_id), with the
 runs of a shard group gathered under one summed line and each run's monitoring alerts; the
 highlighted run's pipeline charted (cost and latency across runs) beside its LLM judges'
-agreement with reviewers; two marked runs compared."""
+agreement with reviewers; two marked runs compared; an unfinished run resumed."""
 
 from __future__ import annotations
 
 import getpass
 from collections.abc import Hashable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Group
@@ -60,7 +61,9 @@ class HistoryScreen(LoomScreen):
             "records it passed that a person fixed or discarded; under 10 decisions the rate "
             "says little. Mark two runs with space and press c to compare their configuration "
             "(prompt and context versions, model) and results side by side. Enter opens the "
-            "run's quarantine.")
+            "run's quarantine. r resumes an unfinished run — one whose process died (a crash, "
+            "a kill, a reboot) or that was cancelled or failed with records left: what it "
+            "loaded is not loaded again, what the model answered is not asked again.")
     BINDINGS = [
         Binding("space", "mark", "Mark", tooltip="Mark a run to compare (two)", id="history.mark"),
         Binding("c", "compare", "Compare", tooltip="Compare the two marked runs",
@@ -69,6 +72,8 @@ class HistoryScreen(LoomScreen):
                 id="history.quarantine"),
         Binding("a", "acknowledge", "Acknowledge", tooltip="Acknowledge the highlighted run's "
                 "alerts (a group's: all its runs')", id="history.acknowledge"),
+        Binding("r", "resume", "Resume", tooltip="Finish the highlighted unfinished run",
+                id="history.resume"),
         Binding("ctrl+r", "refresh", "Refresh", tooltip="Read the history again",
                 id="history.refresh"),
         Binding("escape", "unmark", "Clear marks", show=False, id="history.unmark"),
@@ -262,6 +267,7 @@ class HistoryScreen(LoomScreen):
             detail.update("")
             return
         detail.update(self._detail(item))
+        self.refresh_bindings()  # Resume shows for an unfinished run only
         pipeline = item.pipeline if isinstance(item, ShardGroup) else item.pipeline_name
         if pipeline != self.charted:
             self.charted = pipeline
@@ -315,6 +321,9 @@ class HistoryScreen(LoomScreen):
             if reason:
                 text.append(f" · {fmt.one_line(reason, 160)}",
                             colors.get(fmt.STATUS_COLOR.get(run.status, ""), ""))
+            if self.workspace.resume_problem(run) is None:
+                gone = " (its process is gone)" if run.status == "running" else ""
+                text.append(f" · unfinished{gone}: r resumes it", colors.get("warning", ""))
         return Group(text, *self._alert_lines(shown.alerts if shown is not None else ()))
 
     def _alert_lines(self, alerts: Sequence[MonitoringAlert]) -> list[Text]:
@@ -445,6 +454,37 @@ class HistoryScreen(LoomScreen):
                         severity="warning")
             return
         await self.loom.show_quarantine(run_id=row.item.run_id)
+
+    # ------------------------------------------------------------------ resuming
+
+    def _resumable(self) -> PipelineRun | None:
+        tables = self.query(PagedTable)
+        row = tables.first().highlighted if tables else None
+        item = row.item if row is not None else None
+        if isinstance(item, ShardGroup) or item is None:
+            return None
+        return item if self.workspace.resume_problem(item) is None else None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "resume":
+            return self._resumable() is not None  # shown for an unfinished run only
+        return True
+
+    def action_resume(self) -> None:
+        row = self.query_one(PagedTable).highlighted
+        item = row.item if row is not None else None
+        if item is None or isinstance(item, ShardGroup):
+            return
+        problem = self.workspace.resume_problem(item)
+        if problem is not None:
+            self.notify(problem, severity="warning")
+            return
+        path = Path(item.pipeline_path) if item.pipeline_path else None
+        if path is None or not path.exists():
+            self.notify(f"Run {item.run_id}'s pipeline file {item.pipeline_path} is not there "
+                        "any more: it cannot be resumed from here.", severity="error")
+            return
+        self.loom.resume_run(path, item.run_id)
 
     def action_refresh(self) -> None:
         self.charted = None

@@ -25,9 +25,10 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, ProgressBar, Static
 
 from core.api import LoomError, RunController, RunOptions
-from core.events import Progress, RunFinished, RunStarted, RunSummary, RunWarning
+from core.events import Progress, RunFinished, RunResumed, RunStarted, RunSummary, RunWarning
 from loom_tui import format as fmt
-from loom_tui.messages import RunBegan, RunCouldNotStart, RunEnded, RunProgressed, RunWarned
+from loom_tui.messages import (RunBegan, RunCouldNotStart, RunEnded, RunProgressed, RunWarned,
+                               RunWasResumed)
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.stage_counter import StageCounter
 from loom_tui.widgets.top_bar import TopBar
@@ -41,7 +42,9 @@ class RunScreen(LoomScreen):
     HELP = ("A run of the pipeline, live: records per stage, records per second, cost so far "
             "against the budget, p50/p95 latency and the latest errors. c cancels it cleanly: "
             "records in flight finish, the rest are skipped, and the run is recorded as "
-            "cancelled. The summary appears when it ends.")
+            "cancelled, resumable from History. The summary appears when it ends. A resumed "
+            "run says first what its earlier attempts finished: it loads what they answered "
+            "without asking the model again and processes the rest.")
     BINDINGS = [
         Binding("c", "cancel", "Cancel run", tooltip="Stop cleanly: finish records in flight, "
                 "skip the rest", id="run.cancel"),
@@ -50,11 +53,14 @@ class RunScreen(LoomScreen):
         Binding("escape", "back", "Back", id="run.back"),
     ]
 
-    def __init__(self, path: Path, *, start: bool = True, options: RunOptions | None = None) -> None:
+    def __init__(self, path: Path, *, start: bool = True, options: RunOptions | None = None,
+                 resume: str | None = None) -> None:
         super().__init__()
         self.path = Path(path)
         self.start = start
         self.options = options or RunOptions()
+        self.resume = resume  # the id of the unfinished run to finish, else a new run
+        self.resumed: RunResumed | None = None
         self.pipeline = self.path.parent.name if self.path.name.startswith("pipeline.") \
             else self.path.stem
         self.run_id: str | None = None
@@ -125,11 +131,16 @@ class RunScreen(LoomScreen):
                 self._run_controller.cancel("cancelled in the workbench")
             workspace = self.workspace.detached()
             try:
-                loaded = workspace.load(self.path)
-                async for event in workspace.run(loaded, self.options,
+                if self.resume is not None:
+                    loaded, options = await workspace.prepare_resume(self.path, self.resume)
+                else:
+                    loaded, options = workspace.load(self.path), self.options
+                async for event in workspace.run(loaded, options,
                                                  controller=self._run_controller):
                     if isinstance(event, Progress):
                         self.post_message(RunProgressed(event))
+                    elif isinstance(event, RunResumed):
+                        self.post_message(RunWasResumed(event))
                     elif isinstance(event, RunStarted):
                         self.post_message(RunBegan(event))
                     elif isinstance(event, RunWarning):
@@ -152,6 +163,11 @@ class RunScreen(LoomScreen):
         self.refresh_top_bar()
         self._draw_head()
         self._draw_metrics()
+
+    @on(RunWasResumed)
+    def _resumed(self, event: RunWasResumed) -> None:
+        self.resumed = event.event
+        self._draw_head()
 
     @on(RunProgressed)
     def _progressed(self, event: RunProgressed) -> None:
@@ -274,6 +290,13 @@ class RunScreen(LoomScreen):
         if self.started is not None:
             head.append(f"\n{self.started.source} → {self.started.provider}:"
                         f"{self.started.model} → {self.started.destination}", "dim")
+        resumed = self.resumed
+        if resumed is not None:
+            head.append(f"\nresumed (attempt {resumed.attempt}): {resumed.loaded:,} loaded and "
+                        f"{resumed.quarantined:,} quarantined before · {resumed.from_store:,} "
+                        f"loaded from their stored answers, without a call", "dim")
+        elif self.resume is not None and self.summary is None and self.failure is None:
+            head.append(f"\nresuming run {self.resume}…", "dim")
         self.query_one("#run-head", Static).update(head)
 
     def _draw_metrics(self) -> None:

@@ -151,3 +151,53 @@ def test_every_evaluator_scores_any_record_within_0_and_1(evaluators, input_data
 def test_loom_errors_are_single_lines() -> None:
     # The property above leans on this: a LoomError's text never spans lines.
     assert "\n" not in str(LoomError("one line"))
+
+
+# Records through the engine: whatever the order of their ids, every id loads exactly once — the
+# first of its records (on_duplicate_id: quarantine) or the last (keep_last) — and no record that
+# shares an id with another is ever sent to the model twice.
+RUN_SETTINGS = settings(max_examples=25, deadline=None, derandomize=True,
+                        suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                               HealthCheck.too_slow])
+
+
+@RUN_SETTINGS
+@given(ids=st.lists(st.sampled_from(["a", "b", "c", "d", "e", "é", "{{ x }}", "'; --"]),
+                    min_size=1, max_size=30),
+       policy=st.sampled_from(["quarantine", "keep_last"]),
+       batch_size=st.integers(min_value=1, max_value=7))
+def test_any_order_of_duplicate_ids_loads_each_id_once(tmp_path_factory, llm_server, ids, policy,
+                                                        batch_size) -> None:
+    from core.api import Workspace
+    from core.engine import RunOptions
+    from tests.pipelines import read_jsonl, reply
+
+    folder = tmp_path_factory.mktemp("dups")
+    rows = [{"id": record_id, "text": f"take {n}", "expected": "neutral",
+             "reply": reply("neutral")} for n, record_id in enumerate(ids)]
+    path = write_pipeline(folder, rows=rows, base_url=llm_server.base_url,
+                          extract={"source": "csv://reviews.csv", "id_field": "id",
+                                   "batch_size": batch_size, "on_duplicate_id": policy},
+                          transform={"cache": False},
+                          load={"destination": "jsonl://out/results.jsonl",
+                                "fields": {"id": "id", "text": "input.text"}})
+    calls = llm_server.count
+
+    async def run() -> Any:
+        async with Workspace(folder) as workspace:
+            return await workspace.run_to_end(workspace.load(path), RunOptions())
+
+    summary = asyncio.run(run())
+    unique = list(dict.fromkeys(ids))
+    others = len(ids) - len(unique)
+    assert (summary.extracted, summary.loaded) == (len(ids), len(unique))
+    assert (summary.quarantined, summary.skipped) == (
+        (others, 0) if policy == "quarantine" else (0, others))
+    assert llm_server.count - calls == len(unique)
+    chosen = {}
+    for n, record_id in enumerate(ids):
+        if policy == "keep_last" or record_id not in chosen:
+            chosen[record_id] = f"take {n}"
+    loaded = read_jsonl(folder / "out" / "results.jsonl")
+    assert len(loaded) == len(unique)
+    assert {row["id"]: row["text"] for row in loaded} == chosen

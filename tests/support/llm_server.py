@@ -8,6 +8,7 @@ Every LLM test and benchmark talks to this instead of a vendor. Two ways to run 
         server.script(["429", "500", "malformed", "ok"])
 
     python tests/support/llm_server.py --port 0 --latency-ms 50   # benchmarks: prints "PORT <n>"
+    curl http://127.0.0.1:<n>/loopback/stats                      # what a separate server has seen
 
 Answers are deterministic: a line `reply: <text>` in the last user message is the answer (a
 prompt template can say `reply: {"sentiment": "{{ input.expected }}"}`); a later user turn
@@ -45,6 +46,7 @@ from aiohttp import web
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
+STATS_PATH = "/loopback/stats"  # GET: {"requests": n, "per_path": {...}, "in_flight": n, ...}
 _REPLY = re.compile(r"^[ \t]*reply:[ \t]*(.*?)[ \t\r]*$", re.MULTILINE)
 _JSON = "application/json"
 
@@ -147,6 +149,12 @@ class LoopbackLLM:
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         path = request.path
+        if request.method == "GET" and path == STATS_PATH:
+            # For a test driving this server as a separate process: what it has seen.
+            return web.Response(body=json.dumps({
+                "requests": int(self.count), "per_path": self.count.per_path,
+                "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}).encode(),
+                content_type=_JSON)
         if request.method != "POST" or path not in (OPENAI_PATH, ANTHROPIC_PATH):
             return _error(404, f"no such endpoint: {request.method} {path}", path)
         self._count[path] += 1

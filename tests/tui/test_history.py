@@ -337,3 +337,56 @@ async def test_a_group_cut_by_the_window_gets_its_line_back_when_paging_up(tmp_p
         at = top.index(group)
         shards = top[at + 1:at + 41]
         assert sorted(k[-6:] for k in shards) == sorted(f"{i:06x}" for i in members)
+
+
+async def test_an_unfinished_run_is_resumed_from_history(tmp_path: Path, llm_server) -> None:
+    from core.api import Workspace
+    from core.engine import RunController, RunOptions
+    from core.events import Progress, RunFinished
+    from loom_tui.screens.run import RunScreen
+    from tests.pipelines import reply, write_pipeline
+
+    llm_server.latency_s = 0.02
+    labels = ["positive", "negative", "neutral"]
+    rows = [{"id": f"r{i:03d}", "text": f"review {i}", "expected": labels[i % 3],
+             "reply": reply(labels[i % 3])} for i in range(200)]
+    path = write_pipeline(tmp_path / "p", rows=rows, base_url=llm_server.base_url,
+                          transform={"concurrency": 2, "cache": False})
+    controller = RunController()
+    async with Workspace(tmp_path) as workspace:
+        async for event in workspace.run(workspace.load(path), RunOptions(),
+                                         controller=controller):
+            if isinstance(event, Progress) and event.transformed >= 20:
+                controller.cancel()
+            if isinstance(event, RunFinished):
+                cancelled = event.summary
+    assert cancelled.status == "cancelled" and cancelled.skipped > 0
+    calls = llm_server.count
+
+    app = LoomApp(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_history(app, pilot, 1)
+        assert "unfinished: r resumes it" in text_of(screen.query_one("#h-run-detail"), 300)
+        assert screen.check_action("resume", ()) is True
+        await pilot.press("r")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen), what="the run screen")
+        run_screen = app.screen
+        await wait_for(pilot, lambda: run_screen.summary is not None, what="the resumed run's end",
+                       timeout=60)
+        summary = run_screen.summary
+        assert (summary.run_id, summary.status, summary.loaded) == (cancelled.run_id, "success", 200)
+        assert run_screen.resumed is not None and run_screen.resumed.attempt == 2
+        assert run_screen.resumed.loaded == cancelled.loaded
+        head = text_of(run_screen.query_one("#run-head"), 200)
+        assert f"resumed (attempt 2): {cancelled.loaded} loaded" in head
+        assert llm_server.count - calls == 200 - cancelled.loaded - cancelled.quarantined
+
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: app.screen is screen, what="history again")
+        await pilot.press("ctrl+r")
+        table = screen.query_one(PagedTable)
+        await wait_for(pilot, lambda: table.rows and table.rows[0].item.status == "success",
+                       what="the run finished in the history")
+        assert screen.check_action("resume", ()) is False
+        await pilot.press("r")  # nothing to resume: the key does nothing
+        assert app.screen is screen
