@@ -38,7 +38,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVER = ROOT / "tests" / "support" / "llm_server.py"
+sys.path.insert(0, str(ROOT))  # the loopback server process lives with the tests
+
+from tests.support.loom_process import LoopbackProcess  # noqa: E402
+
 LABELS = ("positive", "negative", "neutral")
 PROMPT = "Classify the sentiment of this review.\n{{ input.text }}\nreply: {{ input.reply }}\n"
 SCHEMA = {"type": "object", "required": ["sentiment"],
@@ -62,29 +65,6 @@ class Measure:
     @property
     def per_s(self) -> float:
         return self.records / (self.run_s or self.wall_s)
-
-
-# ---------------------------------------------------------------- the server
-
-
-class Server:
-    def __init__(self, latency_ms: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(SERVER), "--port", "0", "--latency-ms", str(latency_ms)],
-            stdout=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline() if self.proc.stdout else ""
-        if not line.startswith("PORT "):
-            self.proc.kill()
-            raise SystemExit(f"the loopback server did not start: {line!r}")
-        self.port = int(line.split()[1])
-        self.base_url = f"http://127.0.0.1:{self.port}/v1"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 # ---------------------------------------------------------------- the workload
@@ -236,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     limit = args.concurrency / (args.latency_ms / 1000)
-    server = Server(args.latency_ms)
+    server = LoopbackProcess(args.latency_ms)
     rows: list[tuple[str, Measure, float]] = []
     notes: list[str] = []
     load_before = load_average()

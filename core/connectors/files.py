@@ -23,6 +23,7 @@ import os
 import re
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -240,13 +241,19 @@ class _FileSink(Sink):
         await asyncio.to_thread(self._serially, self._open_sync, _safe_run_id(run_id))
 
     def _open_sync(self, run_id: str) -> None:
-        try:
+        with self._or_discard():
             if self.path.is_dir():
                 raise IsADirectoryError(21, "is a folder, not a file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._tmp = self.path.parent / self._staging_name(run_id)
             self._fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             self._begin()
+
+    @contextmanager
+    def _or_discard(self) -> Iterator[None]:
+        """A step that fails leaves nothing staged behind, and its error names the destination."""
+        try:
+            yield
         except OSError as exc:
             self._discard()
             raise ConnectorError(f"{self.kind} destination {self.path}: cannot write: "
@@ -288,12 +295,8 @@ class _FileSink(Sink):
         """Complete the staged file; its identity tells later whether the rename happened."""
         self._complete()
         assert self._ready is not None
-        try:
+        with self._or_discard():
             return _identity(self._ready)
-        except OSError as exc:
-            self._discard()
-            raise ConnectorError(f"{self.kind} destination {self.path}: cannot write: "
-                                 f"{exc.strerror or exc}") from None
 
     async def committed(self, token: str | None) -> bool:
         if token is None:
@@ -308,15 +311,8 @@ class _FileSink(Sink):
             return
         if self._fd is None:
             raise ConnectorError(f"{self.kind} destination {self.path}: commit() without open()")
-        try:
+        with self._or_discard():
             self._ready = self._finish()
-        except OSError as exc:
-            self._discard()
-            raise ConnectorError(f"{self.kind} destination {self.path}: cannot write: "
-                                 f"{exc.strerror or exc}") from None
-        except ConnectorError:
-            self._discard()
-            raise
 
     async def commit(self) -> None:
         async with self._lock:
@@ -324,7 +320,7 @@ class _FileSink(Sink):
 
     def _commit_sync(self) -> None:
         self._complete()
-        try:
+        with self._or_discard():
             ready = self._ready
             assert ready is not None
             if self.path.exists():
@@ -334,13 +330,6 @@ class _FileSink(Sink):
                     pass
             os.replace(ready, self.path)
             _fsync_dir(self.path.parent)
-        except OSError as exc:
-            self._discard()
-            raise ConnectorError(f"{self.kind} destination {self.path}: cannot write: "
-                                 f"{exc.strerror or exc}") from None
-        except ConnectorError:
-            self._discard()
-            raise
         self._discard()  # the other temp files, if any
 
     async def abort(self) -> None:

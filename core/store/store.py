@@ -326,17 +326,7 @@ class Store:
         for result in results:
             record = result.record
             transform = result.transform
-            input_tokens = output_tokens = made = 0
-            latency = 0.0
-            cost: float | None = 0.0
-            for call in result.calls:
-                input_tokens += call.input_tokens
-                output_tokens += call.output_tokens
-                latency += call.latency_s
-                if cost is not None:
-                    cost = None if call.cost_usd is None else cost + call.cost_usd
-                if not call.cached:
-                    made += 1
+            input_tokens, output_tokens, cost, latency, made = _call_totals(result)
             output = raw_json(transform.output) if transform is not None else None
             scores = raw_json([score.to_dict() for score in result.scores])
             verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
@@ -436,17 +426,7 @@ class Store:
         for result in results:
             record = result.record
             transform = result.transform
-            input_tokens = output_tokens = made = 0
-            latency = 0.0
-            cost: float | None = 0.0
-            for call in result.calls:
-                input_tokens += call.input_tokens
-                output_tokens += call.output_tokens
-                latency += call.latency_s
-                if cost is not None:
-                    cost = None if call.cost_usd is None else cost + call.cost_usd
-                if not call.cached:
-                    made += 1
+            input_tokens, output_tokens, cost, latency, made = _call_totals(result)
             output = dumps(transform.output) if transform is not None and \
                 transform.output is not None else None
             scores = dumps([score.to_dict() for score in result.scores])
@@ -1151,6 +1131,23 @@ class Store:
 
 def _same(text: str | None) -> str | None:
     return text
+
+
+def _call_totals(result: RecordResult) -> tuple[int, int, float | None, float, int]:
+    """A record's model calls summed for its row: input and output tokens, cost (None once any
+    call's price is unknown), latency, and how many calls were made rather than cached."""
+    input_tokens = output_tokens = made = 0
+    latency = 0.0
+    cost: float | None = 0.0
+    for call in result.calls:
+        input_tokens += call.input_tokens
+        output_tokens += call.output_tokens
+        latency += call.latency_s
+        if cost is not None:
+            cost = None if call.cost_usd is None else cost + call.cost_usd
+        if not call.cached:
+            made += 1
+    return input_tokens, output_tokens, cost, latency, made
 
 
 def _inferred_stage(result: RecordResult) -> str:
