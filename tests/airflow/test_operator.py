@@ -41,12 +41,15 @@ from core.integrations.airflow import LoomPipelineOperator
 DAY = {"day": "{{ ds }}"}  # rendered by Airflow: the DAG run's logical date
 
 with DAG("loom_operator_test", schedule=None, start_date=datetime(2026, 1, 1)) as dag:
-    LoomPipelineOperator(task_id="classify", pipeline="good", store_conn_id="loom_store",
-                         pipeline_params=DAY)
-    LoomPipelineOperator.partial(
+    classify = LoomPipelineOperator(task_id="classify", pipeline="good",
+                                    store_conn_id="loom_store", pipeline_params=DAY)
+    sharded = LoomPipelineOperator.partial(
         task_id="sharded", pipeline="good", store_conn_id="loom_store", pipeline_params=DAY,
         set={"load.destination": "jsonl://out/shard-{shard}.jsonl"},
     ).expand(shard=["0/3", "1/3", "2/3"])
+    # The same prompt on the same records: whichever runs first pays, the other answers from
+    # the store's cache. classify first, so that its cost is the one the test can count on.
+    classify >> sharded
     LoomPipelineOperator(task_id="gate", pipeline="bad", store_conn_id="loom_store",
                          pipeline_params=DAY, retries=0)
     LoomPipelineOperator(task_id="gate_allowed", pipeline="bad", store_conn_id="loom_store",
