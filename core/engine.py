@@ -54,6 +54,8 @@ Listener = Callable[[Event], None]
 
 PROGRESS_INTERVAL_S = 0.25  # a few snapshots a second: enough for a live view, cheap for a UI
 HEARTBEAT_INTERVAL_S = 2.0
+# How long a cancelled stage of the pump may take to end before it is cancelled again.
+CANCEL_PATIENCE_S = 5.0
 # A record's result is in the store at most this long after it is known (or as soon as this many
 # wait): what a crash can cost again is the calls in flight plus ~CHECKPOINT_S of answers.
 CHECKPOINT_S = 0.1
@@ -701,11 +703,7 @@ class Engine:
             await done.put(None)
             await collector
         finally:
-            ticker.cancel()
-            for task in [*stages, collector]:
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(ticker, *stages, collector, return_exceptions=True)
+            await _cancel_all([ticker, *stages, collector])
             # Records read but not finished when a failure stopped the run: skipped, with why.
             self._drain(work, done)
 
@@ -754,8 +752,10 @@ class Engine:
                 else:
                     timeout = LOAD_FLUSH_S
                 try:
-                    item = await asyncio.wait_for(done.get(), timeout=timeout)
-                except asyncio.TimeoutError:
+                    # asyncio.timeout, not wait_for, which on Python 3.11 can lose a cancel.
+                    async with asyncio.timeout(timeout):
+                        item = await done.get()
+                except TimeoutError:
                     item = ...
             else:
                 item = get_nowait()
@@ -1083,6 +1083,22 @@ class _Stored:
 
 def _skipped(record: Any, reason: str) -> RecordResult:
     return RecordResult(record, Outcome.SKIPPED, None, reason, None)
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait until every one has ended. A task still running a few seconds
+    after its cancel swallowed it (Python 3.11's wait_for did that when a cancel met a result;
+    a library may too): it is cancelled again, rather than leaving the run waiting forever."""
+    pending = {task for task in tasks if not task.done()}
+    for task in pending:
+        task.cancel()
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=CANCEL_PATIENCE_S)
+        for task in pending:
+            task.cancel()
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure that mattered was raised already
 
 
 def _stopped(item: Any, reason: str) -> Any:

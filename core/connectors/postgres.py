@@ -689,6 +689,7 @@ class PostgresSink(Sink):
         if pool is None:
             return
         try:
-            await asyncio.wait_for(pool.close(), timeout=10)
-        except (asyncio.TimeoutError, *_DB_ERRORS):
+            async with asyncio.timeout(10):  # not wait_for, which on 3.11 can lose a cancel
+                await pool.close()
+        except (TimeoutError, *_DB_ERRORS):
             pool.terminate()

@@ -115,11 +115,16 @@ class LLMClient:
                 return hit, self._cached_call(request, hit, self._clock() - started)
             pending = self._inflight.get(key)
             if pending is not None:
+                task = asyncio.current_task()
+                cancels = task.cancelling() if task is not None else 0
                 try:
                     response = await asyncio.shield(pending)
                 except asyncio.CancelledError:
-                    if not pending.cancelled():
-                        raise  # this caller was cancelled, not the shared call
+                    # Make our own call only when the shared call alone was cancelled: when
+                    # this caller was cancelled too (a run stopping cancels every worker at
+                    # once), the cancel is ours and must go on.
+                    if not pending.cancelled() or (task is not None and task.cancelling() > cancels):
+                        raise
                 else:
                     return response, self._cached_call(request, response, self._clock() - started)
             return await self._lead(request, key)

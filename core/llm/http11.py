@@ -237,8 +237,12 @@ class Http11Transport(httpx.AsyncBaseTransport):
         slots = self._slots
         if slots.locked():
             try:
-                await asyncio.wait_for(slots.acquire(), timeouts.get("pool"))
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns normally when
+                # its task is cancelled just as the awaited thing completes, and the cancel is
+                # lost (a cancelled run then waited forever for this worker).
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await slots.acquire()
+            except TimeoutError:
                 raise httpx.PoolTimeout("no connection came free in time", request=request) from None
         else:
             await slots.acquire()  # free: returns at once
@@ -288,11 +292,10 @@ class Http11Transport(httpx.AsyncBaseTransport):
         loop = asyncio.get_running_loop()
         hostname = host.decode("ascii")
         try:
-            transport, protocol = await asyncio.wait_for(
-                loop.create_connection(_Protocol, hostname, port, ssl=tls,
-                                       server_hostname=hostname if tls else None),
-                timeouts.get("connect"))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeouts.get("connect")):  # not wait_for: see above
+                transport, protocol = await loop.create_connection(
+                    _Protocol, hostname, port, ssl=tls, server_hostname=hostname if tls else None)
+        except TimeoutError:
             raise httpx.ConnectTimeout(f"timed out connecting to {hostname}:{port}",
                                        request=request) from None
         except (OSError, ssl.SSLError) as exc:

@@ -180,3 +180,29 @@ async def test_no_more_connections_than_the_limit_and_a_pool_timeout_when_none_f
         assert transport.open_connections == 0  # cancelled mid-exchange: closed, not reused
     finally:
         await transport.aclose()
+
+
+async def test_a_cancel_is_never_lost_whatever_the_moment_it_lands(llm_server):
+    """A request cancelled at any step of its life ends cancelled. Python 3.11's wait_for
+    returned the connection instead when the cancel and the connect landed in the same loop
+    turn; the worker then went on with the run stopping around it, and the run never ended.
+    Sweeping the cancel across the first loop turns hits that moment."""
+    url = f"{llm_server.base_url}/chat/completions"
+    lost = []
+    for turns in range(40):
+        transport = Http11Transport()
+        task = asyncio.ensure_future(transport.handle_async_request(post(url)))
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if task.done():
+            await transport.aclose()
+            continue
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=5)
+        assert done, f"cancelled after {turns} loop turns, the request never ended"
+        if not task.cancelled():
+            lost.append(turns)
+            response = task.result()
+            await response.aread()
+        await transport.aclose()
+    assert not lost, f"the cancel was lost after {lost} loop turns"

@@ -279,6 +279,21 @@ async def test_identical_requests_in_flight_share_one_call(llm_server):
     assert sorted(call.cached for _, call in results) == [False, True, True, True, True]
 
 
+async def test_callers_cancelled_with_the_call_they_share_stay_cancelled(llm_server):
+    """A run stopping cancels every worker at once: the one making the shared call and those
+    waiting on it. The waiters must end cancelled too, not make calls of their own."""
+    llm_server.latency_s = 0.2
+    async with make_client(llm_server, cache=DictCache()) as client:
+        tasks = [asyncio.ensure_future(client.complete(request())) for _ in range(4)]
+        while llm_server.count < 1:
+            await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks, timeout=5)
+        assert all(task.cancelled() for task in tasks)
+    assert llm_server.count == 1
+
+
 async def test_a_failing_cache_warns_once_and_calls_the_model(llm_server):
     warnings: list[str] = []
     async with make_client(llm_server, cache=BrokenCache(), on_warning=warnings.append) as client:
