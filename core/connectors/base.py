@@ -13,7 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ConnectorError
+from core.errors import ConnectorError, LoadError
 from core.records import Record, resolve_field
 
 if TYPE_CHECKING:
@@ -182,6 +182,19 @@ def build_row(loaded: "LoadedSpec", record: Record, output: Any) -> dict[str, An
     else:
         row["output"] = output
     return row
+
+
+def rows_by_columns(rows: list[dict[str, Any]], key: list[str] | tuple[str, ...],
+                    where: str) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """A database sink's batch, grouped by column set (one INSERT statement each), after
+    checking that every row has a value for each key column."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        missing = [k for k in key if row.get(k) is None]
+        if missing:
+            raise LoadError(f"{where}: a row has no value for key {', '.join(map(repr, missing))}")
+        groups.setdefault(tuple(row), []).append(row)
+    return groups
 
 
 def quote_identifier(name: str) -> str:

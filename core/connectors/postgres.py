@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from core.connectors.base import Sink, Source, id_column, quote_identifier
+from core.connectors.base import Sink, Source, id_column, quote_identifier, rows_by_columns
 from core.connectors.sql_params import render_sql
 from core.errors import ConnectorError, LoadError
 
@@ -515,14 +515,7 @@ class PostgresSink(Sink):
         async with self._lock:
             if self._pool is None:
                 raise ConnectorError(f"{self._where()}: write() before open()")
-            for row in rows:
-                missing = [k for k in self.key if row.get(k) is None]
-                if missing:
-                    raise LoadError(f"{self._where()}: a row has no value for key "
-                                    f"{', '.join(map(repr, missing))}")
-            groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-            for row in rows:
-                groups.setdefault(tuple(row), []).append(row)
+            groups = rows_by_columns(rows, self.key, self._where())
             try:
                 async with self._pool.acquire() as connection:
                     async with connection.transaction():

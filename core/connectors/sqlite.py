@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from core.connectors.base import Sink, Source, id_column, quote_identifier
+from core.connectors.base import Sink, Source, id_column, quote_identifier, rows_by_columns
 from core.connectors.sql_params import render_sql
 from core.errors import ConnectorError, LoadError
 
@@ -429,15 +429,7 @@ class SqliteSink(Sink):
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where()}: write() before open()")
-        if self.key:
-            for row in rows:
-                missing = [k for k in self.key if row.get(k) is None]
-                if missing:
-                    raise LoadError(f"{self._where()}: a row has no value for key "
-                                    f"{', '.join(map(repr, missing))}")
-        groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-        for row in rows:
-            groups.setdefault(tuple(row), []).append(row)
+        groups = rows_by_columns(rows, self.key, self._where())
         added: dict[str, tuple[str, str]] = {}
         created = False
         shared = self.mode != "replace"  # other writers (parallel shards) share the table

@@ -18,6 +18,7 @@ from core.llm.openai import OpenAIProvider
 from core.llm.pricing import Pricing
 from core.llm.replay import CassetteRecorder, ReplayProvider
 from core.llm.retry import RetryPolicy
+from tests.support.fake_time import FakeTime
 from tests.support.llm_server import LLMServer
 
 
@@ -54,22 +55,6 @@ class BrokenCache:
     async def cache_put(self, key: str, value: dict[str, Any], *, provider: str, model: str,
                         ttl_s: float | None = None) -> None:
         raise OSError("database is locked")
-
-
-class FakeTime:
-    """A clock that moves only when the client sleeps; every sleep is recorded."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
 
 
 class ManualTime:
@@ -110,7 +95,7 @@ def request(reply: str = '{"sentiment": "positive"}', **fields: Any) -> LLMReque
 
 def make_client(server, *, time: FakeTime | ManualTime | None = None, timeout_s: float = 5,
                 base_url: str | None = None, **options: Any) -> LLMClient:
-    time = time or FakeTime()
+    time = time or FakeTime(start=1000.0)
     provider = OpenAIProvider(api_key="sk-test-key-0123456789", base_url=base_url or server.base_url,
                               timeout_s=timeout_s, concurrency=options.get("concurrency", 8))
     options.setdefault("pricing", Pricing())
@@ -121,7 +106,7 @@ def make_client(server, *, time: FakeTime | ManualTime | None = None, timeout_s:
 
 
 async def test_429_waits_at_least_the_retry_after_hint(llm_server):
-    time = FakeTime()
+    time = FakeTime(start=1000.0)
     llm_server.script(["429:7", "ok"])
     async with make_client(llm_server, time=time) as client:
         response, call = await client.complete(request())
@@ -134,7 +119,7 @@ async def test_429_waits_at_least_the_retry_after_hint(llm_server):
 
 @pytest.mark.parametrize("failure", ["500", "529", "malformed", "empty", "reset"])
 async def test_a_transient_failure_then_success(llm_server, failure):
-    time = FakeTime()
+    time = FakeTime(start=1000.0)
     llm_server.script([failure, "ok"])
     async with make_client(llm_server, time=time) as client:
         response, call = await client.complete(request())
@@ -154,7 +139,7 @@ async def test_a_timeout_then_success(llm_server):
 
 
 async def test_a_client_error_fails_at_once_with_the_api_message(llm_server):
-    time = FakeTime()
+    time = FakeTime(start=1000.0)
     llm_server.script(["400:Unsupported value: 'temperature'"])
     async with make_client(llm_server, time=time) as client:
         with pytest.raises(ProviderError) as caught:
@@ -166,7 +151,7 @@ async def test_a_client_error_fails_at_once_with_the_api_message(llm_server):
 
 
 async def test_exhausted_retries_raise_with_the_last_failure_as_cause(llm_server):
-    time = FakeTime()
+    time = FakeTime(start=1000.0)
     llm_server.script(["500", "500", "500", "ok"])
     async with make_client(llm_server, time=time, max_retries=2) as client:
         with pytest.raises(ProviderError) as caught:
@@ -386,7 +371,7 @@ async def test_recorded_calls_replay_offline_and_are_not_cached(llm_server, tmp_
 
 
 async def test_retry_policy_is_configurable(llm_server):
-    time = FakeTime()
+    time = FakeTime(start=1000.0)
     llm_server.script(["500", "500", "ok"])
     policy = RetryPolicy(max_retries=5, base_s=2.0, cap_s=3.0)
     async with make_client(llm_server, time=time, retry_policy=policy) as client:
@@ -399,7 +384,7 @@ async def test_retry_policy_is_configurable(llm_server):
 
 
 async def test_requests_per_minute_spread_the_calls_over_the_minute(llm_server):
-    time = FakeTime()
+    time = FakeTime(start=1000.0)
     async with make_client(llm_server, time=time, requests_per_minute=60) as client:
         await asyncio.gather(*(client.complete(request(f'{{"n": {i}}}')) for i in range(10)))
     assert llm_server.count == 10
@@ -407,7 +392,7 @@ async def test_requests_per_minute_spread_the_calls_over_the_minute(llm_server):
 
 
 async def test_tokens_per_minute_count_the_prompt_and_max_tokens(llm_server):
-    time = FakeTime()
+    time = FakeTime(start=1000.0)
     # 6,000 tokens a minute: 100 a second, a bucket of 600; each call reserves its ~20-token
     # prompt plus max_tokens 200, and gets back what it did not use.
     async with make_client(llm_server, time=time, tokens_per_minute=6000) as client:

@@ -11,20 +11,7 @@ from core.llm.budget import Budget
 from core.llm.pricing import ModelRate, Pricing
 from core.llm.ratelimit import (BURST_S, AdaptiveLimit, LimitsRegistry, TokenBucket,
                                 estimate_tokens)
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await asyncio.sleep(0)
+from tests.support.fake_time import FakeTime
 
 
 # ---------------------------------------------------------------- token buckets
