@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 from core.errors import ProviderError, SecretError
-from core.llm.base import LLMRequest, LLMResponse, Provider
-from core.llm.transport import ConnectionPools, Exchange, checked_base_url
+from core.llm.base import LLMRequest, LLMResponse, Provider, MalformedUsage, token_count
+from core.llm.transport import ConnectionPools, Exchange, checked_base_url, reported_cost
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -66,9 +66,16 @@ class AnthropicProvider(Provider):
         return body
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        data, latency = await self._exchange.post_json(self.url, self.build_body(request),
-                                                       model=request.model)
-        return self.parse(data, request, latency)
+        reply = await self._exchange.post_json(self.url, self.build_body(request),
+                                               model=request.model)
+        try:
+            response = self.parse(reply.body, request, reply.latency_s)
+        except MalformedUsage as exc:
+            # A bill that cannot be read is no answer to pay for: worth another try, like a
+            # body that does not parse.
+            raise self._exchange.malformed(request.model, self.url, f"a usable usage block ({exc})") from None
+        response.reported_cost_usd = reported_cost(reply.headers)
+        return response
 
     def parse(self, data: dict[str, Any], request: LLMRequest, latency: float) -> LLMResponse:
         blocks = data.get("content")
@@ -87,15 +94,19 @@ class AnthropicProvider(Provider):
                                         retryable=False, status=200)
                 raise self._exchange.malformed(request.model, self.url, "a text or tool_use block")
             text = "".join(parts)
-        usage = data.get("usage") or {}
-        cached = int(usage.get("cache_read_input_tokens") or 0)
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        cached = token_count(usage, "cache_read_input_tokens")
+        written = token_count(usage, "cache_creation_input_tokens")
+        # cache_creation splits the writes by lifetime; without it every write is a 5-minute one.
+        split = usage.get("cache_creation")
+        written_1h = min(token_count(split, "ephemeral_1h_input_tokens"), written)
         # Anthropic counts cache reads and cache writes apart from input_tokens; Loom's input is
-        # the whole prompt, of which `cached` is billed at the cached rate.
-        prompt = (int(usage.get("input_tokens") or 0) + cached
-                  + int(usage.get("cache_creation_input_tokens") or 0))
+        # the whole prompt, of which `cached` and the writes are billed at their own rates.
+        prompt = token_count(usage, "input_tokens") + cached + written
         return LLMResponse(
-            text=text, input_tokens=prompt, output_tokens=int(usage.get("output_tokens") or 0),
-            cached_tokens=cached, model=data.get("model") or request.model,
+            text=text, input_tokens=prompt, output_tokens=token_count(usage, "output_tokens"),
+            cached_tokens=cached, cache_write_tokens=written - written_1h,
+            cache_write_1h_tokens=written_1h, model=data.get("model") or request.model,
             finish_reason=data.get("stop_reason"), latency_s=latency, raw=data,
         )
 

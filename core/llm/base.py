@@ -46,23 +46,65 @@ class LLMResponse:
     text: str
     input_tokens: int = 0
     output_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens the provider served from its own prompt cache
+    # Of input_tokens: read from the provider's own prompt cache (billed at its cache-read
+    # rate), and written to it (Anthropic bills writes above the input rate: 1.25x for the
+    # 5-minute cache, 2x for the 1-hour one).
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    # Of output_tokens: spent on reasoning before the answer (billed as output).
+    reasoning_tokens: int = 0
     model: str | None = None  # as the provider reported it
     finish_reason: str | None = None
     latency_s: float = 0.0
+    # What a gateway said the call cost (LiteLLM's x-litellm-response-cost), when it said.
+    reported_cost_usd: float | None = None
     raw: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "input_tokens": self.input_tokens,
                 "output_tokens": self.output_tokens, "cached_tokens": self.cached_tokens,
-                "model": self.model, "finish_reason": self.finish_reason}
+                "cache_write_tokens": self.cache_write_tokens,
+                "cache_write_1h_tokens": self.cache_write_1h_tokens,
+                "reasoning_tokens": self.reasoning_tokens, "model": self.model,
+                "finish_reason": self.finish_reason, "reported_cost_usd": self.reported_cost_usd}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "LLMResponse":
+        reported = data.get("reported_cost_usd")
         return cls(text=data["text"], input_tokens=int(data.get("input_tokens") or 0),
                    output_tokens=int(data.get("output_tokens") or 0),
-                   cached_tokens=int(data.get("cached_tokens") or 0), model=data.get("model"),
-                   finish_reason=data.get("finish_reason"))
+                   cached_tokens=int(data.get("cached_tokens") or 0),
+                   cache_write_tokens=int(data.get("cache_write_tokens") or 0),
+                   cache_write_1h_tokens=int(data.get("cache_write_1h_tokens") or 0),
+                   reasoning_tokens=int(data.get("reasoning_tokens") or 0),
+                   model=data.get("model"), finish_reason=data.get("finish_reason"),
+                   reported_cost_usd=float(reported) if isinstance(reported, (int, float)) else None)
+
+
+# Past any real prompt or answer: a count above it is a broken usage block, not a bill.
+MAX_TOKEN_COUNT = 100_000_000
+
+
+def token_count(usage: Any, key: str) -> int:
+    """A usage counter as a non-negative int; 0 when absent. A value that is not a count
+    (text, a list, a negative number, NaN, 10**23) raises MalformedUsage."""
+    if not isinstance(usage, dict):
+        return 0
+    value = usage.get(key)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise MalformedUsage(f"usage.{key} is not a number: {str(value)[:40]!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise MalformedUsage(f"usage.{key} is not a whole number: {value!r}")
+    if not 0 <= value <= MAX_TOKEN_COUNT:
+        raise MalformedUsage(f"usage.{key} is out of range: {str(value)[:40]}")
+    return int(value)
+
+
+class MalformedUsage(ValueError):
+    """The provider's usage block cannot be trusted as a bill."""
 
 
 class Provider(abc.ABC):

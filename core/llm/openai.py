@@ -14,8 +14,8 @@ import re
 from typing import Any
 
 from core.errors import PipelineError, ProviderError, SecretError
-from core.llm.base import LLMRequest, LLMResponse, Provider
-from core.llm.transport import ConnectionPools, Exchange, checked_base_url
+from core.llm.base import LLMRequest, LLMResponse, Provider, MalformedUsage, token_count
+from core.llm.transport import ConnectionPools, Exchange, checked_base_url, reported_cost
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -70,9 +70,16 @@ class OpenAIProvider(Provider):
         return body
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        data, latency = await self._exchange.post_json(self.url, self.build_body(request),
-                                                       model=request.model)
-        return self.parse(data, request, latency)
+        reply = await self._exchange.post_json(self.url, self.build_body(request),
+                                               model=request.model)
+        try:
+            response = self.parse(reply.body, request, reply.latency_s)
+        except MalformedUsage as exc:
+            # A bill that cannot be read is no answer to pay for: worth another try, like a
+            # body that does not parse.
+            raise self._exchange.malformed(request.model, self.url, f"a usable usage block ({exc})") from None
+        response.reported_cost_usd = reported_cost(reply.headers)
+        return response
 
     def parse(self, data: dict[str, Any], request: LLMRequest, latency: float) -> LLMResponse:
         try:
@@ -88,13 +95,18 @@ class OpenAIProvider(Provider):
                 raise ProviderError(f"{self.name} {request.model}: the model refused: "
                                     f"{' '.join(str(refusal).split())[:300]}", retryable=False, status=200)
             raise self._exchange.malformed(request.model, self.url, "message content")
-        usage = data.get("usage") or {}
-        details = usage.get("prompt_tokens_details") or {}
+        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        prompt_details = usage.get("prompt_tokens_details")
+        completion_details = usage.get("completion_tokens_details")
+        # OpenAI reports cache reads in prompt_tokens_details; gateways that translate from
+        # Anthropic (LiteLLM) add Anthropic's cache_creation_input_tokens beside them.
         return LLMResponse(
             text=content,
-            input_tokens=int(usage.get("prompt_tokens") or 0),
-            output_tokens=int(usage.get("completion_tokens") or 0),
-            cached_tokens=int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0,
+            input_tokens=token_count(usage, "prompt_tokens"),
+            output_tokens=token_count(usage, "completion_tokens"),
+            cached_tokens=token_count(prompt_details, "cached_tokens"),
+            cache_write_tokens=token_count(usage, "cache_creation_input_tokens"),
+            reasoning_tokens=token_count(completion_details, "reasoning_tokens"),
             model=data.get("model") or request.model,
             finish_reason=choice.get("finish_reason"),
             latency_s=latency,

@@ -17,6 +17,7 @@ import math
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -108,6 +109,15 @@ class ConnectionPools:
             await pool.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A successful exchange: the parsed JSON body, how long it took, the response headers."""
+
+    body: dict[str, Any]
+    latency_s: float
+    headers: httpx.Headers
+
+
 class Exchange:
     """Posts one JSON body and returns the parsed JSON answer, or raises ProviderError."""
 
@@ -119,8 +129,7 @@ class Exchange:
         self._secret = secret
         self._urls: dict[str, httpx.URL] = {}
 
-    async def post_json(self, url: str, body: dict[str, Any], *, model: str) -> tuple[dict[str, Any], float]:
-        """(parsed body, seconds the exchange took)."""
+    async def post_json(self, url: str, body: dict[str, Any], *, model: str) -> Reply:
         where = f"{self.provider} {model}"
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         request = self.pools.request(self._parsed(url), content)
@@ -146,7 +155,7 @@ class Exchange:
         if not isinstance(parsed, dict):
             raise ProviderError(f"{where}: {url} answered with JSON that is not an object",
                                 retryable=True, status=status)
-        return parsed, latency
+        return Reply(parsed, latency, response.headers)
 
     def _parsed(self, url: str) -> httpx.URL:
         # Parsing the same URL for every request is a measurable share of httpx's per-call CPU.
@@ -236,3 +245,22 @@ def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> fl
         when = when.replace(tzinfo=timezone.utc)
     current = now if now is not None else datetime.now(timezone.utc).timestamp()
     return max(0.0, when.timestamp() - current)
+
+
+# Gateways that price the call themselves say so in a header (LiteLLM's proxy does).
+_COST_HEADERS = ("x-litellm-response-cost",)
+
+
+def reported_cost(headers: httpx.Headers) -> float | None:
+    """USD the gateway says the call cost, or None when it says nothing usable."""
+    for name in _COST_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            cost = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(cost) and cost >= 0:
+            return cost
+    return None
