@@ -88,11 +88,14 @@ class ProviderError(LoomError):
     """An LLM call that failed after its retries."""
 
     def __init__(self, message: str, *, retryable: bool = False, status: int | None = None,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None, param: str | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
+        self.param = param  # the request parameter the API blamed (OpenAI's error.param)
+        self.code = code  # the API's error code or type (insufficient_quota, billing_error, ...)
 
 
 class CassetteMiss(ProviderError):

@@ -22,10 +22,12 @@ from core.evaluate.judge_models import JudgeModels
 from core.evaluate.registry import build_evaluators
 from core.llm.budget import Budget
 from core.llm.client import LLMClient
+from core.llm.adaptation import Adaptations
 from core.llm.factory import make_provider
 from core.llm.pricing import Pricing
 from core.llm.ratelimit import LimitsRegistry
 from core.llm.replay import CassetteRecorder
+from core.prompt_cache import prefix_marker
 from core.prompts import PromptSet, load_prompts
 from core.records import Outcome, Record, RecordResult, Stage
 from core.spec import EvaluateSpec, LoadedSpec, PipelineSpec
@@ -130,6 +132,14 @@ class RecordProcessor:
                             verdict=verdict)
 
 
+def remembered_adaptations(store: Any, on_warning: Callable[[str], None]) -> Adaptations:
+    """The run's record of what models refused, read from and written to the store (when the
+    run has one: a sample run in the workbench may not)."""
+    load = getattr(store, "load_adaptations", None)
+    save = getattr(store, "save_adaptation", None)
+    return Adaptations(load=load, save=save, on_learned=on_warning)
+
+
 def resolve_secrets(loaded: LoadedSpec, resolver: SecretResolver) -> LoadedSpec:
     """The pipeline with every ${NAME} resolved, for making connections. `raw` stays as written,
     so what is stored and shown keeps the placeholders."""
@@ -187,8 +197,9 @@ class Runtime:
         if prompt_text is not None:
             prompts = prompts.with_prompt(prompt_text)
         schema = load_output_schema(loaded)
+        adaptations = remembered_adaptations(cache, on_warning)
         provider = make_provider(spec.transform, resolved, api_key=spec.transform.api_key,
-                                 base_url=spec.transform.base_url)
+                                 base_url=spec.transform.base_url, adaptations=adaptations)
         recorder = CassetteRecorder(record_path) if record_path else None
         ttl_days = config.cache.ttl_days
         pricing = Pricing(config.pricing)
@@ -209,8 +220,9 @@ class Runtime:
             registry=registry, budget=budget, recorder=recorder, on_warning=on_warning,
         )
         budget.check_priced(spec.transform.model)  # says now, not at the first call
-        transformer = Transformer(spec.transform, client, schema)
-        judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema)
+        transformer = Transformer(spec.transform, client, schema, cache_prefix=prefix_marker(prompts))
+        judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema,
+                             adaptations=adaptations)
         # A judge the pipeline gets wrong stops the run here, before any connection is opened
         # (httpx clients connect on first use, so the unused ones need no closing).
         evaluators = build_evaluators(loaded, llm=judges)

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_uri
 from core.errors import PipelineError
+from core.llm.strict_schema import is_object_schema
 
 
 class _Strict(BaseModel):
@@ -128,6 +129,16 @@ class RateLimitSpec(_Strict):
 
 
 Provider = Literal["openai", "openai_compatible", "anthropic", "replay"]
+StructuredOutputMode = Literal["json_schema", "json_object_schema", "json_object", "tool", "prompt"]
+# Body keys that transform.params may not set: Loom writes them from the pipeline (the value:
+# the transform key that sets it instead).
+RESERVED_BODY_KEYS: dict[str, str | None] = {
+    "model": "model", "messages": None, "system": "system", "temperature": "temperature",
+    "top_p": "top_p", "seed": "seed", "max_tokens": "max_tokens",
+    "max_completion_tokens": "max_tokens", "response_format": "structured_output",
+    "output_config": "structured_output", "tools": "structured_output",
+    "tool_choice": "structured_output", "stream": None,
+}
 
 
 class TransformSpec(_Strict):
@@ -136,12 +147,23 @@ class TransformSpec(_Strict):
     context: list[str] | dict[str, str] = Field(default_factory=list)
     provider: Provider = "openai"
     model: str
-    temperature: float = Field(0.0, ge=0, le=2)
+    # Sampling parameters are sent only when set (current reasoning models refuse them).
+    temperature: float | None = Field(None, ge=0, le=2)
     max_tokens: int | None = Field(None, ge=1)
     top_p: float | None = Field(None, gt=0, le=1)
     seed: int | None = None
     output_schema: dict[str, Any] | str | None = None
     response_format: Literal["json", "text"] | None = None  # default: json with a schema
+    # How the request asks for JSON; default: the provider's strongest for the model
+    # (OpenAI strict json_schema, Anthropic output_config, else a forced tool).
+    structured_output: StructuredOutputMode | None = None
+    # Merged into the request body as given (reasoning_effort, service_tier, ...); ${NAME} works.
+    params: dict[str, Any] = Field(default_factory=dict)
+    # Sent with every request (an Azure api-key, OpenAI-Project, a gateway's header); ${NAME} works.
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Anthropic: mark the prompt's static prefix (system prompt, context) for the provider's
+    # prompt cache, so records after the first read it at the cache price.
+    prompt_cache: bool = True
     concurrency: int = Field(8, ge=1, le=1024)
     rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec)
     cache: bool = True
@@ -150,6 +172,16 @@ class TransformSpec(_Strict):
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, le=20)
     cassette: str | None = None  # for provider: replay
+
+    @field_validator("params")
+    @classmethod
+    def _own_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for key in value:
+            if key in RESERVED_BODY_KEYS:
+                raise ValueError(f"params.{key}: Loom sets {key} itself"
+                                 + (f" (use transform.{RESERVED_BODY_KEYS[key]})"
+                                    if RESERVED_BODY_KEYS[key] else ""))
+        return value
 
     @model_validator(mode="after")
     def _provider_needs(self) -> "TransformSpec":
@@ -298,7 +330,7 @@ class _JudgeBase(_EvaluatorBase):
     base_url: str | None = None
     api_key: str | None = None
     cassette: str | None = None  # for provider: replay
-    temperature: float = Field(0.0, ge=0, le=2)
+    temperature: float | None = Field(None, ge=0, le=2)  # sent only when set
     max_tokens: int | None = Field(None, ge=1)
     # The record the output was made from, shown to the judge for context; null leaves it out.
     input_field: str | None = "input"
@@ -543,6 +575,33 @@ def _apply_override(raw: dict[str, Any], item: str) -> tuple[Any, ...]:
     return tuple(parts)
 
 
+def _check_json_request(transform: TransformSpec, loaded: LoadedSpec, shown: str,
+                        line: int | None) -> None:
+    """What every vendor refuses, refused before a call: a schema whose root is not an object,
+    and JSON mode (JSON without a schema) with a prompt that never says "json"."""
+    schema = transform.output_schema
+    if isinstance(schema, dict) and not is_object_schema(schema):
+        raise PipelineError("output_schema must be an object at its root (type: object): OpenAI "
+                            "and Anthropic refuse any other root; wrap a list or a value in an "
+                            "object's property", file=shown, line=line, key="transform.output_schema")
+    json_mode = transform.response_format == "json" and schema is None
+    if not json_mode or transform.provider not in ("openai", "openai_compatible") \
+            or transform.structured_output not in (None, "json_object"):
+        return
+    texts = []
+    for relative in (transform.prompt, transform.system):
+        if relative:
+            try:
+                texts.append(loaded.resolve(relative).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError):
+                return  # said elsewhere
+    if "json" not in " ".join(texts).lower():
+        raise PipelineError("response_format: json without an output_schema needs the word "
+                            "\"json\" in the prompt (OpenAI-compatible APIs refuse JSON mode "
+                            "otherwise); ask for JSON in the prompt, or give an output_schema",
+                            file=shown, line=line, key="transform.response_format")
+
+
 def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: str,
                  overridden: set[tuple[Any, ...]]) -> None:
     """Every file the pipeline names exists, and the prompt parses."""
@@ -576,6 +635,7 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
 
     if isinstance(spec.transform.output_schema, str):
         must_exist(("transform", "output_schema"), spec.transform.output_schema, "schema file")
+    _check_json_request(spec.transform, loaded, shown, _line_for(lines, ("transform",)))
     for index, evaluator in enumerate(spec.evaluate.evaluators):
         schema = getattr(evaluator, "schema_", None)
         if isinstance(schema, str):

@@ -14,6 +14,7 @@ from typing import Any
 
 from core.errors import PipelineError
 from core.llm.client import LLMClient
+from core.llm.adaptation import Adaptations
 from core.llm.factory import make_provider
 from core.prompts import PromptSet
 from core.spec import JUDGE_SPECS, LoadedSpec
@@ -31,6 +32,7 @@ class JudgeModels:
     resolved: LoadedSpec
     prompts: PromptSet | None = None  # for pairwise against_prompt: the run's system and context
     schema: dict[str, Any] | None = None  # the transform's output schema, ditto
+    adaptations: Adaptations | None = None  # what models refused, shared with the run
     _own: dict[tuple[Any, ...], LLMClient] = field(default_factory=dict)
 
     def client_for(self, spec: Any) -> tuple[LLMClient, str]:
@@ -53,7 +55,8 @@ class JudgeModels:
                 "provider": provider, "base_url": base_url, "api_key": api_key,
                 "cassette": cassette, "model": model})
             try:
-                made = make_provider(settings, self.resolved, api_key=api_key, base_url=base_url)
+                made = make_provider(settings, self.resolved, api_key=api_key, base_url=base_url,
+                                     adaptations=self.adaptations)
             except PipelineError as exc:
                 # The provider names the transform's key; here it is the judge's.
                 key = exc.key.rsplit(".", 1)[-1] if exc.key else None

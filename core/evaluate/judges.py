@@ -30,11 +30,12 @@ from core.errors import EvaluatorError, LoomError, PipelineError, SecurityError
 from core.evaluate.base import Evaluator
 from core.evaluate.deterministic import as_text, clip
 from core.evaluate.judge_models import JudgeModels
-from core.llm.base import LLMRequest
+from core.llm.base import LLMRequest, LLMResponse, StructuredOutput
 from core.llm.client import LLMClient
+from core.llm.strict_schema import drop_filled_nulls
 from core.prompts import content_hash, make_environment
 from core.records import LLMCall, Score, resolve_field
-from core.transform import TransformFailed, Transformer, parse_json_answer
+from core.transform import TRUNCATION_GROWTH, TransformFailed, Transformer, parse_json_answer, truncation
 
 if TYPE_CHECKING:
     from core.evaluate.registry import BuildContext
@@ -111,7 +112,7 @@ class Judge(Evaluator):
         self.input_field: str | None = spec.input_field
         self.client: LLMClient
         self.client, self.model = models.client_for(spec)
-        self.temperature: float = spec.temperature
+        self.temperature: float | None = spec.temperature
         self.max_tokens: int | None = spec.max_tokens
         self.system = _packaged("system.j2")
         if prompt_file is not None:
@@ -203,42 +204,57 @@ class Judge(Evaluator):
         except jinja2.TemplateError as exc:
             raise EvaluatorError(clip(f"judge prompt did not render: {exc}")) from None
 
-    def _request(self, messages: list[dict[str, str]]) -> LLMRequest:
+    def _request(self, messages: list[dict[str, str]], *, max_tokens: int | None = None) -> LLMRequest:
         return LLMRequest(model=self.model, messages=messages, temperature=self.temperature,
-                          max_tokens=self.max_tokens, output_schema=self.schema, stage="evaluate")
+                          max_tokens=max_tokens or self.max_tokens, output_schema=self.schema,
+                          stage="evaluate")
 
     async def _ask(self, messages: list[dict[str, str]], calls: list[LLMCall]) -> dict[str, Any]:
-        text = await self._call(messages, calls)
-        answer, problem = self._check(text)
+        response = await self._call(messages, calls)
+        limit = self.max_tokens
+        cut = truncation(response, limit)
+        if cut is not None:
+            # Cut off at the token limit: the same budget would be cut again.
+            if not limit:
+                message = f"judge reply {cut}: set the judge's max_tokens"
+                raise JudgeFailed(message, score=self._failed(message, calls, response.text))
+            limit *= TRUNCATION_GROWTH
+            response = await self._call(messages, calls, max_tokens=limit)
+        answer, problem = self._check(response)
         if problem is None:
             return answer
         repair = messages + [
-            {"role": "assistant", "content": text},
+            {"role": "assistant", "content": response.text},
             {"role": "user", "content": (f"Your answer was not valid: {problem}\n"
                                          "Reply again with only the corrected JSON object, "
                                          "nothing else.")},
         ]
-        text = await self._call(repair, calls)
-        answer, second = self._check(text)
+        response = await self._call(repair, calls, max_tokens=limit)
+        answer, second = self._check(response)
         if second is None:
             return answer
-        message = f"judge reply invalid after one repair: {second}"
-        raise JudgeFailed(message, score=self._failed(message, calls, text))
+        cut = truncation(response, limit)
+        message = f"judge reply {cut}" if cut else f"judge reply invalid after one repair: {second}"
+        raise JudgeFailed(message, score=self._failed(message, calls, response.text))
 
-    async def _call(self, messages: list[dict[str, str]], calls: list[LLMCall]) -> str:
+    async def _call(self, messages: list[dict[str, str]], calls: list[LLMCall], *,
+                    max_tokens: int | None = None) -> LLMResponse:
         try:
-            response, call = await self.client.complete(self._request(messages))
+            response, call = await self.client.complete(self._request(messages, max_tokens=max_tokens))
         except LoomError as exc:
             message = f"judge call failed: {exc}"
             raise JudgeFailed(message, score=self._failed(message, calls, None)) from exc
         calls.append(call)
-        return response.text
+        return response
 
-    def _check(self, text: str) -> tuple[dict[str, Any], None] | tuple[None, str]:
+    def _check(self, response: LLMResponse) -> tuple[dict[str, Any], None] | tuple[None, str]:
+        text = response.text
         try:
             value = parse_json_answer(text)
         except ValueError as exc:
             return None, f"not JSON ({getattr(exc, 'msg', exc)}): {_snippet(text)}"
+        if response.structured_output is StructuredOutput.JSON_SCHEMA:
+            value = drop_filled_nulls(value, self.schema)  # strict mode's nulls for optional fields
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(value))
         if error is not None:
             where = "/".join(str(p) for p in error.absolute_path) or "(root)"
@@ -418,8 +434,8 @@ class InstructionFollowing(Judge):
 class _OtherPromptTransformer(Transformer):
     """The transform with another prompt version: its calls are the judge's, stage `evaluate`."""
 
-    def request(self, messages: list[dict[str, str]]) -> LLMRequest:
-        request = super().request(messages)
+    def request(self, messages: list[dict[str, str]], *, max_tokens: int | None = None) -> LLMRequest:
+        request = super().request(messages, max_tokens=max_tokens)
         request.stage = "evaluate"
         return request
 

@@ -1,8 +1,13 @@
 """Anthropic's Messages API.
 
-Structured output goes through a forced tool: the schema becomes the input schema of a tool
-named `output` that the model must call, and the tool call's input, serialized as JSON text, is
-the answer. JSON without a schema forces the same tool with an open object schema.
+Structured output, strongest first: native `output_config.format` json_schema (the schema
+reshaped as the API takes it, `core.llm.strict_schema`), else a forced tool whose input schema is
+the schema and whose input is the answer, else the prompt alone. Sampling parameters only when
+the pipeline sets them and the model takes them (current models take none).
+
+Prompt caching: the static prefix of the prompt (the system prompt and the prompt up to its
+first record field: the context, typically) is marked with `cache_control`, so that every
+record after the first reads it from the cache. `transform.prompt_cache: false` turns it off.
 """
 
 from __future__ import annotations
@@ -12,68 +17,116 @@ import os
 from typing import Any
 
 from core.errors import ProviderError, SecretError
-from core.llm.base import LLMRequest, LLMResponse, Provider, MalformedUsage, token_count
-from core.llm.transport import ConnectionPools, Exchange, checked_base_url, reported_cost
+from core.llm import strict_schema
+from core.llm.adaptation import Adaptations
+from core.llm.base import LLMRequest, LLMResponse, MalformedUsage, StructuredOutput, token_count
+from core.llm.shaping import RequestShaper
+from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint, reported_cost
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
 # The API requires max_tokens; a pipeline that sets none gets room for any ordinary answer.
 DEFAULT_MAX_TOKENS = 4096
 TOOL_NAME = "output"
+CACHE_CONTROL = {"type": "ephemeral"}
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(RequestShaper):
     name = "anthropic"
+    vendors = ("anthropic",)
 
     def __init__(self, *, api_key: str | None = None, base_url: str | None = None,
-                 timeout_s: float = 60.0, concurrency: int = 8) -> None:
+                 timeout_s: float = 60.0, concurrency: int = 8,
+                 headers: dict[str, str] | None = None,
+                 structured_output: StructuredOutput | None = None,
+                 adaptations: Adaptations | None = None) -> None:
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
         if not api_key:
             raise SecretError("provider anthropic needs an API key: set ANTHROPIC_API_KEY "
                               "(or transform.api_key: ${ANTHROPIC_API_KEY})")
         self.base_url = checked_base_url(
             base_url or os.environ.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL, self.name)
-        self.url = f"{self.base_url}/v1/messages"
+        self.url = endpoint(self.base_url, "v1/messages")
         self.timeout_s = timeout_s
-        headers = {"accept": "application/json", "x-api-key": api_key,
-                   "anthropic-version": API_VERSION}
-        self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s, headers=headers,
-                                      url=self.url)
+        super().__init__(adaptations=adaptations, headers=headers, structured_output=structured_output)
+        own = {"accept": "application/json", "x-api-key": api_key, "anthropic-version": API_VERSION}
+        self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s,
+                                      headers=self.request_headers(own), url=self.url)
         self._exchange = Exchange(provider=self.name, pools=self._pools, timeout_s=timeout_s,
                                   secret=api_key)
 
-    def build_body(self, request: LLMRequest) -> dict[str, Any]:
+    # ------------------------------------------------------------ the body
+
+    def default_structured(self, request: LLMRequest) -> StructuredOutput:
+        caps = self.capabilities(request.model)
+        if request.output_schema is not None and caps.native_schema is not False:
+            return StructuredOutput.JSON_SCHEMA  # what current models take; older ones adapt
+        if caps.forced_tool is not False:
+            return StructuredOutput.TOOL
+        return StructuredOutput.PROMPT
+
+    def build_body(self, request: LLMRequest) -> tuple[dict[str, Any], StructuredOutput | None]:
+        caps = self.capabilities(request.model)
+        learned = self.learned(request.model)
         system = [m["content"] for m in request.messages if m.get("role") == "system"]
-        messages = [{"role": m["role"], "content": m["content"]}
-                    for m in request.messages if m.get("role") != "system"]
-        body: dict[str, Any] = {
-            "model": request.model, "messages": messages,
-            "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS,
-            "temperature": request.temperature,
-        }
+        turns = [(index, m) for index, m in enumerate(request.messages) if m.get("role") != "system"]
+        cache = request.prompt_cache and caps.prompt_caching is not False
+        messages = [{"role": m["role"], "content": self._content(index, m["content"], request, cache)}
+                    for index, m in turns]
+        body: dict[str, Any] = {"model": request.model, "messages": messages,
+                                "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS}
+        self.add_sampling(body, request, caps, learned)
+        # The Messages API has no seed: determinism comes from Loom's cache.
         if system:
-            body["system"] = "\n\n".join(system)
-        if request.top_p is not None:
-            body["top_p"] = request.top_p
-        # The Messages API has no seed: determinism comes from temperature 0 and Loom's cache.
-        schema = request.output_schema
-        if schema is None and request.json_mode:
-            schema = {"type": "object"}
-        if schema is not None:
+            block: dict[str, Any] = {"type": "text", "text": "\n\n".join(system)}
+            if cache and self._system_is_static(request):
+                block["cache_control"] = CACHE_CONTROL
+            body["system"] = [block]
+        mode = self.structured_mode(request)
+        if mode is StructuredOutput.JSON_SCHEMA and request.output_schema is not None:
+            native = strict_schema.for_anthropic(request.output_schema)
+            if native is None:
+                mode = StructuredOutput.TOOL if caps.forced_tool is not False else StructuredOutput.PROMPT
+            else:
+                body["output_config"] = {"format": {"type": "json_schema", "schema": native}}
+        if mode in (StructuredOutput.TOOL, StructuredOutput.JSON_OBJECT,
+                    StructuredOutput.JSON_OBJECT_SCHEMA) or (
+                mode is StructuredOutput.JSON_SCHEMA and request.output_schema is None):
+            mode = StructuredOutput.TOOL
+            schema = request.output_schema or {"type": "object"}
             body["tools"] = [{"name": TOOL_NAME, "description": "Return the answer.",
                               "input_schema": schema}]
             body["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
-        return body
+        body.update(request.params)
+        return body, mode
 
-    async def complete(self, request: LLMRequest) -> LLMResponse:
-        reply = await self._exchange.post_json(self.url, self.build_body(request),
-                                               model=request.model)
+    @staticmethod
+    def _content(index: int, text: str, request: LLMRequest, cache: bool) -> Any:
+        prefix = request.cache_prefix
+        if not cache or prefix is None or prefix.message != index or not 0 < prefix.chars < len(text):
+            return text
+        return [{"type": "text", "text": text[:prefix.chars], "cache_control": CACHE_CONTROL},
+                {"type": "text", "text": text[prefix.chars:]}]
+
+    @staticmethod
+    def _system_is_static(request: LLMRequest) -> bool:
+        # The cache prefix, when it lies past the system prompt, says the system prompt is the
+        # same for every record; without one nothing is known to be static.
+        prefix = request.cache_prefix
+        if prefix is None:
+            return False
+        first_turn = next((i for i, m in enumerate(request.messages) if m.get("role") != "system"), 0)
+        return prefix.message >= first_turn
+
+    # ------------------------------------------------------------ the exchange
+
+    async def send(self, body: dict[str, Any], request: LLMRequest) -> LLMResponse:
+        reply = await self._exchange.post_json(self.url, body, model=request.model)
         try:
             response = self.parse(reply.body, request, reply.latency_s)
         except MalformedUsage as exc:
-            # A bill that cannot be read is no answer to pay for: worth another try, like a
-            # body that does not parse.
-            raise self._exchange.malformed(request.model, self.url, f"a usable usage block ({exc})") from None
+            raise self._exchange.malformed(request.model, self.url,
+                                           f"a usable usage block ({exc})") from None
         response.reported_cost_usd = reported_cost(reply.headers)
         return response
 
@@ -84,30 +137,34 @@ class AnthropicProvider(Provider):
         text: str | None = None
         for block in blocks:
             if isinstance(block, dict) and block.get("type") == "tool_use":
-                text = json.dumps(block.get("input"), ensure_ascii=False)
+                text = json.dumps(block.get("input"), ensure_ascii=False, allow_nan=False)
                 break
+        stop = data.get("stop_reason") if isinstance(data.get("stop_reason"), str) else None
         if text is None:
             parts = [b.get("text") for b in blocks if isinstance(b, dict) and b.get("type") == "text"]
-            if not parts or not all(isinstance(p, str) for p in parts):
-                if data.get("stop_reason") == "refusal":
+            if not all(isinstance(p, str) for p in parts):
+                raise self._exchange.malformed(request.model, self.url, "a text or tool_use block")
+            if not parts:
+                if stop == "refusal":
                     raise ProviderError(f"anthropic {request.model}: the model refused to answer",
                                         retryable=False, status=200)
-                raise self._exchange.malformed(request.model, self.url, "a text or tool_use block")
+                if stop != "max_tokens":  # cut off before any text: the transform says so
+                    raise self._exchange.malformed(request.model, self.url, "a text or tool_use block")
             text = "".join(parts)
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         cached = token_count(usage, "cache_read_input_tokens")
         written = token_count(usage, "cache_creation_input_tokens")
         # cache_creation splits the writes by lifetime; without it every write is a 5-minute one.
-        split = usage.get("cache_creation")
-        written_1h = min(token_count(split, "ephemeral_1h_input_tokens"), written)
+        written_1h = min(token_count(usage.get("cache_creation"), "ephemeral_1h_input_tokens"), written)
         # Anthropic counts cache reads and cache writes apart from input_tokens; Loom's input is
         # the whole prompt, of which `cached` and the writes are billed at their own rates.
         prompt = token_count(usage, "input_tokens") + cached + written
         return LLMResponse(
             text=text, input_tokens=prompt, output_tokens=token_count(usage, "output_tokens"),
             cached_tokens=cached, cache_write_tokens=written - written_1h,
-            cache_write_1h_tokens=written_1h, model=data.get("model") or request.model,
-            finish_reason=data.get("stop_reason"), latency_s=latency, raw=data,
+            cache_write_1h_tokens=written_1h,
+            model=data.get("model") if isinstance(data.get("model"), str) else request.model,
+            finish_reason=stop, latency_s=latency, raw=data,
         )
 
     async def aclose(self) -> None:

@@ -11,28 +11,78 @@ import abc
 import hashlib
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
+
+
+class StructuredOutput(StrEnum):
+    """How a request asks for JSON. Loom validates the answer itself whichever is used."""
+
+    JSON_SCHEMA = "json_schema"  # the vendor's schema-constrained output (OpenAI strict, Anthropic output_config)
+    JSON_OBJECT_SCHEMA = "json_object_schema"  # {"type": "json_object", "schema": ...} (llama.cpp server)
+    JSON_OBJECT = "json_object"  # JSON mode without a schema
+    TOOL = "tool"  # a forced tool whose input schema is the schema
+    PROMPT = "prompt"  # nothing in the request: the prompt asks for JSON
+
+    @property
+    def weaker(self) -> "StructuredOutput | None":
+        """What to fall back to when a server refuses this mode."""
+        return _WEAKER[self]
+
+
+_WEAKER: dict[StructuredOutput, StructuredOutput | None] = {
+    StructuredOutput.JSON_SCHEMA: StructuredOutput.JSON_OBJECT_SCHEMA,
+    StructuredOutput.JSON_OBJECT_SCHEMA: StructuredOutput.JSON_OBJECT,
+    StructuredOutput.JSON_OBJECT: StructuredOutput.PROMPT,
+    StructuredOutput.TOOL: StructuredOutput.PROMPT,
+    StructuredOutput.PROMPT: None,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class CachePrefix:
+    """The part of a message that is the same for every record (the prompt up to its first
+    record field): where a provider that caches prompts on request puts its breakpoint."""
+
+    message: int  # index into messages
+    chars: int  # of that message's content
 
 
 @dataclass(slots=True)
 class LLMRequest:
     model: str
     messages: list[dict[str, str]]
-    temperature: float = 0.0
+    # Sampling parameters are sent only when set: current reasoning models refuse them.
+    temperature: float | None = None
     max_tokens: int | None = None
     top_p: float | None = None
     seed: int | None = None
     output_schema: dict[str, Any] | None = None
     json_mode: bool = False  # JSON without a schema
     stage: str = "transform"  # what the call is for, for accounting: transform | evaluate
+    # Provider options merged into the body as given (reasoning_effort, service_tier, ...).
+    params: dict[str, Any] = field(default_factory=dict)
+    # None: the provider's strongest mode for the model (see the providers).
+    structured_output: StructuredOutput | None = None
+    # Where the static prefix ends, for providers that cache prompts on request (Anthropic).
+    cache_prefix: CachePrefix | None = None
+    prompt_cache: bool = True
 
     def fingerprint(self) -> dict[str, Any]:
-        """Everything that decides the answer (not where it is sent): the cassette key."""
-        return {
+        """Everything that decides the answer (not where it is sent): the cassette key.
+
+        Options added since the first cassettes enter only when set, so that a request that
+        uses none of them keeps its key."""
+        fingerprint: dict[str, Any] = {
             "model": self.model, "messages": self.messages, "temperature": self.temperature,
             "max_tokens": self.max_tokens, "top_p": self.top_p, "seed": self.seed,
             "output_schema": self.output_schema, "json_mode": self.json_mode,
         }
+        if self.params:
+            fingerprint["params"] = self.params
+        if self.structured_output is not None:
+            fingerprint["structured_output"] = self.structured_output.value
+        return fingerprint
 
     def key(self, *scope: Any) -> str:
         """sha256 of the fingerprint plus `scope` (provider, base URL for the response cache)."""
@@ -59,6 +109,8 @@ class LLMResponse:
     latency_s: float = 0.0
     # What a gateway said the call cost (LiteLLM's x-litellm-response-cost), when it said.
     reported_cost_usd: float | None = None
+    # How the request asked for JSON (None: it did not), so that the answer is read the same way.
+    structured_output: "StructuredOutput | None" = None
     raw: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:

@@ -2,31 +2,37 @@
 
 from __future__ import annotations
 
+from core.llm.adaptation import Adaptations
 from core.llm.anthropic import AnthropicProvider
-from core.llm.base import Provider
+from core.llm.base import Provider, StructuredOutput
 from core.llm.openai import OpenAIProvider
 from core.llm.replay import ReplayProvider
 from core.spec import LoadedSpec, TransformSpec
 
 
 def make_provider(spec: TransformSpec, loaded: LoadedSpec, *, api_key: str | None,
-                  base_url: str | None) -> Provider:
+                  base_url: str | None, adaptations: Adaptations | None = None) -> Provider:
     """`api_key` and `base_url` are the pipeline's values with ${NAME} already resolved.
 
     Without them, a literal value written in the pipeline is used; a placeholder that reached
     here unresolved is not (it would be sent as the key). Providers then fall back to their
-    environment variables (OPENAI_API_KEY, ANTHROPIC_BASE_URL, ...).
+    environment variables (OPENAI_API_KEY, ANTHROPIC_BASE_URL, ...). `adaptations`: what the
+    run knows of refusals (shared by the run's providers, remembered in the store).
     """
     api_key = api_key if api_key is not None else _literal(spec.api_key)
     base_url = base_url if base_url is not None else _literal(spec.base_url)
     if spec.provider == "replay":
         assert spec.cassette is not None  # the spec's validator requires it
         return ReplayProvider(loaded.resolve(spec.cassette))
+    headers = {name: value for name, value in spec.headers.items() if "${" not in value}
+    structured = StructuredOutput(spec.structured_output) if spec.structured_output else None
     if spec.provider == "anthropic":
         return AnthropicProvider(api_key=api_key, base_url=base_url, timeout_s=spec.timeout_s,
-                                 concurrency=spec.concurrency)
+                                 concurrency=spec.concurrency, headers=headers,
+                                 structured_output=structured, adaptations=adaptations)
     return OpenAIProvider(name=spec.provider, api_key=api_key, base_url=base_url,
-                          timeout_s=spec.timeout_s, concurrency=spec.concurrency)
+                          timeout_s=spec.timeout_s, concurrency=spec.concurrency, headers=headers,
+                          structured_output=structured, adaptations=adaptations)
 
 
 def _literal(value: str | None) -> str | None:

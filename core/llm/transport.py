@@ -177,13 +177,24 @@ class Exchange:
 
     def _status_error(self, where: str, url: str, response: httpx.Response) -> ProviderError:
         status = response.status_code
-        detail = self.redact(api_error_message(response))
-        retryable = status in RETRYABLE_STATUSES or status >= 500
+        error = api_error(response)
+        detail = self.redact(error.message)
+        retryable = should_retry(status, response.headers)
         message = f"{where}: HTTP {status} from {url}"
         if detail:
             message += f": {detail}"
         return ProviderError(message, retryable=retryable, status=status,
-                             retry_after=parse_retry_after(response.headers) if retryable else None)
+                             retry_after=parse_retry_after(response.headers) if retryable else None,
+                             param=error.param, code=error.code)
+
+
+def should_retry(status: int, headers: httpx.Headers) -> bool:
+    """Whether trying again may help: the server's own `x-should-retry` first (OpenAI and
+    Anthropic send it), else by status."""
+    hint = (headers.get("x-should-retry") or "").strip().lower()
+    if hint in ("true", "false"):
+        return hint == "true"
+    return status in RETRYABLE_STATUSES or status >= 500
 
 
 def checked_base_url(url: str, provider: str) -> str:
@@ -195,28 +206,61 @@ def checked_base_url(url: str, provider: str) -> str:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise PipelineError(f"{url!r}: {provider} needs an http:// or https:// URL",
                             key="transform.base_url")
-    return url.rstrip("/")
+    path, mark, query = url.partition("?")
+    return path.rstrip("/") + mark + query
 
 
-def api_error_message(response: httpx.Response) -> str:
-    """The API's own words about the failure (OpenAI and Anthropic both send error.message)."""
+def endpoint(base_url: str, path: str) -> str:
+    """`path` under the base URL, keeping the base URL's query string (Azure's
+    `?api-version=…`) at the end where it belongs."""
+    base, mark, query = base_url.partition("?")
+    return f"{base.rstrip('/')}/{path.lstrip('/')}{mark}{query}"
+
+
+def user_agent() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"loom/{version('loom-aietl')}"
+    except PackageNotFoundError:
+        return "loom"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiError:
+    message: str
+    param: str | None = None
+    code: str | None = None
+
+
+def api_error(response: httpx.Response) -> ApiError:
+    """The API's own words about the failure (OpenAI and Anthropic both send error.message;
+    OpenAI names the parameter in error.param and the cause in error.code)."""
     text = response.text
     try:
         body = json.loads(text)
     except ValueError:
         body = None
     message: Any = None
+    param = code = None
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict):
             message = error.get("message") or error.get("type")
+            param = _short_text(error.get("param"))
+            code = _short_text(error.get("code")) or _short_text(error.get("type"))
         elif isinstance(error, str):
             message = error
         message = message or body.get("message") or body.get("detail")
     if message is None:
         message = text
     message = " ".join(str(message).split())
-    return message if len(message) <= _DETAIL_CHARS else message[:_DETAIL_CHARS - 3] + "..."
+    return ApiError(message if len(message) <= _DETAIL_CHARS else message[:_DETAIL_CHARS - 3] + "...",
+                    param, code)
+
+
+def _short_text(value: Any) -> str | None:
+    return value[:100] if isinstance(value, str) and value else None
 
 
 def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:

@@ -296,6 +296,20 @@ class LLMCacheEntry(SQLModel, table=True):
     hits: int = 0
 
 
+class ModelAdaptationRow(SQLModel, table=True):
+    """What a model at an endpoint refused, learned from a 400 (core.llm.adaptation)."""
+
+    __tablename__ = "model_adaptations"
+
+    provider: str = Field(primary_key=True)
+    base_url: str = Field(primary_key=True)  # "" when the provider has none
+    model: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True)  # drop | token_limit | structured
+    value: str = Field(primary_key=True)  # the parameter, the token-limit name, the mode
+    reason: str = Field(default="", sa_type=Text)  # the server's words
+    learned_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class Lineage(SQLModel, table=True):
     """Where a run read from and wrote to."""
 

@@ -30,6 +30,7 @@ from core.agreement import JudgeAgreement, judge_decisions
 from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
+from core.llm.adaptation import Adaptation, AdaptationKind
 from core.records import EvaluatorStats, Outcome, RecordResult, Stage
 from core.store.cache_reader import SQLiteCacheReader, storage_time
 from core.store.checkpoint_writer import SQLiteCheckpointWriter
@@ -41,6 +42,7 @@ from core.store.models import (
     JudgeAgreementRow,
     LLMCacheEntry,
     Lineage,
+    ModelAdaptationRow,
     MonitoringAlert,
     Pipeline,
     PipelineRun,
@@ -208,6 +210,29 @@ class Store:
         return statement.on_conflict_do_update(
             index_elements=list(keys),
             set_={name: statement.excluded[name] for name in update_columns})
+
+    # -- what models refused (core.llm.adaptation) ---------------------------------------------
+
+    async def load_adaptations(self) -> list[tuple[tuple[str, str, str], Adaptation]]:
+        rows = await self._all(select(ModelAdaptationRow).order_by(ModelAdaptationRow.learned_at))
+        found = []
+        for row in rows:
+            try:
+                found.append(((row.provider, row.base_url, row.model),
+                              Adaptation(AdaptationKind(row.kind), row.value, row.reason)))
+            except ValueError:
+                continue  # a kind a newer Loom wrote
+        return found
+
+    async def save_adaptation(self, key: tuple[str, str, str], adaptation: Adaptation) -> None:
+        provider, base_url, model = key
+        values = {"provider": provider, "base_url": base_url, "model": model,
+                  "kind": adaptation.kind.value, "value": adaptation.value,
+                  "reason": adaptation.reason[:500], "learned_at": utcnow()}
+        async with self._write() as conn:
+            await conn.execute(self._upsert(
+                ModelAdaptationRow.__table__, values,  # type: ignore[arg-type]
+                ["provider", "base_url", "model", "kind", "value"], ["reason", "learned_at"]))
 
     # -- pipelines and versions ----------------------------------------------------------------
 

@@ -20,6 +20,8 @@ JUDGE_SYSTEM_START = "You are a careful, impartial evaluator"
 def is_judge_request(body: dict[str, Any]) -> bool:
     """Judge requests open with the packaged system prompt (a system field for Anthropic)."""
     system = body.get("system")
+    if isinstance(system, list) and system and isinstance(system[0], dict):
+        system = system[0].get("text")  # Anthropic's system as text blocks
     if isinstance(system, str) and system.startswith(JUDGE_SYSTEM_START):
         return True
     messages = body.get("messages") or []

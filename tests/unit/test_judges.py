@@ -40,7 +40,7 @@ async def test_custom_criteria_sends_criteria_and_fields_and_parses_the_score(tm
     assert "States a reason for the label" in prompt
     assert '"sentiment": "positive"' in prompt  # the judged output
     assert "The kettle boils fast." in prompt  # the record it came from
-    assert request["model"] == "gpt-4o-mini" and request["temperature"] == 0
+    assert request["model"] == "gpt-4o-mini" and "temperature" not in request  # sent only when set
     schema = request["response_format"]["json_schema"]["schema"]
     assert set(schema["required"]) == {"score", "confidence", "explanation", "criteria_met",
                                        "criteria_not_met"}
@@ -328,7 +328,7 @@ async def test_a_judge_with_its_own_provider_and_model_uses_its_own_client(tmp_p
         judge_server.responder = judge_responder(lambda body: criteria_answer(0.9))
         loaded = judge_pipeline(tmp_path, llm_server, [
             {"type": "custom_criteria", "criteria": "x", "provider": "anthropic",
-             "model": "claude-3-5-haiku-latest", "base_url": judge_server.anthropic_base_url,
+             "model": "claude-haiku-4-5", "base_url": judge_server.anthropic_base_url,
              "api_key": "judge-key", "max_tokens": 400}])
         record = Record(id="r1", data=INPUT | {"reply": reply("positive")}, ordinal=0)
         async with built(loaded) as runtime:
@@ -338,13 +338,16 @@ async def test_a_judge_with_its_own_provider_and_model_uses_its_own_client(tmp_p
         assert llm_server.count == 1 and llm_server.count[OPENAI_PATH] == 1  # the transform only
         assert judge_server.count[ANTHROPIC_PATH] == 1
         (request,) = judge_server.requests
-        assert request["model"] == "claude-3-5-haiku-latest" and request["max_tokens"] == 400
-        assert request["tool_choice"] == {"type": "tool", "name": TOOL_NAME}
+        assert request["model"] == "claude-haiku-4-5" and request["max_tokens"] == 400
+        # The model takes native structured output: the judge's schema, closed, no forced tool.
+        schema = request["output_config"]["format"]["schema"]
+        assert request["output_config"]["format"]["type"] == "json_schema"
+        assert schema["additionalProperties"] is False and "tool_choice" not in request
         assert judge_server.headers[0]["x-api-key"] == "judge-key"
     judge_score = result.scores[0]
     assert result.outcome is Outcome.LOADED and judge_score.value == 0.9
-    assert judge_score.details["judge"] == "anthropic:claude-3-5-haiku-latest"
-    assert {c.model for c in result.calls} == {"gpt-4o-mini", "claude-3-5-haiku-latest"}
+    assert judge_score.details["judge"] == "anthropic:claude-haiku-4-5"
+    assert {c.model for c in result.calls} == {"gpt-4o-mini", "claude-haiku-4-5"}
 
 
 async def test_a_judge_with_only_another_model_shares_the_run_client(tmp_path, llm_server):

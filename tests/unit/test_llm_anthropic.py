@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import ProviderError, SecretError
 from core.llm.anthropic import DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, AnthropicProvider
-from core.llm.base import LLMRequest
+from core.llm.base import LLMRequest, StructuredOutput
 from core.llm.client import LLMClient
 from core.llm.pricing import Pricing
 from tests.support.llm_server import LLMServer
@@ -41,9 +41,10 @@ async def provider(llm_server):
 
 
 async def test_structured_output_goes_through_a_forced_tool(provider, llm_server):
+    provider.configured_structure = StructuredOutput.TOOL
     answer = await provider.complete(request(output_schema=SCHEMA, temperature=0.1, top_p=0.5))
     body = llm_server.requests[-1]
-    assert body["system"] == "You classify reviews."
+    assert body["system"] == [{"type": "text", "text": "You classify reviews."}]
     assert body["messages"] == [{"role": "user", "content": 'Classify.\nreply: {"sentiment": "negative"}'}]
     assert body["tools"] == [{"name": "output", "description": "Return the answer.", "input_schema": SCHEMA}]
     assert body["tool_choice"] == {"type": "tool", "name": "output"}

@@ -27,6 +27,10 @@ SCHEMA = {"type": "object", "required": ["sentiment"],
           "properties": {"sentiment": {"enum": ["positive", "negative", "neutral"]}}}
 
 
+def headers_of(server: LLMServer) -> dict[str, str]:
+    return {k.lower(): v for k, v in server.headers[-1].items()}
+
+
 def request(text: str = 'Classify.\nreply: {"sentiment": "positive"}', **fields) -> LLMRequest:
     fields.setdefault("model", "gpt-4o-mini")
     return LLMRequest(messages=[{"role": "system", "content": "You classify reviews."},
@@ -48,9 +52,14 @@ async def test_request_carries_messages_params_and_the_schema(provider, llm_serv
     assert body["model"] == "gpt-4o-mini"
     assert body["messages"][0] == {"role": "system", "content": "You classify reviews."}
     assert body["messages"][1]["role"] == "user"
-    assert (body["temperature"], body["max_tokens"], body["top_p"], body["seed"]) == (0.2, 50, 0.9, 42)
+    # The official API takes max_completion_tokens for every current model.
+    assert (body["temperature"], body["max_completion_tokens"], body["top_p"], body["seed"]) == \
+        (0.2, 50, 0.9, 42)
+    assert "max_tokens" not in body
+    # Strict mode, with the schema closed as strict mode requires.
     assert body["response_format"] == {"type": "json_schema", "json_schema": {
-        "name": "output", "schema": SCHEMA, "strict": False}}
+        "name": "output", "strict": True, "schema": {**SCHEMA, "additionalProperties": False}}}
+    assert headers_of(llm_server)["user-agent"].startswith("loom")
     headers = {k.lower(): v for k, v in llm_server.headers[-1].items()}
     assert headers["authorization"] == "Bearer sk-test-key-0123456789"
     assert llm_server.count["/v1/chat/completions"] == 1

@@ -151,3 +151,31 @@ def test_a_yaml_list_is_not_a_pipeline(tmp_path: Path) -> None:
     path.write_text("- a\n- b\n")
     with pytest.raises(PipelineError, match="a pipeline is a YAML mapping"):
         load_spec(path)
+
+
+# ---------------------------------------------------------------- requests every vendor refuses
+
+
+def test_a_schema_whose_root_is_not_an_object_is_refused(tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path / "p", rows=[{"id": "1", "text": "t", "expected": "x", "reply": "{}"}],
+                          transform={"output_schema": {"type": "array", "items": {"type": "string"}}})
+    with pytest.raises(PipelineError, match=r"transform.output_schema.*object at its root"):
+        load_spec(path)
+
+
+def test_json_mode_without_the_word_json_in_the_prompt_is_refused(tmp_path: Path) -> None:
+    rows = [{"id": "1", "text": "t", "expected": "x", "reply": "{}"}]
+    path = write_pipeline(tmp_path / "p", rows=rows, prompt="Classify {{ input.text }}.",
+                          transform={"output_schema": None, "response_format": "json"})
+    with pytest.raises(PipelineError, match=r"transform.response_format.*the word \"json\""):
+        load_spec(path)
+    ok = write_pipeline(tmp_path / "q", rows=rows, prompt="Answer in JSON: {{ input.text }}.",
+                        transform={"output_schema": None, "response_format": "json"})
+    assert load_spec(ok).spec.transform.response_format == "json"
+
+
+def test_params_may_not_set_what_loom_sets(tmp_path: Path) -> None:
+    path = write_pipeline(tmp_path / "p", rows=[{"id": "1", "text": "t", "expected": "x", "reply": "{}"}],
+                          transform={"params": {"max_tokens": 10}})
+    with pytest.raises(PipelineError, match=r"params.max_tokens: Loom sets max_tokens itself \(use transform.max_tokens\)"):
+        load_spec(path)

@@ -33,7 +33,7 @@ from core.store.migrate import MIGRATIONS, head_revision, new_revision
 
 TABLES = {"pipelines", "pipeline_runs", "record_results", "evaluation_results",
           "quarantined_records", "quarantine_actions", "prompt_versions", "context_versions",
-          "llm_cache", "lineage", "monitoring_alerts", "judge_agreements"}
+          "llm_cache", "lineage", "monitoring_alerts", "judge_agreements", "model_adaptations"}
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
 
