@@ -41,7 +41,7 @@ from core.errors import LoadError, LoomError, ResumeError, StoreError
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
                          RunFinished, RunResumed, RunStarted, RunStatus, RunSummary, RunWarning)
 from core.monitoring import monitor_run
-from core.processing import FatalRunError, Runtime
+from core.processing import PROVIDER_FAILURE, FatalRunError, Runtime
 from core.records import EvaluatorStats, Outcome, Record, RecordResult, Stage, TransformResult, Verdict
 from core.resume import (DONE, DUPLICATE_ID, LOAD, PROCESS, RELOAD, ResumeIndex, ResumeRequest,
                          host_name, pipeline_change, reconcile)
@@ -113,6 +113,9 @@ class _Tally:
     loaded: int = 0
     quarantined: int = 0
     skipped: int = 0
+    # Of skipped: records whose provider failed (not their fault): they wait for --resume.
+    provider_failures: int = 0
+    last_provider_failure: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
     llm_calls: int = 0
@@ -302,7 +305,18 @@ class Engine:
             latency_p95_s=tally.latency.quantile(0.95),
             concurrency=self._concurrency(),
             recent_errors=tuple(tally.recent_errors), total_hint=self._total_hint,
+            **self._waiting(),
         )
+
+    def _waiting(self) -> dict[str, Any]:
+        """How long new calls are held by a rate limit, and why: shown, not guessed at."""
+        if self._runtime is None:
+            return {}
+        limits = self._runtime.client.limits
+        left = limits.resume_at - time.monotonic()
+        if left <= 0:
+            return {}
+        return {"waiting_s": left, "waiting_for": limits.waiting_for}
 
     def _concurrency(self) -> int:
         """Requests in flight allowed right now: the adaptive limit, which 429s lower."""
@@ -419,6 +433,12 @@ class Engine:
             raise
         self._report_duplicates()
 
+        if status == RunStatus.SUCCESS and self.tally.provider_failures:
+            # Not done: say so, and how to finish it.
+            status = RunStatus.PARTIAL
+            reason = (f"{self.tally.provider_failures} record"
+                      f"{'s' if self.tally.provider_failures != 1 else ''} not processed, the "
+                      f"provider failed ({self.tally.last_provider_failure}); --resume processes them")
         if status == RunStatus.SUCCESS:
             limit = spec.evaluate.max_rejection_rate
             processed = self.tally.loaded + self.tally.quarantined
@@ -871,6 +891,9 @@ class Engine:
                 tally.recent_errors.append(f"{result.record.id}: {result.reason}"[:300])
         else:
             tally.skipped += 1
+            if result.error_type == PROVIDER_FAILURE:
+                tally.provider_failures += 1
+                tally.last_provider_failure = self.resolver.redact(result.reason or "")
         if not count_only:
             self._emit(RecordFinished(self.run_id, result))
 

@@ -105,6 +105,9 @@ class Progress(Event):
     concurrency: int
     recent_errors: tuple[str, ...] = ()
     total_hint: int | None = None  # records the source will yield, when it knows
+    # New calls are held this long (a rate limit's reset, a Retry-After), and why.
+    waiting_s: float = 0.0
+    waiting_for: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

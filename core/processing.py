@@ -23,6 +23,8 @@ from core.evaluate.registry import build_evaluators
 from core.llm.budget import Budget
 from core.llm.client import LLMClient
 from core.llm.adaptation import Adaptations
+from core.llm.breaker import CircuitBreaker, CircuitOpen
+from core.llm.failures import FailureClass, classify
 from core.llm.factory import make_provider
 from core.llm.pricing import Pricing
 from core.llm.ratelimit import LimitsRegistry
@@ -33,12 +35,9 @@ from core.records import Outcome, Record, RecordResult, Stage
 from core.spec import EvaluateSpec, LoadedSpec, PipelineSpec
 from core.transform import Transformer, TransformFailed, load_output_schema
 
-# Provider answers that will not get better by trying the next record: stop the run.
-_FATAL_STATUS = {401, 403, 404}
-
-
 class FatalRunError(LoomError):
-    """An error that stops the whole run (bad credentials, a template the sandbox refuses)."""
+    """An error that stops the whole run (bad credentials, a template the sandbox refuses, a
+    provider that keeps failing the same way)."""
 
     def __init__(self, message: str, *, exit_code: int = 1) -> None:
         super().__init__(message)
@@ -49,10 +48,19 @@ def fatal_cause(exc: BaseException) -> LoomError | None:
     """The error behind `exc` if it should stop the run rather than quarantine one record."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, (SecurityError, SecretError)):
+        if isinstance(seen, (SecurityError, SecretError, CircuitOpen)):
             return seen
-        if isinstance(seen, ProviderError) and seen.status in _FATAL_STATUS:
-            return seen
+        seen = seen.__cause__
+    return None
+
+
+def provider_cause(exc: BaseException) -> ProviderError | None:
+    """The provider failure behind `exc` when it is not the record's fault (the endpoint's, or
+    the network's): the record was not processed, and is skipped rather than quarantined."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ProviderError):
+            return None if classify(seen) is FailureClass.RECORD else seen
         seen = seen.__cause__
     return None
 
@@ -67,6 +75,10 @@ def budget_cause(exc: BaseException) -> BudgetExceeded | None:
     return None
 
 
+# The error_type of a record skipped because its provider failed (resumable).
+PROVIDER_FAILURE = "ProviderFailure"
+
+
 class RecordProcessor:
     def __init__(self, prompts: PromptSet, transformer: Transformer, evaluators: list[Evaluator],
                  evaluate_spec: EvaluateSpec) -> None:
@@ -74,6 +86,16 @@ class RecordProcessor:
         self.transformer = transformer
         self.evaluators = evaluators
         self.evaluate_spec = evaluate_spec
+
+    def _stop_if_fatal(self, exc: BaseException) -> None:
+        cause = fatal_cause(exc)
+        if cause is not None:
+            raise FatalRunError(str(cause), exit_code=cause.exit_code if isinstance(
+                cause, (SecretError, SecurityError)) else 1) from exc
+        trip = self.transformer.client.breaker.trip
+        if trip is not None:
+            # This record's failure opened the breaker: the run stops here.
+            raise FatalRunError(trip.message) from exc
 
     async def process(self, record: Record) -> RecordResult:
         """The record's fate before loading: outcome LOADED here means "passed the gate"."""
@@ -97,10 +119,13 @@ class RecordProcessor:
                 return RecordResult(record, Outcome.SKIPPED, Stage.TRANSFORM,
                                     f"not processed: {budget}", "BudgetExceeded",
                                     transform=exc.partial)
-            cause = fatal_cause(exc)
-            if cause is not None:
-                raise FatalRunError(str(cause), exit_code=cause.exit_code if isinstance(
-                    cause, (SecretError, SecurityError)) else 1) from exc
+            self._stop_if_fatal(exc)
+            failure = provider_cause(exc)
+            if failure is not None:
+                # The endpoint failed, not the record: it waits for --resume, unquarantined.
+                return RecordResult(record, Outcome.SKIPPED, Stage.TRANSFORM,
+                                    f"not processed: {failure}", PROVIDER_FAILURE,
+                                    transform=exc.partial)
             return RecordResult(record, Outcome.QUARANTINED, Stage.TRANSFORM, str(exc),
                                 exc.error_type, transform=exc.partial)
         scores = []
@@ -115,9 +140,13 @@ class RecordProcessor:
                                         f"not processed: {budget}", "BudgetExceeded",
                                         transform=transformed,
                                         scores=scores + ([failed] if failed is not None else []))
-                cause = fatal_cause(exc)
-                if cause is not None:
-                    raise FatalRunError(str(cause)) from exc
+                self._stop_if_fatal(exc)
+                failure = provider_cause(exc)
+                if failure is not None:
+                    return RecordResult(record, Outcome.SKIPPED, Stage.EVALUATE,
+                                        f"not processed: {evaluator.name}: {failure}",
+                                        PROVIDER_FAILURE, transform=transformed,
+                                        scores=scores + ([failed] if failed is not None else []))
                 if failed is not None:
                     scores.append(failed)
                 return RecordResult(record, Outcome.QUARANTINED, Stage.EVALUATE,
@@ -216,8 +245,10 @@ class Runtime:
             use_cache=use_cache and spec.transform.cache,
             cache_ttl_s=ttl_days * 86400 if ttl_days else None,
             max_retries=spec.transform.max_retries,
+            max_throttle_wait_s=spec.transform.rate_limit.max_wait_s,
             concurrency=concurrency or spec.transform.concurrency, limits=limits,
             registry=registry, budget=budget, recorder=recorder, on_warning=on_warning,
+            breaker=CircuitBreaker(spec.circuit_breaker.failures),
         )
         budget.check_priced(spec.transform.model)  # says now, not at the first call
         transformer = Transformer(spec.transform, client, schema, cache_prefix=prefix_marker(prompts))

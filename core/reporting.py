@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -62,6 +63,9 @@ class ProgressReporter:
             done = event.loaded + event.quarantined + event.skipped
             detail = (f"[green]{event.loaded} loaded[/] [yellow]{event.quarantined} quarantined[/]"
                       f" {event.records_per_s:.0f}/s {money(event.cost_usd)}")
+            if event.waiting_s > 0:
+                detail += f" [cyan]waiting {seconds(event.waiting_s)}" + (
+                    f" ({escape(event.waiting_for)})" if event.waiting_for else "") + "[/]"
             self._progress.update(self._task, completed=done,
                                   total=event.total_hint or max(event.extracted, 1), detail=detail)
         elif isinstance(event, RunFinished):

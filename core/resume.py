@@ -179,8 +179,11 @@ def pipeline_change(run: PipelineRun, loaded: LoadedSpec, runtime: "Runtime") ->
 _ABSENT = object()
 # Settings that change how a run goes, not what a record's result is: a resumed run may differ in
 # these (a larger budget for a run a budget stopped, a lower concurrency after 429s, a rotated key).
-_OPERATIONAL = {"description": None, "budget": None, "monitoring": None,
-                "transform": ("concurrency", "rate_limit", "timeout_s", "max_retries", "api_key"),
+# Where the model is reached (base_url, headers) is operational too: fixing the endpoint that
+# stopped a run, then resuming it, is the point of the circuit breaker.
+_OPERATIONAL = {"description": None, "budget": None, "monitoring": None, "circuit_breaker": None,
+                "transform": ("concurrency", "rate_limit", "timeout_s", "max_retries", "api_key",
+                              "base_url", "headers"),
                 "extract": ("batch_size",), "load": ("batch_size",)}
 
 

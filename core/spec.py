@@ -126,6 +126,8 @@ class LoadSpec(_ObjectStoreOptions):
 class RateLimitSpec(_Strict):
     requests_per_minute: float | None = Field(None, gt=0)
     tokens_per_minute: float | None = Field(None, gt=0)
+    # How long one call may wait out rate limits (429s) in all before its record is skipped.
+    max_wait_s: float = Field(600.0, gt=0)
 
 
 Provider = Literal["openai", "openai_compatible", "anthropic", "replay"]
@@ -431,6 +433,12 @@ class BudgetSpec(_Strict):
     max_cost_usd: float | None = Field(None, ge=0)
 
 
+class CircuitBreakerSpec(_Strict):
+    """When a run stops because its calls keep failing the same way (core.llm.breaker)."""
+
+    failures: int = Field(3, ge=1, le=1000)  # calls in a row failing the same way
+
+
 class NotifySpec(_Strict):
     slack_webhook: str | None = None  # ${SLACK_WEBHOOK}: resolved when there is something to post
     timeout_s: float = Field(10.0, gt=0)
@@ -460,6 +468,7 @@ class PipelineSpec(_Strict):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)
     load: LoadSpec
     budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    circuit_breaker: CircuitBreakerSpec = Field(default_factory=CircuitBreakerSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
 
     @model_validator(mode="after")

@@ -109,6 +109,8 @@ class LLMResponse:
     latency_s: float = 0.0
     # What a gateway said the call cost (LiteLLM's x-litellm-response-cost), when it said.
     reported_cost_usd: float | None = None
+    # Seconds until a rate limit the answer says is used up resets (x-ratelimit-remaining-* 0).
+    limit_reset_s: float | None = None
     # How the request asked for JSON (None: it did not), so that the answer is read the same way.
     structured_output: "StructuredOutput | None" = None
     raw: dict[str, Any] | None = field(default=None, repr=False)

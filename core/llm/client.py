@@ -17,6 +17,7 @@ from typing import Any
 
 from core.errors import ProviderError
 from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
+from core.llm.breaker import CircuitBreaker
 from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
 from core.llm.pricing import Pricing
 from core.llm.ratelimit import LimitsRegistry, ProviderLimits, estimate_tokens
@@ -50,6 +51,7 @@ class LLMClient:
         use_cache: bool = True,
         cache_ttl_s: float | None = None,
         max_retries: int = 4,
+        max_throttle_wait_s: float = 600.0,
         concurrency: int = 8,
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
@@ -59,6 +61,7 @@ class LLMClient:
         recorder: CassetteRecorder | None = None,
         on_warning: Callable[[str], None] | None = None,
         retry_policy: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -67,6 +70,8 @@ class LLMClient:
         self.pricing = pricing
         self.recorder = recorder
         self.budget = budget
+        # Shared by the run's clients: calls that keep failing the same way stop the run.
+        self.breaker = breaker if breaker is not None else CircuitBreaker()
         self._cache_store = cache  # as given, for sibling()
         self._concurrency = concurrency
         self._registry = registry
@@ -76,7 +81,8 @@ class LLMClient:
         self._read_cache = use_cache
         self._ttl_s = cache_ttl_s
         # retry_policy, when given, is used as is (its max_retries included).
-        self._policy = retry_policy or RetryPolicy(max_retries=max_retries)
+        self._policy = retry_policy or RetryPolicy(max_retries=max_retries,
+                                                   max_throttle_wait_s=max_throttle_wait_s)
         if limits is None:
             limits = registry.get(provider.name, provider.base_url, concurrency=concurrency,
                                   requests_per_minute=requests_per_minute,
@@ -102,7 +108,8 @@ class LLMClient:
                          concurrency=self._concurrency, registry=self._registry,
                          budget=self.budget, recorder=self.recorder,
                          on_warning=self._on_warning, retry_policy=self._policy,
-                         sleep=self._sleep, clock=self._clock, rand=self._rand)
+                         breaker=self.breaker, sleep=self._sleep, clock=self._clock,
+                         rand=self._rand)
 
     async def complete(self, request: LLMRequest) -> tuple[LLMResponse, LLMCall]:
         if self._cache is None:
@@ -150,6 +157,7 @@ class LLMClient:
             self._inflight.pop(key, None)
 
     async def _call(self, request: LLMRequest, key: str | None) -> tuple[LLMResponse, LLMCall]:
+        self.breaker.check()  # an open breaker makes no call
         limits = self.limits
         stats = limits.stats
         estimate_in, estimate_out = estimate_tokens(request.messages, request.max_tokens,
@@ -187,6 +195,11 @@ class LLMClient:
             finally:
                 concurrency.release()
             concurrency.succeeded()
+            if response.limit_reset_s:
+                # A limit is used up: hold new requests until it resets, rather than earn a 429.
+                limits.resume_at = max(limits.resume_at, self._clock() + min(
+                    response.limit_reset_s, self._policy.max_retry_after_s))
+                limits.waiting_for = "rate limit used up"
             if limits.tokens is not None:
                 limits.tokens.adjust(estimate - response.input_tokens - response.output_tokens)
             return response
@@ -196,11 +209,17 @@ class LLMClient:
             if error.retry_after:
                 hint = min(error.retry_after, self._policy.max_retry_after_s)
                 limits.resume_at = max(limits.resume_at, self._clock() + hint)
+                limits.waiting_for = f"HTTP {error.status}: retry after {hint:.0f} s"
 
         cost: float | None = None
         try:
-            response, attempts = await call_with_retries(attempt, self._policy, sleep=self._sleep,
-                                                         rand=self._rand, on_retry=on_retry)
+            try:
+                response, attempts = await call_with_retries(attempt, self._policy, sleep=self._sleep,
+                                                             rand=self._rand, on_retry=on_retry)
+            except ProviderError as error:
+                self.breaker.failed(error)
+                raise
+            self.breaker.succeeded()
             cost = self._price(request, response)
         finally:
             if self.budget is not None:

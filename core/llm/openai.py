@@ -21,7 +21,7 @@ from core.llm import strict_schema
 from core.llm.adaptation import Adaptations
 from core.llm.base import LLMRequest, LLMResponse, MalformedUsage, StructuredOutput, token_count
 from core.llm.shaping import RequestShaper
-from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint, reported_cost
+from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint, exhausted_wait, reported_cost
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 TOOL_NAME = "output"
@@ -117,6 +117,7 @@ class OpenAIProvider(RequestShaper):
             raise self._exchange.malformed(request.model, self.url,
                                            f"a usable usage block ({exc})") from None
         response.reported_cost_usd = reported_cost(reply.headers)
+        response.limit_reset_s = exhausted_wait(reply.headers)
         return response
 
     def parse(self, data: dict[str, Any], request: LLMRequest, latency: float) -> LLMResponse:

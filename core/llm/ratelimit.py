@@ -170,6 +170,7 @@ class ProviderLimits:
     requests: TokenBucket | None = None
     tokens: TokenBucket | None = None
     resume_at: float = 0.0  # on the clients' clock: no new request starts before this
+    waiting_for: str | None = None  # why resume_at was set, for the progress line
     stats: LimitStats = field(default_factory=LimitStats)
 
     @classmethod

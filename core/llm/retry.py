@@ -21,11 +21,14 @@ Sleep = Callable[[float], Awaitable[object]]
 
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
-    max_retries: int = 4  # attempts after the first
+    max_retries: int = 4  # attempts after the first, for failures other than rate limits
     base_s: float = 0.5
     cap_s: float = 20.0
+    # Rate limits (429) are waited out rather than counted: a call may wait this long in all
+    # for them (transform.rate_limit.max_wait_s) before it gives up.
+    max_throttle_wait_s: float = 600.0
     # A server may ask for a long pause; past this the hint is trimmed rather than obeyed blindly.
-    max_retry_after_s: float = 300.0
+    max_retry_after_s: float = 900.0
 
     def delay(self, retry: int, error: ProviderError, rand: Callable[[], float] = random.random) -> float:
         """Seconds to wait before retry number `retry` (1 for the first retry)."""
@@ -47,7 +50,8 @@ async def call_with_retries(
     on_retry: Callable[[ProviderError, float], None] | None = None,
 ) -> tuple[T, int]:
     """(result, attempts made). `on_retry(error, wait)` runs before each wait."""
-    attempts = 0
+    attempts = failures = 0
+    throttled_s = 0.0
     while True:
         attempts += 1
         try:
@@ -55,12 +59,26 @@ async def call_with_retries(
         except ProviderError as error:
             if not error.retryable:
                 raise
-            if attempts > policy.max_retries:
-                raise ProviderError(
-                    f"{error.message} (gave up after {attempts} attempt{'s' if attempts > 1 else ''})",
-                    retryable=True, status=error.status, retry_after=error.retry_after,
-                ) from error
-            wait = policy.delay(attempts, error, rand)
+            throttled = error.status == 429
+            if throttled:
+                wait = policy.delay(min(attempts, 8), error, rand)
+                if throttled_s + wait > policy.max_throttle_wait_s:
+                    raise ProviderError(
+                        f"{error.message} (rate limited: waited {throttled_s:.0f} s over "
+                        f"{attempts} attempts, the limit is {policy.max_throttle_wait_s:g} s: "
+                        f"transform.rate_limit.max_wait_s)",
+                        retryable=True, status=error.status, retry_after=error.retry_after,
+                        code=error.code) from error
+                throttled_s += wait
+            else:
+                failures += 1
+                if failures > policy.max_retries:
+                    raise ProviderError(
+                        f"{error.message} (gave up after {attempts} attempt{'s' if attempts > 1 else ''})",
+                        retryable=True, status=error.status, retry_after=error.retry_after,
+                        param=error.param, code=error.code,
+                    ) from error
+                wait = policy.delay(failures, error, rand)
             if on_retry is not None:
                 on_retry(error, wait)
             await sleep(wait)

@@ -14,6 +14,7 @@ import email.utils
 import itertools
 import json
 import math
+import re
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
@@ -180,12 +181,20 @@ class Exchange:
         error = api_error(response)
         detail = self.redact(error.message)
         retryable = should_retry(status, response.headers)
+        if retryable and status == 429 and _out_of_quota(error):
+            retryable = False  # no money left is not a rate limit: waiting changes nothing
         message = f"{where}: HTTP {status} from {url}"
         if detail:
             message += f": {detail}"
         return ProviderError(message, retryable=retryable, status=status,
                              retry_after=parse_retry_after(response.headers) if retryable else None,
                              param=error.param, code=error.code)
+
+
+def _out_of_quota(error: "ApiError") -> bool:
+    code = (error.code or "").lower()
+    return code in ("insufficient_quota", "billing_error") or \
+        "exceeded your current quota" in error.message.lower()
 
 
 def should_retry(status: int, headers: httpx.Headers) -> bool:
@@ -264,32 +273,95 @@ def _short_text(value: Any) -> str | None:
 
 
 def parse_retry_after(headers: httpx.Headers, *, now: float | None = None) -> float | None:
-    """Seconds to wait from `retry-after-ms`, or `Retry-After` as seconds or an HTTP date."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(0.0, float(value) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
+    """Seconds to wait before trying again, from every form servers use: `retry-after-ms`,
+    `Retry-After` (seconds or an HTTP date), LiteLLM's `llm_provider-retry-after` (the
+    upstream's, passed on), OpenAI's `x-ratelimit-reset-*` durations (`6m0s`) and Anthropic's
+    `anthropic-ratelimit-*-reset` timestamps (RFC 3339). The longest wait any of them asks for
+    among the limits that are used up (all of them, when none says which)."""
+    current = now if now is not None else datetime.now(timezone.utc).timestamp()
+    waits = []
+    for precise, plain in _RETRY_HEADERS:
+        # The millisecond form, when sent, says the same as Retry-After more exactly.
+        wait = _header_seconds(headers, precise, current)
+        wait = wait if wait is not None else _header_seconds(headers, plain, current)
+        if wait is not None:
+            waits.append(wait)
+    if waits:
+        return max(waits)
+    resets = [wait for name, remaining in _reset_headers(headers)
+              if (wait := _header_seconds(headers, name, current)) is not None
+              and (remaining is None or remaining <= 0)]
+    return max(resets) if resets else None
+
+
+def exhausted_wait(headers: httpx.Headers, *, now: float | None = None) -> float | None:
+    """On a successful answer: how long until a limit that is now used up resets (the next
+    request would get a 429), or None while there is room."""
+    current = now if now is not None else datetime.now(timezone.utc).timestamp()
+    waits = [wait for name, remaining in _reset_headers(headers)
+             if remaining is not None and remaining <= 0
+             and (wait := _header_seconds(headers, name, current)) is not None]
+    return max(waits) if waits else None
+
+
+_RETRY_HEADERS = (("retry-after-ms", "retry-after"),
+                  ("llm_provider-retry-after-ms", "llm_provider-retry-after"))
+_LIMITS = ("requests", "tokens", "input-tokens", "output-tokens")
+
+
+def _reset_headers(headers: httpx.Headers) -> list[tuple[str, float | None]]:
+    """(reset header, what its limit has left) for each limit the server reports."""
+    found = []
+    for prefix in ("", "llm_provider-"):
+        for limit in _LIMITS:
+            for reset, remaining in ((f"{prefix}x-ratelimit-reset-{limit}", f"{prefix}x-ratelimit-remaining-{limit}"),
+                                     (f"{prefix}anthropic-ratelimit-{limit}-reset",
+                                      f"{prefix}anthropic-ratelimit-{limit}-remaining")):
+                if reset in headers:
+                    found.append((reset, _number(headers.get(remaining))))
+    return found
+
+
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?!s))?(?:(\d+(?:\.\d+)?)s)?"
+                       r"(?:(\d+(?:\.\d+)?)ms)?")
+
+
+def _header_seconds(headers: httpx.Headers, name: str, now: float) -> float | None:
+    value = (headers.get(name) or "").strip()
     if not value:
         return None
-    value = value.strip()
+    if name.endswith("-ms"):
+        number = _number(value)
+        return max(0.0, number / 1000.0) if number is not None else None
+    number = _number(value)
+    if number is not None:
+        return max(0.0, number)
+    duration = _DURATION.fullmatch(value)
+    if duration and any(duration.groups()):
+        hours, minutes, seconds, millis = (float(part or 0) for part in duration.groups())
+        return hours * 3600 + minutes * 60 + seconds + millis / 1000
     try:
-        return max(0.0, float(value))
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
     if when is None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
-    current = now if now is not None else datetime.now(timezone.utc).timestamp()
-    return max(0.0, when.timestamp() - current)
+    return max(0.0, when.timestamp() - now)
 
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
 
 # Gateways that price the call themselves say so in a header (LiteLLM's proxy does).
 _COST_HEADERS = ("x-litellm-response-cost",)

@@ -185,16 +185,22 @@ def test_the_acceptance_mix_of_429_500_and_malformed_loads_at_least_95_percent(t
     assert len(ids) == len(set(ids)) == summary["records"]["loaded"]
 
 
-def test_a_record_that_still_fails_is_quarantined_with_its_cause(tmp_path, llm_server, capsys):
+def test_a_record_whose_provider_still_fails_is_skipped_not_quarantined(tmp_path, llm_server, capsys,
+                                                                        loom_home):
+    # The endpoint failed, not the record: nobody should have to review it; --resume does it.
     llm_server.script(["500", "500", "500"])
     pipeline = write_pipeline(tmp_path / "p", rows=rows_for(1), base_url=llm_server.base_url,
                               transform={"max_retries": 2})
     code, summary, _ = run_cli(capsys, "--run", str(pipeline), "--json")
-    assert summary["records"] == {"extracted": 1, "loaded": 0, "quarantined": 1, "skipped": 0}
+    assert code == 3 and summary["status"] == "partial"
+    assert summary["records"] == {"extracted": 1, "loaded": 0, "quarantined": 0, "skipped": 1}
+    assert "not processed" in summary["status_reason"] and "--resume" in summary["status_reason"]
+    (reason,), = history(loom_home, "SELECT reason FROM record_results WHERE outcome = 'skipped'")
+    assert "HTTP 500" in reason and "gave up after 3 attempts" in reason
     code, items, _ = run_cli(capsys, "quarantine", "list", "--json")
-    (item,) = items
-    assert item["stage"] == "transform" and item["error_type"] == "ProviderError"
-    assert "HTTP 500" in item["reason"] and "gave up after 3 attempts" in item["reason"]
+    assert items == []
+    code, resumed, _ = run_cli(capsys, "--run", str(pipeline), "--resume", "--json")
+    assert code == 0 and resumed["records"]["loaded"] == 1
 
 
 # ---------------------------------------------------------------- budget

@@ -1,0 +1,71 @@
+"""The circuit breaker: a run whose calls keep failing the same way stops.
+
+Every call of a run (transform and judges) reports to one breaker. It opens when
+- `failures` calls in a row fail with the same fatal class (auth, billing, unknown model,
+  unsupported parameter, unreachable: `core.llm.failures`), or with the same passing failure
+  (a 5xx, a 4xx) once their retries are spent, or
+- a credential is refused at all (401/403: no later call will have a better key).
+A success closes the count. Once open, every call fails at once with `CircuitOpen`, without
+touching the network: the run stops, the records not processed are skipped and resumable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.errors import ProviderError
+from core.llm.failures import FailureClass, classify, signature
+
+DEFAULT_FAILURES = 3
+
+
+class CircuitOpen(ProviderError):
+    """The breaker is open: the call was not made."""
+
+    def __init__(self, trip: "Trip") -> None:
+        super().__init__(trip.message, retryable=False, status=trip.status)
+        self.trip = trip
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    failure: FailureClass
+    status: int | None
+    cause: str  # the last failure's message
+    calls: int  # how many calls failed this way in a row
+
+    @property
+    def message(self) -> str:
+        fix = f"; {self.failure.fix}" if self.failure.fix else ""
+        return (f"stopped after {self.calls} call{'s' if self.calls != 1 else ''} failed the same "
+                f"way ({self.failure.value}): {self.cause}{fix}")
+
+
+class CircuitBreaker:
+    def __init__(self, failures: int = DEFAULT_FAILURES) -> None:
+        self.failures = max(1, failures)
+        self.trip: Trip | None = None
+        self._streak: tuple[FailureClass, str] | None = None
+        self._count = 0
+
+    def check(self) -> None:
+        """Raise CircuitOpen when the breaker is open."""
+        if self.trip is not None:
+            raise CircuitOpen(self.trip)
+
+    def succeeded(self) -> None:
+        self._streak, self._count = None, 0
+
+    def failed(self, error: ProviderError) -> FailureClass:
+        """Count a call that failed for good; returns its class."""
+        if isinstance(error, CircuitOpen):
+            return error.trip.failure
+        failure = classify(error)
+        if failure in (FailureClass.RECORD, FailureClass.THROTTLED):
+            return failure  # the record's own, or a wait: says nothing about the endpoint
+        key = (failure, failure.value if failure.fatal else signature(error))
+        self._count = self._count + 1 if key == self._streak else 1
+        self._streak = key
+        if self.trip is None and (self._count >= self.failures or failure is FailureClass.AUTH):
+            self.trip = Trip(failure, error.status, error.message, self._count)
+        return failure

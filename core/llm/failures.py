@@ -1,0 +1,117 @@
+"""What a failed call says about the run: stop it, wait, or blame the record.
+
+- **Fatal for the run** (`FailureClass.fatal`): bad credentials, no money or quota left, a model
+  the endpoint does not have, a parameter it refuses (after Loom adapted what it could), an
+  endpoint that cannot be reached once retries are spent. The next record would fail the same
+  way: the circuit breaker (`core.llm.breaker`) stops the run, and no record is quarantined for
+  it — records not processed are skipped, resumable once the cause is fixed.
+- **Passing** (`THROTTLED`, `SERVER`): retried with backoff; a server that keeps failing the
+  same way record after record trips the breaker too.
+- **The record's own** (`RECORD`): a prompt too long for the model, a content filter, the
+  model's refusal; the record is quarantined and the run goes on.
+- `REQUEST`: another 4xx. The record's own, unless it repeats identically, which the breaker
+  treats as the endpoint's.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+
+from core.errors import ProviderError
+
+
+class FailureClass(StrEnum):
+    AUTH = "auth"
+    BILLING = "billing"
+    UNKNOWN_MODEL = "unknown_model"
+    UNSUPPORTED_PARAMETER = "unsupported_parameter"
+    UNREACHABLE = "unreachable"
+    THROTTLED = "throttled"
+    SERVER = "server"
+    REQUEST = "request"
+    RECORD = "record"
+
+    @property
+    def fatal(self) -> bool:
+        return self in _FATAL
+
+    @property
+    def fix(self) -> str:
+        """What the user can do about it, in a few words."""
+        return _FIX.get(self, "")
+
+
+_FATAL = frozenset({FailureClass.AUTH, FailureClass.BILLING, FailureClass.UNKNOWN_MODEL,
+                    FailureClass.UNSUPPORTED_PARAMETER, FailureClass.UNREACHABLE})
+_FIX = {
+    FailureClass.AUTH: "check the API key (loom secrets set NAME, or the provider's variable)",
+    FailureClass.BILLING: "add credit or raise the quota with the provider",
+    FailureClass.UNKNOWN_MODEL: "check transform.model against the models the endpoint serves",
+    FailureClass.UNSUPPORTED_PARAMETER: "remove or change the parameter in transform.params",
+    FailureClass.UNREACHABLE: "check transform.base_url and that the server is up",
+    FailureClass.SERVER: "the provider keeps failing: try again later",
+    FailureClass.REQUEST: "the endpoint refuses every request the same way",
+}
+
+_BILLING_CODES = frozenset({"insufficient_quota", "billing_error", "billing_hard_limit_reached",
+                            "payment_required", "credit_balance_too_low"})
+_BILLING_WORDS = re.compile(r"credit balance|insufficient[_ ]quota|exceeded your current quota|"
+                            r"billing|payment required|out of credits|no credits", re.I)
+_AUTH_CODES = frozenset({"invalid_api_key", "authentication_error", "permission_error",
+                         "permission_denied", "unauthorized", "no_api_key", "invalid_x_api_key"})
+_AUTH_WORDS = re.compile(r"api[ _-]?key|unauthori[sz]ed|authentication|no auth|missing auth|"
+                         r"invalid token|forbidden", re.I)
+_MODEL_CODES = frozenset({"model_not_found", "not_found_error", "invalid_model"})
+_MODEL_WORDS = re.compile(r"model[^.]{0,60}(does not exist|not found|not exist|invalid|unknown|"
+                          r"not available|not supported)|(invalid|unknown|no such) model|"
+                          r"invalid model name|no (deployment|endpoint)s? (found|for)", re.I)
+_PARAMETER_CODES = frozenset({"unsupported_parameter", "unsupported_value", "unknown_parameter"})
+_PARAMETER_WORDS = re.compile(r"unsupported (parameter|value)|unrecognized request argument|"
+                              r"extra inputs are not permitted|does not support parameters|"
+                              r"unknown parameter|unexpected keyword", re.I)
+_RECORD_CODES = frozenset({"context_length_exceeded", "content_filter", "content_policy_violation",
+                           "invalid_prompt", "string_above_max_length"})
+_RECORD_WORDS = re.compile(r"context[_ ](length|window)|maximum context|too many tokens|prompt is "
+                           r"too long|content (filter|policy|management)|safety system|refused", re.I)
+
+
+def classify(error: ProviderError) -> FailureClass:
+    """The failure class of a call that failed (after its retries)."""
+    status = error.status
+    code = (error.code or "").lower()
+    text = f"{error.message} {error.param or ''}"
+    if status is None:
+        # No HTTP answer at all: a closed port, DNS, TLS, a reset, a timeout.
+        return FailureClass.UNREACHABLE if "connection" in error.message.lower() \
+            and "failed" in error.message.lower() else FailureClass.SERVER
+    if status == 200:
+        return FailureClass.RECORD  # the model's refusal, or an answer without content
+    if code in _BILLING_CODES or status == 402 or (status in (400, 403, 429) and _BILLING_WORDS.search(text)):
+        return FailureClass.BILLING
+    if status in (401, 403) or code in _AUTH_CODES:
+        return FailureClass.AUTH
+    if code in _RECORD_CODES or (400 <= status < 500 and _RECORD_WORDS.search(text)):
+        return FailureClass.RECORD
+    if code in _MODEL_CODES or (400 <= status < 500 and _MODEL_WORDS.search(text)) or status == 404:
+        return FailureClass.UNKNOWN_MODEL
+    if code in _PARAMETER_CODES or (400 <= status < 500 and _PARAMETER_WORDS.search(text)):
+        return FailureClass.UNSUPPORTED_PARAMETER
+    if status in (408, 409, 429):
+        return FailureClass.THROTTLED
+    if status >= 500:
+        # A gateway that has no key configured for its upstream answers 500 saying so.
+        if _AUTH_WORDS.search(text) and re.search(r"api[ _-]?key|auth", text, re.I):
+            return FailureClass.AUTH
+        return FailureClass.SERVER
+    if status in (400, 422) and _AUTH_WORDS.search(text) and "key" in text.lower():
+        return FailureClass.AUTH
+    return FailureClass.REQUEST
+
+
+def signature(error: ProviderError) -> str:
+    """The failure without what varies per call (numbers, ids, the attempt count), so that the
+    same failure on two records compares equal."""
+    text = re.sub(r"\(gave up after \d+ attempts?\)", "", error.message)
+    text = re.sub(r"\b[0-9a-f]{8,}\b|\d+(\.\d+)?", "#", text)
+    return f"{error.status}:{' '.join(text.split())[:200]}"
