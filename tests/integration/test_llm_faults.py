@@ -251,9 +251,10 @@ def test_an_anthropic_pipeline_speaks_the_messages_api(tmp_path, llm_server, cap
     assert summary["cost_by_model"]["claude-haiku-4-5"] > 0
     assert llm_server.count["/v1/messages"] == 12
     body = llm_server.requests[-1]
-    assert body["tool_choice"] == {"type": "tool", "name": "output"}
-    assert body["tools"][0]["input_schema"]["required"] == ["sentiment"]
-    assert body["max_tokens"] == 64
+    # claude-haiku-4-5 takes native structured output: the schema, closed, in output_config.
+    schema = body["output_config"]["format"]["schema"]
+    assert schema["required"] == ["sentiment"] and schema["additionalProperties"] is False
+    assert "tool_choice" not in body and body["max_tokens"] == 64
     headers = {k.lower(): v for k, v in llm_server.headers[-1].items()}
     assert headers["x-api-key"] == "sk-ant-test-0123456789" and headers["anthropic-version"]
 
