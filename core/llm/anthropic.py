@@ -53,7 +53,7 @@ class AnthropicProvider(RequestShaper):
         self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s,
                                       headers=self.request_headers(own), url=self.url)
         self._exchange = Exchange(provider=self.name, pools=self._pools, timeout_s=timeout_s,
-                                  secret=api_key)
+                                  secret=api_key, secrets=tuple(self.extra_headers.values()))
 
     # ------------------------------------------------------------ the body
 

@@ -30,6 +30,17 @@ import httpx
 # and a request sent on a connection the server is closing fails for nothing.
 KEEPALIVE_EXPIRY_S = 15.0
 _READ_SIZE = 65536
+# No model answer comes near this (100k tokens of JSON is a few MB); past it a server is broken
+# or hostile, and the answer is refused rather than held in memory and written to the store.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+class ResponseTooLarge(httpx.ReadError):
+    """The body passed the transport's limit: the connection is dropped, nothing is kept."""
+
+    def __init__(self, limit: int, request: httpx.Request) -> None:
+        super().__init__(f"the response is larger than {limit:,} bytes", request=request)
+        self.limit = limit
 
 
 class _Protocol(asyncio.Protocol):
@@ -97,6 +108,8 @@ async def _wait(future: asyncio.Future[None], timeout: float | None) -> None:
 class _Connection:
     """One keep-alive TCP (or TLS) connection to one origin, used by one request at a time."""
 
+    max_body = MAX_RESPONSE_BYTES
+
     def __init__(self, transport: asyncio.Transport, protocol: _Protocol) -> None:
         self.transport = transport
         self.protocol = protocol
@@ -140,6 +153,7 @@ class _Connection:
         read_timeout = timeouts.get("read")
         response: h11.Response | None = None
         chunks: list[bytes] = []
+        size = 0
         while True:
             try:
                 event = h.next_event()
@@ -170,6 +184,9 @@ class _Connection:
             kind = type(event)
             if kind is h11.Data:
                 chunks.append(event.data)  # type: ignore[union-attr]
+                size += len(event.data)  # type: ignore[union-attr]
+                if size > self.max_body:
+                    raise ResponseTooLarge(self.max_body, request)
             elif kind is h11.Response:
                 response = event  # type: ignore[assignment]
             elif kind is h11.EndOfMessage:

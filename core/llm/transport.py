@@ -8,6 +8,7 @@ never carry the API key.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import email.utils
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 
 from core.errors import PipelineError, ProviderError
-from core.llm.http11 import Http11Transport
+from core.llm.http11 import MAX_RESPONSE_BYTES, Http11Transport, ResponseTooLarge
 
 # Connections per pool. httpcore's pool (httpx's default transport) does work quadratic in its
 # connections on every request it adds or removes: measured against the loopback server at 64 in
@@ -39,6 +40,28 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _DETAIL_CHARS = 300
 
 Send = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+
+def _bounded(client: httpx.AsyncClient) -> Send:
+    """`client.send` reading at most MAX_RESPONSE_BYTES of the body."""
+
+    async def send(request: httpx.Request) -> httpx.Response:
+        response = await client.send(request, stream=True)
+        body = bytearray()
+        try:
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_RESPONSE_BYTES:
+                    raise ResponseTooLarge(MAX_RESPONSE_BYTES, request)
+        finally:
+            await response.aclose()
+        # The body is decoded already: the headers must not ask for decoding again.
+        headers = [(name, value) for name, value in response.headers.multi_items()
+                   if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(body),
+                              request=request)
+
+    return send
 
 
 def proxied(url: str) -> bool:
@@ -74,7 +97,7 @@ class ConnectionPools:
             limits = httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool)
             clients = [httpx.AsyncClient(limits=limits, timeout=self.timeout, verify=tls)
                        for _ in range(count)]
-            self.pools, self._senders = clients, [client.send for client in clients]
+            self.pools, self._senders = clients, [_bounded(client) for client in clients]
         else:
             transports = [Http11Transport(max_connections=per_pool, ssl_context=tls,
                                           timeout=self.timeout) for _ in range(count)]
@@ -120,14 +143,22 @@ class Reply:
 
 
 class Exchange:
-    """Posts one JSON body and returns the parsed JSON answer, or raises ProviderError."""
+    """Posts one JSON body and returns the parsed JSON answer, or raises ProviderError.
+
+    The whole exchange is bounded by `timeout_s` (a server trickling a byte a second cannot
+    hold a call past it), the answer by MAX_RESPONSE_BYTES, and every secret the request
+    carries (the API key, the pipeline's header values) is masked in what comes back: an
+    endpoint that echoes the Authorization header puts it nowhere."""
 
     def __init__(self, *, provider: str, pools: ConnectionPools, timeout_s: float,
-                 secret: str | None) -> None:
+                 secret: str | None, secrets: tuple[str, ...] = ()) -> None:
         self.provider = provider
         self.pools = pools
         self.timeout_s = timeout_s
-        self._secret = secret
+        # Real keys are long; masking a toy value of a few letters would only garble text.
+        known = {value for value in (secret, *secrets) if value and len(value) >= 8}
+        self._secrets = sorted(known, key=len, reverse=True)  # a value holding another: whole
+        self._secret_bytes = [value.encode("utf-8") for value in self._secrets]
         self._urls: dict[str, httpx.URL] = {}
 
     async def post_json(self, url: str, body: dict[str, Any], *, model: str) -> Reply:
@@ -136,11 +167,16 @@ class Exchange:
         request = self.pools.request(self._parsed(url), content)
         started = time.perf_counter()
         try:
-            with self.pools.lease() as send:
-                response = await send(request)
-        except httpx.TimeoutException as exc:
+            # asyncio.timeout, not wait_for (3.11 can drop a cancel that lands with a result).
+            async with asyncio.timeout(self.timeout_s):
+                with self.pools.lease() as send:
+                    response = await send(request)
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise ProviderError(f"{where}: no answer from {url} within {self.timeout_s:g}s "
                                 f"({type(exc).__name__})", retryable=True) from exc
+        except ResponseTooLarge as exc:
+            raise ProviderError(f"{where}: {url} answered with more than {exc.limit:,} bytes",
+                                retryable=False, status=200) from exc
         except httpx.RequestError as exc:
             raise ProviderError(f"{where}: connection to {url} failed: "
                                 f"{self.redact(str(exc)) or type(exc).__name__}", retryable=True) from exc
@@ -148,15 +184,23 @@ class Exchange:
         status = response.status_code
         if status >= 400:
             raise self._status_error(where, url, response)
+        raw = self._masked(response.content)
         try:
-            parsed = json.loads(response.content)
-        except ValueError as exc:
+            parsed = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            # Not JSON, or nested past what any answer needs: worth another try.
             raise ProviderError(f"{where}: {url} answered with a body that is not JSON "
-                                f"({len(response.content)} bytes)", retryable=True, status=status) from exc
+                                f"({len(raw)} bytes)", retryable=True, status=status) from exc
         if not isinstance(parsed, dict):
             raise ProviderError(f"{where}: {url} answered with JSON that is not an object",
                                 retryable=True, status=status)
         return Reply(parsed, latency, response.headers)
+
+    def _masked(self, content: bytes) -> bytes:
+        for value in self._secret_bytes:
+            if value in content:
+                content = content.replace(value, b"***")
+        return content
 
     def _parsed(self, url: str) -> httpx.URL:
         # Parsing the same URL for every request is a measurable share of httpx's per-call CPU.
@@ -171,15 +215,15 @@ class Exchange:
                              retryable=True, status=200)
 
     def redact(self, text: str) -> str:
-        # Real keys are long; masking a toy key of a few letters would only garble the message.
-        if self._secret and len(self._secret) >= 8 and self._secret in text:
-            text = text.replace(self._secret, "***")
+        for value in self._secrets:
+            if value in text:
+                text = text.replace(value, "***")
         return text
 
     def _status_error(self, where: str, url: str, response: httpx.Response) -> ProviderError:
         status = response.status_code
-        error = api_error(response)
-        detail = self.redact(error.message)
+        error = api_error(response, redact=self.redact)
+        detail = error.message
         retryable = should_retry(status, response.headers)
         if retryable and status == 429 and _out_of_quota(error):
             retryable = False  # no money left is not a rate limit: waiting changes nothing
@@ -242,10 +286,11 @@ class ApiError:
     code: str | None = None
 
 
-def api_error(response: httpx.Response) -> ApiError:
+def api_error(response: httpx.Response, *, redact: Callable[[str], str] = lambda text: text) -> ApiError:
     """The API's own words about the failure (OpenAI and Anthropic both send error.message;
-    OpenAI names the parameter in error.param and the cause in error.code)."""
-    text = response.text
+    OpenAI names the parameter in error.param and the cause in error.code). Secrets are masked
+    before the text is cut, so that no part of one survives at the cut."""
+    text = redact(response.text)
     try:
         body = json.loads(text)
     except ValueError:
