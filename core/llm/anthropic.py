@@ -20,7 +20,7 @@ from core.errors import ProviderError, SecretError
 from core.llm import strict_schema
 from core.llm.adaptation import Adaptations
 from core.llm.base import LLMRequest, LLMResponse, MalformedUsage, StructuredOutput, token_count
-from core.llm.shaping import RequestShaper
+from core.llm.shaping import CACHE_CONTROL, RequestShaper, cached_content, system_is_static
 from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint, exhausted_wait, reported_cost
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -28,7 +28,6 @@ API_VERSION = "2023-06-01"
 # The API requires max_tokens; a pipeline that sets none gets room for any ordinary answer.
 DEFAULT_MAX_TOKENS = 4096
 TOOL_NAME = "output"
-CACHE_CONTROL = {"type": "ephemeral"}
 
 
 class AnthropicProvider(RequestShaper):
@@ -71,7 +70,7 @@ class AnthropicProvider(RequestShaper):
         system = [m["content"] for m in request.messages if m.get("role") == "system"]
         turns = [(index, m) for index, m in enumerate(request.messages) if m.get("role") != "system"]
         cache = request.prompt_cache and caps.prompt_caching is not False
-        messages = [{"role": m["role"], "content": self._content(index, m["content"], request, cache)}
+        messages = [{"role": m["role"], "content": cached_content(index, m["content"], request, cache)}
                     for index, m in turns]
         body: dict[str, Any] = {"model": request.model, "messages": messages,
                                 "max_tokens": request.max_tokens or DEFAULT_MAX_TOKENS}
@@ -79,7 +78,7 @@ class AnthropicProvider(RequestShaper):
         # The Messages API has no seed: determinism comes from Loom's cache.
         if system:
             block: dict[str, Any] = {"type": "text", "text": "\n\n".join(system)}
-            if cache and self._system_is_static(request):
+            if cache and system_is_static(request):
                 block["cache_control"] = CACHE_CONTROL
             body["system"] = [block]
         mode = self.structured_mode(request)
@@ -99,24 +98,6 @@ class AnthropicProvider(RequestShaper):
             body["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
         body.update(request.params)
         return body, mode
-
-    @staticmethod
-    def _content(index: int, text: str, request: LLMRequest, cache: bool) -> Any:
-        prefix = request.cache_prefix
-        if not cache or prefix is None or prefix.message != index or not 0 < prefix.chars < len(text):
-            return text
-        return [{"type": "text", "text": text[:prefix.chars], "cache_control": CACHE_CONTROL},
-                {"type": "text", "text": text[prefix.chars:]}]
-
-    @staticmethod
-    def _system_is_static(request: LLMRequest) -> bool:
-        # The cache prefix, when it lies past the system prompt, says the system prompt is the
-        # same for every record; without one nothing is known to be static.
-        prefix = request.cache_prefix
-        if prefix is None:
-            return False
-        first_turn = next((i for i, m in enumerate(request.messages) if m.get("role") != "system"), 0)
-        return prefix.message >= first_turn
 
     # ------------------------------------------------------------ the exchange
 

@@ -20,7 +20,8 @@ from core.errors import PipelineError, ProviderError, SecretError
 from core.llm import strict_schema
 from core.llm.adaptation import Adaptations
 from core.llm.base import LLMRequest, LLMResponse, MalformedUsage, StructuredOutput, token_count
-from core.llm.shaping import RequestShaper
+from core.llm.capabilities import UNKNOWN, lookup
+from core.llm.shaping import CACHE_CONTROL, RequestShaper, cached_content, system_is_static
 from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint, exhausted_wait, reported_cost
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -71,7 +72,7 @@ class OpenAIProvider(RequestShaper):
         model = request.model
         caps = self.capabilities(model)
         learned = self.learned(model)
-        body: dict[str, Any] = {"model": model, "messages": request.messages}
+        body: dict[str, Any] = {"model": model, "messages": self._messages(request)}
         self.add_sampling(body, request, caps, learned)
         if request.seed is not None and "seed" not in learned.dropped:
             body["seed"] = request.seed
@@ -86,6 +87,23 @@ class OpenAIProvider(RequestShaper):
             self._add_structure(body, request, mode)
         body.update(request.params)
         return body, mode
+
+    def _messages(self, request: LLMRequest) -> list[dict[str, Any]]:
+        """The messages, with the static prefix marked for the prompt cache when a gateway
+        serves an Anthropic model (LiteLLM passes `cache_control` blocks through); OpenAI and
+        the servers it is modelled on cache prefixes on their own."""
+        if self.name != "openai_compatible" or not request.prompt_cache or request.cache_prefix is None \
+                or lookup(request.model, ("anthropic",)) is UNKNOWN:
+            return request.messages
+        static_system = system_is_static(request)
+        shaped: list[dict[str, Any]] = []
+        for index, message in enumerate(request.messages):
+            if message.get("role") == "system" and static_system:
+                shaped.append({"role": "system", "content": [
+                    {"type": "text", "text": message["content"], "cache_control": CACHE_CONTROL}]})
+            else:
+                shaped.append({**message, "content": cached_content(index, message["content"], request, True)})
+        return shaped
 
     def _add_structure(self, body: dict[str, Any], request: LLMRequest, mode: StructuredOutput) -> None:
         schema = request.output_schema

@@ -21,6 +21,27 @@ from core.llm.transport import user_agent
 # structured-output mode); past this the refusal is not about Loom's choices.
 MAX_ADAPTATIONS = 4
 SAMPLING = ("temperature", "top_p")
+CACHE_CONTROL = {"type": "ephemeral"}
+
+
+def cached_content(index: int, text: str, request: LLMRequest, cache: bool) -> Any:
+    """A message's content with its static prefix marked for the provider's prompt cache
+    (Anthropic's `cache_control`), or the text as it is."""
+    prefix = request.cache_prefix
+    if not cache or prefix is None or prefix.message != index or not 0 < prefix.chars < len(text):
+        return text
+    return [{"type": "text", "text": text[:prefix.chars], "cache_control": CACHE_CONTROL},
+            {"type": "text", "text": text[prefix.chars:]}]
+
+
+def system_is_static(request: LLMRequest) -> bool:
+    """Whether the system prompt is the same for every record: the static prefix lies past it.
+    Without a prefix nothing is known to be static."""
+    prefix = request.cache_prefix
+    if prefix is None:
+        return False
+    first_turn = next((i for i, m in enumerate(request.messages) if m.get("role") != "system"), 0)
+    return prefix.message >= first_turn
 
 
 class RequestShaper(Provider):

@@ -334,3 +334,19 @@ def test_the_static_prefix_is_the_prompt_up_to_its_first_record_field(tmp_path):
     messages = prompts.render({"text": "hello"})
     marker = prefix_marker(prompts)(messages)
     assert marker is not None and messages[0]["content"][:marker.chars] == text
+
+
+async def test_a_gateway_serving_an_anthropic_model_gets_the_cache_marks_too(compatible, llm_server):
+    from core.llm.base import CachePrefix
+
+    static = "Taxonomy:\n" + "a category of feelings. " * 300
+    messages = [{"role": "system", "content": "You classify reviews."},
+                {"role": "user", "content": static + ANSWER}]
+    prefix = CachePrefix(message=1, chars=len(static))
+    await compatible.complete(LLMRequest(model="claude-sonnet-5-5", messages=messages, cache_prefix=prefix))
+    system, user = llm_server.requests[-1]["messages"]
+    assert system["content"][0]["cache_control"] == {"type": "ephemeral"}
+    assert user["content"][0] == {"type": "text", "text": static, "cache_control": {"type": "ephemeral"}}
+    # A model that is not Anthropic's, behind the same kind of server: plain text, as sent.
+    await compatible.complete(LLMRequest(model="llama3.1", messages=messages, cache_prefix=prefix))
+    assert llm_server.requests[-1]["messages"] == messages
