@@ -23,7 +23,7 @@ from core.evaluate.registry import build_evaluators
 from core.llm.budget import Budget
 from core.llm.client import LLMClient
 from core.llm.factory import make_provider
-from core.llm.pricing import Pricing
+from core.llm.pricing import Pricing, pipeline_prices
 from core.llm.ratelimit import LimitsRegistry
 from core.llm.replay import CassetteRecorder
 from core.prompts import PromptSet, load_prompts
@@ -191,7 +191,7 @@ class Runtime:
                                  base_url=spec.transform.base_url)
         recorder = CassetteRecorder(record_path) if record_path else None
         ttl_days = config.cache.ttl_days
-        pricing = Pricing(config.pricing)
+        pricing = Pricing.from_config(config).with_overrides(pipeline_prices(spec))
         budget = Budget(spec.budget.max_cost_usd if budget_usd is _SPEC else budget_usd,
                         pricing=pricing, on_warning=on_warning)
         registry = LimitsRegistry()
@@ -208,7 +208,8 @@ class Runtime:
             concurrency=concurrency or spec.transform.concurrency, limits=limits,
             registry=registry, budget=budget, recorder=recorder, on_warning=on_warning,
         )
-        budget.check_priced(spec.transform.model)  # says now, not at the first call
+        budget.check_priced(spec.transform.model, provider=provider.name,  # says now, not at
+                            base_url=provider.base_url)  # the first call
         transformer = Transformer(spec.transform, client, schema)
         judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema)
         # A judge the pipeline gets wrong stops the run here, before any connection is opened
