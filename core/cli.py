@@ -360,7 +360,12 @@ def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
                     "quarantined": run.quarantined, "skipped": run.skipped},
         "rejection_rate": (run.quarantined or 0) / processed if processed else 0.0,
         "cost_usd": run.cost_usd, "cost_by_stage": run.cost_by_stage,
-        "tokens": {"input": run.input_tokens, "output": run.output_tokens},
+        "tokens": {"input": run.input_tokens, "output": run.output_tokens,
+                   "cache_read": run.cache_read_tokens or 0,
+                   "cache_write": run.cache_write_tokens or 0,
+                   "reasoning": run.reasoning_tokens or 0},
+        "cost_saved_usd": _saved_total(run.savings_usd),
+        "savings_usd": dict(run.savings_usd or {}),
         "llm_calls": run.llm_calls, "cache_hits": run.cache_hits,
         "duration_s": run.duration_s, "model": run.model, "prompt_hash": run.prompt_hash,
         "latency_s": {"p50": run.latency_p50_s, "p95": run.latency_p95_s, "p99": run.latency_p99_s},
@@ -385,7 +390,11 @@ def group_to_dict(group: ShardGroup, alerts: dict[str, list[Any]]) -> dict[str, 
         "records": {name: group.total(name)
                     for name in ("extracted", "loaded", "quarantined", "skipped")},
         "rejection_rate": group.rejection_rate, "cost_usd": group.cost_usd,
-        "tokens": {"input": group.total("input_tokens"), "output": group.total("output_tokens")},
+        "tokens": {"input": group.total("input_tokens"), "output": group.total("output_tokens"),
+                   "cache_read": group.total("cache_read_tokens"),
+                   "cache_write": group.total("cache_write_tokens"),
+                   "reasoning": group.total("reasoning_tokens")},
+        "savings_usd": _group_savings(group),
         "llm_calls": group.total("llm_calls"), "cache_hits": group.total("cache_hits"),
         "duration_s": group.duration_s,
         "runs": [run_to_dict(run, alerts.get(run.run_id)) for run in group.runs],
@@ -406,9 +415,10 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
         return 0
     table = Table(box=None, header_style="bold")
     for column in ("run", "pipeline", "status", "started", "loaded", "quar.", "skip", "rejection",
-                   "cost", "duration", "p95", "alerts"):
+                   "cost", "cache rd", "saved", "duration", "p95", "alerts"):
         table.add_column(column, justify="right" if column in {"loaded", "quar.", "skip", "rejection",
-                                                               "cost", "duration", "p95", "alerts"}
+                                                               "cost", "cache rd", "saved",
+                                                               "duration", "p95", "alerts"}
                          else "left")
     for entry in entries:
         if isinstance(entry, ShardGroup):
@@ -442,6 +452,7 @@ def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
                   run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
                   str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                   f"{data['rejection_rate']:.1%}", money(run.cost_usd),
+                  _tokens_short(run.cache_read_tokens), _saved_short(data["cost_saved_usd"]),
                   f"{run.duration_s:.1f} s" if run.duration_s is not None else "-",
                   seconds(run.latency_p95_s), _alert_count(alerts))
 
@@ -456,7 +467,8 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -
                   group.started_at.strftime("%Y-%m-%d %H:%M"),
                   str(group.total("loaded")), str(group.total("quarantined")),
                   str(group.total("skipped")), f"{group.rejection_rate:.1%}",
-                  money(group.cost_usd),
+                  money(group.cost_usd), _tokens_short(group.total("cache_read_tokens")),
+                  _saved_short(_saved_total(_group_savings(group))),
                   f"{group.duration_s:.1f} s" if group.duration_s is not None else "-", "-",
                   _alert_count([a for run in group.runs for a in alerts.get(run.run_id, [])]))
     counted = {run.run_id for run in group.counted}
@@ -464,6 +476,33 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -
         mark = "" if run.run_id in counted else " (retried)"
         _run_row(table, run, f"  └ {run.shard_index}/{run.shard_count} {run.run_id}{mark}",
                  alerts.get(run.run_id, []))
+
+
+def _saved_total(savings: dict[str, float] | None) -> float | None:
+    """All levers' savings together (None: no lever was at work)."""
+    return round(sum(savings.values()), 6) if savings else None
+
+
+def _group_savings(group: ShardGroup) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for run in group.counted:
+        for lever, amount in (run.savings_usd or {}).items():
+            totals[lever] = round(totals.get(lever, 0.0) + amount, 6)
+    return totals
+
+
+def _tokens_short(count: int | None) -> str:
+    """12,345 -> 12.3k: the runs table's cache-read column."""
+    if not count:
+        return "-"
+    for size, unit in ((1_000_000, "M"), (1_000, "k")):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
+
+
+def _saved_short(amount: float | None) -> str:
+    return "-" if amount is None else money(amount)
 
 
 def _clip_middle(text: str, width: int) -> str:

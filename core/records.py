@@ -130,6 +130,21 @@ class TokenTotals:
         return {"input": self.input, "output": self.output, "cache_read": self.cache_read,
                 "cache_write": self.cache_write, "reasoning": self.reasoning}
 
+    def describe(self, sep: str = ", ") -> str:
+        """`9,201 in (6,000 cache read, 1,024 written), 1,199 out (300 reasoning)`."""
+        cached = [f"{n:,} {what}" for n, what in ((self.cache_read, "cache read"),
+                                                  (self.cache_write, "written")) if n]
+        text = f"{self.input:,} in" + (f" ({', '.join(cached)})" if cached else "")
+        text += f"{sep}{self.output:,} out"
+        return text + (f" ({self.reasoning:,} reasoning)" if self.reasoning else "")
+
+
+def saved_text(amount: float | None) -> str:
+    """What a saving reads as: `$0.012345 saved`, `$0.000120 more` (a write never read back)."""
+    if amount is None:
+        return "-"
+    return f"${amount:.6f} saved" if amount >= 0 else f"${-amount:.6f} more"
+
 
 def sum_costs(costs: list[float | None]) -> float | None:
     """Total of known costs; None when any part is unknown (never a made-up price)."""
