@@ -35,7 +35,7 @@ from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, mone
                             summary_table)
 from core.sharding import Shard, ShardGroup
 
-HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets")
+HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets", "prices")
 
 
 def out_console() -> Console:
@@ -59,7 +59,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         prog="loom",
         description="AI(E)TL pipelines: extract, transform with an LLM, evaluate, load or quarantine.",
         epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list · "
-                "loom secrets set|list|delete\n"
+                "loom secrets set|list|delete · loom prices [MODEL…]\n"
                 "With no --run, `loom [FOLDER]` opens the workbench."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default=".", help="folder with pipelines (workbench)")
@@ -84,8 +84,29 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="with --resume: resume even though the pipeline changed since the "
                              "run started")
-    parser.add_argument("--version", action="version", version=f"loom {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show Loom's version and the price data it uses, and exit")
     return parser
+
+
+class _Version(argparse.Action):
+    """`loom --version`: Loom's version and which genai-prices data prices its runs (read only
+    when asked: the data is not loaded to parse a command line)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        sys.stdout.write(f"loom {__version__}\nprices: {_price_data_line()}\n")
+        parser.exit()
+
+
+def _price_data_line() -> str:
+    from core.config import load_config
+    from core.llm.pricing import Pricing
+
+    try:
+        return Pricing.from_config(load_config()).data_info().describe()
+    except LoomError:  # a broken config.yaml: still say what the data is
+        return Pricing().data_info().describe()
 
 
 def build_command_parser() -> argparse.ArgumentParser:
@@ -138,6 +159,19 @@ def build_command_parser() -> argparse.ArgumentParser:
     names.add_argument("--json", action="store_true")
     deleting = secret_actions.add_parser("delete", help="remove a secret")
     deleting.add_argument("name", metavar="NAME")
+
+    prices = commands.add_parser(
+        "prices", help="what models cost, from genai-prices and your overrides (USD per 1M tokens)")
+    prices.add_argument("models", nargs="*", metavar="MODEL")
+    prices.add_argument("--provider", default=None,
+                        choices=("openai", "anthropic", "openai_compatible", "replay"),
+                        help="the Loom provider the model is called through (default: by name)")
+    prices.add_argument("--base-url", default=None, help="the provider's base URL")
+    prices.add_argument("--refresh", action="store_true",
+                        help="download genai-prices' current data into $LOOM_HOME/prices.json "
+                             "(runs then use it; delete the file to go back to the bundled data)")
+    prices.add_argument("--url", default=None, help="with --refresh: where to download from")
+    prices.add_argument("--json", action="store_true")
     return parser
 
 
@@ -268,6 +302,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args)
     if args.command == "secrets":
         return _secrets(args)
+    if args.command == "prices":
+        return _prices(args)
     async with Workspace(".") as workspace:
         if args.command == "runs":
             return await _runs(workspace, args)
@@ -278,6 +314,72 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _quarantine_show(workspace, args)
             return await _quarantine_act(workspace, args)
     return 2
+
+
+def _prices(args: argparse.Namespace) -> int:
+    from core.config import load_config, loom_home
+    from core.llm.pricing import PRICES_FILE, Pricing, fetch_price_data
+
+    out = out_console()
+    if args.refresh:
+        try:
+            info = fetch_price_data(loom_home() / PRICES_FILE, url=args.url)
+        except Exception as exc:  # noqa: BLE001 - any failure to fetch is one line, exit 1
+            sys.stderr.write(f"error: could not refresh the price data: {one_line(str(exc))}\n")
+            return 1
+        if not args.models:
+            out.print(f"prices: {info.describe()}", highlight=False)
+            return 0
+    pricing = Pricing.from_config(load_config())
+    info = pricing.data_info()
+    found = []
+    for model in args.models:
+        quote = pricing.quote(model, provider=args.provider, base_url=args.base_url)
+        found.append((model, quote))
+    if args.json:
+        sys.stdout.write(json.dumps({
+            "data": {"package": f"genai-prices {info.package_version}", "source": info.source,
+                     "fetched_at": info.fetched_at, "newest_price_date": info.newest_price_date},
+            "models": [_quote_to_dict(model, quote) for model, quote in found]}) + "\n")
+        return 0 if all(quote is not None for _, quote in found) else 1
+    out.print(f"prices: {info.describe()}", highlight=False)
+    for model, quote in found:
+        if quote is None:
+            where = f" on {args.provider}" if args.provider else ""
+            out.print(f"{model}{where}: no price known (price it under pricing: in "
+                      f"~/.loom/config.yaml, or with transform.price in the pipeline)",
+                      highlight=False)
+            continue
+        rate = quote.rate
+        origin = (f"{quote.provider_id}/{quote.model_id}" if quote.source != "override"
+                  else "override")
+        parts = [f"input ${rate.input:g}", f"output ${rate.output:g}"]
+        for label, value in (("cache read", rate.cache_read), ("cache write 5m", rate.cache_write),
+                             ("cache write 1h", rate.cache_write_1h)):
+            if value is not None:
+                parts.append(f"{label} ${value:g}")
+        line = f"{model} ({origin}): " + ", ".join(parts) + " per 1M tokens"
+        by_start: dict[int, list[str]] = {}
+        for key, tiers in quote.tiers.items():
+            for start, price in tiers:
+                by_start.setdefault(start, []).append(f"{key.replace('_', ' ')} ${price:g}")
+        for start, prices in sorted(by_start.items()):
+            line += f"; above {start:,} prompt tokens: " + ", ".join(prices)
+        out.print(line, highlight=False)
+    return 0 if all(quote is not None for _, quote in found) else 1
+
+
+def _quote_to_dict(model: str, quote: Any) -> dict[str, Any]:
+    if quote is None:
+        return {"model": model, "known": False}
+    rate = quote.rate
+    return {"model": model, "known": True, "source": quote.source,
+            "provider": quote.provider_id, "model_id": quote.model_id,
+            "usd_per_mtok": {"input": rate.input, "output": rate.output,
+                             "cache_read": rate.cache_read, "cache_write": rate.cache_write,
+                             "cache_write_1h": rate.cache_write_1h},
+            "tiers": {key: [{"above_prompt_tokens": start, "usd_per_mtok": price}
+                            for start, price in tiers] for key, tiers in quote.tiers.items()}}
 
 
 def _validate(args: argparse.Namespace) -> int:
