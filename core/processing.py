@@ -208,8 +208,11 @@ class Runtime:
             concurrency=concurrency or spec.transform.concurrency, limits=limits,
             registry=registry, budget=budget, recorder=recorder, on_warning=on_warning,
         )
-        budget.check_priced(spec.transform.model, provider=provider.name,  # says now, not at
-                            base_url=provider.base_url)  # the first call
+        # Looked up now, not at the first call: loading the price data takes a moment, which
+        # would hold the event loop with calls in flight; and an unpriced budget says so now.
+        pricing.known(spec.transform.model, provider=provider.name, base_url=provider.base_url)
+        budget.check_priced(spec.transform.model, provider=provider.name,
+                            base_url=provider.base_url)
         transformer = Transformer(spec.transform, client, schema)
         judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema)
         # A judge the pipeline gets wrong stops the run here, before any connection is opened

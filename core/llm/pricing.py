@@ -103,6 +103,9 @@ class TokenUsage:
         return TokenUsage(self.input, self.output)
 
 
+_PRICE_KEYS = ("input", "output", "cache_read", "cache_write", "cache_write_1h")
+
+
 @dataclass(frozen=True, slots=True)
 class Quote:
     """A model's price as found: where from, and what it costs."""
@@ -112,28 +115,25 @@ class Quote:
     rate: ModelRate  # the base rate (below any prompt-size tier)
     provider_id: str | None = None  # genai-prices' provider, for data prices
     model_id: str | None = None  # genai-prices' model id
-    tiers: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # price -> [(above, rate)]
+    # price key ("input", "cache_read", ...) -> [(above this many prompt tokens, USD per 1M)]
+    tiers: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     _info: Any = field(default=None, repr=False, compare=False)
-    _provider: Any = field(default=None, repr=False, compare=False)
+    _variants: dict[tuple[tuple[str, str], ...], tuple[ModelRate, dict[str, list[tuple[int, float]]]]] = \
+        field(default_factory=dict, repr=False, compare=False)
 
     def cost(self, usage: TokenUsage, *, context: Mapping[str, str] | None = None) -> float:
         """USD. `context`: what the response said about how it was served (OpenAI's
-        `service_tier`), for the data's price variants."""
-        if self._info is None:
-            return self.rate.cost(usage)
-        from genai_prices import Usage
+        `service_tier`), for the data's price variants.
 
+        The arithmetic is genai-prices' (tests check it against `genai_prices.calc_price`), done
+        here from the resolved prices: calc_price costs about a millisecond a call."""
+        rate, tiers = self._resolved(context)
         u = usage.clamped()
-        data_usage = Usage(input_tokens=u.input, output_tokens=u.output,
-                           cache_read_tokens=u.cache_read,
-                           cache_write_tokens=u.cache_write + u.cache_write_1h,
-                           cache_write_1h_tokens=u.cache_write_1h)
-        try:
-            calc = self._info.calc_price(data_usage, self._provider,
-                                         price_context=dict(context) if context else None)
-        except (ValueError, ArithmeticError):
-            return self.rate.cost(usage)
-        return float(calc.total_price)
+        if tiers:
+            # A tier is a cliff: past its threshold every token of that kind costs the tier price.
+            rate = ModelRate(**{key: _tiered(getattr(rate, key), tiers.get(key), u.input)
+                                for key in _PRICE_KEYS})
+        return rate.cost(u)
 
     def saving(self, usage: TokenUsage, *, context: Mapping[str, str] | None = None) -> float:
         """What prompt caching saved on this call: the prompt at the input rate minus what its
@@ -143,6 +143,27 @@ class Quote:
         if not (u.cache_read or u.cache_write or u.cache_write_1h):
             return 0.0
         return self.cost(u.without_cache(), context=context) - self.cost(u, context=context)
+
+    def _resolved(self, context: Mapping[str, str] | None
+                  ) -> tuple[ModelRate, dict[str, list[tuple[int, float]]]]:
+        if not context or self._info is None:
+            return self.rate, self.tiers
+        key = tuple(sorted(context.items()))
+        found = self._variants.get(key)
+        if found is None:
+            prices = self._info.get_prices(datetime.now(tz=timezone.utc), dict(context))
+            found = self._variants[key] = _rate_and_tiers(prices)
+        return found
+
+
+def _tiered(base: float | None, tiers: list[tuple[int, float]] | None,
+            prompt_tokens: int) -> float | None:
+    if base is None or not tiers:
+        return base
+    for start, price in reversed(tiers):
+        if prompt_tokens > start:
+            return price
+    return base
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +224,9 @@ class Pricing:
         self._names = sorted(self._table, key=len, reverse=True)  # longest first
         if prices is not None and data is True:
             data = None  # a fixed table is the whole truth
-        self._snapshot = _bundled_snapshot() if data is True else (data or None)
+        # True: the bundled data, loaded at the first lookup that needs it (importing it takes
+        # a moment, which `loom validate` and `loom runs` need not pay).
+        self._data = data if data is True else (data or None)
         self._quotes: dict[tuple[str, str | None, str | None], Quote | None] = {}
 
     @classmethod
@@ -224,7 +247,7 @@ class Pricing:
         table.update({name.lower(): as_rate(price) for name, price in overrides.items()})
         made._table = table
         made._names = sorted(table, key=len, reverse=True)
-        made._snapshot = self._snapshot
+        made._data = self._data
         made._quotes = {}
         return made
 
@@ -264,6 +287,12 @@ class Pricing:
             return None
         return quote.cost(TokenUsage(input_tokens, output_tokens, cached_tokens,
                                      cache_write_tokens, cache_write_1h_tokens))
+
+    @property
+    def _snapshot(self) -> Any:
+        if self._data is True:
+            self._data = _bundled_snapshot()
+        return self._data
 
     def data_info(self) -> PriceData:
         return describe_snapshot(self._snapshot)
@@ -344,20 +373,24 @@ def _decimal(value: Any) -> float | None:
     return float(base) if isinstance(base, Decimal | int | float) else None
 
 
-def _quote_from_data(model: str, provider: Any, info: Any) -> Quote:
-    prices = info.get_prices(datetime.now(tz=timezone.utc))
+def _rate_and_tiers(prices: Any) -> tuple[ModelRate, dict[str, list[tuple[int, float]]]]:
+    """A genai-prices ModelPrice as a base ModelRate and its prompt-size tiers."""
     rate = ModelRate(
         input=_decimal(prices.input_mtok) or 0.0, output=_decimal(prices.output_mtok) or 0.0,
         cache_read=_decimal(prices.cache_read_mtok), cache_write=_decimal(prices.cache_write_mtok),
         cache_write_1h=_decimal(prices.cache_write_1h_mtok))
     tiers: dict[str, list[tuple[int, float]]] = {}
-    for key in ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok",
-                "cache_write_1h_mtok"):
-        value = getattr(prices, key, None)
+    for key in _PRICE_KEYS:
+        value = getattr(prices, f"{key}_mtok", None)
         if value is not None and getattr(value, "tiers", None):
-            tiers[key.removesuffix("_mtok")] = [(t.start, float(t.price)) for t in value.tiers]
+            tiers[key] = sorted((int(t.start), float(t.price)) for t in value.tiers)
+    return rate, tiers
+
+
+def _quote_from_data(model: str, provider: Any, info: Any) -> Quote:
+    rate, tiers = _rate_and_tiers(info.get_prices(datetime.now(tz=timezone.utc)))
     return Quote(model=model, source=SOURCE_DATA, rate=rate, provider_id=provider.id,
-                 model_id=info.id, tiers=tiers, _info=info, _provider=provider)
+                 model_id=info.id, tiers=tiers, _info=info)
 
 
 def as_rate(price: Any) -> ModelRate:

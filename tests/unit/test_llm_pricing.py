@@ -235,3 +235,26 @@ def test_refreshed_data_is_fetched_on_request_and_used_from_loom_home(tmp_path):
     (tmp_path / PRICES_FILE).write_text("{not json")
     assert load_fetched_snapshot(tmp_path / PRICES_FILE) is None
     assert Pricing.from_config(LoomConfig(), home=tmp_path).known("gpt-4o-mini", provider="openai")
+
+
+@pytest.mark.parametrize("provider, model", [
+    ("anthropic", "claude-opus-4-7"), ("anthropic", "claude-sonnet-5-5"),
+    ("anthropic", "claude-sonnet-4-5"), ("anthropic", "claude-haiku-4-5"),
+    ("openai", "gpt-6-sol"), ("openai", "gpt-5"), ("openai", "gpt-4o-mini"),
+])
+@pytest.mark.parametrize("usage", [
+    TokenUsage(1_000, 200), TokenUsage(50_000, 2_000, 30_000, 5_000, 1_000),
+    TokenUsage(310_000, 4_000, 100_000, 20_000, 10_000), TokenUsage(220_000, 10, 0, 0, 220_000),
+])
+@pytest.mark.parametrize("context", [None, {"service_tier": "flex"}, {"processing": "batch"}])
+def test_our_arithmetic_is_genai_prices_own(pricing, provider, model, usage, context):
+    from genai_prices import Usage, calc_price
+
+    expected = calc_price(Usage(input_tokens=usage.input, output_tokens=usage.output,
+                                cache_read_tokens=usage.cache_read,
+                                cache_write_tokens=usage.cache_write + usage.cache_write_1h,
+                                cache_write_1h_tokens=usage.cache_write_1h),
+                          model, provider_id=provider, price_context=context)
+    quote = pricing.quote(model, provider=provider)
+    assert quote.cost(usage, context=context) == pytest.approx(float(expected.total_price),
+                                                               rel=1e-9, abs=1e-12)
