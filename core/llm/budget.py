@@ -74,7 +74,8 @@ class Budget:
             self._unpriced.add(model)
             if self._on_warning is not None:
                 self._on_warning(f"budget.max_cost_usd cannot be enforced for model {model}: its "
-                                 f"price is unknown (price it under pricing: in ~/.loom/config.yaml or with transform.price)")
+                                 f"price is unknown (price it under pricing: in "
+                                 f"~/.loom/config.yaml or with transform.price)")
         return False
 
     def settle(self, reserved: float, cost: float | None) -> None:

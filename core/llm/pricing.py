@@ -315,7 +315,10 @@ class Pricing:
         for provider_id, by_name in _candidates(snapshot, provider, base_url):
             try:
                 if by_name:
-                    found_provider, info = snapshot.find_provider_model(model, None, None, None)
+                    # genai-prices' "litellm" lookup: a `vendor/model` name (LiteLLM's, an
+                    # OpenRouter-style alias) is that vendor's model, else by the name alone.
+                    found_provider, info = snapshot.find_provider_model(model, None, "litellm",
+                                                                        None)
                 else:
                     found_provider, info = snapshot.find_provider_model(model, None, provider_id,
                                                                         None)

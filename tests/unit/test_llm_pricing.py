@@ -107,6 +107,10 @@ def test_the_vendor_providers_behind_a_proxy(pricing):
     # A gateway forwarding another vendor's model over the OpenAI wire format.
     assert pricing.quote("claude-haiku-4-5", provider="openai",
                          base_url=local).provider_id == "anthropic"
+    # LiteLLM's vendor/model names.
+    assert pricing.quote("anthropic/claude-haiku-4-5", provider="openai",
+                         base_url=local).provider_id == "anthropic"
+    assert pricing.quote("anthropic/claude-haiku-4-5", provider="replay").provider_id == "anthropic"
     # Straight to OpenAI it is an OpenAI model or nothing.
     assert pricing.quote("claude-haiku-4-5", provider="openai") is None
     # Azure's host is Azure's price list (which falls back to OpenAI's).
