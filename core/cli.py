@@ -35,7 +35,7 @@ from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, mone
                             summary_table)
 from core.sharding import Shard, ShardGroup
 
-HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets")
+HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets", "prices")
 
 
 def out_console() -> Console:
@@ -59,7 +59,7 @@ def build_run_parser() -> argparse.ArgumentParser:
         prog="loom",
         description="AI(E)TL pipelines: extract, transform with an LLM, evaluate, load or quarantine.",
         epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list · "
-                "loom secrets set|list|delete\n"
+                "loom secrets set|list|delete · loom prices [MODEL…]\n"
                 "With no --run, `loom [FOLDER]` opens the workbench."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default=".", help="folder with pipelines (workbench)")
@@ -84,8 +84,29 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser.add_argument("--force", action="store_true",
                         help="with --resume: resume even though the pipeline changed since the "
                              "run started")
-    parser.add_argument("--version", action="version", version=f"loom {__version__}")
+    parser.add_argument("--version", action=_Version, nargs=0,
+                        help="show Loom's version and the price data it uses, and exit")
     return parser
+
+
+class _Version(argparse.Action):
+    """`loom --version`: Loom's version and which genai-prices data prices its runs (read only
+    when asked: the data is not loaded to parse a command line)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        sys.stdout.write(f"loom {__version__}\nprices: {_price_data_line()}\n")
+        parser.exit()
+
+
+def _price_data_line() -> str:
+    from core.config import load_config
+    from core.llm.pricing import Pricing
+
+    try:
+        return Pricing.from_config(load_config()).data_info().describe()
+    except LoomError:  # a broken config.yaml: still say what the data is
+        return Pricing().data_info().describe()
 
 
 def build_command_parser() -> argparse.ArgumentParser:
@@ -138,6 +159,19 @@ def build_command_parser() -> argparse.ArgumentParser:
     names.add_argument("--json", action="store_true")
     deleting = secret_actions.add_parser("delete", help="remove a secret")
     deleting.add_argument("name", metavar="NAME")
+
+    prices = commands.add_parser(
+        "prices", help="what models cost, from genai-prices and your overrides (USD per 1M tokens)")
+    prices.add_argument("models", nargs="*", metavar="MODEL")
+    prices.add_argument("--provider", default=None,
+                        choices=("openai", "anthropic", "openai_compatible", "replay"),
+                        help="the Loom provider the model is called through (default: by name)")
+    prices.add_argument("--base-url", default=None, help="the provider's base URL")
+    prices.add_argument("--refresh", action="store_true",
+                        help="download genai-prices' current data into $LOOM_HOME/prices.json "
+                             "(runs then use it; delete the file to go back to the bundled data)")
+    prices.add_argument("--url", default=None, help="with --refresh: where to download from")
+    prices.add_argument("--json", action="store_true")
     return parser
 
 
@@ -268,6 +302,8 @@ async def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args)
     if args.command == "secrets":
         return _secrets(args)
+    if args.command == "prices":
+        return _prices(args)
     async with Workspace(".") as workspace:
         if args.command == "runs":
             return await _runs(workspace, args)
@@ -278,6 +314,72 @@ async def _dispatch(args: argparse.Namespace) -> int:
                 return await _quarantine_show(workspace, args)
             return await _quarantine_act(workspace, args)
     return 2
+
+
+def _prices(args: argparse.Namespace) -> int:
+    from core.config import load_config, loom_home
+    from core.llm.pricing import PRICES_FILE, Pricing, fetch_price_data
+
+    out = out_console()
+    if args.refresh:
+        try:
+            info = fetch_price_data(loom_home() / PRICES_FILE, url=args.url)
+        except Exception as exc:  # noqa: BLE001 - any failure to fetch is one line, exit 1
+            sys.stderr.write(f"error: could not refresh the price data: {one_line(str(exc))}\n")
+            return 1
+        if not args.models:
+            out.print(f"prices: {info.describe()}", highlight=False)
+            return 0
+    pricing = Pricing.from_config(load_config())
+    info = pricing.data_info()
+    found = []
+    for model in args.models:
+        quote = pricing.quote(model, provider=args.provider, base_url=args.base_url)
+        found.append((model, quote))
+    if args.json:
+        sys.stdout.write(json.dumps({
+            "data": {"package": f"genai-prices {info.package_version}", "source": info.source,
+                     "fetched_at": info.fetched_at, "newest_price_date": info.newest_price_date},
+            "models": [_quote_to_dict(model, quote) for model, quote in found]}) + "\n")
+        return 0 if all(quote is not None for _, quote in found) else 1
+    out.print(f"prices: {info.describe()}", highlight=False)
+    for model, quote in found:
+        if quote is None:
+            where = f" on {args.provider}" if args.provider else ""
+            out.print(f"{model}{where}: no price known (price it under pricing: in "
+                      f"~/.loom/config.yaml, or with transform.price in the pipeline)",
+                      highlight=False)
+            continue
+        rate = quote.rate
+        origin = (f"{quote.provider_id}/{quote.model_id}" if quote.source != "override"
+                  else "override")
+        parts = [f"input ${rate.input:g}", f"output ${rate.output:g}"]
+        for label, value in (("cache read", rate.cache_read), ("cache write 5m", rate.cache_write),
+                             ("cache write 1h", rate.cache_write_1h)):
+            if value is not None:
+                parts.append(f"{label} ${value:g}")
+        line = f"{model} ({origin}): " + ", ".join(parts) + " per 1M tokens"
+        by_start: dict[int, list[str]] = {}
+        for key, tiers in quote.tiers.items():
+            for start, price in tiers:
+                by_start.setdefault(start, []).append(f"{key.replace('_', ' ')} ${price:g}")
+        for start, prices in sorted(by_start.items()):
+            line += f"; above {start:,} prompt tokens: " + ", ".join(prices)
+        out.print(line, highlight=False)
+    return 0 if all(quote is not None for _, quote in found) else 1
+
+
+def _quote_to_dict(model: str, quote: Any) -> dict[str, Any]:
+    if quote is None:
+        return {"model": model, "known": False}
+    rate = quote.rate
+    return {"model": model, "known": True, "source": quote.source,
+            "provider": quote.provider_id, "model_id": quote.model_id,
+            "usd_per_mtok": {"input": rate.input, "output": rate.output,
+                             "cache_read": rate.cache_read, "cache_write": rate.cache_write,
+                             "cache_write_1h": rate.cache_write_1h},
+            "tiers": {key: [{"above_prompt_tokens": start, "usd_per_mtok": price}
+                            for start, price in tiers] for key, tiers in quote.tiers.items()}}
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -360,7 +462,12 @@ def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
                     "quarantined": run.quarantined, "skipped": run.skipped},
         "rejection_rate": (run.quarantined or 0) / processed if processed else 0.0,
         "cost_usd": run.cost_usd, "cost_by_stage": run.cost_by_stage,
-        "tokens": {"input": run.input_tokens, "output": run.output_tokens},
+        "tokens": {"input": run.input_tokens, "output": run.output_tokens,
+                   "cache_read": run.cache_read_tokens or 0,
+                   "cache_write": run.cache_write_tokens or 0,
+                   "reasoning": run.reasoning_tokens or 0},
+        "cost_saved_usd": _saved_total(run.savings_usd),
+        "savings_usd": dict(run.savings_usd or {}),
         "llm_calls": run.llm_calls, "cache_hits": run.cache_hits,
         "duration_s": run.duration_s, "model": run.model, "prompt_hash": run.prompt_hash,
         "latency_s": {"p50": run.latency_p50_s, "p95": run.latency_p95_s, "p99": run.latency_p99_s},
@@ -385,7 +492,11 @@ def group_to_dict(group: ShardGroup, alerts: dict[str, list[Any]]) -> dict[str, 
         "records": {name: group.total(name)
                     for name in ("extracted", "loaded", "quarantined", "skipped")},
         "rejection_rate": group.rejection_rate, "cost_usd": group.cost_usd,
-        "tokens": {"input": group.total("input_tokens"), "output": group.total("output_tokens")},
+        "tokens": {"input": group.total("input_tokens"), "output": group.total("output_tokens"),
+                   "cache_read": group.total("cache_read_tokens"),
+                   "cache_write": group.total("cache_write_tokens"),
+                   "reasoning": group.total("reasoning_tokens")},
+        "savings_usd": _group_savings(group),
         "llm_calls": group.total("llm_calls"), "cache_hits": group.total("cache_hits"),
         "duration_s": group.duration_s,
         "runs": [run_to_dict(run, alerts.get(run.run_id)) for run in group.runs],
@@ -406,9 +517,10 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
         return 0
     table = Table(box=None, header_style="bold")
     for column in ("run", "pipeline", "status", "started", "loaded", "quar.", "skip", "rejection",
-                   "cost", "duration", "p95", "alerts"):
+                   "cost", "cache rd", "saved", "duration", "p95", "alerts"):
         table.add_column(column, justify="right" if column in {"loaded", "quar.", "skip", "rejection",
-                                                               "cost", "duration", "p95", "alerts"}
+                                                               "cost", "cache rd", "saved",
+                                                               "duration", "p95", "alerts"}
                          else "left")
     for entry in entries:
         if isinstance(entry, ShardGroup):
@@ -442,6 +554,7 @@ def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
                   run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
                   str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                   f"{data['rejection_rate']:.1%}", money(run.cost_usd),
+                  _tokens_short(run.cache_read_tokens), _saved_short(data["cost_saved_usd"]),
                   f"{run.duration_s:.1f} s" if run.duration_s is not None else "-",
                   seconds(run.latency_p95_s), _alert_count(alerts))
 
@@ -456,7 +569,8 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -
                   group.started_at.strftime("%Y-%m-%d %H:%M"),
                   str(group.total("loaded")), str(group.total("quarantined")),
                   str(group.total("skipped")), f"{group.rejection_rate:.1%}",
-                  money(group.cost_usd),
+                  money(group.cost_usd), _tokens_short(group.total("cache_read_tokens")),
+                  _saved_short(_saved_total(_group_savings(group))),
                   f"{group.duration_s:.1f} s" if group.duration_s is not None else "-", "-",
                   _alert_count([a for run in group.runs for a in alerts.get(run.run_id, [])]))
     counted = {run.run_id for run in group.counted}
@@ -464,6 +578,33 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -
         mark = "" if run.run_id in counted else " (retried)"
         _run_row(table, run, f"  └ {run.shard_index}/{run.shard_count} {run.run_id}{mark}",
                  alerts.get(run.run_id, []))
+
+
+def _saved_total(savings: dict[str, float] | None) -> float | None:
+    """All levers' savings together (None: no lever was at work)."""
+    return round(sum(savings.values()), 6) if savings else None
+
+
+def _group_savings(group: ShardGroup) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for run in group.counted:
+        for lever, amount in (run.savings_usd or {}).items():
+            totals[lever] = round(totals.get(lever, 0.0) + amount, 6)
+    return totals
+
+
+def _tokens_short(count: int | None) -> str:
+    """12,345 -> 12.3k: the runs table's cache-read column."""
+    if not count:
+        return "-"
+    for size, unit in ((1_000_000, "M"), (1_000, "k")):
+        if count >= size:
+            return f"{count / size:.1f}{unit}"
+    return str(count)
+
+
+def _saved_short(amount: float | None) -> str:
+    return "-" if amount is None else money(amount)
 
 
 def _clip_middle(text: str, width: int) -> str:

@@ -7,8 +7,8 @@
       region: eu-west-1
     cache:
       ttl_days: 30
-    pricing:                                          # per 1M tokens, USD; overrides the table
-      my-finetune: {input: 0.5, output: 1.5, cached_input: 0.25}
+    pricing:                                          # per 1M tokens, USD; wins over the genai-prices data
+      my-finetune: {input: 0.5, output: 1.5, cache_read: 0.25, cache_write: 0.625}
     workbench:                                        # the `loom` TUI
       theme: loom-light
       keymap: {quarantine.approve: y}                 # binding id -> key
@@ -54,9 +54,15 @@ class CredentialsConfig(_Strict):
 
 
 class ModelPrice(_Strict):
+    """A model's price in USD per 1M tokens (`pricing:` here, `transform.price` and a judge's
+    `price` in a pipeline). Cache prices not given cost as ordinary input."""
+
     input: float = Field(ge=0)
     output: float = Field(ge=0)
-    cached_input: float | None = Field(None, ge=0)
+    cache_read: float | None = Field(None, ge=0)  # prompt-cache reads
+    cache_write: float | None = Field(None, ge=0)  # 5-minute cache writes
+    cache_write_1h: float | None = Field(None, ge=0)  # 1-hour cache writes (None: as cache_write)
+    cached_input: float | None = Field(None, ge=0)  # the older name of cache_read
 
 
 class WorkbenchConfig(_Strict):

@@ -118,6 +118,10 @@ class _Tally:
     last_provider_failure: str | None = None
     input_tokens: int = 0
     output_tokens: int = 0
+    cache_read_tokens: int = 0  # of input_tokens
+    cache_write_tokens: int = 0  # of input_tokens
+    reasoning_tokens: int = 0  # of output_tokens
+    prompt_cache_saved: float = 0.0
     llm_calls: int = 0
     cache_hits: int = 0
     cost_known: float = 0.0
@@ -146,6 +150,10 @@ class _Tally:
                 made_calls = True
             self.input_tokens += call.input_tokens
             self.output_tokens += call.output_tokens
+            self.cache_read_tokens += call.cached_tokens
+            self.cache_write_tokens += call.cache_written_tokens
+            self.reasoning_tokens += call.reasoning_tokens
+            self.prompt_cache_saved += call.prompt_cache_saved_usd or 0.0
             _add(self.cost_by_stage, call.stage, call.cost_usd)
             _add(self.cost_by_model, call.model, call.cost_usd)
             if call.cost_usd is None:
@@ -175,6 +183,10 @@ class _Tally:
         self.cache_hits += bool(row.cached)
         self.input_tokens += row.input_tokens or 0
         self.output_tokens += row.output_tokens or 0
+        self.cache_read_tokens += row.cache_read_tokens or 0
+        self.cache_write_tokens += row.cache_write_tokens or 0
+        self.reasoning_tokens += row.reasoning_tokens or 0
+        self.prompt_cache_saved += row.prompt_cache_saved_usd or 0.0
         scores = row.scores or []
         judged_cost = 0.0
         judged_latency = 0.0
@@ -302,6 +314,9 @@ class Engine:
             budget_usd=self.loaded.spec.budget.max_cost_usd, input_tokens=tally.input_tokens,
             output_tokens=tally.output_tokens, llm_calls=tally.llm_calls,
             cache_hits=tally.cache_hits, latency_p50_s=tally.latency.quantile(0.5),
+            cache_read_tokens=tally.cache_read_tokens,
+            cache_write_tokens=tally.cache_write_tokens, reasoning_tokens=tally.reasoning_tokens,
+            prompt_cache_saved_usd=tally.prompt_cache_saved,
             latency_p95_s=tally.latency.quantile(0.95),
             concurrency=self._concurrency(),
             recent_errors=tuple(tally.recent_errors), total_hint=self._total_hint,
@@ -486,6 +501,10 @@ class Engine:
         tally.quarantined, tally.skipped = run.quarantined, run.skipped
         tally.cost_known, tally.cost_unknown = run.cost_usd or 0.0, run.cost_usd is None
         tally.input_tokens, tally.output_tokens = run.input_tokens, run.output_tokens
+        tally.cache_read_tokens = run.cache_read_tokens or 0
+        tally.cache_write_tokens = run.cache_write_tokens or 0
+        tally.reasoning_tokens = run.reasoning_tokens or 0
+        tally.prompt_cache_saved = (run.savings_usd or {}).get("prompt_cache") or 0.0
         tally.llm_calls, tally.cache_hits = run.llm_calls, run.cache_hits
 
     def _settle_unread(self, reason: str) -> None:
@@ -1081,6 +1100,9 @@ class Engine:
             throttled=sum(limit.stats.throttled for limit in limits),
             retries=sum(limit.stats.retries for limit in limits),
             budget_usd=self.loaded.spec.budget.max_cost_usd,
+            cache_read_tokens=tally.cache_read_tokens,
+            cache_write_tokens=tally.cache_write_tokens, reasoning_tokens=tally.reasoning_tokens,
+            savings_usd=_savings(tally),
         )
 
 
@@ -1142,6 +1164,14 @@ def _result_from_row(row: Any) -> RecordResult:
                           threshold=row.verdict.get("threshold"),
                           reason=str(row.verdict.get("reason") or ""))
     return RecordResult(record, Outcome.LOADED, transform=transform, verdict=verdict)
+
+
+def _savings(tally: _Tally) -> dict[str, float]:
+    """What each cost lever saved, by lever: only the levers that were at work."""
+    savings: dict[str, float] = {}
+    if tally.cache_read_tokens or tally.cache_write_tokens:
+        savings["prompt_cache"] = round(tally.prompt_cache_saved, 6)
+    return savings
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:

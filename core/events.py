@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from core.records import RecordResult
+from core.records import RecordResult, TokenTotals
 
 
 class RunStatus:
@@ -108,6 +108,17 @@ class Progress(Event):
     # New calls are held this long (a rate limit's reset, a Retry-After), and why.
     waiting_s: float = 0.0
     waiting_for: str | None = None
+    # Of input_tokens: provider prompt-cache reads and writes; of output_tokens: reasoning.
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    prompt_cache_saved_usd: float = 0.0
+
+    @property
+    def tokens(self) -> TokenTotals:
+        return TokenTotals(self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                           self.cache_write_tokens, self.reasoning_tokens,
+                           self.prompt_cache_saved_usd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +152,24 @@ class RunSummary:
     throttled: int = 0
     retries: int = 0
     budget_usd: float | None = None
+    # Of input_tokens: read from and written to the provider's prompt cache; of output_tokens:
+    # spent on reasoning. `savings_usd`: what each cost lever saved, by lever
+    # ({"prompt_cache": 0.0123}; later levers add their own key).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    savings_usd: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> TokenTotals:
+        return TokenTotals(self.input_tokens, self.output_tokens, self.cache_read_tokens,
+                           self.cache_write_tokens, self.reasoning_tokens,
+                           self.savings_usd.get("prompt_cache", 0.0))
+
+    @property
+    def cost_saved_usd(self) -> float | None:
+        """All levers' savings together; None when no lever was at work."""
+        return round(sum(self.savings_usd.values()), 6) if self.savings_usd else None
 
     @property
     def exit_code(self) -> int:
@@ -160,7 +189,12 @@ class RunSummary:
                         "quarantined": self.quarantined, "skipped": self.skipped},
             "cost_usd": self.cost_usd,
             "cost_by_stage": dict(self.cost_by_stage),  # transform apart from evaluate (judges)
-            "tokens": {"input": self.input_tokens, "output": self.output_tokens},
+            "tokens": {"input": self.input_tokens, "output": self.output_tokens,
+                       "cache_read": self.cache_read_tokens,
+                       "cache_write": self.cache_write_tokens,
+                       "reasoning": self.reasoning_tokens},
+            "cost_saved_usd": self.cost_saved_usd,
+            "savings_usd": dict(self.savings_usd),
             "duration_s": round(self.duration_s, 3),
             "latency_s": {"p50": self.latency_p50_s, "p95": self.latency_p95_s,
                           "p99": self.latency_p99_s},

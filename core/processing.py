@@ -26,7 +26,7 @@ from core.llm.adaptation import Adaptations
 from core.llm.breaker import CircuitBreaker, CircuitOpen
 from core.llm.failures import FailureClass, classify
 from core.llm.factory import make_provider
-from core.llm.pricing import Pricing
+from core.llm.pricing import Pricing, pipeline_prices
 from core.llm.ratelimit import LimitsRegistry
 from core.llm.replay import CassetteRecorder
 from core.prompt_cache import prefix_marker
@@ -231,7 +231,7 @@ class Runtime:
                                  base_url=spec.transform.base_url, adaptations=adaptations)
         recorder = CassetteRecorder(record_path) if record_path else None
         ttl_days = config.cache.ttl_days
-        pricing = Pricing(config.pricing)
+        pricing = Pricing.from_config(config).with_overrides(pipeline_prices(spec))
         budget = Budget(spec.budget.max_cost_usd if budget_usd is _SPEC else budget_usd,
                         pricing=pricing, on_warning=on_warning)
         registry = LimitsRegistry()
@@ -250,7 +250,11 @@ class Runtime:
             registry=registry, budget=budget, recorder=recorder, on_warning=on_warning,
             breaker=CircuitBreaker(spec.circuit_breaker.failures),
         )
-        budget.check_priced(spec.transform.model)  # says now, not at the first call
+        # Looked up now, not at the first call: loading the price data takes a moment, which
+        # would hold the event loop with calls in flight; and an unpriced budget says so now.
+        pricing.known(spec.transform.model, provider=provider.name, base_url=provider.base_url)
+        budget.check_priced(spec.transform.model, provider=provider.name,
+                            base_url=provider.base_url)
         transformer = Transformer(spec.transform, client, schema, cache_prefix=prefix_marker(prompts))
         judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema,
                              adaptations=adaptations)

@@ -53,9 +53,9 @@ class LLMCall:
     stage: str  # "transform" or "evaluate"
     provider: str
     model: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cached_tokens: int = 0
+    input_tokens: int = 0  # the whole prompt, cached parts included
+    output_tokens: int = 0  # reasoning included
+    cached_tokens: int = 0  # of input: read from the provider's prompt cache
     cost_usd: float | None = 0.0  # None: the model has no known price
     latency_s: float = 0.0
     cached: bool = False  # answered from Loom's response cache: no call was made
@@ -65,14 +65,85 @@ class LLMCall:
     list_input_tokens: int = 0
     list_output_tokens: int = 0
     list_cost_usd: float | None = 0.0
+    # Of input: written to the provider's prompt cache (5-minute and 1-hour writes).
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0  # of output
+    # Where cost_usd came from: "override" (transform.price, ~/.loom/config.yaml pricing:),
+    # "genai-prices" (the price data), "gateway" (the response's own reported cost, used when
+    # no price is known), None (unknown, or no call was billed).
+    cost_source: str | None = None
+    reported_cost_usd: float | None = None  # what a gateway said the call cost, kept beside ours
+    # What provider prompt caching saved on this call, in USD (negative when a cache write was
+    # not read back); None when the price is unknown.
+    prompt_cache_saved_usd: float | None = 0.0
+
+    @property
+    def cache_read_tokens(self) -> int:
+        return self.cached_tokens
+
+    @property
+    def cache_written_tokens(self) -> int:
+        """Cache writes of both lifetimes."""
+        return self.cache_write_tokens + self.cache_write_1h_tokens
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage, "provider": self.provider, "model": self.model,
             "input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
-            "cached_tokens": self.cached_tokens, "cost_usd": self.cost_usd,
+            "cached_tokens": self.cached_tokens, "cache_write_tokens": self.cache_write_tokens,
+            "cache_write_1h_tokens": self.cache_write_1h_tokens,
+            "reasoning_tokens": self.reasoning_tokens, "cost_usd": self.cost_usd,
+            "cost_source": self.cost_source, "reported_cost_usd": self.reported_cost_usd,
+            "prompt_cache_saved_usd": self.prompt_cache_saved_usd,
             "latency_s": self.latency_s, "cached": self.cached, "attempts": self.attempts,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class TokenTotals:
+    """Tokens of some calls summed: prompt (cache reads and writes are parts of it), output
+    (reasoning is part of it); and what prompt caching saved."""
+
+    input: int = 0
+    output: int = 0
+    cache_read: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+    prompt_cache_saved_usd: float = 0.0
+
+    @classmethod
+    def of(cls, calls: "list[LLMCall] | tuple[LLMCall, ...]") -> "TokenTotals":
+        totals = cls()
+        for call in calls:
+            totals = totals.add(call)
+        return totals
+
+    def add(self, call: LLMCall) -> "TokenTotals":
+        return TokenTotals(self.input + call.input_tokens, self.output + call.output_tokens,
+                           self.cache_read + call.cached_tokens,
+                           self.cache_write + call.cache_written_tokens,
+                           self.reasoning + call.reasoning_tokens,
+                           self.prompt_cache_saved_usd + (call.prompt_cache_saved_usd or 0.0))
+
+    def to_json(self) -> dict[str, int]:
+        return {"input": self.input, "output": self.output, "cache_read": self.cache_read,
+                "cache_write": self.cache_write, "reasoning": self.reasoning}
+
+    def describe(self, sep: str = ", ") -> str:
+        """`9,201 in (6,000 cache read, 1,024 written), 1,199 out (300 reasoning)`."""
+        cached = [f"{n:,} {what}" for n, what in ((self.cache_read, "cache read"),
+                                                  (self.cache_write, "written")) if n]
+        text = f"{self.input:,} in" + (f" ({', '.join(cached)})" if cached else "")
+        text += f"{sep}{self.output:,} out"
+        return text + (f" ({self.reasoning:,} reasoning)" if self.reasoning else "")
+
+
+def saved_text(amount: float | None) -> str:
+    """What a saving reads as: `$0.012345 saved`, `$0.000120 more` (a write never read back)."""
+    if amount is None:
+        return "-"
+    return f"${amount:.6f} saved" if amount >= 0 else f"${-amount:.6f} more"
 
 
 def sum_costs(costs: list[float | None]) -> float | None:
@@ -195,6 +266,11 @@ class RecordResult:
         for score in self.scores:
             calls.extend(score.calls)
         return calls
+
+    @property
+    def tokens(self) -> TokenTotals:
+        """Every call's tokens for this record (transform and judges), and the caching saved."""
+        return TokenTotals.of(self.calls)
 
 
 _MISSING = object()

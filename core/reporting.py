@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from core.estimate import Estimate
+from core.records import saved_text
 from core.events import (Event, Progress, RunFinished, RunResumed, RunStarted, RunStatus, RunSummary,
                          RunWarning)
 
@@ -109,8 +110,10 @@ def summary_table(summary: RunSummary) -> Table:
         f"quarantined, {summary.skipped} skipped ({summary.rejection_rate:.1%} rejected)"))
     by_stage = ", ".join(f"{stage} {money(cost)}" for stage, cost in summary.cost_by_stage.items())
     table.add_row("cost", f"{money(summary.cost_usd)}" + (f" ({by_stage})" if by_stage else ""))
-    table.add_row("tokens", f"{summary.input_tokens:,} in, {summary.output_tokens:,} out · "
+    table.add_row("tokens", f"{summary.tokens.describe()} · "
                             f"{summary.llm_calls} calls, {summary.cache_hits} cached")
+    if summary.savings_usd:
+        table.add_row("saved", savings_text(summary.savings_usd))
     if summary.retries or summary.throttled:
         limits = f"{summary.retries} retries, {summary.throttled} rate-limited (429)"
         if summary.concurrency_min is not None and summary.concurrency_min != summary.concurrency:
@@ -159,3 +162,13 @@ def _duration(value: float) -> str:
     if value < 5400:
         return f"about {value / 60:.0f} min"
     return f"about {value / 3600:.1f} h"
+
+
+SAVING_NAMES = {"prompt_cache": "prompt caching", "response_cache": "the response cache",
+                "batch": "batch processing", "cascade": "the cascade"}
+
+
+def savings_text(savings: dict[str, float]) -> str:
+    """`$0.012345 saved by prompt caching` (a lever that cost more says `more`)."""
+    return " · ".join(f"{saved_text(amount)} by {SAVING_NAMES.get(lever, lever)}"
+                      for lever, amount in savings.items())

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from core.config import ModelPrice
 from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_uri
 from core.errors import PipelineError
 from core.llm.strict_schema import is_object_schema
@@ -174,6 +175,9 @@ class TransformSpec(_Strict):
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, le=20)
     cassette: str | None = None  # for provider: replay
+    # The model's price in USD per 1M tokens ({input, output, cache_read, cache_write,
+    # cache_write_1h}); wins over ~/.loom/config.yaml pricing: and the genai-prices data.
+    price: ModelPrice | None = None
 
     @field_validator("params")
     @classmethod
@@ -338,6 +342,9 @@ class _JudgeBase(_EvaluatorBase):
     input_field: str | None = "input"
     # A template replacing the packaged judge prompt (same variables, same answer schema).
     prompt: str | None = None
+    # The judge model's price in USD per 1M tokens, as transform.price (else the transform's
+    # price when the judge uses the transform's model).
+    price: ModelPrice | None = None
 
     @field_validator("input_field", "reference_field", "source_field", "query_field",
                      check_fields=False)

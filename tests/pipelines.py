@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 # decides the model's answer and a test can make any record pass or fail.
 REPLY_PROMPT = 'Classify this review.\n{{ input.text }}\nreply: {{ input.reply }}\n'
 
+# The loopback server is a local openai_compatible server, which has no price unless the
+# pipeline gives it one: the pipelines here price it as OpenAI's gpt-4o-mini, so that their runs
+# have a cost to check (unless a test changes the model or provider, or sets its own price).
+LOOPBACK_PRICE = {"input": 0.15, "output": 0.60, "cache_read": 0.075}
+
 
 def write_pipeline(folder: Path, *, rows: list[dict[str, Any]] | None = None,
                    prompt: str = REPLY_PROMPT, base_url: str | None = None,
@@ -49,6 +54,11 @@ def write_pipeline(folder: Path, *, rows: list[dict[str, Any]] | None = None,
             spec[key] = {**spec[key], **value}
         else:
             spec[key] = value
+    transform = spec.get("transform")
+    if isinstance(transform, dict) and "price" not in transform and \
+            transform.get("model") == "gpt-4o-mini" and \
+            transform.get("provider") == "openai_compatible":
+        transform["price"] = dict(LOOPBACK_PRICE)
     path = folder / "pipeline.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return path

@@ -35,10 +35,14 @@ class Budget:
     def enforced(self) -> bool:
         return self.max_cost_usd is not None
 
-    def worst_case(self, model: str, input_tokens: int, output_tokens: int) -> float | None:
-        return self.pricing.cost(model, input_tokens, output_tokens)
+    def worst_case(self, model: str, input_tokens: int, output_tokens: int, *,
+                   provider: str | None = None, base_url: str | None = None) -> float | None:
+        """The call at the input and output prices (no cache discount: the worst case)."""
+        return self.pricing.cost(model, input_tokens, output_tokens, provider=provider,
+                                 base_url=base_url)
 
-    def reserve(self, model: str, input_tokens: int, output_tokens: int) -> float:
+    def reserve(self, model: str, input_tokens: int, output_tokens: int, *,
+                provider: str | None = None, base_url: str | None = None) -> float:
         """Reserve a call's worst case; returns the amount to `settle` later.
 
         Raises BudgetExceeded when the call could pass the budget. A model without a price
@@ -46,9 +50,10 @@ class Budget:
         """
         if self.max_cost_usd is None:
             return 0.0
-        cost = self.worst_case(model, input_tokens, output_tokens)
+        cost = self.worst_case(model, input_tokens, output_tokens, provider=provider,
+                               base_url=base_url)
         if cost is None:
-            self.check_priced(model)
+            self.check_priced(model, provider=provider, base_url=base_url)
             return 0.0
         if self.exceeded is not None or self.spent + self.reserved + cost > self.max_cost_usd:
             if self.exceeded is None:
@@ -59,15 +64,18 @@ class Budget:
         self.reserved += cost
         return cost
 
-    def check_priced(self, model: str) -> bool:
+    def check_priced(self, model: str, *, provider: str | None = None,
+                     base_url: str | None = None) -> bool:
         """Whether calls to `model` can be held to the budget; says once when they cannot."""
-        if self.max_cost_usd is None or self.pricing.known(model):
+        if self.max_cost_usd is None or self.pricing.known(model, provider=provider,
+                                                           base_url=base_url):
             return True
         if model not in self._unpriced:
             self._unpriced.add(model)
             if self._on_warning is not None:
                 self._on_warning(f"budget.max_cost_usd cannot be enforced for model {model}: its "
-                                 f"price is unknown (add it under pricing: in ~/.loom/config.yaml)")
+                                 f"price is unknown (price it under pricing: in "
+                                 f"~/.loom/config.yaml or with transform.price)")
         return False
 
     def settle(self, reserved: float, cost: float | None) -> None:

@@ -19,7 +19,7 @@ from core.errors import ProviderError
 from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
 from core.llm.breaker import CircuitBreaker
 from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
-from core.llm.pricing import Pricing
+from core.llm.pricing import SOURCE_GATEWAY, Pricing, Quote, TokenUsage
 from core.llm.ratelimit import LimitsRegistry, ProviderLimits, estimate_tokens
 from core.llm.replay import CassetteRecorder
 from core.llm.retry import RetryPolicy, call_with_retries
@@ -163,7 +163,9 @@ class LLMClient:
         estimate_in, estimate_out = estimate_tokens(request.messages, request.max_tokens,
                                                     DEFAULT_OUTPUT_CEILING)
         # Refused here, before any wait: a call the budget cannot afford is never sent.
-        reserved = self.budget.reserve(request.model, estimate_in, estimate_out) \
+        reserved = self.budget.reserve(request.model, estimate_in, estimate_out,
+                                       provider=self.provider.name,
+                                       base_url=self.provider.base_url) \
             if self.budget is not None else 0.0
         started = self._clock()
         queued = 0.0  # time spent waiting for our own limits: not the model's latency
@@ -220,7 +222,8 @@ class LLMClient:
                 self.breaker.failed(error)
                 raise
             self.breaker.succeeded()
-            cost = self._price(request, response)
+            priced = self._price(request, response)
+            cost = priced.cost
         finally:
             if self.budget is not None:
                 self.budget.settle(reserved, cost)
@@ -230,7 +233,10 @@ class LLMClient:
             cached_tokens=response.cached_tokens, cost_usd=cost,
             latency_s=max(0.0, self._clock() - started - queued), attempts=attempts,
             list_input_tokens=response.input_tokens, list_output_tokens=response.output_tokens,
-            list_cost_usd=cost,
+            list_cost_usd=cost, cache_write_tokens=response.cache_write_tokens,
+            cache_write_1h_tokens=response.cache_write_1h_tokens,
+            reasoning_tokens=response.reasoning_tokens, cost_source=priced.source,
+            reported_cost_usd=response.reported_cost_usd, prompt_cache_saved_usd=priced.saved,
         )
         if self.recorder is not None:
             self.recorder.record(request, response)
@@ -247,22 +253,44 @@ class LLMClient:
                        list_output_tokens=response.output_tokens,
                        list_cost_usd=self._list_price(request, response))
 
-    def _list_price(self, request: LLMRequest, response: LLMResponse) -> float | None:
-        cost = self.pricing.cost(request.model, response.input_tokens, response.output_tokens,
-                                 response.cached_tokens)
-        if cost is None and response.model and response.model != request.model:
+    def _quote(self, request: LLMRequest, response: LLMResponse) -> Quote | None:
+        where = {"provider": self.provider.name, "base_url": self.provider.base_url}
+        quote = self.pricing.quote(request.model, **where)
+        if quote is None and response.model and response.model != request.model:
             # A deployment alias (Azure, a proxy) that reports the real model it ran.
-            cost = self.pricing.cost(response.model, response.input_tokens,
-                                     response.output_tokens, response.cached_tokens)
-        return cost
+            quote = self.pricing.quote(response.model, **where)
+        return quote
 
-    def _price(self, request: LLMRequest, response: LLMResponse) -> float | None:
-        cost = self._list_price(request, response)
-        if cost is None:
+    def _list_price(self, request: LLMRequest, response: LLMResponse) -> float | None:
+        return self._price(request, response, warn=False).cost
+
+    def _price(self, request: LLMRequest, response: LLMResponse, *,
+               warn: bool = True) -> "Priced":
+        """What the call cost and where that figure came from: our price for the model (an
+        override, else the genai-prices data), else the gateway's reported cost, else None.
+        With both, ours is used and the gateway's is kept beside it (LLMCall.reported_cost_usd)."""
+        quote = self._quote(request, response)
+        reported = response.reported_cost_usd
+        if quote is not None:
+            usage = TokenUsage(response.input_tokens, response.output_tokens,
+                               response.cached_tokens, response.cache_write_tokens,
+                               response.cache_write_1h_tokens)
+            context = _price_context(response)
+            return Priced(quote.cost(usage, context=context), quote.source,
+                          quote.saving(usage, context=context))
+        if reported is not None:
+            if warn:
+                self._warn_once(f"gateway-cost:{request.model}",
+                                f"no price known for model {request.model}: its cost is the one "
+                                f"the gateway reported (price it under pricing: in "
+                                f"~/.loom/config.yaml or transform.price to use your own)")
+            return Priced(reported, SOURCE_GATEWAY, None)
+        if warn:
             self._warn_once(f"price:{request.model}",
-                            f"no price known for model {request.model}: its cost is not counted "
-                            f"(add it under pricing: in ~/.loom/config.yaml)")
-        return cost
+                            f"no price known for model {request.model} on "
+                            f"{self.provider.name}: its cost is not counted (price it under "
+                            f"pricing: in ~/.loom/config.yaml or with transform.price)")
+        return Priced(None, None, None)
 
     # The cache only saves money: when the store cannot serve it, say so once and call the model.
     async def _lookup(self, key: str) -> LLMResponse | None:
@@ -310,3 +338,23 @@ class LLMClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class Priced:
+    """A call's cost, where it came from (core.llm.pricing SOURCE_*), and what prompt caching
+    saved (None when unknown)."""
+
+    __slots__ = ("cost", "source", "saved")
+
+    def __init__(self, cost: float | None, source: str | None, saved: float | None) -> None:
+        self.cost = cost
+        self.source = source
+        self.saved = saved
+
+
+def _price_context(response: LLMResponse) -> dict[str, str] | None:
+    """How the response says it was served, for the price data's variants (OpenAI reports the
+    `service_tier` that billed the call: default, flex, priority)."""
+    raw = response.raw
+    tier = raw.get("service_tier") if isinstance(raw, dict) else None
+    return {"service_tier": tier} if isinstance(tier, str) and tier else None

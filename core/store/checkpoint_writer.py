@@ -26,7 +26,9 @@ from core.store.engine import BUSY_TIMEOUT_MS
 
 RECORD_COLUMNS = ("run_id", "record_id", "ordinal", "outcome", "stage", "reason", "error_type",
                   "input", "output", "scores", "verdict", "input_tokens", "output_tokens",
-                  "cost_usd", "latency_s", "cached", "llm_calls", "created_at")
+                  "cost_usd", "latency_s", "cached", "llm_calls", "created_at",
+                  "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
+                  "prompt_cache_saved_usd")
 QUARANTINE_COLUMNS = ("run_id", "pipeline_name", "record_id", "ordinal", "stage", "reason",
                       "error_type", "input", "output", "raw_output", "messages", "scores",
                       "verdict", "quarantined_at", "status", "resolved_at", "resolution_note",

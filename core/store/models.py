@@ -141,6 +141,14 @@ class PipelineRun(SQLModel, table=True):
     commit_state: str | None = None
     commit_token: str | None = Field(default=None, sa_type=Text)
 
+    # Token accounting (revision 0006): of input_tokens, read from and written to the
+    # provider's prompt cache; of output_tokens, spent on reasoning. What each cost lever saved,
+    # in USD, by lever: {"prompt_cache": 0.0123} (later: response_cache, batch, cascade).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    savings_usd: dict[str, float] | None = Field(default=None, sa_type=JSONType)
+
 
 class RecordResultRow(SQLModel, table=True):
     """Where one record of one run ended (core.records.RecordResult, flattened)."""
@@ -173,6 +181,12 @@ class RecordResultRow(SQLModel, table=True):
     latency_s: float = 0.0  # time spent waiting on models for this record (transform and judges)
     cached: bool = False  # the transform was answered from Loom's response cache
     llm_calls: int = 0  # requests that reached a provider (cache answers excluded)
+    # Revision 0006: of input_tokens, prompt-cache reads and writes; of output_tokens,
+    # reasoning; and what prompt caching saved on this record's calls (USD).
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+    prompt_cache_saved_usd: float = 0.0
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 

@@ -314,6 +314,11 @@ class Store:
             "skipped": progress.skipped, "cost_usd": progress.cost_usd,
             "input_tokens": progress.input_tokens, "output_tokens": progress.output_tokens,
             "llm_calls": progress.llm_calls, "cache_hits": progress.cache_hits,
+            "cache_read_tokens": progress.cache_read_tokens,
+            "cache_write_tokens": progress.cache_write_tokens,
+            "reasoning_tokens": progress.reasoning_tokens,
+            "savings_usd": {"prompt_cache": round(progress.prompt_cache_saved_usd, 6)}
+            if progress.cache_read_tokens or progress.cache_write_tokens else {},
             "latency_p50_s": progress.latency_p50_s, "latency_p95_s": progress.latency_p95_s,
             "duration_s": progress.elapsed_s, "concurrency_final": progress.concurrency,
         }
@@ -352,6 +357,7 @@ class Store:
             record = result.record
             transform = result.transform
             input_tokens, output_tokens, cost, latency, made = _call_totals(result)
+            tokens = result.tokens
             output = raw_json(transform.output) if transform is not None else None
             scores = raw_json([score.to_dict() for score in result.scores])
             verdict = raw_json(result.verdict.to_dict()) if result.verdict is not None else None
@@ -369,6 +375,9 @@ class Store:
                 "verdict": verdict, "input_tokens": input_tokens, "output_tokens": output_tokens,
                 "cost_usd": cost, "latency_s": latency,
                 "cached": transform is not None and transform.cached, "llm_calls": made,
+                "cache_read_tokens": tokens.cache_read, "cache_write_tokens": tokens.cache_write,
+                "reasoning_tokens": tokens.reasoning,
+                "prompt_cache_saved_usd": tokens.prompt_cache_saved_usd,
                 "created_at": now,
             })
             if outcome == Outcome.QUARANTINED.value:
@@ -452,6 +461,7 @@ class Store:
             record = result.record
             transform = result.transform
             input_tokens, output_tokens, cost, latency, made = _call_totals(result)
+            tokens = result.tokens
             output = dumps(transform.output) if transform is not None and \
                 transform.output is not None else None
             scores = dumps([score.to_dict() for score in result.scores])
@@ -463,7 +473,9 @@ class Store:
                 run_id, record.id, record.ordinal, PASSED if outcome == loaded else outcome,
                 stage, result.reason, result.error_type, data, output, scores, verdict,
                 input_tokens, output_tokens, cost, latency,
-                1 if transform is not None and transform.cached else 0, made, now))
+                1 if transform is not None and transform.cached else 0, made, now,
+                tokens.cache_read, tokens.cache_write, tokens.reasoning,
+                tokens.prompt_cache_saved_usd))
             if outcome == Outcome.QUARANTINED.value:
                 quarantined.append(self._quarantine_tuple(run_id, pipeline, result, data, output,
                                                           scores, verdict, now))
@@ -547,7 +559,9 @@ class Store:
         c = _record_results.c
         columns = (c.id, c.record_id, c.ordinal, c.outcome, c.stage, c.error_type,
                    c.output.is_not(None).label("has_output"), c.verdict, c.scores,
-                   c.input_tokens, c.output_tokens, c.cost_usd, c.latency_s, c.cached, c.llm_calls)
+                   c.input_tokens, c.output_tokens, c.cost_usd, c.latency_s, c.cached, c.llm_calls,
+                   c.cache_read_tokens, c.cache_write_tokens, c.reasoning_tokens,
+                   c.prompt_cache_saved_usd)
         after = 0
         while True:
             try:
@@ -662,6 +676,10 @@ class Store:
             "concurrency_min": summary.concurrency_min,
             "concurrency_final": summary.concurrency_final, "throttled": summary.throttled,
             "retries": summary.retries, "budget_usd": summary.budget_usd,
+            "cache_read_tokens": summary.cache_read_tokens,
+            "cache_write_tokens": summary.cache_write_tokens,
+            "reasoning_tokens": summary.reasoning_tokens,
+            "savings_usd": dict(summary.savings_usd),
         }
         stats = [{
             "run_id": summary.run_id, "evaluator": s.evaluator, "type": s.type,

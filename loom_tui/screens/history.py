@@ -303,6 +303,8 @@ class HistoryScreen(LoomScreen):
                         f"{fmt.count(item.total('skipped'))} skipped", "dim")
             text.append(f" · {item.total('input_tokens'):,}→{item.total('output_tokens'):,} "
                         "tokens", "dim")
+            if item.total("cache_read_tokens"):
+                text.append(f" ({item.total('cache_read_tokens'):,} cache read)", "dim")
         else:
             run = item
             text.append(f"{run.provider}:{run.model}", "bold")
@@ -310,6 +312,14 @@ class HistoryScreen(LoomScreen):
             text.append(f" · {fmt.count(run.loaded)} loaded, {fmt.count(run.quarantined)} "
                         f"quarantined, {fmt.count(run.skipped)} skipped", "dim")
             text.append(f" · {run.input_tokens:,}→{run.output_tokens:,} tokens", "dim")
+            cached = [f"{n:,} {what}" for n, what in ((run.cache_read_tokens, "cache read"),
+                                                      (run.cache_write_tokens, "written")) if n]
+            if cached:
+                text.append(f" ({', '.join(cached)})", "dim")
+            saved = sum((run.savings_usd or {}).values())
+            if run.savings_usd:
+                text.append(f" · {fmt.money(abs(saved))} {'saved' if saved >= 0 else 'more'} "
+                            "by caching", "dim")
             text.append(f" · p50 {fmt.latency(run.latency_p50_s)}", "dim")
             if run.shard_group is not None:
                 text.append(f" · shard {run.shard_index}/{run.shard_count} of "

@@ -314,9 +314,11 @@ class RunScreen(LoomScreen):
             grid.add_row("latency", f"p50 {fmt.latency(summary.latency_p50_s)} · "
                                     f"p95 {fmt.latency(summary.latency_p95_s)}")
             grid.add_row("cost", self._cost_line(summary.cost_usd, budget))
-            grid.add_row("tokens", f"{summary.input_tokens:,} in · {summary.output_tokens:,} out · "
+            grid.add_row("tokens", f"{summary.tokens.describe(' · ')} · "
                                    f"{fmt.plural(summary.llm_calls, 'call')} · "
                                    f"{summary.cache_hits:,} cached")
+            if summary.savings_usd:
+                grid.add_row("saved", _savings(summary.savings_usd))
             self.query_one("#run-metrics").border_title = "Final"
             self.query_one("#run-metrics-text", Static).update(grid)
             return
@@ -329,8 +331,10 @@ class RunScreen(LoomScreen):
         grid.add_row("latency", f"p50 {fmt.latency(p.latency_p50_s)} · "
                                 f"p95 {fmt.latency(p.latency_p95_s)}")
         grid.add_row("cost", self._cost_line(p.cost_usd, p.budget_usd))
-        grid.add_row("tokens", f"{p.input_tokens:,} in · {p.output_tokens:,} out · "
+        grid.add_row("tokens", f"{p.tokens.describe(' · ')} · "
                                f"{fmt.plural(p.llm_calls, 'call')} · {p.cache_hits:,} cached")
+        if p.cache_read_tokens or p.cache_write_tokens:
+            grid.add_row("saved", _savings({"prompt_cache": p.prompt_cache_saved_usd}))
         grid.add_row("elapsed", fmt.duration(p.elapsed_s))
         self.query_one("#run-metrics-text", Static).update(grid)
 
@@ -371,9 +375,11 @@ class RunScreen(LoomScreen):
         by_stage = ", ".join(f"{stage} {fmt.money(cost)}"
                              for stage, cost in summary.cost_by_stage.items())
         grid.add_row("cost", fmt.money(summary.cost_usd) + (f" ({by_stage})" if by_stage else ""))
-        grid.add_row("tokens", f"{summary.input_tokens:,} in, {summary.output_tokens:,} out · "
+        grid.add_row("tokens", f"{summary.tokens.describe()} · "
                                f"{fmt.plural(summary.llm_calls, 'call')}, "
                                f"{summary.cache_hits:,} cached")
+        if summary.savings_usd:
+            grid.add_row("saved", _savings(summary.savings_usd))
         grid.add_row("latency", f"p50 {fmt.latency(summary.latency_p50_s)} · p95 "
                                 f"{fmt.latency(summary.latency_p95_s)} · p99 "
                                 f"{fmt.latency(summary.latency_p99_s)}")
@@ -382,3 +388,11 @@ class RunScreen(LoomScreen):
         if summary.quarantined:
             grid.add_row("next", "o opens this run's quarantine")
         return grid
+
+
+def _savings(savings: dict[str, float]) -> str:
+    """`$0.012345 saved by prompt caching` (a lever that cost more than it saved: `more`)."""
+    names = {"prompt_cache": "prompt caching"}
+    return " · ".join(f"{fmt.money(abs(amount))} {'saved' if amount >= 0 else 'more'} by "
+                      f"{names.get(lever, lever.replace('_', ' '))}"
+                      for lever, amount in savings.items())

@@ -62,7 +62,8 @@ def test_a_rerun_makes_no_call_costs_nothing_and_loads_the_same(tmp_path, llm_se
     assert code == 0, err
     assert llm_server.count == 60  # no call at all the second time
     assert again["cost_usd"] == 0 and again["llm"] == {**again["llm"], "calls": 0, "cache_hits": 60}
-    assert again["tokens"] == {"input": 0, "output": 0}
+    assert again["tokens"] == {"input": 0, "output": 0, "cache_read": 0, "cache_write": 0,
+                               "reasoning": 0}
     assert outputs(folder) == loaded_first
     # The history says which answers came from the cache.
     cached = dict(history(loom_home, "SELECT run_id, SUM(cached) FROM record_results GROUP BY run_id"))
@@ -312,7 +313,10 @@ def test_llm_judges_with_their_own_endpoint_spend_the_same_budget(tmp_path, llm_
         transform={"concurrency": 2, "max_tokens": 50},
         evaluate={"evaluators": [{"name": "judged", "type": "custom_criteria",
                                   "criteria": "Accurate sentiment", "model": "gpt-4o",
-                                  "base_url": other, "api_key": "judge-key", "max_tokens": 100}]},
+                                  "base_url": other, "api_key": "judge-key", "max_tokens": 100,
+                                  # a loopback server costs what the pipeline says: gpt-4o's
+                                  # list price
+                                  "price": {"input": 2.5, "output": 10.0}}]},
         budget={"max_cost_usd": budget})
     code, summary, err = run_cli(capsys, "--run", str(pipeline), "--json")
     assert code == 3, err

@@ -94,7 +94,10 @@ def test_a_cost_spike_fires_when_the_model_gets_dearer(tmp_path, llm_server, cap
     for _ in range(2):
         summary, _ = run(capsys, pipeline, "--no-cache")
         assert summary["alerts"] == []
-    summary, _ = run(capsys, pipeline, "--no-cache", "--set", "transform.model=gpt-4o")
+    # The loopback server's model costs what the pipeline says (tests.pipelines.LOOPBACK_PRICE):
+    # gpt-4o's list price makes it dearer.
+    summary, _ = run(capsys, pipeline, "--no-cache", "--set", "transform.model=gpt-4o",
+                     "--set", "transform.price={input: 2.5, output: 10.0}")
     (alert,) = summary["alerts"]
     assert alert["type"] == "cost_spike" and alert["details"]["basis"] == "per_record"
     assert alert["message"].startswith("cost per record $")

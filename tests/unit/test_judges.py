@@ -298,16 +298,17 @@ async def test_a_reply_still_malformed_after_the_repair_quarantines_the_record(t
     assert len(result.calls) == 3  # the transform's call and both judge calls are paid for
 
 
-async def test_a_judge_call_that_keeps_failing_quarantines_with_the_cause(tmp_path, llm_server):
+async def test_a_judge_whose_provider_keeps_failing_skips_the_record_with_the_cause(tmp_path, llm_server):
+    # The judge's endpoint failed, not the record: it waits for --resume, unquarantined.
     loaded = judge_pipeline(tmp_path, llm_server, [{"type": "relevance", "query_field": "input.q"}],
                             transform={"max_retries": 1})
     record = Record(id="r1", data={"q": "why?", "text": "t", "reply": reply("positive")}, ordinal=0)
     async with built(loaded) as runtime:
         llm_server.script(["ok", "500", "500"])  # the transform answers, the judge never does
         result = await runtime.processor.process(record)
-    assert result.outcome is Outcome.QUARANTINED and result.stage is Stage.EVALUATE
-    assert result.reason.startswith("relevance: judge call failed: ")
-    assert "500" in result.reason
+    assert result.outcome is Outcome.SKIPPED and result.stage is Stage.EVALUATE
+    assert result.reason.startswith("not processed: relevance: ")
+    assert "500" in result.reason and result.error_type == "ProviderFailure"
 
 
 async def test_nothing_to_judge_scores_0_without_a_call(tmp_path, llm_server):
