@@ -15,12 +15,35 @@ prompt template can say `reply: {"sentiment": "{{ input.expected }}"}`); a later
 without such a line (a repair request) gets the earlier turn's reply again. Otherwise the
 `responder` callable's answer, otherwise `{"ok": true}`. Usage is about a token per 4 chars.
 
-Scripted or random faults: "429[:seconds]" (with Retry-After), "500", "529", "400[:message]",
-"401", "timeout" (sleeps past any sane client timeout), "malformed" (truncated JSON),
-"empty" (JSON without choices/content), "reset" (TCP reset, no answer), "ok".
+Scripted or random faults: "429[:seconds]" (with Retry-After), "500", "503", "529",
+"400[:message]", "401", "timeout" (sleeps past any sane client timeout), "malformed" (truncated
+JSON), "empty" (JSON without choices/content), "reset" (TCP reset, no answer), "ok". A 429, 500,
+503 or 529 may end in ":noretry" or ":retry" ("429:noretry", "429:4:noretry", "503:retry") to
+send the `x-should-retry: false|true` header the official SDKs obey. Every request's headers are
+kept beside its body (`server.headers[i]`, e.g. to assert a User-Agent).
+
+Strict mode (`LLMServer(strict=True)`, `--strict`) rejects what the real APIs reject, with their
+status, `error.type` and `error.message` (and OpenAI's `error.param`/`error.code`), from the model
+table and rules in tests/support/llm_rules.py (its docstring and that table say which models
+reject what): unknown body keys, sampling parameters on reasoning models (OpenAI) and on models
+with fixed sampling (Anthropic), `max_tokens` on reasoning models, strict json_schema rules and
+non-object roots, json_object without "json" in the messages, forced tools on models that refuse
+them, native `output_config.format` on models without it, more than 4 cache breakpoints. Answers
+still come from `reply:` lines, whatever schema was asked for. Strict mode also simulates the
+providers' prompt caches (`prompt_cache=`, default: as strict): OpenAI reports
+`prompt_tokens_details.cached_tokens` for a prefix of >= 1024 tokens seen before (128-token
+steps); Anthropic writes the prefix up to each `cache_control` breakpoint (or the top-level
+automatic one) once it reaches the model's minimum (`cache_creation_input_tokens`,
+`cache_creation.ephemeral_5m/1h_input_tokens`) and reads it afterwards
+(`cache_read_input_tokens`), `input_tokens` counting only the rest. With
+`reasoning_spends_budget_below=N` a reasoning model (an OpenAI reasoning model given
+`max_completion_tokens` < N; an Anthropic model that always thinks, or any with `thinking`
+on, given `max_tokens` < N) spends the whole budget reasoning: empty content,
+`finish_reason: "length"` / `stop_reason: "max_tokens"`, and the budget as reasoning tokens.
 
 This file imports only the standard library and aiohttp so that it runs as a plain script.
-The request path must stay cheap: a benchmark drives hundreds of requests a second through it.
+The request path must stay cheap: a benchmark drives hundreds of requests a second through it,
+so nothing of strict mode (not even the import of llm_rules) runs unless it is on.
 """
 
 from __future__ import annotations
@@ -99,11 +122,24 @@ class LoopbackLLM:
     """The request handling and the state tests look at; no threads, no sockets."""
 
     def __init__(self, *, latency_s: float = 0.0, seed: int = 1, responder: Responder | None = None,
-                 api_key: str | None = None, keep_requests: int = 10_000) -> None:
+                 api_key: str | None = None, keep_requests: int = 10_000, strict: bool = False,
+                 prompt_cache: bool | None = None, reasoning_spends_budget_below: int = 0) -> None:
         self.latency_s = latency_s
         self.responder = responder
         self.api_key = api_key  # when set, requests without it get a 401
         self.cached_tokens = 0  # reported as prompt-cache hits, capped at the prompt's tokens
+        # strict: reject what the real APIs reject (tests/support/llm_rules.py), with their
+        # error shapes. prompt_cache (default: as strict): simulate the providers' prompt
+        # caches. reasoning_spends_budget_below: a reasoning model given fewer output tokens
+        # than this spends them all on reasoning and answers "" (finish_reason "length").
+        self.strict = strict
+        self.prompt_cache = strict if prompt_cache is None else prompt_cache
+        self.reasoning_spends_budget_below = reasoning_spends_budget_below
+        self._rules: Any = None
+        self._openai_cache: Any = None
+        self._anthropic_cache: Any = None
+        if self.strict or self.prompt_cache or reasoning_spends_budget_below:
+            self._load_rules()
         self.faults = Faults()
         self._rng = random.Random(seed)
         self._script: collections.deque[str] = collections.deque()
@@ -114,6 +150,17 @@ class LoopbackLLM:
         self.in_flight = 0
         self.max_in_flight = 0
         self._serial = 0
+
+    def _load_rules(self) -> Any:
+        if self._rules is None:
+            try:
+                from tests.support import llm_rules
+            except ImportError:  # run as a plain script: the sibling module
+                import llm_rules  # type: ignore[no-redef]
+            self._rules = llm_rules
+            self._openai_cache = llm_rules.OpenAIPromptCache()
+            self._anthropic_cache = llm_rules.AnthropicPromptCache()
+        return self._rules
 
     # ------------------------------------------------------------ test controls
 
@@ -130,6 +177,9 @@ class LoopbackLLM:
         self.headers.clear()
         self._count.clear()
         self.max_in_flight = self.in_flight
+        if self._rules is not None:
+            self._openai_cache.clear()
+            self._anthropic_cache.clear()
 
     @property
     def count(self) -> RequestCount:
@@ -179,18 +229,26 @@ class LoopbackLLM:
     async def _act(self, action: str, request: web.BaseRequest, body: Any,
                    path: str) -> web.StreamResponse:
         name, _, argument = action.partition(":")
+        retry: dict[str, str] = {}
+        if argument in ("retry", "noretry") or argument.endswith((":retry", ":noretry")):
+            argument, _, hint = argument.rpartition(":") if ":" in argument else ("", "", argument)
+            retry = {"x-should-retry": "true" if hint == "retry" else "false"}
         if name == "ok":
             pass
         elif name == "429":
             wait = float(argument) if argument else self.faults.retry_after_s
             headers = {"retry-after": str(int(wait))} if wait == int(wait) else \
                 {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(int(wait * 1000))}
-            return _error(429, "Rate limit reached for requests (loopback)", path, headers=headers,
-                          kind="rate_limit_error")
-        elif name in ("500", "529"):
-            return _error(int(name), "Overloaded" if name == "529" else "The server had an error "
-                          "while processing your request (loopback)", path,
-                          kind="overloaded_error" if name == "529" else "server_error")
+            return _error(429, "Rate limit reached for requests (loopback)", path,
+                          headers={**headers, **retry}, kind="rate_limit_error")
+        elif name in ("500", "503", "529"):
+            message, kind = {
+                "500": ("The server had an error while processing your request (loopback)",
+                        "server_error" if path == OPENAI_PATH else "api_error"),
+                "503": ("Service unavailable (loopback)",
+                        "server_error" if path == OPENAI_PATH else "api_error"),
+                "529": ("Overloaded", "overloaded_error")}[name]
+            return _error(int(name), message, path, kind=kind, headers=retry or None)
         elif name in ("400", "401"):
             return _error(int(name), argument or ("Invalid request (loopback)" if name == "400"
                                                   else "Incorrect API key provided"), path,
@@ -219,6 +277,8 @@ class LoopbackLLM:
 
     def _check(self, body: dict[str, Any], request: web.BaseRequest,
                path: str) -> web.Response | None:
+        if self.strict:
+            return self._check_strictly(body, request, path)
         if path == ANTHROPIC_PATH:
             if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
                 return _error(401, "invalid x-api-key", path, kind="authentication_error")
@@ -232,6 +292,29 @@ class LoopbackLLM:
         if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
             return _error(400, "model and messages are required", path)
         return None
+
+    def _check_strictly(self, body: dict[str, Any], request: web.BaseRequest,
+                        path: str) -> web.Response | None:
+        rules = self._rules
+        if path == ANTHROPIC_PATH:
+            # anthropic 2.x sends the key as `Authorization: Bearer`, older clients `x-api-key`.
+            if self.api_key is not None and request.headers.get("x-api-key") != self.api_key \
+                    and request.headers.get("authorization") != f"Bearer {self.api_key}":
+                return _error(401, "invalid x-api-key", path, kind="authentication_error")
+            if "anthropic-version" not in request.headers:
+                return _error(400, "anthropic-version: header is required", path)
+            problem = rules.check_anthropic(body, request.headers)
+        else:
+            if self.api_key is not None and \
+                    request.headers.get("authorization") != f"Bearer {self.api_key}":
+                return _error(401, f"Incorrect API key provided: {_masked(request)}. You can "
+                              "find your API key at https://platform.openai.com/account/api-keys.",
+                              path, kind="invalid_request_error", code="invalid_api_key")
+            problem = rules.check_openai(body, request.headers)
+        if problem is None:
+            return None
+        return _error(problem.status, problem.message, path, kind=problem.kind,
+                      param=problem.param, code=problem.code)
 
     def _answer(self, body: Any, path: str, request: web.BaseRequest) -> dict[str, Any]:
         body = body if isinstance(body, dict) else {}
@@ -262,23 +345,63 @@ class LoopbackLLM:
         finish = "stop"
         if isinstance(limit, int) and len(answer) // 4 + 1 > limit:
             answer, finish = answer[: limit * 4], "length"
+        completion_tokens = len(answer) // 4 + 1
+        cached = min(self.cached_tokens, prompt_tokens)
+        reasoning_tokens = None
+        if self._rules is not None:
+            if self.prompt_cache:
+                cached = max(cached, self._openai_cache.lookup_and_store(str(model), prompt))
+            if self.reasoning_spends_budget_below or self.strict:
+                reasoning = self._rules.openai_model(str(model)).reasoning
+                reasoning_tokens = 0 if reasoning else None
+                budget = body.get("max_completion_tokens")
+                if reasoning and isinstance(budget, int) and \
+                        budget < self.reasoning_spends_budget_below:
+                    answer, finish = "", "length"
+                    completion_tokens = reasoning_tokens = budget
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+        if reasoning_tokens is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
         return {
             "id": f"chatcmpl-loopback-{self._serial}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                          "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(answer) // 4 + 1,
-                      "total_tokens": prompt_tokens + len(answer) // 4 + 1,
-                      "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_tokens)}},
+            "usage": usage,
         }
 
     def _anthropic(self, body: dict[str, Any], model: str, answer: str,
                    prompt_tokens: int) -> dict[str, Any]:
         cached = min(self.cached_tokens, prompt_tokens)
-        usage = {"input_tokens": prompt_tokens - cached, "output_tokens": len(answer) // 4 + 1,
-                 "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+        usage: dict[str, Any] = {
+            "input_tokens": prompt_tokens - cached, "output_tokens": len(answer) // 4 + 1,
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+        rules = self._rules
+        if rules is not None and self.prompt_cache:
+            hit = self._anthropic_cache.lookup_and_store(body)
+            read = max(cached, min(hit.read, prompt_tokens))
+            written = min(hit.written, prompt_tokens - read)
+            usage.update(input_tokens=max(0, prompt_tokens - read - written),
+                         cache_read_input_tokens=read, cache_creation_input_tokens=written,
+                         cache_creation={"ephemeral_5m_input_tokens": hit.written_5m,
+                                         "ephemeral_1h_input_tokens": hit.written_1h})
+        if rules is not None and self.reasoning_spends_budget_below:
+            thinking = body.get("thinking")
+            thinks = rules.anthropic_model(str(model)).always_thinks or (
+                isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"))
+            limit = body.get("max_tokens")
+            if thinks and isinstance(limit, int) and limit < self.reasoning_spends_budget_below:
+                usage.update(output_tokens=limit, output_tokens_details={"thinking_tokens": limit})
+                return {"id": f"msg_loopback_{self._serial}", "type": "message",
+                        "role": "assistant", "model": model,
+                        "content": [{"type": "text", "text": ""}], "stop_reason": "max_tokens",
+                        "stop_sequence": None, "usage": usage}
         tools = body.get("tools")
-        if isinstance(tools, list) and tools:
+        structured = rules is not None and rules.output_format(body)[0] is not None
+        if isinstance(tools, list) and tools and not structured:
             # A model forced to call a tool always produces an object for its input.
             try:
                 value = json.loads(answer)
@@ -313,12 +436,18 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _masked(request: web.BaseRequest) -> str:
+    key = request.headers.get("authorization", "").removeprefix("Bearer ")
+    return (key[:3] + "*" * max(0, len(key) - 7) + key[-4:]) if len(key) > 7 else "*" * len(key)
+
+
 def _error(status: int, message: str, path: str, *, headers: dict[str, str] | None = None,
-           kind: str = "invalid_request_error") -> web.Response:
+           kind: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> web.Response:
     if path == ANTHROPIC_PATH:
         payload: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     else:
-        payload = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.Response(status=status, body=json.dumps(payload).encode(), content_type=_JSON,
                         headers=headers)
 
@@ -354,9 +483,11 @@ class LLMServer(LoopbackLLM):
 
     def __init__(self, *, latency_s: float = 0.0, seed: int = 1, responder: Responder | None = None,
                  api_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 keep_requests: int = 10_000) -> None:
+                 keep_requests: int = 10_000, strict: bool = False,
+                 prompt_cache: bool | None = None, reasoning_spends_budget_below: int = 0) -> None:
         super().__init__(latency_s=latency_s, seed=seed, responder=responder, api_key=api_key,
-                         keep_requests=keep_requests)
+                         keep_requests=keep_requests, strict=strict, prompt_cache=prompt_cache,
+                         reasoning_spends_budget_below=reasoning_spends_budget_below)
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -429,10 +560,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--rate-{name}", type=float, default=0.0, metavar="P",
                             help=f"chance of a {name} answer")
     parser.add_argument("--retry-after", type=float, default=1.0, help="seconds sent with a 429")
+    parser.add_argument("--strict", action="store_true",
+                        help="reject what the real APIs reject (tests/support/llm_rules.py)")
+    parser.add_argument("--prompt-cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="simulate the providers' prompt caches (default: with --strict)")
+    parser.add_argument("--reasoning-spends-budget-below", type=int, default=0, metavar="N",
+                        help="reasoning models given fewer than N output tokens answer empty")
     args = parser.parse_args(argv)
 
     app = LoopbackLLM(latency_s=args.latency_ms / 1000.0, seed=args.seed, api_key=args.api_key,
-                      keep_requests=0)
+                      keep_requests=0, strict=args.strict, prompt_cache=args.prompt_cache,
+                      reasoning_spends_budget_below=args.reasoning_spends_budget_below)
     for name in ("429", "500", "529", "timeout", "malformed", "reset"):
         setattr(app.faults, f"rate_{name}", getattr(args, f"rate_{name}"))
     app.faults.retry_after_s = args.retry_after
