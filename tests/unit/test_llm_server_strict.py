@@ -38,13 +38,22 @@ def server(shared):
     yield shared
 
 
+_CLIENTS: dict = {}  # building an SDK client is slow; one of each per server
+
+
 def oai(server: LLMServer):
-    return openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+    key = ("openai", server.port)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = openai.OpenAI(base_url=server.base_url, api_key="sk-test", max_retries=0)
+    return _CLIENTS[key]
 
 
 def claude(server: LLMServer):
-    return anthropic.Anthropic(base_url=server.anthropic_base_url, api_key="sk-ant-test",
-                               max_retries=0)
+    key = ("anthropic", server.port)
+    if key not in _CLIENTS:
+        _CLIENTS[key] = anthropic.Anthropic(base_url=server.anthropic_base_url,
+                                            api_key="sk-ant-test", max_retries=0)
+    return _CLIENTS[key]
 
 
 def post_openai(server: LLMServer, **body) -> httpx.Response:
