@@ -409,6 +409,19 @@ def check_anthropic(body: dict[str, Any], headers: Any) -> Rejection | None:
             if value is None or (name == "temperature" and value == 1):
                 continue
             return Rejection(f"`{name}` is deprecated for this model.")
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list):
+            return Rejection("tools: Input should be a valid list")
+        for i, tool in enumerate(tools):
+            if not isinstance(tool, dict) or "type" in tool and tool["type"] != "custom" \
+                    and "input_schema" not in tool:
+                continue  # server tools (web_search_...) carry their own shapes
+            schema = tool.get("input_schema")
+            if not isinstance(schema, dict):
+                return Rejection(f"tools.{i}.custom.input_schema: Field required")
+            if schema.get("type") != "object":
+                return Rejection(f"tools.{i}.custom.input_schema.type: Input should be 'object'")
     choice = body.get("tool_choice")
     forced = isinstance(choice, dict) and choice.get("type") in ("tool", "any")
     if forced and not profile.forced_tool:

@@ -359,6 +359,13 @@ def test_other_models_take_a_forced_tool(server, model):
     assert message.content[0].type == "tool_use" and message.content[0].input == {"a": 1}
 
 
+def test_a_tool_input_schema_must_be_an_object(server):
+    tool = {**TOOL, "input_schema": {"type": "array", "items": {"type": "string"}}}
+    assert anthropic_error(post_anthropic(server, model="claude-haiku-4-5", max_tokens=50,
+                                          tools=[tool])) == \
+        "tools.0.custom.input_schema.type: Input should be 'object'"
+
+
 def test_a_forced_tool_with_thinking_on_is_refused(server):
     assert anthropic_error(post_anthropic(
         server, model="claude-opus-4-6", max_tokens=2000, tools=[TOOL],
