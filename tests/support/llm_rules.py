@@ -16,6 +16,7 @@ Each check returns a `Rejection` (status, error type, message, and for OpenAI th
 `code` fields) with the real APIs' message texts, or None. The prompt-cache simulations
 (`OpenAIPromptCache`, `AnthropicPromptCache`) live here too: they report the usage fields the
 real caches report, keyed by the prompt prefix, with the server's ~4 characters per token.
+`StrictMode` is one server's share of all this (its caches, the checks, the usage it adds).
 Standard library only.
 """
 
@@ -264,8 +265,8 @@ def _check_response_format(response_format: Any, messages: list[Any],
                          code="missing_required_parameter")
     if not _NAME.match(name):
         return Rejection(f"Invalid 'response_format.json_schema.name': string does not match "
-                         f"pattern. Expected a string that matches the pattern "
-                         f"'^[a-zA-Z0-9_-]+$'.", param="response_format.json_schema.name",
+                         "pattern. Expected a string that matches the pattern "
+                         "'^[a-zA-Z0-9_-]+$'.", param="response_format.json_schema.name",
                          code="invalid_value")
     if not profile.json_schema:
         return Rejection("Invalid parameter: 'response_format' of type 'json_schema' is not "
@@ -608,3 +609,82 @@ class AnthropicPromptCache:
             while len(self._seen) > self._keep:
                 self._seen.pop(next(iter(self._seen)))
         return usage
+
+
+# ---------------------------------------------------------------- one server's strict mode
+
+
+class StrictMode:
+    """A server's strict-mode state (its prompt caches) and what strict mode does to a request
+    and to an answer's usage. The server creates one the first time a strict flag is on."""
+
+    def __init__(self) -> None:
+        self.openai_cache = OpenAIPromptCache()
+        self.anthropic_cache = AnthropicPromptCache()
+
+    def clear(self) -> None:
+        self.openai_cache.clear()
+        self.anthropic_cache.clear()
+
+    def check(self, anthropic: bool, body: dict[str, Any], headers: Any,
+              api_key: str | None) -> Rejection | None:
+        if anthropic:
+            # anthropic 2.x sends the key as `Authorization: Bearer`, older clients `x-api-key`.
+            if api_key is not None and headers.get("x-api-key") != api_key \
+                    and headers.get("authorization") != f"Bearer {api_key}":
+                return Rejection("invalid x-api-key", status=401, kind="authentication_error")
+            if "anthropic-version" not in headers:
+                return Rejection("anthropic-version: header is required")
+            return check_anthropic(body, headers)
+        if api_key is not None and headers.get("authorization") != f"Bearer {api_key}":
+            key = headers.get("authorization", "").removeprefix("Bearer ")
+            shown = key[:3] + "*" * max(0, len(key) - 7) + key[-4:] if len(key) > 7 else "***"
+            return Rejection(f"Incorrect API key provided: {shown}. You can find your API key at "
+                             "https://platform.openai.com/account/api-keys.", status=401,
+                             code="invalid_api_key")
+        return check_openai(body, headers)
+
+    def openai_answer(self, body: dict[str, Any], prompt: str, answer: str, finish: str,
+                      usage: dict[str, Any], *, prompt_cache: bool,
+                      spend_below: int) -> tuple[str, str]:
+        """The (answer, finish_reason) to send; `usage` updated in place."""
+        model = str(body.get("model"))
+        if prompt_cache:
+            hit = self.openai_cache.lookup_and_store(model, prompt)
+            details = usage["prompt_tokens_details"]
+            details["cached_tokens"] = max(details["cached_tokens"], hit)
+        if openai_model(model).reasoning:
+            usage["completion_tokens_details"] = {"reasoning_tokens": 0}
+            budget = body.get("max_completion_tokens")
+            if isinstance(budget, int) and budget < spend_below:
+                usage["completion_tokens_details"]["reasoning_tokens"] = budget
+                usage["completion_tokens"] = budget
+                usage["total_tokens"] = usage["prompt_tokens"] + budget
+                return "", "length"
+        return answer, finish
+
+    def anthropic_usage(self, body: dict[str, Any], usage: dict[str, Any], prompt_tokens: int, *,
+                        prompt_cache: bool, spend_below: int) -> bool:
+        """Update `usage` in place; True when reasoning spent the whole budget."""
+        if prompt_cache:
+            hit = self.anthropic_cache.lookup_and_store(body)
+            read = max(usage["cache_read_input_tokens"], min(hit.read, prompt_tokens))
+            written = min(hit.written, prompt_tokens - read)
+            usage.update(input_tokens=max(0, prompt_tokens - read - written),
+                         cache_read_input_tokens=read, cache_creation_input_tokens=written,
+                         cache_creation={"ephemeral_5m_input_tokens": hit.written_5m,
+                                         "ephemeral_1h_input_tokens": hit.written_1h})
+        if spend_below:
+            thinking = body.get("thinking")
+            thinks = anthropic_model(str(body.get("model"))).always_thinks or (
+                isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"))
+            limit = body.get("max_tokens")
+            if thinks and isinstance(limit, int) and limit < spend_below:
+                usage.update(output_tokens=limit, output_tokens_details={"thinking_tokens": limit})
+                return True
+        return False
+
+    @staticmethod
+    def structured(body: dict[str, Any]) -> bool:
+        """Whether a Messages body asks for native structured output (answered as text)."""
+        return output_format(body)[0] is not None

@@ -135,11 +135,7 @@ class LoopbackLLM:
         self.strict = strict
         self.prompt_cache = strict if prompt_cache is None else prompt_cache
         self.reasoning_spends_budget_below = reasoning_spends_budget_below
-        self._rules: Any = None
-        self._openai_cache: Any = None
-        self._anthropic_cache: Any = None
-        if self.strict or self.prompt_cache or reasoning_spends_budget_below:
-            self._load_rules()
+        self._mode: Any = None  # llm_rules.StrictMode, made when a strict flag is first on
         self.faults = Faults()
         self._rng = random.Random(seed)
         self._script: collections.deque[str] = collections.deque()
@@ -151,16 +147,14 @@ class LoopbackLLM:
         self.max_in_flight = 0
         self._serial = 0
 
-    def _load_rules(self) -> Any:
-        if self._rules is None:
+    def _strict_mode(self) -> Any:
+        if self._mode is None:
             try:
                 from tests.support import llm_rules
             except ImportError:  # run as a plain script: the sibling module
                 import llm_rules  # type: ignore[no-redef]
-            self._rules = llm_rules
-            self._openai_cache = llm_rules.OpenAIPromptCache()
-            self._anthropic_cache = llm_rules.AnthropicPromptCache()
-        return self._rules
+            self._mode = llm_rules.StrictMode()
+        return self._mode
 
     # ------------------------------------------------------------ test controls
 
@@ -177,9 +171,8 @@ class LoopbackLLM:
         self.headers.clear()
         self._count.clear()
         self.max_in_flight = self.in_flight
-        if self._rules is not None:
-            self._openai_cache.clear()
-            self._anthropic_cache.clear()
+        if self._mode is not None:
+            self._mode.clear()
 
     @property
     def count(self) -> RequestCount:
@@ -278,7 +271,11 @@ class LoopbackLLM:
     def _check(self, body: dict[str, Any], request: web.BaseRequest,
                path: str) -> web.Response | None:
         if self.strict:
-            return self._check_strictly(body, request, path)
+            problem = self._strict_mode().check(path == ANTHROPIC_PATH, body, request.headers,
+                                                self.api_key)
+            return None if problem is None else _error(
+                problem.status, problem.message, path, kind=problem.kind, param=problem.param,
+                code=problem.code)
         if path == ANTHROPIC_PATH:
             if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
                 return _error(401, "invalid x-api-key", path, kind="authentication_error")
@@ -292,29 +289,6 @@ class LoopbackLLM:
         if not isinstance(body.get("model"), str) or not isinstance(body.get("messages"), list):
             return _error(400, "model and messages are required", path)
         return None
-
-    def _check_strictly(self, body: dict[str, Any], request: web.BaseRequest,
-                        path: str) -> web.Response | None:
-        rules = self._rules
-        if path == ANTHROPIC_PATH:
-            # anthropic 2.x sends the key as `Authorization: Bearer`, older clients `x-api-key`.
-            if self.api_key is not None and request.headers.get("x-api-key") != self.api_key \
-                    and request.headers.get("authorization") != f"Bearer {self.api_key}":
-                return _error(401, "invalid x-api-key", path, kind="authentication_error")
-            if "anthropic-version" not in request.headers:
-                return _error(400, "anthropic-version: header is required", path)
-            problem = rules.check_anthropic(body, request.headers)
-        else:
-            if self.api_key is not None and \
-                    request.headers.get("authorization") != f"Bearer {self.api_key}":
-                return _error(401, f"Incorrect API key provided: {_masked(request)}. You can "
-                              "find your API key at https://platform.openai.com/account/api-keys.",
-                              path, kind="invalid_request_error", code="invalid_api_key")
-            problem = rules.check_openai(body, request.headers)
-        if problem is None:
-            return None
-        return _error(problem.status, problem.message, path, kind=problem.kind,
-                      param=problem.param, code=problem.code)
 
     def _answer(self, body: Any, path: str, request: web.BaseRequest) -> dict[str, Any]:
         body = body if isinstance(body, dict) else {}
@@ -345,26 +319,14 @@ class LoopbackLLM:
         finish = "stop"
         if isinstance(limit, int) and len(answer) // 4 + 1 > limit:
             answer, finish = answer[: limit * 4], "length"
-        completion_tokens = len(answer) // 4 + 1
-        cached = min(self.cached_tokens, prompt_tokens)
-        reasoning_tokens = None
-        if self._rules is not None:
-            if self.prompt_cache:
-                cached = max(cached, self._openai_cache.lookup_and_store(str(model), prompt))
-            if self.reasoning_spends_budget_below or self.strict:
-                reasoning = self._rules.openai_model(str(model)).reasoning
-                reasoning_tokens = 0 if reasoning else None
-                budget = body.get("max_completion_tokens")
-                if reasoning and isinstance(budget, int) and \
-                        budget < self.reasoning_spends_budget_below:
-                    answer, finish = "", "length"
-                    completion_tokens = reasoning_tokens = budget
         usage: dict[str, Any] = {
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached}}
-        if reasoning_tokens is not None:
-            usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens}
+            "prompt_tokens": prompt_tokens, "completion_tokens": len(answer) // 4 + 1,
+            "total_tokens": prompt_tokens + len(answer) // 4 + 1,
+            "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_tokens)}}
+        if self.strict or self.prompt_cache or self.reasoning_spends_budget_below:
+            answer, finish = self._strict_mode().openai_answer(
+                body, prompt, answer, finish, usage, prompt_cache=self.prompt_cache,
+                spend_below=self.reasoning_spends_budget_below)
         return {
             "id": f"chatcmpl-loopback-{self._serial}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
@@ -379,28 +341,17 @@ class LoopbackLLM:
         usage: dict[str, Any] = {
             "input_tokens": prompt_tokens - cached, "output_tokens": len(answer) // 4 + 1,
             "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
-        rules = self._rules
-        if rules is not None and self.prompt_cache:
-            hit = self._anthropic_cache.lookup_and_store(body)
-            read = max(cached, min(hit.read, prompt_tokens))
-            written = min(hit.written, prompt_tokens - read)
-            usage.update(input_tokens=max(0, prompt_tokens - read - written),
-                         cache_read_input_tokens=read, cache_creation_input_tokens=written,
-                         cache_creation={"ephemeral_5m_input_tokens": hit.written_5m,
-                                         "ephemeral_1h_input_tokens": hit.written_1h})
-        if rules is not None and self.reasoning_spends_budget_below:
-            thinking = body.get("thinking")
-            thinks = rules.anthropic_model(str(model)).always_thinks or (
-                isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive"))
-            limit = body.get("max_tokens")
-            if thinks and isinstance(limit, int) and limit < self.reasoning_spends_budget_below:
-                usage.update(output_tokens=limit, output_tokens_details={"thinking_tokens": limit})
+        structured = False
+        if self.strict or self.prompt_cache or self.reasoning_spends_budget_below:
+            mode = self._strict_mode()
+            if mode.anthropic_usage(body, usage, prompt_tokens, prompt_cache=self.prompt_cache,
+                                    spend_below=self.reasoning_spends_budget_below):
                 return {"id": f"msg_loopback_{self._serial}", "type": "message",
                         "role": "assistant", "model": model,
                         "content": [{"type": "text", "text": ""}], "stop_reason": "max_tokens",
                         "stop_sequence": None, "usage": usage}
+            structured = mode.structured(body)
         tools = body.get("tools")
-        structured = rules is not None and rules.output_format(body)[0] is not None
         if isinstance(tools, list) and tools and not structured:
             # A model forced to call a tool always produces an object for its input.
             try:
@@ -434,11 +385,6 @@ def _text(content: Any) -> str:
         return "".join(part.get("text", "") for part in content
                        if isinstance(part, dict) and isinstance(part.get("text"), str))
     return ""
-
-
-def _masked(request: web.BaseRequest) -> str:
-    key = request.headers.get("authorization", "").removeprefix("Bearer ")
-    return (key[:3] + "*" * max(0, len(key) - 7) + key[-4:]) if len(key) > 7 else "*" * len(key)
 
 
 def _error(status: int, message: str, path: str, *, headers: dict[str, str] | None = None,

@@ -488,8 +488,8 @@ def test_reasoning_spends_the_budget_on_models_that_always_think(server):
     assert (spent.stop_reason, spent.content[0].text) == ("max_tokens", "")
     assert spent.usage.output_tokens == 300
     thinking = client.messages.create(
-        model="claude-haiku-4-5", max_tokens=300, thinking={"type": "enabled", "budget_tokens": 256},
-        messages=[{"role": "user", "content": 'reply: {"a": 1}'}])
+        model="claude-haiku-4-5", max_tokens=300,
+        thinking={"type": "enabled", "budget_tokens": 256}, messages=[{"role": "user", "content": 'reply: {"a": 1}'}])
     assert thinking.stop_reason == "max_tokens"
     plain = client.messages.create(model="claude-haiku-4-5", max_tokens=300,
                                    messages=[{"role": "user", "content": 'reply: {"a": 1}'}])
