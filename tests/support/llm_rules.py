@@ -222,6 +222,13 @@ def check_openai(body: dict[str, Any], headers: Any) -> Rejection | None:
         return Rejection(f"Invalid value: '{tier}'. Supported values are: "
                          + _choices(SERVICE_TIERS) + ".", param="service_tier",
                          code="invalid_value")
+    temperature = body.get("temperature")
+    if isinstance(temperature, (int, float)) and not 0 <= temperature <= 2:
+        side, bound = ("above maximum", "<= 2") if temperature > 2 else ("below minimum", ">= 0")
+        return Rejection(f"Invalid 'temperature': decimal {side} value. Expected a value "
+                         f"{bound}, but got {_number(temperature)} instead.", param="temperature",
+                         code="decimal_above_max_value" if temperature > 2 else
+                         "decimal_below_min_value")
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool)
@@ -264,7 +271,7 @@ def _check_response_format(response_format: Any, messages: list[Any],
                          param="response_format.json_schema.name",
                          code="missing_required_parameter")
     if not _NAME.match(name):
-        return Rejection(f"Invalid 'response_format.json_schema.name': string does not match "
+        return Rejection("Invalid 'response_format.json_schema.name': string does not match "
                          "pattern. Expected a string that matches the pattern "
                          "'^[a-zA-Z0-9_-]+$'.", param="response_format.json_schema.name",
                          code="invalid_value")
@@ -404,6 +411,19 @@ def check_anthropic(body: dict[str, Any], headers: Any) -> Rejection | None:
                 not isinstance(b, dict) or b.get("type") != "text"
                 or not isinstance(b.get("text"), str) for b in system):
             return Rejection("system: Input should be a valid string or a list of text blocks")
+    for i, message in enumerate(body["messages"]):
+        role = message.get("role") if isinstance(message, dict) else None
+        if role == "system":
+            return Rejection('messages: Unexpected role "system". The Messages API accepts a '
+                             'top-level `system` parameter, not "system" as an input message '
+                             'role.')
+        if role not in ("user", "assistant"):
+            return Rejection(f"messages.{i}.role: Input should be 'user' or 'assistant'")
+    temperature = body.get("temperature")
+    if isinstance(temperature, (int, float)) and not 0 <= temperature <= 1:
+        return Rejection("temperature: Input should be less than or equal to 1"
+                         if temperature > 1 else
+                         "temperature: Input should be greater than or equal to 0")
     if profile.fixed_sampling:
         for name in ("temperature", "top_p", "top_k"):
             value = body.get(name)

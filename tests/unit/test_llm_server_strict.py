@@ -149,6 +149,17 @@ def test_bad_values_of_known_parameters_are_named(server):
     assert error["param"] == "service_tier"
 
 
+def test_temperature_stays_within_its_range(server):
+    error = openai_error(post_openai(server, model="gpt-4o-mini", temperature=2.5))
+    assert error["message"] == ("Invalid 'temperature': decimal above maximum value. Expected a "
+                                "value <= 2, but got 2.5 instead.")
+    assert (error["param"], error["code"]) == ("temperature", "decimal_above_max_value")
+    assert post_openai(server, model="gpt-4o-mini", temperature=2).status_code == 200
+    assert anthropic_error(post_anthropic(server, model="claude-haiku-4-5", max_tokens=5,
+                                          temperature=1.5)) == \
+        "temperature: Input should be less than or equal to 1"
+
+
 def test_unknown_body_keys_are_unrecognized(server):
     error = openai_error(post_openai(server, model="gpt-4o-mini", cache_control={"x": 1}))
     assert error == {"message": "Unrecognized request argument supplied: cache_control",
@@ -307,6 +318,23 @@ def test_messages_need_max_tokens_and_no_unknown_keys(server):
         messages=[{"role": "user", "content": "reply: ok"}], stop_sequences=["\n\n"],
         metadata={"user_id": "u1"})
     assert message.content[0].text == "ok"
+
+
+def test_system_goes_top_level_not_in_the_messages(server):
+    message = anthropic_error(post_anthropic(server, model="claude-haiku-4-5", max_tokens=5,
+                                             messages=[{"role": "system", "content": "Be brief."},
+                                                       {"role": "user", "content": "hi"}]))
+    assert message.startswith('messages: Unexpected role "system".')
+
+
+def test_flags_set_after_start_take_effect():
+    with LLMServer() as later:
+        assert post_openai(later, model="o3", temperature=0).status_code == 200
+        later.strict = True
+        assert post_openai(later, model="o3", temperature=0).status_code == 400
+        later.reasoning_spends_budget_below = 100
+        spent = post_openai(later, model="o3", max_completion_tokens=10).json()
+        assert spent["choices"][0]["finish_reason"] == "length"
 
 
 FIXED = ["claude-opus-4-7", "claude-opus-4-7-20260416", "claude-opus-4-8", "claude-opus-5",
