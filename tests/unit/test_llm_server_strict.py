@@ -12,14 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import anthropic
 import httpx
+import openai
+import pydantic
 import pytest
 
 from tests.support.llm_server import ANTHROPIC_PATH, OPENAI_PATH, LLMServer
-
-openai = pytest.importorskip("openai")
-anthropic = pytest.importorskip("anthropic")
-pydantic = pytest.importorskip("pydantic")
 
 SCRIPT = Path(__file__).resolve().parents[1] / "support" / "llm_server.py"
 ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01"}
