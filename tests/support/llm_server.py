@@ -15,12 +15,35 @@ prompt template can say `reply: {"sentiment": "{{ input.expected }}"}`); a later
 without such a line (a repair request) gets the earlier turn's reply again. Otherwise the
 `responder` callable's answer, otherwise `{"ok": true}`. Usage is about a token per 4 chars.
 
-Scripted or random faults: "429[:seconds]" (with Retry-After), "500", "529", "400[:message]",
-"401", "timeout" (sleeps past any sane client timeout), "malformed" (truncated JSON),
-"empty" (JSON without choices/content), "reset" (TCP reset, no answer), "ok".
+Scripted or random faults: "429[:seconds]" (with Retry-After), "500", "503", "529",
+"400[:message]", "401", "timeout" (sleeps past any sane client timeout), "malformed" (truncated
+JSON), "empty" (JSON without choices/content), "reset" (TCP reset, no answer), "ok". A 429, 500,
+503 or 529 may end in ":noretry" or ":retry" ("429:noretry", "429:4:noretry", "503:retry") to
+send the `x-should-retry: false|true` header the official SDKs obey. Every request's headers are
+kept beside its body (`server.headers[i]`, e.g. to assert a User-Agent).
+
+Strict mode (`LLMServer(strict=True)`, `--strict`) rejects what the real APIs reject, with their
+status, `error.type` and `error.message` (and OpenAI's `error.param`/`error.code`), from the model
+table and rules in tests/support/llm_rules.py (its docstring and that table say which models
+reject what): unknown body keys, sampling parameters on reasoning models (OpenAI) and on models
+with fixed sampling (Anthropic), `max_tokens` on reasoning models, strict json_schema rules and
+non-object roots, json_object without "json" in the messages, forced tools on models that refuse
+them, native `output_config.format` on models without it, more than 4 cache breakpoints. Answers
+still come from `reply:` lines, whatever schema was asked for. Strict mode also simulates the
+providers' prompt caches (`prompt_cache=`, default: as strict): OpenAI reports
+`prompt_tokens_details.cached_tokens` for a prefix of >= 1024 tokens seen before (128-token
+steps); Anthropic writes the prefix up to each `cache_control` breakpoint (or the top-level
+automatic one) once it reaches the model's minimum (`cache_creation_input_tokens`,
+`cache_creation.ephemeral_5m/1h_input_tokens`) and reads it afterwards
+(`cache_read_input_tokens`), `input_tokens` counting only the rest. With
+`reasoning_spends_budget_below=N` a reasoning model (an OpenAI reasoning model given
+`max_completion_tokens` < N; an Anthropic model that always thinks, or any with `thinking`
+on, given `max_tokens` < N) spends the whole budget reasoning: empty content,
+`finish_reason: "length"` / `stop_reason: "max_tokens"`, and the budget as reasoning tokens.
 
 This file imports only the standard library and aiohttp so that it runs as a plain script.
-The request path must stay cheap: a benchmark drives hundreds of requests a second through it.
+The request path must stay cheap: a benchmark drives hundreds of requests a second through it,
+so nothing of strict mode (not even the import of llm_rules) runs unless it is on.
 """
 
 from __future__ import annotations
@@ -99,11 +122,20 @@ class LoopbackLLM:
     """The request handling and the state tests look at; no threads, no sockets."""
 
     def __init__(self, *, latency_s: float = 0.0, seed: int = 1, responder: Responder | None = None,
-                 api_key: str | None = None, keep_requests: int = 10_000) -> None:
+                 api_key: str | None = None, keep_requests: int = 10_000, strict: bool = False,
+                 prompt_cache: bool | None = None, reasoning_spends_budget_below: int = 0) -> None:
         self.latency_s = latency_s
         self.responder = responder
         self.api_key = api_key  # when set, requests without it get a 401
         self.cached_tokens = 0  # reported as prompt-cache hits, capped at the prompt's tokens
+        # strict: reject what the real APIs reject (tests/support/llm_rules.py), with their
+        # error shapes. prompt_cache (default: as strict): simulate the providers' prompt
+        # caches. reasoning_spends_budget_below: a reasoning model given fewer output tokens
+        # than this spends them all on reasoning and answers "" (finish_reason "length").
+        self.strict = strict
+        self.prompt_cache = strict if prompt_cache is None else prompt_cache
+        self.reasoning_spends_budget_below = reasoning_spends_budget_below
+        self._mode: Any = None  # llm_rules.StrictMode, made when a strict flag is first on
         self.faults = Faults()
         self._rng = random.Random(seed)
         self._script: collections.deque[str] = collections.deque()
@@ -114,6 +146,15 @@ class LoopbackLLM:
         self.in_flight = 0
         self.max_in_flight = 0
         self._serial = 0
+
+    def _strict_mode(self) -> Any:
+        if self._mode is None:
+            try:
+                from tests.support import llm_rules
+            except ImportError:  # run as a plain script: the sibling module
+                import llm_rules  # type: ignore[no-redef]
+            self._mode = llm_rules.StrictMode()
+        return self._mode
 
     # ------------------------------------------------------------ test controls
 
@@ -130,6 +171,8 @@ class LoopbackLLM:
         self.headers.clear()
         self._count.clear()
         self.max_in_flight = self.in_flight
+        if self._mode is not None:
+            self._mode.clear()
 
     @property
     def count(self) -> RequestCount:
@@ -179,18 +222,26 @@ class LoopbackLLM:
     async def _act(self, action: str, request: web.BaseRequest, body: Any,
                    path: str) -> web.StreamResponse:
         name, _, argument = action.partition(":")
+        retry: dict[str, str] = {}
+        if argument in ("retry", "noretry") or argument.endswith((":retry", ":noretry")):
+            argument, _, hint = argument.rpartition(":") if ":" in argument else ("", "", argument)
+            retry = {"x-should-retry": "true" if hint == "retry" else "false"}
         if name == "ok":
             pass
         elif name == "429":
             wait = float(argument) if argument else self.faults.retry_after_s
             headers = {"retry-after": str(int(wait))} if wait == int(wait) else \
                 {"retry-after": str(math.ceil(wait)), "retry-after-ms": str(int(wait * 1000))}
-            return _error(429, "Rate limit reached for requests (loopback)", path, headers=headers,
-                          kind="rate_limit_error")
-        elif name in ("500", "529"):
-            return _error(int(name), "Overloaded" if name == "529" else "The server had an error "
-                          "while processing your request (loopback)", path,
-                          kind="overloaded_error" if name == "529" else "server_error")
+            return _error(429, "Rate limit reached for requests (loopback)", path,
+                          headers={**headers, **retry}, kind="rate_limit_error")
+        elif name in ("500", "503", "529"):
+            message, kind = {
+                "500": ("The server had an error while processing your request (loopback)",
+                        "server_error" if path == OPENAI_PATH else "api_error"),
+                "503": ("Service unavailable (loopback)",
+                        "server_error" if path == OPENAI_PATH else "api_error"),
+                "529": ("Overloaded", "overloaded_error")}[name]
+            return _error(int(name), message, path, kind=kind, headers=retry or None)
         elif name in ("400", "401"):
             return _error(int(name), argument or ("Invalid request (loopback)" if name == "400"
                                                   else "Incorrect API key provided"), path,
@@ -219,6 +270,12 @@ class LoopbackLLM:
 
     def _check(self, body: dict[str, Any], request: web.BaseRequest,
                path: str) -> web.Response | None:
+        if self.strict:
+            problem = self._strict_mode().check(path == ANTHROPIC_PATH, body, request.headers,
+                                                self.api_key)
+            return None if problem is None else _error(
+                problem.status, problem.message, path, kind=problem.kind, param=problem.param,
+                code=problem.code)
         if path == ANTHROPIC_PATH:
             if self.api_key is not None and request.headers.get("x-api-key") != self.api_key:
                 return _error(401, "invalid x-api-key", path, kind="authentication_error")
@@ -262,23 +319,40 @@ class LoopbackLLM:
         finish = "stop"
         if isinstance(limit, int) and len(answer) // 4 + 1 > limit:
             answer, finish = answer[: limit * 4], "length"
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt_tokens, "completion_tokens": len(answer) // 4 + 1,
+            "total_tokens": prompt_tokens + len(answer) // 4 + 1,
+            "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_tokens)}}
+        if self.strict or self.prompt_cache or self.reasoning_spends_budget_below:
+            answer, finish = self._strict_mode().openai_answer(
+                body, prompt, answer, finish, usage, prompt_cache=self.prompt_cache,
+                spend_below=self.reasoning_spends_budget_below)
         return {
             "id": f"chatcmpl-loopback-{self._serial}", "object": "chat.completion",
             "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer},
                          "finish_reason": finish}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(answer) // 4 + 1,
-                      "total_tokens": prompt_tokens + len(answer) // 4 + 1,
-                      "prompt_tokens_details": {"cached_tokens": min(self.cached_tokens, prompt_tokens)}},
+            "usage": usage,
         }
 
     def _anthropic(self, body: dict[str, Any], model: str, answer: str,
                    prompt_tokens: int) -> dict[str, Any]:
         cached = min(self.cached_tokens, prompt_tokens)
-        usage = {"input_tokens": prompt_tokens - cached, "output_tokens": len(answer) // 4 + 1,
-                 "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+        usage: dict[str, Any] = {
+            "input_tokens": prompt_tokens - cached, "output_tokens": len(answer) // 4 + 1,
+            "cache_read_input_tokens": cached, "cache_creation_input_tokens": 0}
+        structured = False
+        if self.strict or self.prompt_cache or self.reasoning_spends_budget_below:
+            mode = self._strict_mode()
+            if mode.anthropic_usage(body, usage, prompt_tokens, prompt_cache=self.prompt_cache,
+                                    spend_below=self.reasoning_spends_budget_below):
+                return {"id": f"msg_loopback_{self._serial}", "type": "message",
+                        "role": "assistant", "model": model,
+                        "content": [{"type": "text", "text": ""}], "stop_reason": "max_tokens",
+                        "stop_sequence": None, "usage": usage}
+            structured = mode.structured(body)
         tools = body.get("tools")
-        if isinstance(tools, list) and tools:
+        if isinstance(tools, list) and tools and not structured:
             # A model forced to call a tool always produces an object for its input.
             try:
                 value = json.loads(answer)
@@ -314,11 +388,12 @@ def _text(content: Any) -> str:
 
 
 def _error(status: int, message: str, path: str, *, headers: dict[str, str] | None = None,
-           kind: str = "invalid_request_error") -> web.Response:
+           kind: str = "invalid_request_error", param: str | None = None,
+           code: str | None = None) -> web.Response:
     if path == ANTHROPIC_PATH:
         payload: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": message}}
     else:
-        payload = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        payload = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.Response(status=status, body=json.dumps(payload).encode(), content_type=_JSON,
                         headers=headers)
 
@@ -354,9 +429,11 @@ class LLMServer(LoopbackLLM):
 
     def __init__(self, *, latency_s: float = 0.0, seed: int = 1, responder: Responder | None = None,
                  api_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
-                 keep_requests: int = 10_000) -> None:
+                 keep_requests: int = 10_000, strict: bool = False,
+                 prompt_cache: bool | None = None, reasoning_spends_budget_below: int = 0) -> None:
         super().__init__(latency_s=latency_s, seed=seed, responder=responder, api_key=api_key,
-                         keep_requests=keep_requests)
+                         keep_requests=keep_requests, strict=strict, prompt_cache=prompt_cache,
+                         reasoning_spends_budget_below=reasoning_spends_budget_below)
         self.host = host
         self.port = port
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -429,10 +506,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--rate-{name}", type=float, default=0.0, metavar="P",
                             help=f"chance of a {name} answer")
     parser.add_argument("--retry-after", type=float, default=1.0, help="seconds sent with a 429")
+    parser.add_argument("--strict", action="store_true",
+                        help="reject what the real APIs reject (tests/support/llm_rules.py)")
+    parser.add_argument("--prompt-cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="simulate the providers' prompt caches (default: with --strict)")
+    parser.add_argument("--reasoning-spends-budget-below", type=int, default=0, metavar="N",
+                        help="reasoning models given fewer than N output tokens answer empty")
     args = parser.parse_args(argv)
 
     app = LoopbackLLM(latency_s=args.latency_ms / 1000.0, seed=args.seed, api_key=args.api_key,
-                      keep_requests=0)
+                      keep_requests=0, strict=args.strict, prompt_cache=args.prompt_cache,
+                      reasoning_spends_budget_below=args.reasoning_spends_budget_below)
     for name in ("429", "500", "529", "timeout", "malformed", "reset"):
         setattr(app.faults, f"rate_{name}", getattr(args, f"rate_{name}"))
     app.faults.retry_after_s = args.retry_after
