@@ -37,7 +37,8 @@ def loom_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
 def llm_server() -> Iterator["LLMServer"]:
     from tests.support.llm_server import LLMServer
 
-    with LLMServer(latency_s=0.0, seed=7) as server:
+    # Strict: it refuses what the real OpenAI and Anthropic APIs refuse (tests/support/llm_rules.py).
+    with LLMServer(latency_s=0.0, seed=7, strict=True) as server:
         yield server
 
 

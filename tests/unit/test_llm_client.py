@@ -25,7 +25,7 @@ from tests.support.llm_server import LLMServer
 @pytest.fixture
 def llm_server():
     # Same as the shared conftest fixture; kept here so these tests stand on their own.
-    with LLMServer(latency_s=0.0, seed=7) as server:
+    with LLMServer(latency_s=0.0, seed=7, strict=True) as server:
         yield server
 
 

@@ -19,7 +19,7 @@ from tests.support.llm_server import LLMServer
 @pytest.fixture
 def llm_server():
     # Same as the shared conftest fixture; kept here so these tests stand on their own.
-    with LLMServer(latency_s=0.0, seed=7) as server:
+    with LLMServer(latency_s=0.0, seed=7, strict=True) as server:
         yield server
 
 
@@ -66,7 +66,8 @@ async def test_request_carries_messages_params_and_the_schema(provider, llm_serv
 
 
 async def test_unset_params_are_not_sent_and_json_mode_asks_for_an_object(provider, llm_server):
-    await provider.complete(request(json_mode=True))
+    # JSON mode needs the word in the prompt (the strict server refuses it otherwise, as OpenAI does).
+    await provider.complete(request('Classify, in JSON.\nreply: {"sentiment": "positive"}', json_mode=True))
     body = llm_server.requests[-1]
     assert body["response_format"] == {"type": "json_object"}
     assert not {"max_tokens", "top_p", "seed"} & set(body)

@@ -18,7 +18,7 @@ from core.store import Store
 SCHEMA = {"type": "object", "required": ["sentiment"],
           "properties": {"sentiment": {"enum": ["positive", "negative", "neutral"]},
                          "summary": {"type": "string", "maxLength": 200}}}
-ANSWER = 'Classify.\nreply: {"sentiment": "positive"}'
+ANSWER = 'Classify, in JSON.\nreply: {"sentiment": "positive"}'
 
 
 def request(model: str, **fields) -> LLMRequest:
@@ -230,8 +230,8 @@ async def test_params_and_headers_reach_the_server_and_query_strings_survive(llm
                               timeout_s=5, headers={"api-key": "azure-key-0123456789",
                                                     "OpenAI-Project": "proj_1"})
     try:
-        await provider.complete(request("gpt-4o-mini", params={"reasoning_effort": "low",
-                                                               "service_tier": "flex"}))
+        await provider.complete(request("gpt-5-mini", params={"reasoning_effort": "low",
+                                                              "service_tier": "flex"}))
     finally:
         await provider.aclose()
     body = llm_server.requests[-1]
