@@ -30,6 +30,7 @@ from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError, UsageError
 from core.events import Event, RunFinished, RunSummary
 from core.processing import Runtime
+from core.release import ReleaseResult, release_run
 from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
@@ -460,6 +461,11 @@ class Workspace:
         return compare_runs(a, b, evaluators_a=await store.evaluation_results(a.run_id),
                             evaluators_b=await store.evaluation_results(b.run_id),
                             prompt_a=prompts[0], prompt_b=prompts[1])
+
+    async def release(self, run_id: str) -> ReleaseResult:
+        """Publish the passing records a held run kept back (a `replace` run that ended partial
+        with load.on_partial: hold) into the run's own destination, once (core.release)."""
+        return await release_run(await self.store(), run_id)
 
     async def quarantine(self, **filters: Any) -> list[Any]:
         """Quarantined records, filtered (pipeline, run_id, stage, reason_contains, status) and

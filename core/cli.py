@@ -35,7 +35,7 @@ from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, mone
                             summary_table)
 from core.sharding import Shard, ShardGroup
 
-HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets")
+HEADLESS_COMMANDS = ("validate", "runs", "release", "quarantine", "secrets")
 
 
 def out_console() -> Console:
@@ -58,7 +58,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="loom",
         description="AI(E)TL pipelines: extract, transform with an LLM, evaluate, load or quarantine.",
-        epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list · "
+        epilog=("commands: loom validate PIPELINE… · loom runs · loom release RUN_ID · "
+                "loom quarantine list · "
                 "loom secrets set|list|delete\n"
                 "With no --run, `loom [FOLDER]` opens the workbench."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,6 +101,12 @@ def build_command_parser() -> argparse.ArgumentParser:
     runs.add_argument("--pipeline", help="only this pipeline's runs")
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--json", action="store_true")
+
+    release = commands.add_parser(
+        "release", help="publish the passing records a held run (replace, ended partial) kept "
+                        "back, into its destination, once")
+    release.add_argument("run_id", metavar="RUN_ID")
+    release.add_argument("--json", action="store_true")
 
     quarantine = commands.add_parser("quarantine", help="records that did not pass")
     actions = quarantine.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -271,6 +278,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
     async with Workspace(".") as workspace:
         if args.command == "runs":
             return await _runs(workspace, args)
+        if args.command == "release":
+            result = await workspace.release(args.run_id)
+            if args.json:
+                sys.stdout.write(json.dumps({"run_id": result.run_id, "released": result.released,
+                                             "destination": result.destination,
+                                             "message": result.message}) + "\n")
+            else:
+                out_console().print(escape(result.message), highlight=False)
+            return 0
         if args.command == "quarantine":
             if args.action == "list":
                 return await _quarantine_list(workspace, args)
@@ -358,7 +374,8 @@ def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         "records": {"extracted": run.extracted, "loaded": run.loaded,
                     "quarantined": run.quarantined, "skipped": run.skipped},
-        "rejection_rate": (run.quarantined or 0) / processed if processed else 0.0,
+        "rejection_rate": run.rejection_rate if run.rejection_rate is not None else (
+            (run.quarantined or 0) / processed if processed else 0.0),
         "cost_usd": run.cost_usd, "cost_by_stage": run.cost_by_stage,
         "tokens": {"input": run.input_tokens, "output": run.output_tokens},
         "llm_calls": run.llm_calls, "cache_hits": run.cache_hits,

@@ -124,6 +124,7 @@ class _Tally:
     latency: Quantiles = field(default_factory=Quantiles)
     evaluators: dict[str, tuple[EvaluatorStats, Quantiles]] = field(default_factory=dict)
     recent_errors: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    first_error: str | None = None
 
     @property
     def cost(self) -> float | None:
@@ -263,6 +264,7 @@ class Engine:
         # Record ids whose rows are `passed` but that no sink batch took: skipped at the end.
         self._not_loaded: list[str] = []
         self._batches_written = 0
+        self._held = 0  # passing records a partial replace run keeps in the store (released later)
         # Duplicate ids (extract.on_duplicate_id): first-seen ids, or for keep_last each id's
         # last ordinal (-1 once it was taken). Ids only, never records.
         self._keep_last = self.loaded.spec.extract.on_duplicate_id == "keep_last"
@@ -407,6 +409,7 @@ class Engine:
             await self._flush_checkpoint()
             await self.store.skip_passed(self.run_id, self._not_loaded, f"not loaded: {why}")
             self._not_loaded = []
+            status, reason = self._judge(status, reason, error)
             if sink is not None:
                 status, error = await self._finish_sink(sink, status, error)
         except StoreError:
@@ -419,13 +422,6 @@ class Engine:
             raise
         self._report_duplicates()
 
-        if status == RunStatus.SUCCESS:
-            limit = spec.evaluate.max_rejection_rate
-            processed = self.tally.loaded + self.tally.quarantined
-            rate = self.tally.quarantined / processed if processed else 0.0
-            if limit is not None and rate > limit:
-                status = RunStatus.PARTIAL
-                reason = f"rejection rate {rate:.1%} is above max_rejection_rate {limit:.1%}"
         summary = await self._monitor(self._summary(status, reason or error), started_at)
         await self._record_finish(summary, sink)
         self._emit(Progress(**{**_as_dict(self.progress()), "in_flight": 0}))
@@ -869,6 +865,8 @@ class Engine:
             if result.reason:
                 result.reason = self.resolver.redact(result.reason)
                 tally.recent_errors.append(f"{result.record.id}: {result.reason}"[:300])
+                if tally.first_error is None:
+                    tally.first_error = tally.recent_errors[-1]
         else:
             tally.skipped += 1
         if not count_only:
@@ -910,24 +908,67 @@ class Engine:
                                       f"not loaded: {reason}", None, transform=result.transform,
                                       scores=result.scores, verdict=result.verdict))
 
+    def _judge(self, status: str, reason: str | None, error: str | None) -> tuple[str, str | None]:
+        """The run's status once every record is settled and before the destination is: the
+        quality gate over the whole run (max_rejection_rate), and a run in which no record
+        passed at all, which did not do its work whatever the cause (a template variable no
+        record has, an endpoint that refuses every call): `failed`, never `success`."""
+        if status != RunStatus.SUCCESS:
+            return status, reason
+        tally = self.tally
+        processed = tally.loaded + tally.quarantined
+        if processed and not tally.loaded:
+            first = f" (first: {tally.first_error})" if tally.first_error else ""
+            return RunStatus.FAILED, (f"no record passed: all {tally.quarantined} processed "
+                                      f"record{'s were' if tally.quarantined != 1 else ' was'} "
+                                      f"quarantined{first}")
+        limit = self.loaded.spec.evaluate.max_rejection_rate
+        rate = tally.quarantined / processed if processed else 0.0
+        if limit is not None and rate > limit:
+            return (RunStatus.PARTIAL,
+                    f"rejection rate {rate:.1%} is above max_rejection_rate {limit:.1%}")
+        if not tally.extracted and self._index is None:
+            self._warn("nothing to load: no record was extracted"
+                       + (" (--limit 0)" if self.options.limit == 0 else "")
+                       + "; the destination is unchanged")
+        return status, reason
+
     async def _finish_sink(self, sink: Sink, status: str, error: str | None) -> tuple[str, str | None]:
-        """Commit what loaded. A `replace` destination is all or nothing: a run that did not
-        succeed leaves it as it was, and its records count as skipped. By now every passed
-        record that no batch took is skipped: the `passed` rows are exactly what the sink holds."""
-        replace = self.loaded.spec.load.mode == "replace"
-        if status in (RunStatus.FAILED, RunStatus.CANCELLED) and not self._batches_written:
+        """Commit what loaded, or leave the destination exactly as it was.
+
+        A `replace` destination is swapped only by a run that ends `success` (or `partial` with
+        load.on_partial: publish) having written at least one row: a run that failed, was
+        cancelled, loaded nothing or tripped the gate leaves it byte for byte as it was. Its
+        passing records are skipped with their outputs kept: a partial run's wait to be
+        released (`Workspace.release`), the others to be resumed. By now every passed record
+        that no batch took is skipped: the `passed` rows are exactly what the sink holds."""
+        spec = self.loaded.spec
+        replace = spec.load.mode == "replace"
+        if not self._batches_written and (replace or sink.resume_policy != "ledger"
+                                          or status in (RunStatus.FAILED, RunStatus.CANCELLED)):
             # Nothing to publish: the destination stays exactly as it was (no empty file).
             with contextlib.suppress(Exception):
                 await sink.abort()
             return status, error
-        if status in (RunStatus.FAILED, RunStatus.CANCELLED) and replace:
+        publish = status == RunStatus.SUCCESS or (
+            status == RunStatus.PARTIAL and spec.load.on_partial == "publish")
+        if replace and not publish:
             with contextlib.suppress(Exception):
                 await sink.abort()
-            demoted = await self.store.demote_loaded(
-                self.run_id, f"not loaded: replace mode loads all or nothing and the run {status}",
-                from_outcome=PASSED)
+            held = status == RunStatus.PARTIAL
+            why = (f"held: the run ended partial and load.on_partial is hold (release with "
+                   f"loom release {self.run_id})" if held else
+                   f"not loaded: replace mode loads all or nothing and the run {status}")
+            demoted = await self.store.demote_loaded(self.run_id, why, from_outcome=PASSED)
             self.tally.loaded -= demoted
             self.tally.skipped += demoted
+            if held and demoted:
+                await self.store.hold_run(self.run_id)
+                self._held = demoted
+                self._warn(f"{redact_uri(spec.load.destination)} is unchanged: the run ended "
+                           f"partial, so its {demoted} passing record{'s' if demoted != 1 else ''} "
+                           f"wait in the store (load.on_partial: hold); publish them with: "
+                           f"loom release {self.run_id}")
             return status, error
         if sink.resume_policy == "ledger":
             # Every batch is committed at the destination already. The store says so before the
@@ -1069,6 +1110,8 @@ class Engine:
             extra["attempts"] = self._attempt
         if self._duplicates:
             extra["duplicate_ids"] = self._duplicates
+        if self._held:
+            extra["held"] = self._held
         return extra
 
 

@@ -145,7 +145,8 @@ class RunSummary:
 
     @property
     def rejection_rate(self) -> float:
-        processed = self.loaded + self.quarantined
+        # Records a held run kept back (extra "held") passed the gate: they count as passed.
+        processed = self.loaded + self.quarantined + int(self.extra.get("held") or 0)
         return self.quarantined / processed if processed else 0.0
 
     def to_json(self) -> dict[str, Any]:

@@ -122,6 +122,8 @@ def summary_table(summary: RunSummary) -> Table:
     for alert in summary.extra.get("alerts", ()):
         table.add_row("alert", Text(f"{alert['type']}: {alert['message']}",
                                     style="red" if alert["severity"] == "error" else "yellow"))
+    if summary.extra.get("held"):
+        table.add_row("next", f"loom release {summary.run_id}   (publish the held records)")
     if summary.quarantined:
         table.add_row("next", f"loom quarantine list --run {summary.run_id}")
     return table

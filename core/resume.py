@@ -181,7 +181,7 @@ _ABSENT = object()
 # these (a larger budget for a run a budget stopped, a lower concurrency after 429s, a rotated key).
 _OPERATIONAL = {"description": None, "budget": None, "monitoring": None,
                 "transform": ("concurrency", "rate_limit", "timeout_s", "max_retries", "api_key"),
-                "extract": ("batch_size",), "load": ("batch_size",)}
+                "extract": ("batch_size",), "load": ("batch_size", "on_partial")}
 
 
 def _shaping(config: dict[str, Any]) -> dict[str, Any]:

@@ -498,6 +498,40 @@ class Store:
                 commit_state="committed", updated_at=utcnow()))
             return int(result.rowcount)
 
+    async def hold_run(self, run_id: str) -> None:
+        """A partial `replace` run published nothing: its passing records (skipped, outputs
+        kept) wait to be released (core.release)."""
+        async with self._write() as conn:
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state="held", updated_at=utcnow()))
+
+    async def set_commit_state(self, run_id: str, state: str | None, *,
+                               only_from: str | None = None) -> bool:
+        """Move a run's commit state (for a release: held -> releasing -> released), only
+        from `only_from` when given. Returns whether this call moved it: of two releases of
+        one run, one wins."""
+        condition = _runs.c.run_id == run_id
+        if only_from is not None:
+            condition = condition & (_runs.c.commit_state == only_from)
+        async with self._write() as conn:
+            result = await conn.execute(update(_runs).where(condition).values(
+                commit_state=state, updated_at=utcnow()))
+            return result.rowcount == 1
+
+    async def finish_release(self, run_id: str, row_ids: Sequence[int], note: str) -> None:
+        """A held run's records are at its destination: loaded, and the run says so."""
+        async with self._write() as conn:
+            for start in range(0, len(row_ids), _IN_CHUNK):
+                await conn.execute(update(_record_results).where(
+                    _record_results.c.id.in_(list(row_ids[start:start + _IN_CHUNK]))).values(
+                    outcome=Outcome.LOADED.value, reason=None))
+            run = (await conn.execute(select(_runs.c.loaded, _runs.c.skipped, _runs.c.status_reason)
+                                      .where(_runs.c.run_id == run_id))).one()
+            reason = "; ".join(part for part in (run.status_reason, note) if part)
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                loaded=run.loaded + len(row_ids), skipped=max(0, run.skipped - len(row_ids)),
+                status_reason=self._text(reason), commit_state="released", updated_at=utcnow()))
+
     async def claim_run(self, run_id: str, *, status: str, updated_at: datetime,
                         options: dict[str, Any]) -> int | None:
         """Take over an unfinished run to resume it, if nobody else did since it was read as
