@@ -96,6 +96,9 @@ def build_command_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check pipelines without running them")
     validate.add_argument("pipelines", nargs="+", metavar="PIPELINE")
     validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("--no-data", action="store_true",
+                          help="do not read the source to render the prompt against its first "
+                               "records (for a source that cannot be reached from here)")
 
     runs = commands.add_parser("runs", help="run history")
     runs.add_argument("--pipeline", help="only this pipeline's runs")
@@ -272,7 +275,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
-        return _validate(args)
+        return await _validate(args)
     if args.command == "secrets":
         return _secrets(args)
     async with Workspace(".") as workspace:
@@ -296,19 +299,36 @@ async def _dispatch(args: argparse.Namespace) -> int:
     return 2
 
 
-def _validate(args: argparse.Namespace) -> int:
+async def _validate(args: argparse.Namespace) -> int:
+    """Each pipeline: its YAML and files, then (unless --no-data) its prompt rendered for the
+    source's first records, no model call (core.validation)."""
+    from core.validation import DEFAULT_SAMPLE, render_problems
+
     workspace = Workspace(".")
     code = 0
     out = out_console()
     for path in args.pipelines:
         try:
             loaded = workspace.load(path, args.set)
+            if not args.no_data:
+                rendered, problems = await render_problems(loaded, workspace.config,
+                                                           sample=DEFAULT_SAMPLE)
+                if problems:
+                    for problem in problems:
+                        sys.stderr.write(f"error: {one_line(str(problem))}\n")
+                    code = 2
+                    continue
             evaluators = len(loaded.spec.evaluate.evaluators)
-            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): "
-                      f"{redact_uri(loaded.spec.extract.source)} → "
-                      f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
+            shown = "" if args.no_data else (
+                f" · prompt rendered for {rendered} record{'s' if rendered != 1 else ''}, "
+                f"no model call")
+            out.print(f"[green]ok[/] {escape(loaded.spec.name)} ({escape(str(path))}): "
+                      f"{escape(redact_uri(loaded.spec.extract.source))} → "
+                      f"{escape(loaded.spec.transform.provider)}:"
+                      f"{escape(loaded.spec.transform.model)} → "
                       f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                      f"{redact_uri(loaded.spec.load.destination)}", highlight=False)
+                      f"{escape(redact_uri(loaded.spec.load.destination))}{shown}",
+                      highlight=False, soft_wrap=True)
         except LoomError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
             code = max(code, exc.exit_code)
