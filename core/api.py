@@ -116,6 +116,12 @@ class RunPoint:
     extracted: int
 
 
+def pipeline_key(path: str | Path) -> str:
+    """A pipeline file as the history knows it (with its name: a pipeline's identity)."""
+    path = Path(path)
+    return str((path / "pipeline.yaml" if path.is_dir() else path).resolve())
+
+
 def find_pipeline_files(folder: Path) -> list[Path]:
     """YAML files under `folder` that look like pipelines (top-level extract: and transform:)."""
     found: list[Path] = []
@@ -352,7 +358,8 @@ class Workspace:
         loaded with the --set overrides the run started with, then `overrides` on top.
         Raises ResumeError (nothing to resume, still running) or UsageError."""
         loaded = self.load(path, overrides)
-        run = await find_resumable(await self.store(), loaded.spec.name, run_id, shard=shard)
+        run = await find_resumable(await self.store(), loaded.spec.name, run_id, shard=shard,
+                                   path=str(loaded.path))
         stored = run.options or {}
         if limit is not None and limit != stored.get("limit"):
             raise UsageError(f"--resume continues run {run.run_id} with its own --limit "
@@ -429,8 +436,24 @@ class Workspace:
         return await (await self.store()).get_run(run_id)
 
     async def last_runs(self) -> dict[str, PipelineRun]:
-        """Each pipeline's newest run, by pipeline name."""
+        """Each pipeline's newest run, by pipeline name (of any file with that name)."""
         return await (await self.store()).last_run_per_pipeline()
+
+    async def last_runs_by_file(self) -> dict[str, PipelineRun]:
+        """Each pipeline file's newest run, by `pipeline_key(path)`: a copy of a pipeline in
+        another folder has its own. A name whose every file is gone (the folder moved) is a key
+        too, with its newest run, so that a moved pipeline still shows its last run."""
+        runs = await (await self.store()).last_run_per_file()
+        found: dict[str, PipelineRun] = {}
+        by_name: dict[str, list[PipelineRun]] = {}
+        for run in runs:
+            if run.pipeline_path:
+                found[run.pipeline_path] = run
+            by_name.setdefault(run.pipeline_name, []).append(run)
+        for name, named in by_name.items():
+            if not any(r.pipeline_path and Path(r.pipeline_path).is_file() for r in named):
+                found[name] = max(named, key=lambda r: (r.started_at, r.run_id))
+        return found
 
     async def pipeline_names(self) -> list[str]:
         """Every pipeline the history has seen."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import getpass
 import json
@@ -389,7 +390,8 @@ def alert_to_dict(alert: Any) -> dict[str, Any]:
 def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
     processed = (run.loaded or 0) + (run.quarantined or 0)
     return {
-        "kind": "run", "run_id": run.run_id, "pipeline": run.pipeline_name, "status": run.status,
+        "kind": "run", "run_id": run.run_id, "pipeline": run.pipeline_name,
+        "pipeline_path": run.pipeline_path, "status": run.status,
         "status_reason": run.status_reason or run.error_message,
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         "records": {"extracted": run.extracted, "loaded": run.loaded,
@@ -447,11 +449,13 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
         table.add_column(column, justify="right" if column in {"loaded", "quar.", "skip", "rejection",
                                                                "cost", "duration", "p95", "alerts"}
                          else "left")
+    labels = await _pipeline_labels(await workspace.store(),
+                                    {(run.pipeline_name, run.pipeline_path) for run in runs})
     for entry in entries:
         if isinstance(entry, ShardGroup):
-            _group_rows(table, entry, alerts)
+            _group_rows(table, entry, alerts, labels)
         else:
-            _run_row(table, entry, entry.run_id, alerts.get(entry.run_id, []))
+            _run_row(table, entry, entry.run_id, alerts.get(entry.run_id, []), labels)
     out_console().print(table)
     raised = [(run.run_id, a) for run in runs for a in alerts.get(run.run_id, [])]
     if raised:
@@ -460,7 +464,8 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
             listing.add_column(column, overflow="fold")
         for run_id, alert in raised:
             style = "red" if alert.severity == "error" else "yellow"
-            listing.add_row(run_id, f"[{style}]{alert.alert_type}[/]", alert.message)
+            listing.add_row(run_id, f"[{style}]{escape(alert.alert_type)}[/]",
+                            escape(alert.message))
         out_console().print(listing)
     return 0
 
@@ -472,10 +477,33 @@ def _alert_count(alerts: list[Any]) -> str:
     return f"[{worst}]{len(alerts)}[/]"
 
 
-def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
+async def _pipeline_labels(store: Any, pipelines: set[tuple[str, str | None]]
+                           ) -> dict[tuple[str, str | None], str]:
+    """How `loom runs` and `loom quarantine list` name each (name, file) pipeline: by its name,
+    with its file only when another file has that name too (a pipeline is its file)."""
+    files = await store.pipeline_files(sorted({name for name, _ in pipelines}))
+    labels = {}
+    for name, path in pipelines:
+        shared = len(files.get(name, [])) > 1 and path
+        labels[(name, path)] = f"{name} ({_short_path(path)})" if shared else name
+    return labels
+
+
+def _short_path(path: str) -> str:
+    """A pipeline file as people type it: relative to here when under it, its folder for a
+    pipeline.yaml."""
+    shown = Path(path)
+    with contextlib.suppress(ValueError):
+        shown = shown.relative_to(Path.cwd())
+    return str(shown.parent if shown.name == "pipeline.yaml" else shown)
+
+
+def _run_row(table: Table, run: Any, label: str, alerts: list[Any],
+             labels: dict[tuple[str, str | None], str] | None = None) -> None:
     data = run_to_dict(run)
     style = STATUS_STYLE.get(run.status, "white")
-    table.add_row(label, run.pipeline_name, f"[{style}]{run.status}[/]",
+    name = (labels or {}).get((run.pipeline_name, run.pipeline_path), run.pipeline_name)
+    table.add_row(label, escape(name), f"[{style}]{run.status}[/]",
                   run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
                   str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                   f"{data['rejection_rate']:.1%}", money(run.cost_usd),
@@ -483,13 +511,14 @@ def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
                   seconds(run.latency_p95_s), _alert_count(alerts))
 
 
-def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -> None:
+def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]],
+                labels: dict[tuple[str, str | None], str] | None = None) -> None:
     """The group's sums on one line, then each of its runs (retries too) beneath it."""
     style = STATUS_STYLE.get(group.status, "white")
     ran = group.shard_count - len(group.missing)
     name = escape(_clip_middle(group.group, 40))  # `loom runs --json` has the whole id
     table.add_row(f"[bold]shard group {name}[/] ({ran}/{group.shard_count} shards)",
-                  group.pipeline, f"[{style}]{group.status}[/]",
+                  escape(group.pipeline), f"[{style}]{group.status}[/]",
                   group.started_at.strftime("%Y-%m-%d %H:%M"),
                   str(group.total("loaded")), str(group.total("quarantined")),
                   str(group.total("skipped")), f"{group.rejection_rate:.1%}",
@@ -500,7 +529,7 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -
     for run in sorted(group.runs, key=lambda r: (r.shard_index or 0, r.started_at)):
         mark = "" if run.run_id in counted else " (retried)"
         _run_row(table, run, f"  └ {run.shard_index}/{run.shard_count} {run.run_id}{mark}",
-                 alerts.get(run.run_id, []))
+                 alerts.get(run.run_id, []), labels)
 
 
 def _clip_middle(text: str, width: int) -> str:
@@ -542,10 +571,18 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
     table = Table(box=None, header_style="bold")
     for column in ("id", "run", "pipeline", "record", "stage", "reason"):
         table.add_column(column, overflow="ellipsis", no_wrap=column != "reason")
+    paths = {}
+    for run_of_row in {row.run_id for row in rows}:
+        found = await store.get_run(run_of_row)
+        paths[run_of_row] = found.pipeline_path if found is not None else None
+    labels = await _pipeline_labels(store, {(row.pipeline_name, paths[row.run_id]) for row in rows})
     for row in rows:
         reason = (row.reason or "").replace("\n", " ")
-        table.add_row(str(row.id), row.run_id, row.pipeline_name, row.record_id, row.stage,
-                      reason[:160] + ("…" if len(reason) > 160 else ""))
+        # Record ids and reasons are data: never read as markup.
+        table.add_row(str(row.id), row.run_id,
+                      escape(labels[(row.pipeline_name, paths[row.run_id])]),
+                      escape(row.record_id), escape(row.stage or ""),
+                      escape(reason[:160] + ("…" if len(reason) > 160 else "")))
     out_console().print(table)
     return 0
 

@@ -352,6 +352,7 @@ class Engine:
         if resume is not None:
             self._prior_duration = resume.run.duration_s or 0.0
         self._started = time.monotonic() - self._prior_duration
+        await self._warn_namesakes()
         await self._record_start(runtime, started_at)
         self._emit(RunStarted(
             run_id=self.run_id, pipeline=spec.name, pipeline_path=str(self.loaded.path),
@@ -1050,6 +1051,21 @@ class Engine:
             options={**self._run_options(), "judge_prompts": judge_prompts},
             source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination),
             shard=self.options.shard))
+
+    async def _warn_namesakes(self) -> None:
+        """A pipeline is its name and its file: another file with this name (a copied folder)
+        keeps its own history, quarantine and resume. Say so, once per run, in one line."""
+        spec = self.loaded.spec
+        mine = str(self.loaded.path)
+        files: list[str] = []
+        with contextlib.suppress(LoomError):
+            files = (await self.store.pipeline_files([spec.name])).get(spec.name, [])
+        others = [path for path in files if path != mine and Path(path).is_file()]
+        if others:
+            more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+            self._warn(f"pipeline name {spec.name!r} is also the name of {others[0]}{more}: each "
+                       f"file keeps its own history, quarantine and resume (rename one to tell "
+                       f"them apart)")
 
     async def _monitor(self, summary: RunSummary, started_at: datetime) -> RunSummary:
         """Compare the run with the pipeline's recent runs; the summary gains its alerts (and
