@@ -105,6 +105,10 @@ class Progress(Event):
     concurrency: int
     recent_errors: tuple[str, ...] = ()
     total_hint: int | None = None  # records the source will yield, when it knows
+    # The run is waiting (rate limits: a 429's Retry-After, a reset header): how much longer,
+    # and why. None while it is not; the progress line shows it.
+    waiting_s: float | None = None
+    waiting_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
