@@ -1,8 +1,9 @@
 """The headless command line: `loom --run`, `loom validate`, `loom runs`, `loom quarantine`,
 `loom secrets`.
 
-Exit codes CI can trust: 0 success; 1 the run failed; 2 invalid pipeline, usage or a missing
-secret; 3 partial (rejection rate above max_rejection_rate, or a budget stop). Every user error
+Exit codes CI can trust: 0 success; 1 the run failed (no record passed counts as failed); 2
+invalid pipeline, usage or a missing secret; 3 partial (rejection rate above max_rejection_rate,
+or a budget stop). Every user error
 is one line on stderr, never a traceback.
 """
 
@@ -392,6 +393,8 @@ def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
     return {
         "kind": "run", "run_id": run.run_id, "pipeline": run.pipeline_name,
         "pipeline_path": run.pipeline_path, "status": run.status,
+        # A replace run that ended partial and published nothing: `loom release RUN_ID`.
+        "held": run.commit_state == "held", "released": run.commit_state == "released",
         "status_reason": run.status_reason or run.error_message,
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         "records": {"extracted": run.extracted, "loaded": run.loaded,

@@ -126,6 +126,7 @@ def test_a_tripped_gate_holds_replace_then_release_publishes_once(tmp_path, llm_
     code, out, _ = run_cli(capsys, "runs", "--json")
     (held,) = [run for run in json.loads(out) if run["run_id"] == run_id]
     assert held["records"]["loaded"] == 10 and held["records"]["skipped"] == 0
+    assert held["released"] is True and held["held"] is False
 
 
 def test_on_partial_publish_swaps_in_a_partial_run(tmp_path, llm_server, capsys):
@@ -258,3 +259,30 @@ def test_s3_replace_is_held_by_a_gate(tmp_path, llm_server, capsys, s3):
     lines = [line for key, body in after.items() if not key.endswith("_SUCCESS")
              for line in body.decode().splitlines() if line]
     assert len(lines) == 10
+
+
+def test_a_cancelled_run_leaves_a_replace_file_as_it_was(tmp_path, llm_server, capsys):
+    import asyncio
+
+    from core.api import Workspace
+    from core.engine import RunController, RunOptions
+    from core.events import Progress, RunFinished
+
+    pipeline, destination, before = good_file(tmp_path, llm_server, "csv")
+    write_csv(pipeline.parent / "reviews.csv", rows_for(60))
+    llm_server.latency_s = 0.02
+
+    async def cancel_midway() -> object:
+        controller = RunController()
+        async with Workspace(tmp_path) as workspace:
+            loaded = workspace.load(pipeline, ["transform.concurrency=1", "load.batch_size=1"])
+            async for event in workspace.run(loaded, RunOptions(use_cache=False),
+                                             controller=controller):
+                if isinstance(event, Progress) and event.loaded >= 3:
+                    controller.cancel()
+                if isinstance(event, RunFinished):
+                    return event.summary
+
+    summary = asyncio.run(cancel_midway())
+    assert summary.status == "cancelled" and summary.skipped > 0
+    assert checksum(destination) == before
