@@ -966,9 +966,9 @@ class Engine:
             if held and demoted:
                 await self.store.hold_run(self.run_id)
                 self._held = demoted
-                self._warn(f"{redact_uri(spec.load.destination)} is unchanged: the run ended "
-                           f"partial, so its {demoted} passing record{'s' if demoted != 1 else ''} "
-                           f"wait in the store (load.on_partial: hold); publish them with: "
+                self._warn(f"{redact_uri(spec.load.destination)} unchanged (partial run, "
+                           f"load.on_partial: hold): {demoted} passing "
+                           f"record{'s wait' if demoted != 1 else ' waits'} for "
                            f"loom release {self.run_id}")
             return status, error
         if sink.resume_policy == "ledger":
