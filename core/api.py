@@ -30,6 +30,7 @@ from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError, UsageError
 from core.events import Event, RunFinished, RunSummary
 from core.processing import Runtime
+from core.release import ReleaseResult, release_run
 from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
@@ -113,6 +114,12 @@ class RunPoint:
     latency_p95_s: float | None
     rejection_rate: float | None
     extracted: int
+
+
+def pipeline_key(path: str | Path) -> str:
+    """A pipeline file as the history knows it (with its name: a pipeline's identity)."""
+    path = Path(path)
+    return str((path / "pipeline.yaml" if path.is_dir() else path).resolve())
 
 
 def find_pipeline_files(folder: Path) -> list[Path]:
@@ -351,7 +358,8 @@ class Workspace:
         loaded with the --set overrides the run started with, then `overrides` on top.
         Raises ResumeError (nothing to resume, still running) or UsageError."""
         loaded = self.load(path, overrides)
-        run = await find_resumable(await self.store(), loaded.spec.name, run_id, shard=shard)
+        run = await find_resumable(await self.store(), loaded.spec.name, run_id, shard=shard,
+                                   path=str(loaded.path))
         stored = run.options or {}
         if limit is not None and limit != stored.get("limit"):
             raise UsageError(f"--resume continues run {run.run_id} with its own --limit "
@@ -428,8 +436,24 @@ class Workspace:
         return await (await self.store()).get_run(run_id)
 
     async def last_runs(self) -> dict[str, PipelineRun]:
-        """Each pipeline's newest run, by pipeline name."""
+        """Each pipeline's newest run, by pipeline name (of any file with that name)."""
         return await (await self.store()).last_run_per_pipeline()
+
+    async def last_runs_by_file(self) -> dict[str, PipelineRun]:
+        """Each pipeline file's newest run, by `pipeline_key(path)`: a copy of a pipeline in
+        another folder has its own. A name whose every file is gone (the folder moved) is a key
+        too, with its newest run, so that a moved pipeline still shows its last run."""
+        runs = await (await self.store()).last_run_per_file()
+        found: dict[str, PipelineRun] = {}
+        by_name: dict[str, list[PipelineRun]] = {}
+        for run in runs:
+            if run.pipeline_path:
+                found[run.pipeline_path] = run
+            by_name.setdefault(run.pipeline_name, []).append(run)
+        for name, named in by_name.items():
+            if not any(r.pipeline_path and Path(r.pipeline_path).is_file() for r in named):
+                found[name] = max(named, key=lambda r: (r.started_at, r.run_id))
+        return found
 
     async def pipeline_names(self) -> list[str]:
         """Every pipeline the history has seen."""
@@ -460,6 +484,11 @@ class Workspace:
         return compare_runs(a, b, evaluators_a=await store.evaluation_results(a.run_id),
                             evaluators_b=await store.evaluation_results(b.run_id),
                             prompt_a=prompts[0], prompt_b=prompts[1])
+
+    async def release(self, run_id: str) -> ReleaseResult:
+        """Publish the passing records a held run kept back (a `replace` run that ended partial
+        with load.on_partial: hold) into the run's own destination, once (core.release)."""
+        return await release_run(await self.store(), run_id)
 
     async def quarantine(self, **filters: Any) -> list[Any]:
         """Quarantined records, filtered (pipeline, run_id, stage, reason_contains, status) and

@@ -1,8 +1,9 @@
 """The headless command line: `loom --run`, `loom validate`, `loom runs`, `loom quarantine`,
 `loom secrets`.
 
-Exit codes CI can trust: 0 success; 1 the run failed; 2 invalid pipeline, usage or a missing
-secret; 3 partial (rejection rate above max_rejection_rate, or a budget stop). Every user error
+Exit codes CI can trust: 0 success; 1 the run failed (no record passed counts as failed); 2
+invalid pipeline, usage or a missing secret; 3 partial (rejection rate above max_rejection_rate,
+or a budget stop). Every user error
 is one line on stderr, never a traceback.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import getpass
 import json
@@ -35,7 +37,7 @@ from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, mone
                             summary_table)
 from core.sharding import Shard, ShardGroup
 
-HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets", "prices")
+HEADLESS_COMMANDS = ("validate", "runs", "release", "quarantine", "secrets", "prices")
 
 
 def out_console() -> Console:
@@ -58,7 +60,8 @@ def build_run_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="loom",
         description="AI(E)TL pipelines: extract, transform with an LLM, evaluate, load or quarantine.",
-        epilog=("commands: loom validate PIPELINE… · loom runs · loom quarantine list · "
+        epilog=("commands: loom validate PIPELINE… · loom runs · loom release RUN_ID · "
+                "loom quarantine list · "
                 "loom secrets set|list|delete · loom prices [MODEL…]\n"
                 "With no --run, `loom [FOLDER]` opens the workbench."),
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,11 +119,20 @@ def build_command_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check pipelines without running them")
     validate.add_argument("pipelines", nargs="+", metavar="PIPELINE")
     validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    validate.add_argument("--no-data", action="store_true",
+                          help="do not read the source to render the prompt against its first "
+                               "records (for a source that cannot be reached from here)")
 
     runs = commands.add_parser("runs", help="run history")
     runs.add_argument("--pipeline", help="only this pipeline's runs")
     runs.add_argument("--limit", type=int, default=20)
     runs.add_argument("--json", action="store_true")
+
+    release = commands.add_parser(
+        "release", help="publish the passing records a held run (replace, ended partial) kept "
+                        "back, into its destination, once")
+    release.add_argument("run_id", metavar="RUN_ID")
+    release.add_argument("--json", action="store_true")
 
     quarantine = commands.add_parser("quarantine", help="records that did not pass")
     actions = quarantine.add_subparsers(dest="action", required=True, parser_class=_Parser)
@@ -299,7 +311,7 @@ def _estimate(args: argparse.Namespace) -> int:
 
 async def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "validate":
-        return _validate(args)
+        return await _validate(args)
     if args.command == "secrets":
         return _secrets(args)
     if args.command == "prices":
@@ -307,6 +319,15 @@ async def _dispatch(args: argparse.Namespace) -> int:
     async with Workspace(".") as workspace:
         if args.command == "runs":
             return await _runs(workspace, args)
+        if args.command == "release":
+            result = await workspace.release(args.run_id)
+            if args.json:
+                sys.stdout.write(json.dumps({"run_id": result.run_id, "released": result.released,
+                                             "destination": result.destination,
+                                             "message": result.message}) + "\n")
+            else:
+                out_console().print(escape(result.message), highlight=False)
+            return 0
         if args.command == "quarantine":
             if args.action == "list":
                 return await _quarantine_list(workspace, args)
@@ -382,19 +403,36 @@ def _quote_to_dict(model: str, quote: Any) -> dict[str, Any]:
                             for start, price in tiers] for key, tiers in quote.tiers.items()}}
 
 
-def _validate(args: argparse.Namespace) -> int:
+async def _validate(args: argparse.Namespace) -> int:
+    """Each pipeline: its YAML and files, then (unless --no-data) its prompt rendered for the
+    source's first records, no model call (core.validation)."""
+    from core.validation import DEFAULT_SAMPLE, render_problems
+
     workspace = Workspace(".")
     code = 0
     out = out_console()
     for path in args.pipelines:
         try:
             loaded = workspace.load(path, args.set)
+            if not args.no_data:
+                rendered, problems = await render_problems(loaded, workspace.config,
+                                                           sample=DEFAULT_SAMPLE)
+                if problems:
+                    for problem in problems:
+                        sys.stderr.write(f"error: {one_line(str(problem))}\n")
+                    code = 2
+                    continue
             evaluators = len(loaded.spec.evaluate.evaluators)
-            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): "
-                      f"{redact_uri(loaded.spec.extract.source)} → "
-                      f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
+            shown = "" if args.no_data else (
+                f" · prompt rendered for {rendered} record{'s' if rendered != 1 else ''}, "
+                f"no model call")
+            out.print(f"[green]ok[/] {escape(loaded.spec.name)} ({escape(str(path))}): "
+                      f"{escape(redact_uri(loaded.spec.extract.source))} → "
+                      f"{escape(loaded.spec.transform.provider)}:"
+                      f"{escape(loaded.spec.transform.model)} → "
                       f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                      f"{redact_uri(loaded.spec.load.destination)}", highlight=False)
+                      f"{escape(redact_uri(loaded.spec.load.destination))}{shown}",
+                      highlight=False, soft_wrap=True)
         except LoomError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
             code = max(code, exc.exit_code)
@@ -455,12 +493,16 @@ def alert_to_dict(alert: Any) -> dict[str, Any]:
 def run_to_dict(run: Any, alerts: list[Any] | None = None) -> dict[str, Any]:
     processed = (run.loaded or 0) + (run.quarantined or 0)
     return {
-        "kind": "run", "run_id": run.run_id, "pipeline": run.pipeline_name, "status": run.status,
+        "kind": "run", "run_id": run.run_id, "pipeline": run.pipeline_name,
+        "pipeline_path": run.pipeline_path, "status": run.status,
+        # A replace run that ended partial and published nothing: `loom release RUN_ID`.
+        "held": run.commit_state == "held", "released": run.commit_state == "released",
         "status_reason": run.status_reason or run.error_message,
         "started_at": _iso(run.started_at), "finished_at": _iso(run.finished_at),
         "records": {"extracted": run.extracted, "loaded": run.loaded,
                     "quarantined": run.quarantined, "skipped": run.skipped},
-        "rejection_rate": (run.quarantined or 0) / processed if processed else 0.0,
+        "rejection_rate": run.rejection_rate if run.rejection_rate is not None else (
+            (run.quarantined or 0) / processed if processed else 0.0),
         "cost_usd": run.cost_usd, "cost_by_stage": run.cost_by_stage,
         "tokens": {"input": run.input_tokens, "output": run.output_tokens,
                    "cache_read": run.cache_read_tokens or 0,
@@ -522,11 +564,13 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
                                                                "cost", "cache rd", "saved",
                                                                "duration", "p95", "alerts"}
                          else "left")
+    labels = await _pipeline_labels(await workspace.store(),
+                                    {(run.pipeline_name, run.pipeline_path) for run in runs})
     for entry in entries:
         if isinstance(entry, ShardGroup):
-            _group_rows(table, entry, alerts)
+            _group_rows(table, entry, alerts, labels)
         else:
-            _run_row(table, entry, entry.run_id, alerts.get(entry.run_id, []))
+            _run_row(table, entry, entry.run_id, alerts.get(entry.run_id, []), labels)
     out_console().print(table)
     raised = [(run.run_id, a) for run in runs for a in alerts.get(run.run_id, [])]
     if raised:
@@ -535,7 +579,8 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
             listing.add_column(column, overflow="fold")
         for run_id, alert in raised:
             style = "red" if alert.severity == "error" else "yellow"
-            listing.add_row(run_id, f"[{style}]{alert.alert_type}[/]", alert.message)
+            listing.add_row(run_id, f"[{style}]{escape(alert.alert_type)}[/]",
+                            escape(alert.message))
         out_console().print(listing)
     return 0
 
@@ -547,10 +592,33 @@ def _alert_count(alerts: list[Any]) -> str:
     return f"[{worst}]{len(alerts)}[/]"
 
 
-def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
+async def _pipeline_labels(store: Any, pipelines: set[tuple[str, str | None]]
+                           ) -> dict[tuple[str, str | None], str]:
+    """How `loom runs` and `loom quarantine list` name each (name, file) pipeline: by its name,
+    with its file only when another file has that name too (a pipeline is its file)."""
+    files = await store.pipeline_files(sorted({name for name, _ in pipelines}))
+    labels = {}
+    for name, path in pipelines:
+        shared = len(files.get(name, [])) > 1 and path
+        labels[(name, path)] = f"{name} ({_short_path(path)})" if shared else name
+    return labels
+
+
+def _short_path(path: str) -> str:
+    """A pipeline file as people type it: relative to here when under it, its folder for a
+    pipeline.yaml."""
+    shown = Path(path)
+    with contextlib.suppress(ValueError):
+        shown = shown.relative_to(Path.cwd())
+    return str(shown.parent if shown.name == "pipeline.yaml" else shown)
+
+
+def _run_row(table: Table, run: Any, label: str, alerts: list[Any],
+             labels: dict[tuple[str, str | None], str] | None = None) -> None:
     data = run_to_dict(run)
     style = STATUS_STYLE.get(run.status, "white")
-    table.add_row(label, run.pipeline_name, f"[{style}]{run.status}[/]",
+    name = (labels or {}).get((run.pipeline_name, run.pipeline_path), run.pipeline_name)
+    table.add_row(label, escape(name), f"[{style}]{run.status}[/]",
                   run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
                   str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                   f"{data['rejection_rate']:.1%}", money(run.cost_usd),
@@ -559,13 +627,14 @@ def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
                   seconds(run.latency_p95_s), _alert_count(alerts))
 
 
-def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -> None:
+def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]],
+                labels: dict[tuple[str, str | None], str] | None = None) -> None:
     """The group's sums on one line, then each of its runs (retries too) beneath it."""
     style = STATUS_STYLE.get(group.status, "white")
     ran = group.shard_count - len(group.missing)
     name = escape(_clip_middle(group.group, 40))  # `loom runs --json` has the whole id
     table.add_row(f"[bold]shard group {name}[/] ({ran}/{group.shard_count} shards)",
-                  group.pipeline, f"[{style}]{group.status}[/]",
+                  escape(group.pipeline), f"[{style}]{group.status}[/]",
                   group.started_at.strftime("%Y-%m-%d %H:%M"),
                   str(group.total("loaded")), str(group.total("quarantined")),
                   str(group.total("skipped")), f"{group.rejection_rate:.1%}",
@@ -577,7 +646,7 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -
     for run in sorted(group.runs, key=lambda r: (r.shard_index or 0, r.started_at)):
         mark = "" if run.run_id in counted else " (retried)"
         _run_row(table, run, f"  └ {run.shard_index}/{run.shard_count} {run.run_id}{mark}",
-                 alerts.get(run.run_id, []))
+                 alerts.get(run.run_id, []), labels)
 
 
 def _saved_total(savings: dict[str, float] | None) -> float | None:
@@ -646,10 +715,18 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
     table = Table(box=None, header_style="bold")
     for column in ("id", "run", "pipeline", "record", "stage", "reason"):
         table.add_column(column, overflow="ellipsis", no_wrap=column != "reason")
+    paths = {}
+    for run_of_row in {row.run_id for row in rows}:
+        found = await store.get_run(run_of_row)
+        paths[run_of_row] = found.pipeline_path if found is not None else None
+    labels = await _pipeline_labels(store, {(row.pipeline_name, paths[row.run_id]) for row in rows})
     for row in rows:
         reason = (row.reason or "").replace("\n", " ")
-        table.add_row(str(row.id), row.run_id, row.pipeline_name, row.record_id, row.stage,
-                      reason[:160] + ("…" if len(reason) > 160 else ""))
+        # Record ids and reasons are data: never read as markup.
+        table.add_row(str(row.id), row.run_id,
+                      escape(labels[(row.pipeline_name, paths[row.run_id])]),
+                      escape(row.record_id), escape(row.stage or ""),
+                      escape(reason[:160] + ("…" if len(reason) > 160 else "")))
     out_console().print(table)
     return 0
 

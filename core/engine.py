@@ -131,6 +131,7 @@ class _Tally:
     latency: Quantiles = field(default_factory=Quantiles)
     evaluators: dict[str, tuple[EvaluatorStats, Quantiles]] = field(default_factory=dict)
     recent_errors: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    first_error: str | None = None
 
     @property
     def cost(self) -> float | None:
@@ -278,6 +279,7 @@ class Engine:
         # Record ids whose rows are `passed` but that no sink batch took: skipped at the end.
         self._not_loaded: list[str] = []
         self._batches_written = 0
+        self._held = 0  # passing records a partial replace run keeps in the store (released later)
         # Duplicate ids (extract.on_duplicate_id): first-seen ids, or for keep_last each id's
         # last ordinal (-1 once it was taken). Ids only, never records.
         self._keep_last = self.loaded.spec.extract.on_duplicate_id == "keep_last"
@@ -331,7 +333,7 @@ class Engine:
         left = limits.resume_at - time.monotonic()
         if left <= 0:
             return {}
-        return {"waiting_s": left, "waiting_for": limits.waiting_for}
+        return {"waiting_s": left, "waiting_reason": limits.waiting_for}
 
     def _concurrency(self) -> int:
         """Requests in flight allowed right now: the adaptive limit, which 429s lower."""
@@ -379,6 +381,7 @@ class Engine:
         if resume is not None:
             self._prior_duration = resume.run.duration_s or 0.0
         self._started = time.monotonic() - self._prior_duration
+        await self._warn_namesakes()
         await self._record_start(runtime, started_at)
         self._emit(RunStarted(
             run_id=self.run_id, pipeline=spec.name, pipeline_path=str(self.loaded.path),
@@ -436,6 +439,7 @@ class Engine:
             await self._flush_checkpoint()
             await self.store.skip_passed(self.run_id, self._not_loaded, f"not loaded: {why}")
             self._not_loaded = []
+            status, reason = self._judge(status, reason, error)
             if sink is not None:
                 status, error = await self._finish_sink(sink, status, error)
         except StoreError:
@@ -448,19 +452,6 @@ class Engine:
             raise
         self._report_duplicates()
 
-        if status == RunStatus.SUCCESS and self.tally.provider_failures:
-            # Not done: say so, and how to finish it.
-            status = RunStatus.PARTIAL
-            reason = (f"{self.tally.provider_failures} record"
-                      f"{'s' if self.tally.provider_failures != 1 else ''} not processed, the "
-                      f"provider failed ({self.tally.last_provider_failure}); --resume processes them")
-        if status == RunStatus.SUCCESS:
-            limit = spec.evaluate.max_rejection_rate
-            processed = self.tally.loaded + self.tally.quarantined
-            rate = self.tally.quarantined / processed if processed else 0.0
-            if limit is not None and rate > limit:
-                status = RunStatus.PARTIAL
-                reason = f"rejection rate {rate:.1%} is above max_rejection_rate {limit:.1%}"
         summary = await self._monitor(self._summary(status, reason or error), started_at)
         await self._record_finish(summary, sink)
         self._emit(Progress(**{**_as_dict(self.progress()), "in_flight": 0}))
@@ -908,6 +899,8 @@ class Engine:
             if result.reason:
                 result.reason = self.resolver.redact(result.reason)
                 tally.recent_errors.append(f"{result.record.id}: {result.reason}"[:300])
+                if tally.first_error is None:
+                    tally.first_error = tally.recent_errors[-1]
         else:
             tally.skipped += 1
             if result.error_type == PROVIDER_FAILURE:
@@ -952,24 +945,73 @@ class Engine:
                                       f"not loaded: {reason}", None, transform=result.transform,
                                       scores=result.scores, verdict=result.verdict))
 
+    def _judge(self, status: str, reason: str | None, error: str | None) -> tuple[str, str | None]:
+        """The run's status once every record is settled and before the destination is: the
+        quality gate over the whole run (max_rejection_rate), and a run in which no record
+        passed at all, which did not do its work whatever the cause (a template variable no
+        record has, an endpoint that refuses every call): `failed`, never `success`."""
+        if status != RunStatus.SUCCESS:
+            return status, reason
+        tally = self.tally
+        processed = tally.loaded + tally.quarantined
+        if processed and not tally.loaded:
+            first = f" (first: {tally.first_error})" if tally.first_error else ""
+            return RunStatus.FAILED, (f"no record passed: all {tally.quarantined} processed "
+                                      f"record{'s were' if tally.quarantined != 1 else ' was'} "
+                                      f"quarantined{first}")
+        if tally.provider_failures:
+            # Not done: say so, and how to finish it.
+            count = tally.provider_failures
+            return (RunStatus.PARTIAL if tally.loaded else RunStatus.FAILED,
+                    f"{count} record{'s' if count != 1 else ''} not processed, the provider "
+                    f"failed ({tally.last_provider_failure}); --resume processes them")
+        limit = self.loaded.spec.evaluate.max_rejection_rate
+        rate = tally.quarantined / processed if processed else 0.0
+        if limit is not None and rate > limit:
+            return (RunStatus.PARTIAL,
+                    f"rejection rate {rate:.1%} is above max_rejection_rate {limit:.1%}")
+        if not tally.extracted and self._index is None:
+            self._warn("nothing to load: no record was extracted"
+                       + (" (--limit 0)" if self.options.limit == 0 else "")
+                       + "; the destination is unchanged")
+        return status, reason
+
     async def _finish_sink(self, sink: Sink, status: str, error: str | None) -> tuple[str, str | None]:
-        """Commit what loaded. A `replace` destination is all or nothing: a run that did not
-        succeed leaves it as it was, and its records count as skipped. By now every passed
-        record that no batch took is skipped: the `passed` rows are exactly what the sink holds."""
-        replace = self.loaded.spec.load.mode == "replace"
-        if status in (RunStatus.FAILED, RunStatus.CANCELLED) and not self._batches_written:
+        """Commit what loaded, or leave the destination exactly as it was.
+
+        A `replace` destination is swapped only by a run that ends `success` (or `partial` with
+        load.on_partial: publish) having written at least one row: a run that failed, was
+        cancelled, loaded nothing or tripped the gate leaves it byte for byte as it was. Its
+        passing records are skipped with their outputs kept: a partial run's wait to be
+        released (`Workspace.release`), the others to be resumed. By now every passed record
+        that no batch took is skipped: the `passed` rows are exactly what the sink holds."""
+        spec = self.loaded.spec
+        replace = spec.load.mode == "replace"
+        if not self._batches_written and (replace or sink.resume_policy != "ledger"
+                                          or status in (RunStatus.FAILED, RunStatus.CANCELLED)):
             # Nothing to publish: the destination stays exactly as it was (no empty file).
             with contextlib.suppress(Exception):
                 await sink.abort()
             return status, error
-        if status in (RunStatus.FAILED, RunStatus.CANCELLED) and replace:
+        publish = status == RunStatus.SUCCESS or (
+            status == RunStatus.PARTIAL and spec.load.on_partial == "publish")
+        if replace and not publish:
             with contextlib.suppress(Exception):
                 await sink.abort()
-            demoted = await self.store.demote_loaded(
-                self.run_id, f"not loaded: replace mode loads all or nothing and the run {status}",
-                from_outcome=PASSED)
+            held = status == RunStatus.PARTIAL
+            why = (f"held: the run ended partial and load.on_partial is hold (release with "
+                   f"loom release {self.run_id})" if held else
+                   f"not loaded: replace mode loads all or nothing and the run {status}")
+            demoted = await self.store.demote_loaded(self.run_id, why, from_outcome=PASSED)
             self.tally.loaded -= demoted
             self.tally.skipped += demoted
+            if held and demoted:
+                await self.store.hold_run(self.run_id)
+                self._held = demoted
+                self._warn(f"{redact_uri(spec.load.destination)} unchanged (partial run, "
+                           f"load.on_partial: hold): {demoted} passing "
+                           f"record{'s wait' if demoted != 1 else ' waits'} for "
+                           f"loom release {self.run_id}")
             return status, error
         if sink.resume_policy == "ledger":
             # Every batch is committed at the destination already. The store says so before the
@@ -1052,6 +1094,21 @@ class Engine:
             source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination),
             shard=self.options.shard))
 
+    async def _warn_namesakes(self) -> None:
+        """A pipeline is its name and its file: another file with this name (a copied folder)
+        keeps its own history, quarantine and resume. Say so, once per run, in one line."""
+        spec = self.loaded.spec
+        mine = str(self.loaded.path)
+        files: list[str] = []
+        with contextlib.suppress(LoomError):
+            files = (await self.store.pipeline_files([spec.name])).get(spec.name, [])
+        others = [path for path in files if path != mine and Path(path).is_file()]
+        if others:
+            more = f" (and {len(others) - 1} more)" if len(others) > 1 else ""
+            self._warn(f"pipeline name {spec.name!r} is also the name of {others[0]}{more}: each "
+                       f"file keeps its own history, quarantine and resume (rename one to tell "
+                       f"them apart)")
+
     async def _monitor(self, summary: RunSummary, started_at: datetime) -> RunSummary:
         """Compare the run with the pipeline's recent runs; the summary gains its alerts (and
         any warning posting them raised). Monitoring never fails a run."""
@@ -1114,6 +1171,8 @@ class Engine:
             extra["attempts"] = self._attempt
         if self._duplicates:
             extra["duplicate_ids"] = self._duplicates
+        if self._held:
+            extra["held"] = self._held
         return extra
 
 

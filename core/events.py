@@ -105,9 +105,10 @@ class Progress(Event):
     concurrency: int
     recent_errors: tuple[str, ...] = ()
     total_hint: int | None = None  # records the source will yield, when it knows
-    # New calls are held this long (a rate limit's reset, a Retry-After), and why.
-    waiting_s: float = 0.0
-    waiting_for: str | None = None
+    # The run is waiting (rate limits: a 429's Retry-After, a reset header): how much longer,
+    # and why. None while it is not; the progress line shows it.
+    waiting_s: float | None = None
+    waiting_reason: str | None = None
     # Of input_tokens: provider prompt-cache reads and writes; of output_tokens: reasoning.
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
@@ -177,7 +178,8 @@ class RunSummary:
 
     @property
     def rejection_rate(self) -> float:
-        processed = self.loaded + self.quarantined
+        # Records a held run kept back (extra "held") passed the gate: they count as passed.
+        processed = self.loaded + self.quarantined + int(self.extra.get("held") or 0)
         return self.quarantined / processed if processed else 0.0
 
     def to_json(self) -> dict[str, Any]:

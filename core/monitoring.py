@@ -85,7 +85,7 @@ def _rejection(summary: RunSummary, limit: float | None) -> list[Alert]:
         return []
     return [Alert("rejection_rate", "error",
                   f"rejection rate {rate:.1%} is above max_rejection_rate {limit:.1%} "
-                  f"({summary.quarantined} of {summary.loaded + summary.quarantined} records)",
+                  f"({summary.quarantined} of {summary.loaded + summary.quarantined + int(summary.extra.get('held') or 0)} records)",
                   threshold_value=limit, actual_value=rate)]
 
 
@@ -128,7 +128,7 @@ def _cost(summary: RunSummary, monitoring: MonitoringSpec, history: list[Baselin
     if factor is None or summary.cost_usd is None:
         return []
     per_record = monitoring.cost_basis == "per_record"
-    processed = summary.loaded + summary.quarantined
+    processed = summary.loaded + summary.quarantined + int(summary.extra.get("held") or 0)
 
     def basis(cost: float | None, records: int) -> float | None:
         if cost is None:

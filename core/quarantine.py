@@ -2,15 +2,21 @@
 
 Each action works on the pipeline as it is now (its file at the path the run recorded): an
 approved record loads into today's destination, a reprocessed one goes through today's prompt
-and model. Every action is stored with its time, whatever it decided. Only `open` records can
+and model. A `replace` destination holds one row per record id, and keeps it so: an approved
+record's row takes the place of the row with its id (a database upserts on the id column, a file
+is rewritten whole, atomically), never a second row beside it; a destination that cannot (S3) is
+refused in one line. Every action is stored with its time, whatever it decided. Only `open` records can
 be acted on; asking again about a resolved one changes nothing and says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import csv
 import getpass
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,8 +25,8 @@ from typing import Any
 import jsonschema
 
 from core.config import LoomConfig
-from core.connectors.base import build_row
-from core.connectors.registry import open_sink
+from core.connectors.base import build_row, id_column
+from core.connectors.registry import open_sink, redact_uri
 from core.credentials import SecretResolver
 from core.errors import LoadError, LoomError, UsageError
 from core.processing import Runtime, resolve_secrets
@@ -168,9 +174,6 @@ class QuarantineDesk:
             if run is None:
                 raise LoomError(f"run {row.run_id} of quarantined record {row.id} is gone")
             loaded = load_spec(Path(run.pipeline_path))
-            if loaded.spec.load.mode == "replace":
-                # Approvals add rows: a `replace` destination must not become one record.
-                loaded = load_spec(Path(run.pipeline_path), ["load.mode=append"])
             # A shard run loaded into its own `{shard}` destination: so do its approvals.
             self._loaded[row.run_id] = with_shard_index(loaded, run.shard_index or 0)
 
@@ -193,20 +196,29 @@ class QuarantineDesk:
         status = "reprocessed" if action == "reprocess" else "approved"
         for key, group in groups.items():
             spec = specs[key]
-            resolved = resolve_secrets(spec, SecretResolver())
             destination = spec.spec.load.destination
-            sink = open_sink(resolved)
             stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            sink = None
             try:
+                target, rewrite = _identity_target(spec)
+                sink = open_sink(resolve_secrets(target, SecretResolver()))
                 await sink.open(f"quarantine-{action}-{stamp}")
                 rows = [build_row(spec, Record(id=row.record_id, data=row.input or {},
                                                ordinal=row.ordinal), output)
                         for row, output in group]
+                if target is not spec or rewrite is not None:
+                    # One row per id: of two actions on one record id at once, the last stands.
+                    column = rewrite or _key_column(spec)
+                    rows = list({str(r.get(column)): r for r in rows}.values())
+                if rewrite is not None:
+                    await _rewrite_without(sink, target, rewrite,
+                                           {str(r.get(rewrite)) for r in rows})
                 await sink.write(rows)
                 await sink.commit()
             except LoomError as exc:
-                with contextlib.suppress(Exception):
-                    await sink.abort()
+                if sink is not None:
+                    with contextlib.suppress(Exception):
+                        await sink.abort()
                 for row, _ in group:
                     out.append((row, ActionResult(row.id, action, row.status, False,
                                                   f"not loaded: {exc}")))
@@ -221,6 +233,92 @@ class QuarantineDesk:
                 out.append((row, ActionResult(row.id, action, status, True,
                                               f"loaded into {destination}")))
         return out
+
+
+# ---------------------------------------------------------------- the destination's identity
+
+
+def _key_column(loaded: LoadedSpec) -> str | None:
+    """The column that holds a record's id in the rows the pipeline writes, or None."""
+    fields = loaded.spec.load.fields
+    if not fields:
+        return id_column(loaded)
+    id_field = loaded.spec.extract.id_field
+    for column, path in fields.items():
+        if path == "id" or (id_field and path == f"input.{id_field}"):
+            return column
+    return None
+
+
+def _with_load(loaded: LoadedSpec, **updates: Any) -> LoadedSpec:
+    """The pipeline with some load: keys changed, in its spec and its raw config alike."""
+    raw = copy.deepcopy(loaded.raw)
+    raw.setdefault("load", {}).update(updates)
+    spec = loaded.spec.model_copy(update={"load": loaded.spec.load.model_copy(update=updates)})
+    return LoadedSpec(spec=spec, path=loaded.path, raw=raw)
+
+
+def _identity_target(loaded: LoadedSpec) -> tuple[LoadedSpec, str | None]:
+    """How an approved record goes into its pipeline's destination without a second row for
+    its id: the pipeline to open the sink with, and for a file, the id column to rewrite it
+    by. A `replace` destination holds one row per id: a database upserts on the id column, a
+    file is rewritten whole with the record's row in place of the old one. An `append` or
+    `upsert` destination is written as its runs write it. Raises LoadError (one line) for a
+    destination that cannot replace one record's row."""
+    load = loaded.spec.load
+    if load.mode != "replace":
+        return loaded, None
+    where = redact_uri(load.destination)
+    key = _key_column(loaded)
+    if key is None:
+        raise LoadError(f"{where} is replaced by each run and load.fields writes no column for "
+                        f"the record id (add one: `id`): the record's row cannot be found to "
+                        f"replace it, so nothing was loaded")
+    scheme = load.destination.split("://", 1)[0].lower()
+    if scheme in ("sqlite", "postgres", "postgresql"):
+        return _with_load(loaded, mode="upsert", key=key), None
+    if scheme in ("csv", "jsonl", "json"):
+        return loaded, key
+    raise LoadError(f"{where}: an {scheme}:// destination cannot replace one record's row in "
+                    f"place; nothing was loaded (run the pipeline again to include it)")
+
+
+async def _rewrite_without(sink: Any, loaded: LoadedSpec, key: str, ids: set[str]) -> None:
+    """A `replace` file destination, staged anew: every row it holds but those with `ids`."""
+    path = Path(sink.path)
+    if not path.is_file():
+        return
+    kind = loaded.spec.load.destination.split("://", 1)[0].lower()
+    batch: list[dict[str, Any]] = []
+    for row in _file_rows(path, kind):
+        if str(row.get(key)) in ids:
+            continue
+        batch.append(row)
+        if len(batch) >= 1000:
+            await sink.write(batch)
+            batch = []
+    if batch:
+        await sink.write(batch)
+
+
+def _file_rows(path: Path, kind: str) -> Iterator[dict[str, Any]]:
+    """The rows a Loom file destination holds, as Loom wrote them."""
+    try:
+        if kind == "csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                yield from csv.DictReader(handle)
+        elif kind == "jsonl":
+            with path.open(encoding="utf-8") as handle:
+                for line in handle:
+                    if line.strip():
+                        yield json.loads(line)
+        else:
+            with path.open(encoding="utf-8") as handle:
+                rows = json.load(handle)
+            yield from (rows if isinstance(rows, list) else [])
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise LoadError(f"{kind} destination {path}: cannot read it to replace the record's "
+                        f"row: {exc}") from None
 
 
 def _unique(ids: Sequence[int]) -> list[int]:

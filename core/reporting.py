@@ -1,11 +1,17 @@
 """What people see of a headless run: a live progress line on stderr and a summary at the end.
 
-Machines get `--json` on stdout instead (see RunSummary.to_json); the progress display only
-draws when stderr is a terminal, so logs under cron and Airflow stay clean.
+Machines get `--json` on stdout instead (see RunSummary.to_json). The live progress bar draws
+only when stderr is a terminal; otherwise (cron, Airflow, CI) the run writes one plain line on
+stderr at each stage change and every LOOM_PROGRESS_INTERVAL_S seconds (default 30): records
+done of the total, the rate, the cost so far, the ETA and any wait. Text that comes from data
+(record ids, reasons, warnings) is never read as Rich markup.
 """
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
@@ -14,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgres
 from rich.table import Table
 from rich.text import Text
 
+from core.errors import UsageError
 from core.estimate import Estimate
 from core.records import saved_text
 from core.events import (Event, Progress, RunFinished, RunResumed, RunStarted, RunStatus, RunSummary,
@@ -37,22 +44,65 @@ def seconds(value: float | None) -> str:
     return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
-class ProgressReporter:
-    """An event listener drawing a rich progress bar on stderr."""
+PROGRESS_INTERVAL_ENV = "LOOM_PROGRESS_INTERVAL_S"
+DEFAULT_PROGRESS_INTERVAL_S = 30.0
 
-    def __init__(self, console: Console | None = None, *, show_progress: bool | None = None) -> None:
+
+def progress_interval(environ: dict[str, str] | None = None) -> float | None:
+    """Seconds between plain progress lines (LOOM_PROGRESS_INTERVAL_S; 0: at stage changes
+    only; `off`: none at all). Raises UsageError (one line) for anything else."""
+    value = (os.environ if environ is None else environ).get(PROGRESS_INTERVAL_ENV, "").strip()
+    if not value:
+        return DEFAULT_PROGRESS_INTERVAL_S
+    if value.lower() in ("off", "none", "no"):
+        return None
+    try:
+        seconds_ = float(value)
+    except ValueError:
+        seconds_ = -1.0
+    if not seconds_ >= 0 or seconds_ == float("inf"):
+        raise UsageError(f"{PROGRESS_INTERVAL_ENV}={value!r}: expected a number of seconds "
+                         f"(0: a line at each stage change only; off: no lines)")
+    return seconds_
+
+
+class ProgressReporter:
+    """An event listener: a rich progress bar on stderr at a terminal, else plain lines."""
+
+    def __init__(self, console: Console | None = None, *, show_progress: bool | None = None,
+                 interval_s: float | None | str = "env",
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console or Console(stderr=True)
         self.show = self.console.is_terminal if show_progress is None else show_progress
         self._progress: RichProgress | None = None
         self._task: Any = None
+        # For machines (stderr is not a terminal): plain lines (see plain_progress_line).
+        # None: no plain lines at all (LOOM_PROGRESS_INTERVAL_S=off).
+        self.interval_s = progress_interval() if interval_s == "env" else interval_s
+        self._clock = clock
+        self._pipeline = ""
+        self._stage: str | None = None
+        self._last_line = 0.0
+        self._latest: Progress | None = None
+
+    def _plain(self, text: str) -> None:
+        """One line for a log: no markup, no wrapping."""
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunWarning):
-            # One line each, whatever the width: logs are grepped line by line.
-            self.console.print(f"[yellow]warning:[/] {event.message}", highlight=False,
+            # One line each, whatever the width: logs are grepped line by line. The message
+            # may quote data (a record id, a file name): never markup.
+            self.console.print(f"[yellow]warning:[/] {escape(event.message)}", highlight=False,
                                soft_wrap=True)
         elif isinstance(event, RunResumed):
-            self.console.print(resumed_line(event), highlight=False, soft_wrap=True)
+            self.console.print(escape(resumed_line(event)), highlight=False, soft_wrap=True)
+        if not self.show:
+            if self.interval_s is not None:
+                self._machine(event)
+            return
+        if isinstance(event, (RunWarning, RunResumed)):
+            pass
         elif isinstance(event, RunStarted) and self.show:
             self._progress = RichProgress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -64,18 +114,86 @@ class ProgressReporter:
             done = event.loaded + event.quarantined + event.skipped
             detail = (f"[green]{event.loaded} loaded[/] [yellow]{event.quarantined} quarantined[/]"
                       f" {event.records_per_s:.0f}/s {money(event.cost_usd)}")
-            if event.waiting_s > 0:
+            if event.waiting_s:
                 detail += f" [cyan]waiting {seconds(event.waiting_s)}" + (
-                    f" ({escape(event.waiting_for)})" if event.waiting_for else "") + "[/]"
+                    f" ({escape(event.waiting_reason)})" if event.waiting_reason else "") + "[/]"
             self._progress.update(self._task, completed=done,
                                   total=event.total_hint or max(event.extracted, 1), detail=detail)
         elif isinstance(event, RunFinished):
             self.stop()
 
+    def _machine(self, event: Event) -> None:
+        """Plain progress lines for logs: at each stage change, and every `interval_s`."""
+        if isinstance(event, RunStarted):
+            self._pipeline = event.pipeline
+            self._stage = "started"
+            self._last_line = self._clock()
+            self._plain(f"progress {event.pipeline} {event.run_id}: started · {event.source} → "
+                        f"{event.destination}")
+        elif isinstance(event, Progress):
+            self._latest = event
+            stage = progress_stage(event)
+            now = self._clock()
+            interval = self.interval_s or 0.0
+            due = interval > 0 and now - self._last_line >= interval
+            if stage != self._stage or due:
+                self._stage = stage
+                self._last_line = now
+                self._plain(plain_progress_line(self._pipeline, event, stage))
+        elif isinstance(event, RunFinished):
+            summary = event.summary
+            self._plain(f"progress {summary.pipeline} {summary.run_id}: finished {summary.status}"
+                        f" · {summary.loaded} loaded, {summary.quarantined} quarantined, "
+                        f"{summary.skipped} skipped of {summary.extracted} · "
+                        f"{money(summary.cost_usd)} · {summary.duration_s:.1f} s")
+
     def stop(self) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
+
+
+def progress_stage(event: Progress) -> str:
+    """Where a run is, for the plain progress line: a line is written whenever this changes."""
+    if event.waiting_s:
+        return "waiting"
+    if not event.extracted:
+        return "reading"
+    return "processing"
+
+
+def plain_progress_line(pipeline: str, event: Progress, stage: str) -> str:
+    """`progress NAME RUN: processing · 120/1000 records (…) · 12.0 rec/s · $0.0123 so far ·
+    ETA 1m13s · wait -` — one line, the same fields every time, for a log to grep."""
+    done = event.loaded + event.quarantined + event.skipped
+    total = event.total_hint
+    of = f"{done}/{total}" if total is not None else f"{done}/{event.extracted}+"
+    rate = event.records_per_s
+    if total is not None and rate > 0 and done < total:
+        eta = _eta(max(0, total - done) / rate)
+    elif total is not None and done >= total:
+        eta = "0s"
+    else:
+        eta = "unknown"
+    if event.waiting_s:
+        wait = f"{event.waiting_s:.0f}s" + (f" ({event.waiting_reason})"
+                                             if event.waiting_reason else "")
+    else:
+        wait = "-"
+    budget = f" of ${event.budget_usd:g}" if event.budget_usd is not None else ""
+    return (f"progress {pipeline} {event.run_id}: {stage} · {of} records ({event.loaded} "
+            f"loaded, {event.quarantined} quarantined, {event.skipped} skipped, "
+            f"{event.in_flight} in flight) · {rate:.1f} rec/s · {money(event.cost_usd)}{budget} "
+            f"so far · ETA {eta} · wait {wait}")
+
+
+def _eta(value: float) -> str:
+    value = int(round(value))
+    hours, rest = divmod(value, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def resumed_line(event: RunResumed) -> str:
@@ -129,6 +247,8 @@ def summary_table(summary: RunSummary) -> Table:
     for alert in summary.extra.get("alerts", ()):
         table.add_row("alert", Text(f"{alert['type']}: {alert['message']}",
                                     style="red" if alert["severity"] == "error" else "yellow"))
+    if summary.extra.get("held"):
+        table.add_row("next", f"loom release {summary.run_id}   (publish the held records)")
     if summary.quarantined:
         table.add_row("next", f"loom quarantine list --run {summary.run_id}")
     return table

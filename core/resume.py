@@ -117,9 +117,11 @@ def is_resumable(run: PipelineRun) -> bool:
 
 
 async def find_resumable(store: Store, pipeline: str, run_id: str | None = None, *,
-                         shard: "Shard | None" = None) -> PipelineRun:
+                         shard: "Shard | None" = None, path: str | None = None) -> PipelineRun:
     """The run to resume: `run_id` (or a unique prefix of it), else the pipeline's newest
-    unfinished one (of this shard, when one is given). Raises ResumeError with one line."""
+    unfinished one (of this shard, when one is given). A pipeline is its name and its file
+    (`path`): a copy of it elsewhere never resumes the original's runs. Raises ResumeError
+    with one line."""
     if run_id is not None:
         run = await store.get_run(run_id)
         if run is None:
@@ -127,12 +129,16 @@ async def find_resumable(store: Store, pipeline: str, run_id: str | None = None,
         if run.pipeline_name != pipeline:
             raise ResumeError(f"--resume {run_id}: that run is of pipeline {run.pipeline_name}, "
                               f"not {pipeline}")
+        if path is not None and run.pipeline_path and run.pipeline_path != path:
+            raise ResumeError(f"--resume {run_id}: that run is of the pipeline file "
+                              f"{run.pipeline_path}, not {path} (another file with the same "
+                              f"name: resume it from there)")
         problem = resume_problem(run)
         if problem is not None:
             raise ResumeError(f"--resume: {problem}")
         return run
     alive: PipelineRun | None = None
-    for run in await store.unfinished_runs(pipeline=pipeline, limit=200):
+    for run in await store.unfinished_runs(pipeline=pipeline, path=path, limit=200):
         if shard is not None and (run.shard_index, run.shard_count, run.shard_group) != (
                 shard.index, shard.count, shard.group):
             continue
@@ -184,7 +190,7 @@ _ABSENT = object()
 _OPERATIONAL = {"description": None, "budget": None, "monitoring": None, "circuit_breaker": None,
                 "transform": ("concurrency", "rate_limit", "timeout_s", "max_retries", "api_key",
                               "base_url", "headers"),
-                "extract": ("batch_size",), "load": ("batch_size",)}
+                "extract": ("batch_size",), "load": ("batch_size", "on_partial")}
 
 
 def _shaping(config: dict[str, Any]) -> dict[str, Any]:

@@ -87,6 +87,10 @@ class LoadSpec(_ObjectStoreOptions):
     # their first value.
     columns: dict[str, str] | None = None
     batch_size: int = Field(100, ge=1, le=100_000)
+    # mode replace: what a run that ends `partial` (max_rejection_rate, a budget stop) does to
+    # the destination. hold (default): nothing, the passing records wait in the store for
+    # `loom release RUN_ID`; publish: swap them in as a successful run would.
+    on_partial: Literal["hold", "publish"] = "hold"
 
     @field_validator("columns")
     @classmethod

@@ -275,6 +275,15 @@ class JudgesFetched(Message):
         super().__init__()
 
 
+class RunReleased(Message):
+    """A held run's records were released (or it said why not): one line for the user."""
+
+    def __init__(self, message: str, *, error: bool = False) -> None:
+        self.message = message
+        self.error = error
+        super().__init__()
+
+
 class AlertsAcknowledged(Message):
     """Alerts were acknowledged: these runs' alerts as they are now."""
 

@@ -20,6 +20,9 @@ def loom_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     monkeypatch.setenv("LOOM_HOME", str(home))
     # The null keyring answers "not set" at once: tests never touch a desktop keyring.
     monkeypatch.setenv("PYTHON_KEYRING_BACKEND", "keyring.backends.null.Keyring")
+    # Tests read stderr line by line: no plain progress lines unless a test asks for them
+    # (tests/unit/test_progress_lines.py does).
+    monkeypatch.setenv("LOOM_PROGRESS_INTERVAL_S", "off")
     for name in _PROVIDER_ENV:
         monkeypatch.delenv(name, raising=False)
     # Nothing from the machine's AWS set-up: no profile, no keys, no instance metadata calls.

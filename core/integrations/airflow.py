@@ -50,7 +50,7 @@ from core.api import Workspace
 from core.engine import RunController, RunOptions
 from core.errors import LoomError
 from core.events import Event, Progress, RunFinished, RunStarted, RunStatus, RunSummary, RunWarning
-from core.reporting import money
+from core.reporting import money, plain_progress_line, progress_interval, progress_stage
 from core.sharding import Shard
 
 PROGRESS_LOG_INTERVAL_S = 30.0  # a line now and then in the task log, not four a second
@@ -209,6 +209,12 @@ class LoomPipelineOperator(BaseOperator):
         self._loop = asyncio.get_running_loop()
         self._controller = RunController()
         self._last_progress_log = time.monotonic()
+        self._last_stage: str | None = None
+        self._pipeline_name = path.parent.name
+        try:
+            self._progress_interval = progress_interval() or PROGRESS_LOG_INTERVAL_S
+        except LoomError:
+            self._progress_interval = PROGRESS_LOG_INTERVAL_S
         try:
             async with Workspace(path.parent, store_url_override=store_url) as workspace:
                 loaded = workspace.load(path, overrides)
@@ -220,18 +226,22 @@ class LoomPipelineOperator(BaseOperator):
 
     def _log_event(self, event: Event) -> None:
         if isinstance(event, RunStarted):
+            self._pipeline_name = event.pipeline
             self.log.info("loom run %s of %s started: %s → %s:%s → %s", event.run_id,
                           event.pipeline, event.source, event.provider, event.model,
                           event.destination)
         elif isinstance(event, RunWarning):
             self.log.warning("loom: %s", event.message)
         elif isinstance(event, Progress):
+            # The same line `loom --run` writes to a log (core.reporting): done/total, rate,
+            # cost so far, ETA, waits; at each stage change and every interval.
             now = time.monotonic()
-            if now - self._last_progress_log >= PROGRESS_LOG_INTERVAL_S:
+            stage = progress_stage(event)
+            if stage != self._last_stage or \
+                    now - self._last_progress_log >= self._progress_interval:
                 self._last_progress_log = now
-                self.log.info("loom: %d extracted, %d loaded, %d quarantined, %.0f/s, %s",
-                              event.extracted, event.loaded, event.quarantined,
-                              event.records_per_s, money(event.cost_usd))
+                self._last_stage = stage
+                self.log.info("loom: %s", plain_progress_line(self._pipeline_name, event, stage))
         elif isinstance(event, RunFinished) and event.summary.status_reason:
             self.log.info("loom: %s", event.summary.status_reason)
 

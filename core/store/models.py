@@ -70,6 +70,9 @@ class PipelineRun(SQLModel, table=True):
         Index("ix_pipeline_runs_pipeline_started", "pipeline_name", "started_at", "run_id"),
         Index("ix_pipeline_runs_status", "status"),
         Index("ix_pipeline_runs_shard_group", "shard_group", "started_at"),
+        # A pipeline is its file too (revision 0006): runs looked up by name and path.
+        Index("ix_pipeline_runs_pipeline_file", "pipeline_name", "pipeline_path", "started_at",
+              "run_id"),
     )
 
     run_id: str = Field(primary_key=True)

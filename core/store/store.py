@@ -196,6 +196,14 @@ class Store:
         except SQLAlchemyError as exc:
             raise self._target.error("read", exc) from exc
 
+    async def _rows(self, statement: Select[Any]) -> list[Any]:
+        """Rows of several columns (not ORM objects)."""
+        try:
+            async with self._reader.connect() as conn:
+                return list((await conn.execute(statement)).all())
+        except SQLAlchemyError as exc:
+            raise self._target.error("read", exc) from exc
+
     async def _first(self, statement: Select[Any]) -> Any:
         rows = await self._all(statement.limit(1))
         return rows[0] if rows else None
@@ -535,6 +543,40 @@ class Store:
                 commit_state="committed", updated_at=utcnow()))
             return int(result.rowcount)
 
+    async def hold_run(self, run_id: str) -> None:
+        """A partial `replace` run published nothing: its passing records (skipped, outputs
+        kept) wait to be released (core.release)."""
+        async with self._write() as conn:
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state="held", updated_at=utcnow()))
+
+    async def set_commit_state(self, run_id: str, state: str | None, *,
+                               only_from: str | None = None) -> bool:
+        """Move a run's commit state (for a release: held -> releasing -> released), only
+        from `only_from` when given. Returns whether this call moved it: of two releases of
+        one run, one wins."""
+        condition = _runs.c.run_id == run_id
+        if only_from is not None:
+            condition = condition & (_runs.c.commit_state == only_from)
+        async with self._write() as conn:
+            result = await conn.execute(update(_runs).where(condition).values(
+                commit_state=state, updated_at=utcnow()))
+            return result.rowcount == 1
+
+    async def finish_release(self, run_id: str, row_ids: Sequence[int], note: str) -> None:
+        """A held run's records are at its destination: loaded, and the run says so."""
+        async with self._write() as conn:
+            for start in range(0, len(row_ids), _IN_CHUNK):
+                await conn.execute(update(_record_results).where(
+                    _record_results.c.id.in_(list(row_ids[start:start + _IN_CHUNK]))).values(
+                    outcome=Outcome.LOADED.value, reason=None))
+            run = (await conn.execute(select(_runs.c.loaded, _runs.c.skipped, _runs.c.status_reason)
+                                      .where(_runs.c.run_id == run_id))).one()
+            reason = "; ".join(part for part in (run.status_reason, note) if part)
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                loaded=run.loaded + len(row_ids), skipped=max(0, run.skipped - len(row_ids)),
+                status_reason=self._text(reason), commit_state="released", updated_at=utcnow()))
+
     async def claim_run(self, run_id: str, *, status: str, updated_at: datetime,
                         options: dict[str, Any]) -> int | None:
         """Take over an unfinished run to resume it, if nobody else did since it was read as
@@ -605,7 +647,7 @@ class Store:
             await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
                 commit_state=None, commit_token=None))
 
-    async def unfinished_runs(self, *, pipeline: str | None = None,
+    async def unfinished_runs(self, *, pipeline: str | None = None, path: str | None = None,
                               limit: int = 50) -> list[PipelineRun]:
         """Runs that may be resumed, newest first: `running` ones (alive or not: see
         core.resume.is_alive) and stopped ones that left records skipped."""
@@ -616,6 +658,8 @@ class Store:
             (_runs.c.status == RunStatus.FAILED) & (_runs.c.attempts > 1)))
         if pipeline is not None:
             statement = statement.where(PipelineRun.pipeline_name == pipeline)
+        if path is not None:  # the pipeline is its file too: a copy's runs are not this one's
+            statement = statement.where(_runs.c.pipeline_path == path)
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
         return await self._all(statement.limit(limit))
 
@@ -792,14 +836,33 @@ class Store:
         return matches[0] if matches else None
 
     async def last_run_per_pipeline(self) -> dict[str, PipelineRun]:
-        """Each pipeline's newest run."""
+        """Each pipeline's newest run, by name (the newest of any file with that name)."""
+        return {run.pipeline_name: run for run in await self.last_run_per_file()}
+
+    async def last_run_per_file(self) -> list[PipelineRun]:
+        """Each pipeline file's newest run (a pipeline is its name and its file), oldest first."""
         rank = func.row_number().over(
-            partition_by=_runs.c.pipeline_name,
+            partition_by=(_runs.c.pipeline_name, _runs.c.pipeline_path),
             order_by=(_runs.c.started_at.desc(), _runs.c.run_id.desc())).label("rank")
         newest = select(_runs.c.run_id, rank).subquery()
         statement = (select(PipelineRun).join(newest, newest.c.run_id == _runs.c.run_id)
-                     .where(newest.c.rank == 1).order_by(_runs.c.pipeline_name))
-        return {run.pipeline_name: run for run in await self._all(statement)}
+                     .where(newest.c.rank == 1)
+                     .order_by(_runs.c.pipeline_name, _runs.c.started_at, _runs.c.run_id))
+        return await self._all(statement)
+
+    async def pipeline_files(self, names: Sequence[str] | None = None) -> dict[str, list[str]]:
+        """The files each pipeline name has run from, oldest first; only the `names` asked."""
+        statement = (select(_runs.c.pipeline_name, _runs.c.pipeline_path,
+                            func.min(_runs.c.started_at).label("first"))
+                     .group_by(_runs.c.pipeline_name, _runs.c.pipeline_path))
+        if names is not None:
+            statement = statement.where(_runs.c.pipeline_name.in_(list(names)))
+        files: dict[str, list[tuple[Any, str]]] = {}
+        for name, path, first in await self._rows(statement):
+            if path is not None:
+                files.setdefault(name, []).append((first, path))
+        return {name: [path for _, path in sorted(found, key=lambda item: (str(item[0]), item[1]))]
+                for name, found in files.items()}
 
     async def trailing_runs(self, pipeline: str, *, before: datetime, exclude_run_id: str | None = None,
                             statuses: Sequence[str] = (RunStatus.SUCCESS, RunStatus.PARTIAL),
@@ -810,7 +873,13 @@ class Store:
             PipelineRun.pipeline_name == pipeline, _runs.c.status.in_(list(statuses)),
             _runs.c.started_at <= before)
         if exclude_run_id is not None:
-            statement = statement.where(_runs.c.run_id != exclude_run_id)
+            # Runs of the same file as that run: a copy with the same name is another pipeline.
+            own = _runs.alias("own")
+            statement = statement.where(
+                _runs.c.run_id != exclude_run_id,
+                _runs.c.pipeline_path.is_not_distinct_from(
+                    select(own.c.pipeline_path).where(own.c.run_id == exclude_run_id)
+                    .scalar_subquery()))
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
         return await self._all(statement.limit(limit))
 

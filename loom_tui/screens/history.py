@@ -18,11 +18,11 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.widgets import Footer, Select, Static
 
-from core.api import MonitoringAlert, PipelineRun, ShardGroup
+from core.api import LoomError, MonitoringAlert, PipelineRun, ShardGroup
 from loom_tui import format as fmt
 from loom_tui.history_lines import Line, gather, line_key, shown_runs, unacknowledged, worst
 from loom_tui.messages import (AlertsAcknowledged, JudgesFetched, PageFetched, PageWanted,
-                               RunsCompared, RunsCounted, RunSeriesFetched)
+                               RunReleased, RunsCompared, RunsCounted, RunSeriesFetched)
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.judge_panel import JudgePanel
 from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
@@ -63,7 +63,9 @@ class HistoryScreen(LoomScreen):
             "(prompt and context versions, model) and results side by side. Enter opens the "
             "run's quarantine. r resumes an unfinished run — one whose process died (a crash, "
             "a kill, a reboot) or that was cancelled or failed with records left: what it "
-            "loaded is not loaded again, what the model answered is not asked again.")
+            "loaded is not loaded again, what the model answered is not asked again. l releases "
+            "a held run: a replace run that ended partial kept its destination as it was, and "
+            "l publishes the records that passed into it.")
     BINDINGS = [
         Binding("space", "mark", "Mark", tooltip="Mark a run to compare (two)", id="history.mark"),
         Binding("c", "compare", "Compare", tooltip="Compare the two marked runs",
@@ -74,6 +76,8 @@ class HistoryScreen(LoomScreen):
                 "alerts (a group's: all its runs')", id="history.acknowledge"),
         Binding("r", "resume", "Resume", tooltip="Finish the highlighted unfinished run",
                 id="history.resume"),
+        Binding("l", "release", "Release", tooltip="Publish what the highlighted held run kept "
+                "back (replace, ended partial)", id="history.release"),
         Binding("ctrl+r", "refresh", "Refresh", tooltip="Read the history again",
                 id="history.refresh"),
         Binding("escape", "unmark", "Clear marks", show=False, id="history.unmark"),
@@ -331,7 +335,10 @@ class HistoryScreen(LoomScreen):
             if reason:
                 text.append(f" · {fmt.one_line(reason, 160)}",
                             colors.get(fmt.STATUS_COLOR.get(run.status, ""), ""))
-            if self.workspace.resume_problem(run) is None:
+            if run.commit_state == "held":
+                text.append(" · held: its destination is unchanged, l releases its passing "
+                            "records", colors.get("warning", ""))
+            elif self.workspace.resume_problem(run) is None:
                 gone = " (its process is gone)" if run.status == "running" else ""
                 text.append(f" · unfinished{gone}: r resumes it", colors.get("warning", ""))
         return Group(text, *self._alert_lines(shown.alerts if shown is not None else ()))
@@ -478,6 +485,10 @@ class HistoryScreen(LoomScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "resume":
             return self._resumable() is not None  # shown for an unfinished run only
+        if action == "release":
+            tables = self.query(PagedTable)
+            row = tables.first().highlighted if tables else None
+            return getattr(row.item if row is not None else None, "commit_state", None) == "held"
         return True
 
     def action_resume(self) -> None:
@@ -495,6 +506,35 @@ class HistoryScreen(LoomScreen):
                         "any more: it cannot be resumed from here.", severity="error")
             return
         self.loom.resume_run(path, item.run_id)
+
+    # ------------------------------------------------------------------ releasing
+
+    def action_release(self) -> None:
+        row = self.query_one(PagedTable).highlighted
+        item = row.item if row is not None else None
+        if item is None or isinstance(item, ShardGroup):
+            return
+        if item.commit_state != "held":
+            self.notify(f"Run {item.run_id} holds nothing back: there is nothing to release.",
+                        severity="warning")
+            return
+        self.release(item.run_id)
+
+    @work(exclusive=True, group="release", exit_on_error=False)
+    async def release(self, run_id: str) -> None:
+        try:
+            result = await self.workspace.release(run_id)
+        except LoomError as exc:
+            self.post_message(RunReleased(str(exc), error=True))
+            return
+        self.post_message(RunReleased(result.message))
+
+    @on(RunReleased)
+    def _released(self, event: RunReleased) -> None:
+        self.notify(event.message, severity="error" if event.error else "information",
+                    markup=False)
+        if not event.error:
+            self.query_one(PagedTable).reset()
 
     def action_refresh(self) -> None:
         self.charted = None

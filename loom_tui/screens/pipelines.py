@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Vertical
 from textual.widgets import Footer, Static
 
-from core.api import PipelineEntry, PipelineRun
+from core.api import PipelineEntry, PipelineRun, pipeline_key
 from loom_tui import format as fmt
 from loom_tui.messages import PageWanted, PipelinesScanned
 from loom_tui.screens.base import LoomScreen
@@ -101,7 +101,7 @@ class PipelinesScreen(LoomScreen):
     @work(exclusive=True, group="scan", exit_on_error=False)
     async def scan(self, generation: int) -> None:
         entries = await asyncio.to_thread(self.workspace.pipelines)
-        last_runs = await self.workspace.last_runs()
+        last_runs = await self.workspace.last_runs_by_file()
         self.post_message(PipelinesScanned(entries, last_runs, generation))
 
     @on(PipelinesScanned)
@@ -130,13 +130,17 @@ class PipelinesScreen(LoomScreen):
 
     # ------------------------------------------------------------------ display
 
+    def _last_run(self, entry: PipelineEntry) -> PipelineRun | None:
+        """The newest run of this file (a copy elsewhere with the same name has its own)."""
+        return self.last_runs.get(pipeline_key(entry.path)) or self.last_runs.get(entry.name)
+
     def _cells(self, entry: PipelineEntry) -> tuple[Cell, ...]:
         relative = _relative(entry.path, self.loom.folder)
         if entry.valid:
             state = Tone("✓ valid", "success")
         else:
             state = Tone(f"✗ {_error_without_path(entry)}", "error")
-        run = self.last_runs.get(entry.name)
+        run = self._last_run(entry)
         if run is None:
             return (entry.name, relative, state, Tone("never", "dim"), "", "", "", "")
         status = Tone(run.status, fmt.STATUS_COLOR.get(run.status, "foreground"))
@@ -184,7 +188,7 @@ class PipelinesScreen(LoomScreen):
         grid.add_row("evaluate", (evaluators or "no evaluators") + f" → {gate}"
                      + (f", max rejection {limit:.0%}" if limit is not None else ""))
         grid.add_row("load", f"{spec.load.destination} ({spec.load.mode})")
-        run = self.last_runs.get(entry.name)
+        run = self._last_run(entry)
         if run is not None:
             status = Text(run.status, style=colors.get(fmt.STATUS_COLOR.get(run.status, ""), ""))
             grid.add_row("last run", Text.assemble(

@@ -140,8 +140,10 @@ def test_a_csv_with_binary_junk_and_a_missing_column(tmp_path, llm_server, capsy
             + f"r5,plain too,neutral,{reply_cell}\n".encode())
     (folder / "reviews.csv").write_bytes(data)
     code, out, err = run_cli(capsys, "--run", str(path), "--json")
-    assert code == 0, err
     summary = json.loads(out)
+    # A run in which no record passed did not do its work: failed, exit 1, never `success`.
+    assert code == 1 and summary["status"] == "failed", err
+    assert "no record passed: all 5 processed records were quarantined" in summary["status_reason"]
     # No row has the prompt's `author`: the readable ones are quarantined at transform with
     # the template's error, the unreadable ones at extract; nothing crashed, nothing was sent.
     assert summary["records"] == {"extracted": 5, "loaded": 0, "quarantined": 5, "skipped": 0}

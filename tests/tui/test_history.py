@@ -390,3 +390,34 @@ async def test_an_unfinished_run_is_resumed_from_history(tmp_path: Path, llm_ser
         assert screen.check_action("resume", ()) is False
         await pilot.press("r")  # nothing to resume: the key does nothing
         assert app.screen is screen
+
+
+async def test_a_held_run_is_released_from_history(tmp_path: Path, llm_server) -> None:
+    from core.api import Workspace
+    from core.engine import RunOptions
+    from tests.pipelines import read_jsonl, reply, write_pipeline
+
+    labels = ["positive", "negative", "neutral"]
+    rows = [{"id": f"r{i:03d}", "text": f"review {i}", "expected": labels[i % 3],
+             "reply": reply(labels[(i + 1) % 3] if i % 2 else labels[i % 3])} for i in range(10)]
+    path = write_pipeline(tmp_path / "p", rows=rows, base_url=llm_server.base_url,
+                          evaluate={"max_rejection_rate": 0.1},
+                          load={"destination": "jsonl://out/results.jsonl", "mode": "replace"})
+    async with Workspace(tmp_path) as workspace:
+        held = await workspace.run_to_end(workspace.load(path), RunOptions())
+    assert held.status == "partial" and held.extra["held"] == 5
+    destination = tmp_path / "p" / "out" / "results.jsonl"
+    assert not destination.exists()
+
+    app = LoomApp(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_history(app, pilot, 1)
+        assert "held: its destination is unchanged" in text_of(
+            screen.query_one("#h-run-detail"), 300)
+        assert screen.check_action("release", ()) is True
+        await pilot.press("l")
+        table = screen.query_one(PagedTable)
+        await wait_for(pilot, lambda: table.rows and table.rows[0].item.commit_state == "released",
+                       what="the run released")
+        assert len(read_jsonl(destination)) == 5
+        assert screen.check_action("release", ()) is False

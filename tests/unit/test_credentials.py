@@ -298,7 +298,8 @@ def test_a_password_written_into_a_uri_is_masked_in_what_is_stored_and_shown(tmp
     stored = snapshot(loaded)
     assert stored["extract"]["source"] == "postgres://loom:***@db.example/x"
     assert stored["load"]["destination"] == "postgres://loom:${PG_PASSWORD}@db.example/y"
-    assert cli.main(["validate", str(tmp_path / "pipeline.yaml")]) == 0
+    # --no-data: db.example cannot be reached to render the prompt against its records.
+    assert cli.main(["validate", str(tmp_path / "pipeline.yaml"), "--no-data"]) == 0
     out = capsys.readouterr().out
     assert "literal-pw-123" not in out and "loom:***@db.example/x" in out
 
