@@ -41,8 +41,9 @@ def pipelines(tmp_path: Path, base_url: str, count: int, records: int) -> list[P
 
 @pytest.fixture
 def server():
-    # 25 ms a call at 4 in flight: a 300-record run lasts about two seconds.
-    with LoopbackProcess(latency_ms=25) as process:
+    # 60 ms a call at 4 in flight: a 300-record run lasts about five seconds, long enough for
+    # the later runs to start (a process takes a second or more to start on a loaded machine).
+    with LoopbackProcess(latency_ms=60) as process:
         yield process
 
 
