@@ -136,3 +136,15 @@ def test_json_object_without_a_schema_yields_a_json_object(llama_server):
                                  "response_format": {"type": "json_object"}})
     assert answer.status_code == 200, answer.text
     assert isinstance(json.loads(answer.json()["choices"][0]["message"]["content"]), dict)
+
+
+def test_json_schema_response_format_is_refused_with_a_500_on_this_version(llama_server):
+    # What users report and why Loom needs a structured-output mode for openai_compatible:
+    # llama-cpp-python 0.3.36's server validates response_format.type as 'text' or
+    # 'json_object' only, and answers OpenAI's json_schema with an HTTP 500, not a 400.
+    answer = chat(llama_server, {"model": llama_server.model, "max_tokens": 50,
+                                 "messages": [{"role": "user", "content": "Classify, as JSON."}],
+                                 "response_format": {"type": "json_schema", "json_schema": {
+                                     "name": "output", "schema": SCHEMA, "strict": True}}})
+    assert answer.status_code == 500, answer.text
+    assert "Input should be 'text' or 'json_object'" in answer.json()["error"]["message"]

@@ -12,7 +12,7 @@ able to spell any JSON, and it must finish quickly. So:
 - The weights are random, plus one deliberate direction: every token embedding carries a
   constant in dimension 0, and the output matrix reads that dimension with a fixed preference
   per token. Whatever the context, the model then prefers, in this order, end-of-text and the
-  characters that close JSON (`}`, `]`, `"`, `,`), the digit `1`, and `true`. Under a grammar
+  characters that close JSON (`"`, `}`, `]`, `,`), the digit `1`, and `true`. Under a grammar
   that yields the shortest valid document: empty strings, arrays and optional parts left out,
   numbers as `1` (so a judge's score is 1). The preferences are spaced by a factor larger than
   the server's default repeat penalty (1.1) and its default temperature (0.8) could bridge,
@@ -37,7 +37,9 @@ N_CTX = 2048
 SPACE = "\u2581"  # SentencePiece's visible space
 
 # Most preferred first. Each step down divides the logit by 1.25, more than the repeat penalty.
-PREFERRED = ["</s>", "}", "]", '"', ",", "1", "t", "0", "a"]
+# `"` comes first of the characters: inside a string everything is allowed, and a string that
+# does not close at once runs to max_tokens.
+PREFERRED = ["</s>", '"', "}", "]", ",", "1", "t", "0", "a"]
 DISLIKED = [SPACE, "<0x0A>", "<0x09>", "<0x0D>", "<0x20>"]  # whitespace: never spin on it
 
 NORMAL, UNKNOWN, CONTROL, BYTE = 1, 2, 3, 6  # gguf token types
