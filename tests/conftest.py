@@ -175,6 +175,16 @@ def litellm_proxy(litellm_proxies: "Callable[..., LiteLLMProxy]") -> "LiteLLMPro
     return litellm_proxies()
 
 
+@pytest.fixture
+def proxy_upstream(litellm_proxy: "LiteLLMProxy") -> "LLMServer":
+    """The default proxy's upstream, emptied for this test: its `.requests` and `.headers`
+    are what LiteLLM sent on during this test only."""
+    server = litellm_proxy.upstream
+    server.reset()
+    server.responder = None
+    return server
+
+
 @pytest.fixture(scope="session")
 def llama_server() -> Iterator["LlamaServer"]:
     """The llama-cpp-python server with a generated tiny random-weight GGUF."""

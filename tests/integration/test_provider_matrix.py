@@ -92,14 +92,6 @@ def proxied(folder: Path, proxy: Any, model: str, **sections: Any) -> Path:
     return write_pipeline(folder, base_url=proxy.base_url, transform=transform, **sections)
 
 
-@pytest.fixture
-def upstream(litellm_proxy):
-    server = litellm_proxy.upstream
-    server.reset()
-    server.responder = None
-    return server
-
-
 def upstream_path(model: str) -> str:
     return ANTHROPIC_PATH if model in ANTHROPIC_MODELS else OPENAI_PATH
 
@@ -109,15 +101,15 @@ def upstream_path(model: str) -> str:
 
 @pytest.mark.parametrize("model", DEFAULT_MODELS)
 def test_a_pipeline_with_an_output_schema_loads_every_record(tmp_path, capsys, litellm_proxy,
-                                                            upstream, model):
+                                                            proxy_upstream, model):
     pipeline = proxied(tmp_path / "p", litellm_proxy, model, rows=rows(), prompt=JSON_PROMPT)
     code, summary, err = run(capsys, pipeline)
     assert_clean(code, summary, err, capsys)
     loaded = read_jsonl(tmp_path / "p" / "out" / "results.jsonl")
     assert sorted(row["id"] for row in loaded) == [f"r{i:04d}" for i in range(COUNT)]
     # One call per record, no repairs, and each reached the upstream in its vendor's format.
-    assert upstream.count == COUNT and upstream.count[upstream_path(model)] == COUNT
-    for body in upstream.requests:
+    assert proxy_upstream.count == COUNT and proxy_upstream.count[upstream_path(model)] == COUNT
+    for body in proxy_upstream.requests:
         if model in ANTHROPIC_MODELS:
             # Constrained decoding, natively: LiteLLM turns a json_schema response_format into
             # Anthropic's structured output; a forced tool is what these models refuse.
@@ -131,7 +123,7 @@ def test_a_pipeline_with_an_output_schema_loads_every_record(tmp_path, capsys, l
 
 @pytest.mark.parametrize("model", DEFAULT_MODELS)
 def test_a_text_pipeline_without_an_output_schema_loads_every_record(tmp_path, capsys,
-                                                                    litellm_proxy, upstream, model):
+                                                                    litellm_proxy, proxy_upstream, model):
     pipeline = proxied(
         tmp_path / "p", litellm_proxy, model, rows=rows(text_reply=True), prompt=TEXT_PROMPT,
         transform={"output_schema": None},
@@ -139,9 +131,9 @@ def test_a_text_pipeline_without_an_output_schema_loads_every_record(tmp_path, c
                                   "values": LABELS}]})
     code, summary, err = run(capsys, pipeline)
     assert_clean(code, summary, err, capsys)
-    assert upstream.count == COUNT and upstream.count[upstream_path(model)] == COUNT
+    assert proxy_upstream.count == COUNT and proxy_upstream.count[upstream_path(model)] == COUNT
     assert all("response_format" not in body and "output_format" not in body
-               for body in upstream.requests)
+               for body in proxy_upstream.requests)
 
 
 def judged(body: dict[str, Any]) -> dict[str, Any]:
@@ -151,21 +143,21 @@ def judged(body: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize("model", DEFAULT_MODELS)
 def test_a_pipeline_with_an_llm_judge_loads_every_record(tmp_path, capsys, litellm_proxy,
-                                                        upstream, model):
-    upstream.responder = judge_responder(judged)
+                                                        proxy_upstream, model):
+    proxy_upstream.responder = judge_responder(judged)
     pipeline = proxied(tmp_path / "p", litellm_proxy, model, rows=rows(), prompt=JSON_PROMPT,
                        evaluate={"evaluators": [
                            {"name": "label_ok", "type": "one_of", "field": "output.sentiment",
                             "values": LABELS}, JUDGE]})
     code, summary, err = run(capsys, pipeline)
     assert_clean(code, summary, err, capsys)
-    judge_calls = [body for body in upstream.requests if is_judge_request(body)]
-    assert len(judge_calls) == COUNT and upstream.count == 2 * COUNT
+    judge_calls = [body for body in proxy_upstream.requests if is_judge_request(body)]
+    assert len(judge_calls) == COUNT and proxy_upstream.count == 2 * COUNT
     assert summary["cost_by_stage"]["evaluate"] > 0
 
 
 @pytest.mark.parametrize("model", DEFAULT_MODELS)
-def test_the_cost_is_litellms_to_within_one_percent(tmp_path, capsys, litellm_proxy, upstream,
+def test_the_cost_is_litellms_to_within_one_percent(tmp_path, capsys, litellm_proxy, proxy_upstream,
                                                     model):
     pipeline = proxied(tmp_path / "p", litellm_proxy, model, rows=rows(), prompt=JSON_PROMPT)
     code, summary, err = run(capsys, pipeline)

@@ -24,15 +24,6 @@ MESSAGES = [{"role": "system", "content": "Answer in JSON."},
             {"role": "user", "content": f"Classify this review.\nreply: {json.dumps(REPLY)}"}]
 
 
-@pytest.fixture
-def upstream(litellm_proxy):
-    """The proxy's upstream, emptied: what it records is this test's."""
-    server = litellm_proxy.upstream
-    server.reset()
-    server.responder = None
-    return server
-
-
 def chat(server, body, *, key=None, timeout=120.0) -> httpx.Response:
     headers = {"authorization": f"Bearer {key}"} if key else {}
     return httpx.post(f"{server.base_url}/chat/completions", json=body, headers=headers,
@@ -42,28 +33,28 @@ def chat(server, body, *, key=None, timeout=120.0) -> httpx.Response:
 # ---------------------------------------------------------------- LiteLLM
 
 
-def test_the_proxy_answers_and_forwards_with_its_own_upstream_key(litellm_proxy, upstream):
+def test_the_proxy_answers_and_forwards_with_its_own_upstream_key(litellm_proxy, proxy_upstream):
     answer = chat(litellm_proxy, {"model": "gpt-4o-mini", "messages": MESSAGES},
                   key=litellm_proxy.api_key)
     assert answer.status_code == 200, answer.text
     assert json.loads(answer.json()["choices"][0]["message"]["content"]) == REPLY
-    assert upstream.count[OPENAI_PATH] == 1
-    assert upstream.headers[0]["Authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert proxy_upstream.count[OPENAI_PATH] == 1
+    assert proxy_upstream.headers[0]["Authorization"] == f"Bearer {UPSTREAM_KEY}"
 
 
-def test_the_proxy_wants_its_master_key(litellm_proxy, upstream):
+def test_the_proxy_wants_its_master_key(litellm_proxy, proxy_upstream):
     answer = chat(litellm_proxy, {"model": "gpt-4o-mini", "messages": MESSAGES}, key="sk-wrong")
     assert answer.status_code in (400, 401), answer.text
-    assert upstream.count == 0
+    assert proxy_upstream.count == 0
 
 
-def test_an_anthropic_model_is_translated_to_the_messages_api(litellm_proxy, upstream):
+def test_an_anthropic_model_is_translated_to_the_messages_api(litellm_proxy, proxy_upstream):
     answer = chat(litellm_proxy, {"model": "claude-haiku-4-5", "messages": MESSAGES,
                                   "max_tokens": 200}, key=litellm_proxy.api_key)
     assert answer.status_code == 200, answer.text
     assert json.loads(answer.json()["choices"][0]["message"]["content"]) == REPLY
-    assert upstream.count[ANTHROPIC_PATH] == 1 and upstream.count[OPENAI_PATH] == 0
-    sent, headers = upstream.requests[0], upstream.headers[0]
+    assert proxy_upstream.count[ANTHROPIC_PATH] == 1 and proxy_upstream.count[OPENAI_PATH] == 0
+    sent, headers = proxy_upstream.requests[0], proxy_upstream.headers[0]
     assert headers["x-api-key"] == UPSTREAM_KEY and headers["anthropic-version"]
     assert sent["max_tokens"] == 200
     assert all(m["role"] != "system" for m in sent["messages"])  # the system turn moved out
@@ -71,24 +62,24 @@ def test_an_anthropic_model_is_translated_to_the_messages_api(litellm_proxy, ups
 
 
 @pytest.mark.parametrize("model", ["claude-opus-4-7", "claude-sonnet-5-5"])
-def test_the_proxy_refuses_temperature_0_where_the_model_data_says_so(litellm_proxy, upstream,
+def test_the_proxy_refuses_temperature_0_where_the_model_data_says_so(litellm_proxy, proxy_upstream,
                                                                        model):
     answer = chat(litellm_proxy, {"model": model, "messages": MESSAGES, "temperature": 0,
                                   "max_tokens": 200}, key=litellm_proxy.api_key)
     assert answer.status_code == 400, answer.text
     assert "temperature" in answer.json()["error"]["message"]
-    assert upstream.count == 0  # refused by the proxy itself, as the vendor would
+    assert proxy_upstream.count == 0  # refused by the proxy itself, as the vendor would
 
 
-def test_the_proxy_refuses_temperature_0_for_an_openai_reasoning_model(litellm_proxy, upstream):
+def test_the_proxy_refuses_temperature_0_for_an_openai_reasoning_model(litellm_proxy, proxy_upstream):
     answer = chat(litellm_proxy, {"model": "gpt-6-sol", "messages": MESSAGES, "temperature": 0},
                   key=litellm_proxy.api_key)
     assert answer.status_code == 400, answer.text
     assert "temperature" in answer.json()["error"]["message"]
-    assert upstream.count == 0
+    assert proxy_upstream.count == 0
 
 
-def test_the_proxy_puts_its_cost_on_the_response(litellm_proxy, upstream):
+def test_the_proxy_puts_its_cost_on_the_response(litellm_proxy, proxy_upstream):
     answer = chat(litellm_proxy, {"model": "gpt-4o-mini", "messages": MESSAGES},
                   key=litellm_proxy.api_key)
     assert answer.status_code == 200, answer.text
