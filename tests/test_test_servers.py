@@ -59,3 +59,23 @@ def test_a_missing_third_party_server_skips_on_a_developer_machine(tmp_path, fix
     code, output = _run_needing(tmp_path, fixture, "")
     assert code == 0 and "1 skipped" in output, output
     assert "tools/install_test_servers.sh" in output, output
+
+
+def test_the_litellm_config_forwards_each_vendor_to_the_upstream_and_takes_additions():
+    from tests.support.litellm_proxy import MASTER_KEY, UPSTREAM_KEY, model_entry, proxy_config
+    from tests.support.llm_server import LLMServer
+
+    upstream = LLMServer(port=4242)  # not started: only its URLs are read
+    limited = model_entry("gpt-4o-mini", upstream, alias="gpt-4o-mini-limited", rpm=2)
+    config = proxy_config(upstream, models=["gpt-4o-mini", "claude-opus-4-7"],
+                          extra_models=[limited], router_settings={"routing_strategy": "usage-based-routing-v2"})
+    entries = {entry["model_name"]: entry["litellm_params"] for entry in config["model_list"]}
+    assert entries["gpt-4o-mini"] == {"model": "openai/gpt-4o-mini", "api_key": UPSTREAM_KEY,
+                                      "api_base": "http://127.0.0.1:4242/v1"}
+    # LiteLLM posts to {api_base}/v1/messages: an Anthropic base is the server's root.
+    assert entries["claude-opus-4-7"]["model"] == "anthropic/claude-opus-4-7"
+    assert entries["claude-opus-4-7"]["api_base"] == "http://127.0.0.1:4242"
+    assert entries["gpt-4o-mini-limited"]["rpm"] == 2
+    assert config["router_settings"] == {"num_retries": 0, "routing_strategy": "usage-based-routing-v2"}
+    assert config["litellm_settings"]["drop_params"] is False  # refuse what the vendors refuse
+    assert config["general_settings"]["master_key"] == MASTER_KEY
