@@ -4,13 +4,15 @@ PostgreSQL, an S3 API server (moto) and a file keyring, all started by the tests
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 _PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
                  "LOOM_STORE_URL")
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -116,3 +118,84 @@ def file_keyring(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
         yield data
     finally:
         keyring.set_keyring(previous)
+
+
+# ---------------------------------------------------------------- third-party LLM servers
+
+
+def _third_party(start: "Callable[[], T]") -> "T":
+    """Start a third-party test server. Not installed: a skip on a developer's machine (the
+    message says how to install it), a failure under CI. Installed but not starting: a failure."""
+    from tests.support.server_process import NotInstalled, ServerUnavailable
+
+    try:
+        return start()
+    except NotInstalled as exc:
+        if in_ci():
+            pytest.fail(f"this test needs a third-party server and it is missing: {exc}",
+                        pytrace=False)
+        pytest.skip(str(exc))
+    except ServerUnavailable as exc:
+        pytest.fail(f"this test needs a third-party server and it did not start: {exc}",
+                    pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def litellm_upstream() -> Iterator["LLMServer"]:
+    """The loopback server the LiteLLM proxies forward to. Shared by the session: a test that
+    reads `.requests` calls `.reset()` first."""
+    from tests.support.litellm_proxy import UPSTREAM_KEY
+    from tests.support.llm_server import LLMServer
+
+    with LLMServer(latency_s=0.0, seed=11, api_key=UPSTREAM_KEY) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def litellm_proxies(litellm_upstream: "LLMServer") -> Iterator["Callable[..., LiteLLMProxy]"]:
+    """`litellm_proxies(extra_models=[...], router_settings={...}, ...)`: a LiteLLM proxy with
+    that configuration (see tests.support.litellm_proxy.proxy_config), started once per
+    session and configuration, all forwarding to `litellm_upstream`."""
+    from tests.support.litellm_proxy import LiteLLMProxy
+
+    started: dict[str, LiteLLMProxy] = {}
+
+    def proxy(**config: Any) -> LiteLLMProxy:
+        key = repr(sorted(config.items()))
+        if key not in started:
+            started[key] = _third_party(lambda: LiteLLMProxy.start(litellm_upstream, **config))
+        return started[key]
+
+    try:
+        yield proxy
+    finally:
+        for each in started.values():
+            each.stop()
+
+
+@pytest.fixture(scope="session")
+def litellm_proxy(litellm_proxies: "Callable[..., LiteLLMProxy]") -> "LiteLLMProxy":
+    """The LiteLLM proxy with the default model list (tests.support.litellm_proxy.DEFAULT_MODELS)."""
+    return litellm_proxies()
+
+
+@pytest.fixture
+def proxy_upstream(litellm_proxy: "LiteLLMProxy") -> "LLMServer":
+    """The default proxy's upstream, emptied for this test: its `.requests` and `.headers`
+    are what LiteLLM sent on during this test only."""
+    server = litellm_proxy.upstream
+    server.reset()
+    server.responder = None
+    return server
+
+
+@pytest.fixture(scope="session")
+def llama_server() -> Iterator["LlamaServer"]:
+    """The llama-cpp-python server with a generated tiny random-weight GGUF."""
+    from tests.support.llama_server import LlamaServer
+
+    server = _third_party(LlamaServer.start)
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -18,15 +18,21 @@ JUDGE_SYSTEM_START = "You are a careful, impartial evaluator"
 
 
 def is_judge_request(body: dict[str, Any]) -> bool:
-    """Judge requests open with the packaged system prompt (a system field for Anthropic)."""
+    """Judge requests open with the packaged system prompt (a system field for Anthropic, a
+    string or, as the LiteLLM proxy sends it, a list of text blocks)."""
     system = body.get("system")
-    if isinstance(system, list) and system and isinstance(system[0], dict):
-        system = system[0].get("text")  # Anthropic's system as text blocks
-    if isinstance(system, str) and system.startswith(JUDGE_SYSTEM_START):
+    if system is not None and _plain(system).startswith(JUDGE_SYSTEM_START):
         return True
     messages = body.get("messages") or []
     return bool(messages) and messages[0].get("role") == "system" and \
-        str(messages[0].get("content", "")).startswith(JUDGE_SYSTEM_START)
+        _plain(messages[0].get("content", "")).startswith(JUDGE_SYSTEM_START)
+
+
+def _plain(content: Any) -> str:
+    """A message's text: a string, or the text of its content blocks."""
+    if isinstance(content, list):
+        return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+    return str(content)
 
 
 def judge_prompt(body: dict[str, Any]) -> str:
