@@ -259,6 +259,12 @@ class LLMClient:
         if quote is None and response.model and response.model != request.model:
             # A deployment alias (Azure, a proxy) that reports the real model it ran.
             quote = self.pricing.quote(response.model, **where)
+        if quote is None and response.reported_cost_usd is not None:
+            # An endpoint that bills the call (a LiteLLM proxy) fronts the vendor: its model is
+            # the vendor's, priced by name, and the gateway's figure stays beside ours. A local
+            # server sends no cost, so its "gpt-4o-mini" is never billed at OpenAI's price.
+            quote = self.pricing.quote(request.model) or (
+                self.pricing.quote(response.model) if response.model else None)
         return quote
 
     def _list_price(self, request: LLMRequest, response: LLMResponse) -> float | None:

@@ -190,7 +190,7 @@ def test_llama_cpp_a_structured_output_pipeline_loads_every_record(tmp_path, cap
     code, summary, err = run(capsys, local(tmp_path / "p", llama_server))
     assert_clean(code, summary, err, capsys, count=3)
     for row in read_jsonl(tmp_path / "p" / "out" / "results.jsonl"):
-        assert row["output"]["sentiment"] in LABELS
+        assert row["sentiment"] in LABELS  # the output's fields are the row's columns
 
 
 def test_llama_cpp_with_the_structured_output_mode_named(tmp_path, capsys, llama_server):
@@ -208,4 +208,67 @@ def test_llama_cpp_a_pipeline_with_an_llm_judge_loads_every_record(tmp_path, cap
         {**JUDGE, "threshold": 0.0}]})  # the judge's score is noise; its answer's shape is not
     code, summary, err = run(capsys, pipeline)
     assert_clean(code, summary, err, capsys, count=3)
-    assert summary["cost_by_stage"].get("evaluate") is not None
+    # The judge asked the model too (a local server has no price: its cost is unknown, not $0).
+    assert "evaluate" in summary["cost_by_stage"] and summary["llm"]["calls"] >= 6
+
+
+# ---------------------------------------------------------------- the gateway's own cost
+
+
+@pytest.mark.parametrize("model", DEFAULT_MODELS)
+async def test_each_call_is_costed_within_one_percent_of_the_gateways_header(litellm_proxy,
+                                                                            proxy_upstream, model):
+    from core.llm.base import LLMRequest
+    from core.llm.client import LLMClient
+    from core.llm.openai import OpenAIProvider
+    from core.llm.pricing import Pricing
+
+    provider = OpenAIProvider(name="openai_compatible", base_url=litellm_proxy.base_url,
+                              api_key=litellm_proxy.api_key, timeout_s=60)
+    client = LLMClient(provider, pricing=Pricing())
+    try:
+        for i in range(3):
+            prompt = f"Classify review {i} in JSON.\nreply: {json.dumps({'sentiment': LABELS[i]})}"
+            _, call = await client.complete(LLMRequest(model=model, messages=[
+                {"role": "user", "content": prompt}], max_tokens=100))
+            assert call.reported_cost_usd is not None, "LiteLLM sent no x-litellm-response-cost"
+            assert call.cost_source == "genai-prices"  # our own price, not the gateway's figure
+            assert call.cost_usd == pytest.approx(call.reported_cost_usd, rel=0.01), \
+                (model, call.cost_usd, call.reported_cost_usd)
+    finally:
+        await client.aclose()
+
+
+# ---------------------------------------------------------------- provider prompt caching
+
+
+def test_a_long_context_is_read_from_the_anthropic_prompt_cache_through_the_proxy(
+        tmp_path, capsys, litellm_proxy, proxy_upstream, loom_home):
+    import sqlite3
+
+    # About 2,000 tokens of context, the same for every record: the prompt's static prefix.
+    context = tmp_path / "p" / "taxonomy.md"
+    context.parent.mkdir(parents=True)
+    context.write_text("".join(f"Rule {n}: a review that says '{n}' is neutral unless it says more.\n"
+                               for n in range(130)), encoding="utf-8")
+    prompt = ("Classify reviews with these rules, in JSON.\n{{ context.taxonomy }}\n"
+              "Review: {{ input.text }}\nreply: {{ input.reply }}\n")
+    pipeline = proxied(tmp_path / "p", litellm_proxy, "claude-sonnet-5-5", rows=rows(), prompt=prompt,
+                       transform={"context": ["taxonomy.md"], "concurrency": 1})
+    proxy_upstream.prompt_cache = True  # the upstream keeps a prompt cache, as Anthropic does
+    try:
+        code, summary, err = run(capsys, pipeline)
+    finally:
+        proxy_upstream.prompt_cache = False
+    assert_clean(code, summary, err, capsys)
+    # The static prefix reached Anthropic marked for its cache.
+    first = proxy_upstream.requests[0]
+    marked = [block for block in first["messages"][0]["content"] if "cache_control" in block]
+    assert marked and "Rule 129" in marked[0]["text"]
+    with sqlite3.connect(loom_home / "loom.db") as db:
+        reads = [row[0] for row in db.execute(
+            "SELECT cache_read_tokens FROM record_results WHERE run_id = ? ORDER BY ordinal",
+            (summary["run_id"],))]
+    assert reads[0] == 0 and all(read > 1500 for read in reads[1:]), reads  # every record after the first
+    assert summary["tokens"]["cache_read"] == sum(reads)
+    assert summary["savings_usd"]["prompt_cache"] > 0  # what caching saved, in dollars
