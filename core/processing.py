@@ -54,13 +54,20 @@ def fatal_cause(exc: BaseException) -> LoomError | None:
     return None
 
 
-def provider_cause(exc: BaseException) -> ProviderError | None:
+def provider_cause(exc: BaseException, *, endpoint_answered: bool = True) -> ProviderError | None:
     """The provider failure behind `exc` when it is not the record's fault (the endpoint's, or
-    the network's): the record was not processed, and is skipped rather than quarantined."""
+    the network's): the record was not processed, and is skipped rather than quarantined.
+
+    Another 4xx is the record's own once the endpoint has answered other records; before that
+    (`endpoint_answered` false) it is as likely the endpoint's (a gateway without its
+    database), and the record waits for --resume rather than a person."""
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, ProviderError):
-            return None if classify(seen) is FailureClass.RECORD else seen
+            failure = classify(seen)
+            if failure is FailureClass.RECORD or (failure is FailureClass.REQUEST and endpoint_answered):
+                return None
+            return seen
         seen = seen.__cause__
     return None
 
@@ -86,6 +93,10 @@ class RecordProcessor:
         self.transformer = transformer
         self.evaluators = evaluators
         self.evaluate_spec = evaluate_spec
+
+    @property
+    def _endpoint_answered(self) -> bool:
+        return self.transformer.client.breaker.successes > 0
 
     def _stop_if_fatal(self, exc: BaseException) -> None:
         cause = fatal_cause(exc)
@@ -120,7 +131,7 @@ class RecordProcessor:
                                     f"not processed: {budget}", "BudgetExceeded",
                                     transform=exc.partial)
             self._stop_if_fatal(exc)
-            failure = provider_cause(exc)
+            failure = provider_cause(exc, endpoint_answered=self._endpoint_answered)
             if failure is not None:
                 # The endpoint failed, not the record: it waits for --resume, unquarantined.
                 return RecordResult(record, Outcome.SKIPPED, Stage.TRANSFORM,
@@ -141,7 +152,7 @@ class RecordProcessor:
                                         transform=transformed,
                                         scores=scores + ([failed] if failed is not None else []))
                 self._stop_if_fatal(exc)
-                failure = provider_cause(exc)
+                failure = provider_cause(exc, endpoint_answered=self._endpoint_answered)
                 if failure is not None:
                     return RecordResult(record, Outcome.SKIPPED, Stage.EVALUATE,
                                         f"not processed: {evaluator.name}: {failure}",

@@ -47,6 +47,7 @@ class CircuitBreaker:
         self.trip: Trip | None = None
         self._streak: tuple[FailureClass, str] | None = None
         self._count = 0
+        self.successes = 0  # calls the endpoints answered: a later 4xx is a record's own
 
     def check(self) -> None:
         """Raise CircuitOpen when the breaker is open."""
@@ -55,6 +56,7 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         self._streak, self._count = None, 0
+        self.successes += 1
 
     def failed(self, error: ProviderError) -> FailureClass:
         """Count a call that failed for good; returns its class."""

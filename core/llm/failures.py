@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from enum import StrEnum
 
-from core.errors import ProviderError
+from core.errors import CassetteMiss, ProviderError
 
 
 class FailureClass(StrEnum):
@@ -73,11 +73,14 @@ _PARAMETER_WORDS = re.compile(r"unsupported (parameter|value)|unrecognized reque
 _RECORD_CODES = frozenset({"context_length_exceeded", "content_filter", "content_policy_violation",
                            "invalid_prompt", "string_above_max_length"})
 _RECORD_WORDS = re.compile(r"context[_ ](length|window)|maximum context|too many tokens|prompt is "
-                           r"too long|content (filter|policy|management)|safety system|refused", re.I)
+                           r"too long|too large|content (filter|policy|management)|safety system|"
+                           r"refused", re.I)
 
 
 def classify(error: ProviderError) -> FailureClass:
     """The failure class of a call that failed (after its retries)."""
+    if isinstance(error, CassetteMiss):
+        return FailureClass.RECORD  # the cassette has no answer for this record's prompt
     status = error.status
     code = (error.code or "").lower()
     text = f"{error.message} {error.param or ''}"
@@ -91,7 +94,7 @@ def classify(error: ProviderError) -> FailureClass:
         return FailureClass.BILLING
     if status in (401, 403) or code in _AUTH_CODES:
         return FailureClass.AUTH
-    if code in _RECORD_CODES or (400 <= status < 500 and _RECORD_WORDS.search(text)):
+    if status == 413 or code in _RECORD_CODES or (400 <= status < 500 and _RECORD_WORDS.search(text)):
         return FailureClass.RECORD
     if code in _MODEL_CODES or (400 <= status < 500 and _MODEL_WORDS.search(text)) or status == 404:
         return FailureClass.UNKNOWN_MODEL

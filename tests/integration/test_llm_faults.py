@@ -193,7 +193,8 @@ def test_a_record_whose_provider_still_fails_is_skipped_not_quarantined(tmp_path
     pipeline = write_pipeline(tmp_path / "p", rows=rows_for(1), base_url=llm_server.base_url,
                               transform={"max_retries": 2})
     code, summary, _ = run_cli(capsys, "--run", str(pipeline), "--json")
-    assert code == 3 and summary["status"] == "partial"
+    # Nothing loaded: the run failed (a partial run would have loaded something).
+    assert code == 1 and summary["status"] == "failed"
     assert summary["records"] == {"extracted": 1, "loaded": 0, "quarantined": 0, "skipped": 1}
     assert "not processed" in summary["status_reason"] and "--resume" in summary["status_reason"]
     (reason,), = history(loom_home, "SELECT reason FROM record_results WHERE outcome = 'skipped'")
