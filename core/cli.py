@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from core import __version__
 from core.api import Workspace
@@ -31,18 +31,19 @@ from core.credentials import KeyringSecrets
 from core.engine import RunController, RunOptions
 from core.errors import LoomError, UsageError, one_line
 from core.estimate import DEFAULT_SAMPLE
-from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, money, seconds,
-                            summary_table)
+from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, make_console, money,
+                            seconds, styled, summary_table)
 from core.sharding import Shard, ShardGroup
 
 HEADLESS_COMMANDS = ("validate", "runs", "quarantine", "secrets")
 
 
 def out_console() -> Console:
-    """stdout for people; when piped, wide enough that tables do not wrap into columns of words."""
-    console = Console()
+    """stdout for people; when piped, wide enough that tables do not wrap into columns of words.
+    Markup off (core.reporting.make_console): what the store holds prints as written."""
+    console = make_console()
     if not console.is_terminal:
-        console = Console(width=200)
+        console = make_console(width=200)
     return console
 
 
@@ -193,8 +194,8 @@ def _run(args: argparse.Namespace) -> int:
             nonlocal interrupts
             interrupts += 1
             if interrupts == 1:
-                reporter.console.print("[magenta]stopping: finishing records in flight "
-                                       "(ctrl+c again to abandon them)[/]")
+                reporter.console.print(styled(("stopping: finishing records in flight "
+                                               "(ctrl+c again to abandon them)", "magenta")))
                 controller.cancel("cancelled by ctrl+c")
             else:
                 for task in asyncio.all_tasks(loop):
@@ -288,11 +289,11 @@ def _validate(args: argparse.Namespace) -> int:
         try:
             loaded = workspace.load(path, args.set)
             evaluators = len(loaded.spec.evaluate.evaluators)
-            out.print(f"[green]ok[/] {loaded.spec.name} ({path}): "
-                      f"{redact_uri(loaded.spec.extract.source)} → "
-                      f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
-                      f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                      f"{redact_uri(loaded.spec.load.destination)}", highlight=False)
+            out.print(styled(("ok", "green"), f" {loaded.spec.name} ({path}): "
+                             f"{redact_uri(loaded.spec.extract.source)} → "
+                             f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
+                             f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
+                             f"{redact_uri(loaded.spec.load.destination)}"), highlight=False)
         except LoomError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
             code = max(code, exc.exit_code)
@@ -423,22 +424,22 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
             listing.add_column(column, overflow="fold")
         for run_id, alert in raised:
             style = "red" if alert.severity == "error" else "yellow"
-            listing.add_row(run_id, f"[{style}]{alert.alert_type}[/]", alert.message)
+            listing.add_row(Text(run_id), Text(alert.alert_type, style=style), Text(alert.message))
         out_console().print(listing)
     return 0
 
 
-def _alert_count(alerts: list[Any]) -> str:
+def _alert_count(alerts: list[Any]) -> Text:
     if not alerts:
-        return "-"
+        return Text("-")
     worst = "red" if any(a.severity == "error" for a in alerts) else "yellow"
-    return f"[{worst}]{len(alerts)}[/]"
+    return Text(str(len(alerts)), style=worst)
 
 
 def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
     data = run_to_dict(run)
     style = STATUS_STYLE.get(run.status, "white")
-    table.add_row(label, run.pipeline_name, f"[{style}]{run.status}[/]",
+    table.add_row(Text(label), Text(run.pipeline_name), Text(run.status, style=style),
                   run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
                   str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                   f"{data['rejection_rate']:.1%}", money(run.cost_usd),
@@ -450,9 +451,9 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]]) -
     """The group's sums on one line, then each of its runs (retries too) beneath it."""
     style = STATUS_STYLE.get(group.status, "white")
     ran = group.shard_count - len(group.missing)
-    name = escape(_clip_middle(group.group, 40))  # `loom runs --json` has the whole id
-    table.add_row(f"[bold]shard group {name}[/] ({ran}/{group.shard_count} shards)",
-                  group.pipeline, f"[{style}]{group.status}[/]",
+    name = _clip_middle(group.group, 40)  # `loom runs --json` has the whole id
+    table.add_row(styled((f"shard group {name}", "bold"), f" ({ran}/{group.shard_count} shards)"),
+                  Text(group.pipeline), Text(group.status, style=style),
                   group.started_at.strftime("%Y-%m-%d %H:%M"),
                   str(group.total("loaded")), str(group.total("quarantined")),
                   str(group.total("skipped")), f"{group.rejection_rate:.1%}",
@@ -507,8 +508,9 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
         table.add_column(column, overflow="ellipsis", no_wrap=column != "reason")
     for row in rows:
         reason = (row.reason or "").replace("\n", " ")
-        table.add_row(str(row.id), row.run_id, row.pipeline_name, row.record_id, row.stage,
-                      reason[:160] + ("…" if len(reason) > 160 else ""))
+        table.add_row(*(Text(value) for value in (
+            str(row.id), row.run_id, row.pipeline_name, row.record_id, row.stage,
+            reason[:160] + ("…" if len(reason) > 160 else ""))))
     out_console().print(table)
     return 0
 
@@ -526,12 +528,14 @@ async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> in
         sys.stdout.write(json.dumps(data, default=str) + "\n")
         return 0
     out = out_console()
-    out.print(f"[bold]quarantined record {row.id}[/]  {row.pipeline_name} · run {row.run_id} · "
-              f"record {row.record_id} · [yellow]{row.status}[/]", highlight=False)
-    out.print(f"[dim]stage[/]   {row.stage}\n[dim]reason[/]  {row.reason}", highlight=False)
-    out.print("[dim]input[/]")
+    out.print(styled((f"quarantined record {row.id}", "bold"),
+                     f"  {row.pipeline_name} · run {row.run_id} · record {row.record_id} · ",
+                     (str(row.status), "yellow")), highlight=False)
+    out.print(styled(("stage", "dim"), f"   {row.stage}\n", ("reason", "dim"), f"  {row.reason}"),
+              highlight=False)
+    out.print(styled(("input", "dim")))
     out.print_json(json.dumps(row.input, default=str))
-    out.print("[dim]output[/]")
+    out.print(styled(("output", "dim")))
     if row.output is not None:
         out.print_json(json.dumps(row.output, default=str))
     else:
@@ -541,13 +545,13 @@ async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> in
         for column in ("evaluator", "score", "passed", "explanation"):
             table.add_column(column)
         for score in row.scores:
-            table.add_row(score.get("evaluator", "?"), f"{score.get('value', 0):.2f}",
-                          "yes" if score.get("passed") else "[red]no[/]",
-                          str(score.get("explanation", "")))
+            table.add_row(Text(str(score.get("evaluator", "?"))), f"{score.get('value', 0):.2f}",
+                          Text("yes") if score.get("passed") else Text("no", style="red"),
+                          Text(str(score.get("explanation", ""))))
         out.print(table)
     for action in data["actions"]:
-        out.print(f"[dim]{action['at']}[/] {action['action']} by {action['actor'] or '?'}: "
-                  f"{action['details']}", highlight=False)
+        out.print(styled((str(action["at"]), "dim"), f" {action['action']} by "
+                         f"{action['actor'] or '?'}: {action['details']}"), highlight=False)
     return 0
 
 
@@ -574,7 +578,7 @@ async def _quarantine_act(workspace: Workspace, args: argparse.Namespace) -> int
         out = out_console()
         for result in results:
             style = "green" if result.loaded or result.status == "discarded" else "yellow"
-            out.print(f"{result.quarantine_id}: [{style}]{result.status}[/] {result.message}",
-                      highlight=False)
+            out.print(styled(f"{result.quarantine_id}: ", (str(result.status), style),
+                             f" {result.message}"), highlight=False)
     # Nothing done for some records (still failing, nothing to approve): say so in the code.
     return 0 if all(r.loaded or r.status == "discarded" for r in results) else 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import secrets
 import time
@@ -49,6 +50,8 @@ from core.sharding import Shard, bind_destination
 from core.spec import LoadedSpec, snapshot
 from core.stats import Quantiles
 from core.store import PASSED, RunStart, Store
+
+_log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
 
@@ -239,6 +242,7 @@ class Engine:
         self.store = store
         self.config = config or load_config()
         self.listeners = list(listeners)
+        self._broken_listeners: set[int] = set()
         self.controller = controller or RunController()
         resume = self.options.resume
         self.run_id = resume.run.run_id if resume else (self.options.run_id or new_run_id())
@@ -278,8 +282,17 @@ class Engine:
     # ------------------------------------------------------------------ events
 
     def _emit(self, event: Event) -> None:
+        # A display that breaks on an event (a terminal gone, a bug in a consumer) must never
+        # stop the run half-way: after the sink committed, the store would keep it `running`
+        # and every resume would break the same way. The failure is logged, once per listener.
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - listeners are outside the engine's contract
+                if id(listener) not in self._broken_listeners:
+                    self._broken_listeners.add(id(listener))
+                    _log.warning("an event listener failed on %s; the run goes on",
+                                 type(event).__name__, exc_info=_log.isEnabledFor(logging.DEBUG))
 
     def _warn(self, message: str) -> None:
         message = self.resolver.redact(message)
