@@ -497,7 +497,7 @@ class Pairwise(Judge):
     async def _other_output(self, input_data: dict[str, Any], calls: list[LLMCall]) -> Any:
         assert self._other is not None and self._other_prompts is not None
         try:
-            messages = self._other_prompts.render(input_data)
+            messages = await self._other_prompts.render_async(input_data)
         except SecurityError as exc:
             raise EvaluatorError(str(exc)) from exc  # stops the run, as for the transform
         except LoomError as exc:
