@@ -47,6 +47,22 @@ def out_console() -> Console:
     return console
 
 
+_INT_MAX = 2**63 - 1  # what the store's (and SQLite's) integers hold
+
+
+def _count(text: str) -> int:
+    """An integer argument the store can hold: anything larger is a one-line usage error
+    (argparse's), never an OverflowError from the database."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not -_INT_MAX <= value <= _INT_MAX:
+        raise argparse.ArgumentTypeError(f"{text[:30]}{'…' if len(text) > 30 else ''} is out "
+                                         f"of range (at most {_INT_MAX})")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse that exits 2 with one line (its default also prints the whole usage)."""
 
@@ -65,13 +81,13 @@ def build_run_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default=".", help="folder with pipelines (workbench)")
     parser.add_argument("--run", metavar="PIPELINE", help="run a pipeline headless")
-    parser.add_argument("--limit", type=int, metavar="N", help="process at most N records")
+    parser.add_argument("--limit", type=_count, metavar="N", help="process at most N records")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a pipeline key, e.g. --set transform.model=gpt-4o (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument("--no-cache", action="store_true", help="do not use cached LLM answers")
     parser.add_argument("--record", metavar="FILE", help="record every LLM exchange to a cassette")
-    parser.add_argument("--estimate", type=int, nargs="?", const=DEFAULT_SAMPLE, metavar="N",
+    parser.add_argument("--estimate", type=_count, nargs="?", const=DEFAULT_SAMPLE, metavar="N",
                         help=f"run N sample records (default {DEFAULT_SAMPLE}) without loading them "
                              "and project the cost, tokens and time of the whole run")
     parser.add_argument("--shard", metavar="I/N",
@@ -99,7 +115,7 @@ def build_command_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="run history")
     runs.add_argument("--pipeline", help="only this pipeline's runs")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=_count, default=20)
     runs.add_argument("--json", action="store_true")
 
     quarantine = commands.add_parser("quarantine", help="records that did not pass")
@@ -110,23 +126,23 @@ def build_command_parser() -> argparse.ArgumentParser:
     listing.add_argument("--stage", choices=["extract", "transform", "evaluate", "load"])
     listing.add_argument("--status", default="open",
                          choices=["open", "approved", "reprocessed", "discarded", "all"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_count, default=50)
     listing.add_argument("--json", action="store_true")
     show = actions.add_parser("show", help="one quarantined record, whole")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=_count)
     show.add_argument("--json", action="store_true")
     approve = actions.add_parser("approve", help="load the records' outputs as they are")
-    approve.add_argument("ids", type=int, nargs="+", metavar="ID")
+    approve.add_argument("ids", type=_count, nargs="+", metavar="ID")
     approve.add_argument("--output", metavar="JSON",
                          help="replace the output first (one ID): edit, then approve")
     approve.add_argument("--note")
     approve.add_argument("--json", action="store_true")
     reprocess = actions.add_parser(
         "reprocess", help="transform and evaluate again with the current prompt and model")
-    reprocess.add_argument("ids", type=int, nargs="+", metavar="ID")
+    reprocess.add_argument("ids", type=_count, nargs="+", metavar="ID")
     reprocess.add_argument("--json", action="store_true")
     discard = actions.add_parser("discard", help="drop the records for good")
-    discard.add_argument("ids", type=int, nargs="+", metavar="ID")
+    discard.add_argument("ids", type=_count, nargs="+", metavar="ID")
     discard.add_argument("--note")
     discard.add_argument("--json", action="store_true")
 
