@@ -30,6 +30,7 @@ from core.connectors.registry import redact_uri
 from core.credentials import KeyringSecrets
 from core.engine import RunController, RunOptions
 from core.errors import LoomError, UsageError, one_line
+from core.store.engine import finite_json
 from core.estimate import DEFAULT_SAMPLE
 from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, make_console, money,
                             seconds, styled, summary_table)
@@ -45,6 +46,14 @@ def out_console() -> Console:
     if not console.is_terminal:
         console = make_console(width=200)
     return console
+
+
+def _json_out(value: Any, **options: Any) -> str:
+    """`--json` output: always JSON (a NaN or an Infinity from the data prints as null)."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(finite_json(value), allow_nan=False, **options)
 
 
 _INT_MAX = 2**63 - 1  # what the store's (and SQLite's) integers hold
@@ -241,7 +250,7 @@ def _run(args: argparse.Namespace) -> int:
             finally:
                 reporter.stop()
         if args.json:
-            sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+            sys.stdout.write(_json_out(summary.to_json()) + "\n")
         else:
             stdout.print(summary_table(summary))
         return summary.exit_code
@@ -267,7 +276,7 @@ def _estimate(args: argparse.Namespace) -> int:
             result = await workspace.estimate(loaded, sample=args.estimate, limit=args.limit,
                                               use_cache=not args.no_cache)
         if args.json:
-            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+            sys.stdout.write(_json_out(result.to_json()) + "\n")
         else:
             for warning in result.warnings:
                 sys.stderr.write(f"warning: {warning}\n")
@@ -342,7 +351,7 @@ def _secrets(args: argparse.Namespace) -> int:
         return 0
     names = workspace.secret_names()
     if args.json:
-        sys.stdout.write(json.dumps(names) + "\n")
+        sys.stdout.write(_json_out(names) + "\n")
     elif names:
         for name in names:
             out.print(name, highlight=False)
@@ -415,7 +424,7 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
             for run in (entry.runs if isinstance(entry, ShardGroup) else [entry])]
     alerts = await workspace.run_alerts([r.run_id for r in runs])
     if args.json:
-        sys.stdout.write(json.dumps([group_to_dict(e, alerts) if isinstance(e, ShardGroup)
+        sys.stdout.write(_json_out([group_to_dict(e, alerts) if isinstance(e, ShardGroup)
                                      else run_to_dict(e, alerts[e.run_id]) for e in entries]) + "\n")
         return 0
     if not entries:
@@ -514,7 +523,7 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
                                        status=None if args.status == "all" else args.status,
                                        limit=args.limit)
     if args.json:
-        sys.stdout.write(json.dumps([quarantined_to_dict(r) for r in rows], default=str) + "\n")
+        sys.stdout.write(_json_out([quarantined_to_dict(r) for r in rows], default=str) + "\n")
         return 0
     if not rows:
         out_console().print("the quarantine is empty" + (f" for run {run_id}" if run_id else ""))
@@ -541,7 +550,7 @@ async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> in
     data["actions"] = [{"action": a.action, "at": _iso(a.at), "actor": a.actor,
                         "details": a.details} for a in history]
     if args.json:
-        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        sys.stdout.write(_json_out(data, default=str) + "\n")
         return 0
     out = out_console()
     out.print(styled((f"quarantined record {row.id}", "bold"),
@@ -587,7 +596,7 @@ async def _quarantine_act(workspace: Workspace, args: argparse.Namespace) -> int
     else:
         results = await workspace.discard(args.ids, note=args.note)
     if args.json:
-        sys.stdout.write(json.dumps([{"id": r.quarantine_id, "action": r.action,
+        sys.stdout.write(_json_out([{"id": r.quarantine_id, "action": r.action,
                                       "status": r.status, "loaded": r.loaded,
                                       "message": r.message} for r in results]) + "\n")
     else:

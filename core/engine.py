@@ -812,29 +812,44 @@ class Engine:
         await self._flush_checkpoint()
         loaded = self.loaded
         rows = [build_row(loaded, r.record, r.output) for r in results]
-        refused = False
+        refused: set[int] = set()  # positions in `results` the destination refused
         try:
             await sink.write_records(rows, [r.record.id for r in results])
             self._batches_written += 1
         except LoadError as exc:
-            refused = True
-            message = self.resolver.redact(str(exc))
-            for result in results:
-                result.outcome, result.stage = Outcome.QUARANTINED, Stage.LOAD
-                result.reason, result.error_type = message, type(exc).__name__
-            self._refused.extend(results)
+            if len(results) == 1:
+                refused.add(0)
+                self._refuse(results[0], exc)
+            else:
+                # One bad value (a NUL in a key, a number too big for the column) must not
+                # fail its neighbours: the batch (rolled back whole) is written again row by
+                # row, and only the rows the destination refuses are quarantined, each with
+                # the destination's own reason.
+                for position, (result, row) in enumerate(zip(results, rows)):
+                    try:
+                        await sink.write_records([row], [result.record.id])
+                        self._batches_written += 1
+                    except LoadError as one:
+                        refused.add(position)
+                        self._refuse(result, one)
         index = self._index
-        for result in results:
+        for position, result in enumerate(results):
             if index is not None:
                 entry = index.entries.pop(result.record.id, None)
                 if entry is not None and entry.kind == RELOAD:
-                    if refused:  # it is no longer at the rebuilt destination
+                    if position in refused:  # it is no longer at the rebuilt destination
                         self.tally.loaded -= 1
                         self._settle(result)
                     continue
             self._settle(result)
-        if not refused:
-            self._emit(BatchLoaded(self.run_id, len(results), self.tally.loaded))
+        if len(refused) < len(results):
+            self._emit(BatchLoaded(self.run_id, len(results) - len(refused), self.tally.loaded))
+
+    def _refuse(self, result: RecordResult, exc: LoadError) -> None:
+        """A record the destination refused: quarantined at `load` with its reason."""
+        result.outcome, result.stage = Outcome.QUARANTINED, Stage.LOAD
+        result.reason, result.error_type = self.resolver.redact(str(exc)), type(exc).__name__
+        self._refused.append(result)
 
     def _checkpoint_passed(self, result: RecordResult) -> None:
         """A record that passed the gate: checkpointed now, settled once its batch is written."""

@@ -82,20 +82,21 @@ def dumps(value: Any) -> str:
         text = json.dumps(value, ensure_ascii=False, separators=(",", ":"),
                           default=_json_default, allow_nan=False)
     except ValueError:  # a NaN or an Infinity somewhere (a circular value raises again here)
-        text = json.dumps(_finite(value), ensure_ascii=False, separators=(",", ":"),
+        text = json.dumps(finite_json(value), ensure_ascii=False, separators=(",", ":"),
                           default=_json_default, allow_nan=False)
     if not text.isascii() and _LONE_SURROGATE.search(text):
         text = json.dumps(json.loads(text), ensure_ascii=True, separators=(",", ":"))
     return text
 
 
-def _finite(value: Any) -> Any:
+def finite_json(value: Any) -> Any:
+    """`value` with NaN and Infinity as None (JSON has neither)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
+        return {key: finite_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(item) for item in value]
+        return [finite_json(item) for item in value]
     return value
 
 

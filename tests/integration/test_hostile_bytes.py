@@ -252,11 +252,34 @@ def test_one_bad_value_in_a_sqlite_batch_quarantines_only_its_record(tmp_path, l
                           transform={"output_schema": {"type": "object"}},
                           load={"destination": "sqlite://out/dest.db", "table": "scores"})
     summary = run_json(path)
+    if '""' in bad:  # SQLite takes an empty column name: nothing to refuse
+        assert summary["records"]["loaded"] == 10
+        return
     assert summary["records"] == {"extracted": 10, "loaded": 9, "quarantined": 1, "skipped": 0}
     (record_id, reason), = quarantine(summary["run_id"]).items()
     assert record_id == "r4" and reason
     with sqlite3.connect(folder / "out" / "dest.db") as db:
         assert db.execute("SELECT count(*) FROM scores").fetchone() == (9,)
+
+
+@pytest.mark.parametrize("bad", ['{"sentiment": "neutral", "a\\u0000b": 1}',
+                                 '{"sentiment": "neutral", "": 1}',
+                                 '{"sentiment": "neutral", "n": 123456789012345678901234567890}'])
+def test_one_bad_value_in_a_postgres_batch_quarantines_only_its_record(
+        tmp_path, llm_server, pg_database, bad):
+    rows = [{"id": f"r{i}", "text": "t", "expected": "neutral", "reply": NEUTRAL}
+            for i in range(10)]
+    rows[4]["reply"] = bad
+    path = write_pipeline(tmp_path / "p", rows=rows, base_url=llm_server.base_url,
+                          transform={"output_schema": {"type": "object"}},
+                          load={"destination": pg_database.dsn, "table": "scores"})
+    summary = run_json(path)
+    if "1234567890" in bad:  # PostgreSQL holds it (numeric): nothing to refuse
+        assert summary["records"]["loaded"] == 10
+        return
+    assert summary["records"] == {"extracted": 10, "loaded": 9, "quarantined": 1, "skipped": 0}
+    (record_id, reason), = quarantine(summary["run_id"]).items()
+    assert record_id == "r4" and reason
 
 
 # ---------------------------------------------------------------- 12: dict-method names
