@@ -608,6 +608,16 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
                             line=_line_for(lines, ("extract",)), key="extract")
     if source.scheme == "sqlite" and "${" not in source.target:
         must_exist(("extract", "source"), source.target, "database")
+    if source.is_sql and spec.extract.query:
+        # The query template's syntax, and no block that would paste text into the SQL: one
+        # line here rather than at the run (params may still come at run time).
+        from core.connectors.sql_params import check_query_template
+
+        try:
+            check_query_template(spec.extract.query)
+        except PipelineError as exc:
+            raise wrong(("extract", "query"), exc.detail.removeprefix("extract.query: ")) \
+                from None
     # Remote sources are never looked for on disk, and their ${...} stay unresolved here.
     for section, uri, where in ((spec.extract, source, "extract"), (spec.load, sink, "load")):
         if uri.is_object_store:
