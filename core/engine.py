@@ -36,7 +36,8 @@ from typing import Any
 
 from core.config import LoomConfig, load_config
 from core.connectors.base import Sink, Source, build_row
-from core.connectors.registry import open_sink, open_source, redact_uri
+from core.connectors.registry import (literal_secrets, open_sink, open_source, redact_override,
+                                      redact_tree, redact_uri)
 from core.credentials import SecretResolver
 from core.errors import LoadError, LoomError, ResumeError, StoreError
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
@@ -249,6 +250,9 @@ class Engine:
         self.tally = _Tally()
         self.warnings: list[str] = []
         self.resolver = SecretResolver(on_warning=self._warn, credentials=self.config.credentials)
+        # Literal secrets written in the pipeline or a --set (api_key: sk-…, a URI's password)
+        # are redacted from every text the run writes, like resolved ${NAME} values.
+        self.resolver.add_known(literal_secrets(self.loaded.raw))
         self._started = 0.0
         self._in_flight_records: dict[int, Any] = {}
         self._unqueued: deque[Any] = deque()
@@ -993,7 +997,8 @@ class Engine:
         return {"limit": self.options.limit, "use_cache": self.options.use_cache,
                 "record": str(self.options.record_path) if self.options.record_path else None,
                 "pid": os.getpid(), "host": host_name(),
-                "overrides": list(self.options.overrides),
+                # A literal secret in a --set (a URI's password, api_key=…) is never stored.
+                "overrides": [redact_override(item) for item in self.options.overrides],
                 **({"shard": self.options.shard.label} if self.options.shard else {})}
 
     async def _record_start(self, runtime: Runtime, started_at: datetime) -> None:
@@ -1033,7 +1038,7 @@ class Engine:
             pipeline_path=str(self.loaded.path), started_at=started_at, config=snapshot(self.loaded),
             model=spec.transform.model, provider=spec.transform.provider,
             prompt_hash=prompts.prompt_hash, system_hash=prompts.system_hash,
-            context_hashes=prompts.context_hashes, params=dict(spec.params),
+            context_hashes=prompts.context_hashes, params=redact_tree(dict(spec.params)),
             options={**self._run_options(), "judge_prompts": judge_prompts},
             source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination),
             shard=self.options.shard))

@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_uri
+from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_tree, redact_uri
 from core.errors import PipelineError
 
 
@@ -832,11 +832,7 @@ def _key_lines(root: yaml.Node, shown: str) -> dict[tuple[Any, ...], int]:
 def snapshot(loaded: LoadedSpec) -> dict[str, Any]:
     """The config as written (placeholders such as ${NAME} unresolved): safe to store.
 
-    A password written into a connection URI itself (rather than as ${NAME}) is masked.
+    A password written into a connection URI itself (rather than as ${NAME}) is masked, and so
+    is the literal value of every secret-named key (`api_key: sk-…`, a webhook, a token).
     """
-    raw = copy.deepcopy(loaded.raw)
-    for section, key in (("extract", "source"), ("load", "destination")):
-        part = raw.get(section)
-        if isinstance(part, dict) and isinstance(part.get(key), str):
-            part[key] = redact_uri(part[key])
-    return raw
+    return redact_tree(loaded.raw)
