@@ -343,34 +343,8 @@ class PromptSet:
     def _render_one(self, which: str, text: str, variables: dict[str, Any]) -> str:
         template = self._template(which, text)
         path = self.prompt_path if which == "prompt" else self.system_path
-        owned = _budget() is None
-        if owned:  # a render outside render_async (the workbench's preview) has its budget too
-            _current.budget = _Budget(RENDER_TIMEOUT_S, RENDER_MAX_CHARS)
-        budget = _budget()
-        assert budget is not None
         try:
-            chunks: list[str] = []
-            size = 0
-            for chunk in template.generate(variables):
-                size += len(chunk)
-                if size > budget.max_chars:
-                    message = (f"the prompt would be more than {budget.max_chars:,} characters "
-                               f"(the render budget)")
-                    if _data_size(variables) * 2 < budget.max_chars:
-                        # Not the record's size: the template itself makes that much.
-                        raise RenderLimitError(message, file=str(path))
-                    raise TemplateError(message, file=str(path))  # this record's: quarantined
-                chunks.append(chunk)
-                budget.check()
-            return "".join(chunks)
-        except RenderLimitError as exc:
-            raise RenderLimitError(f"{_template_line(exc)}{exc.detail}", file=str(path)) from None
-        except RecursionError:
-            raise RenderLimitError("the template recursed too deep (a macro that calls itself "
-                                   "without end?)", file=str(path)) from None
-        except MemoryError:
-            raise RenderLimitError("the template ran out of memory (the render budget is "
-                                   f"{budget.max_chars:,} characters)", file=str(path)) from None
+            return budgeted_render(template, variables, file=str(path))
         except TemplateError:
             raise
         except JinjaSecurityError as exc:
@@ -383,9 +357,45 @@ class PromptSet:
         except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
             raise TemplateError(f"{_template_line(exc)}{type(exc).__name__}: {exc}",
                                 file=str(path)) from None
-        finally:
-            if owned:
-                _current.budget = None
+
+
+def budgeted_render(template: jinja2.Template, variables: dict[str, Any], *,
+                    file: str | None = None) -> str:
+    """`template.render(variables)` within the render budget (the running render_async's, else
+    the defaults). Raises RenderLimitError when the template is past it (recursion, time, a
+    giant value, output the data cannot explain) and TemplateError when the record's own data
+    makes the prompt too big; the template's other errors pass through."""
+    owned = _budget() is None
+    if owned:  # a render outside render_async (the workbench's preview, a judge) has one too
+        _current.budget = _Budget(RENDER_TIMEOUT_S, RENDER_MAX_CHARS)
+    budget = _budget()
+    assert budget is not None
+    try:
+        chunks: list[str] = []
+        size = 0
+        for chunk in template.generate(variables):
+            size += len(chunk)
+            if size > budget.max_chars:
+                message = (f"the prompt would be more than {budget.max_chars:,} characters "
+                           f"(the render budget)")
+                if _data_size(variables) * 2 < budget.max_chars:
+                    # Not the record's size: the template itself makes that much.
+                    raise RenderLimitError(message, file=file)
+                raise TemplateError(message, file=file)  # this record's: quarantined
+            chunks.append(chunk)
+            budget.check()
+        return "".join(chunks)
+    except RenderLimitError as exc:
+        raise RenderLimitError(f"{_template_line(exc)}{exc.detail}", file=file) from None
+    except RecursionError:
+        raise RenderLimitError("the template recursed too deep (a macro that calls itself "
+                               "without end?)", file=file) from None
+    except MemoryError:
+        raise RenderLimitError("the template ran out of memory (the render budget is "
+                               f"{budget.max_chars:,} characters)", file=file) from None
+    finally:
+        if owned:
+            _current.budget = None
 
 
 def _template_line(exc: BaseException) -> str:

@@ -26,13 +26,14 @@ import jinja2
 import jsonschema
 from jinja2.sandbox import SecurityError as JinjaSecurityError
 
-from core.errors import EvaluatorError, LoomError, PipelineError, SecurityError
+from core.errors import (EvaluatorError, LoomError, PipelineError, RenderLimitError, SecurityError,
+                         TemplateError)
 from core.evaluate.base import Evaluator
 from core.evaluate.deterministic import as_text, clip
 from core.evaluate.judge_models import JudgeModels
 from core.llm.base import LLMRequest
 from core.llm.client import LLMClient
-from core.prompts import content_hash, make_environment
+from core.prompts import budgeted_render, content_hash, make_environment
 from core.records import LLMCall, Score, resolve_field
 from core.transform import TransformFailed, Transformer, parse_json_answer
 
@@ -194,7 +195,13 @@ class Judge(Evaluator):
 
     def _render(self, template: jinja2.Template, variables: dict[str, Any]) -> str:
         try:
-            return template.render(variables)
+            return budgeted_render(template, variables)
+        except RenderLimitError as exc:
+            # The judge prompt's own fault: carried as the cause, it stops the run (exit 2).
+            limit = RenderLimitError(f"the judge prompt of {self.name}: {exc.detail}")
+            raise EvaluatorError(str(limit)) from limit
+        except TemplateError as exc:
+            raise EvaluatorError(clip(f"judge prompt did not render: {exc.detail}")) from None
         except JinjaSecurityError as exc:
             # Carried as the cause: the record processor stops the run for it.
             forbidden = SecurityError(f"the judge prompt of {self.name} tried something the "
