@@ -93,8 +93,10 @@ def redact_uri(uri: str) -> str:
 
 # Keys whose literal values are secrets wherever they appear in a pipeline (api_key:, a webhook,
 # a password, a token, an Authorization header).
-SECRET_KEY = re.compile(r"(api_?key|password|passwd|secret|token|authorization|webhook|"
-                        r"credential)", re.IGNORECASE)
+# The name's last part decides: `api_key`, `slack_webhook`, `access_token` are secrets,
+# `max_tokens` is not.
+SECRET_KEY = re.compile(r"^(?:.*[_\-.])?(api[_\-]?key|password|passwd|secret|token|authorization|"
+                        r"webhook|credentials?|secret[_\-]access[_\-]key)$", re.IGNORECASE)
 REDACTED = "***"
 
 

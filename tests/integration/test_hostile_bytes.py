@@ -516,6 +516,9 @@ def test_literal_secrets_are_redacted_in_every_table(tmp_path, llm_server, loom_
              "--set", "load.table=t", expect=1)
     for proc in (loom("runs", "--json"), loom("quarantine", "list", "--json")):
         assert key not in proc.stdout and password not in proc.stdout
+    resumed = loom("--run", str(path), "--resume")  # (nothing was read: nothing to resume)
+    assert resumed.returncode == 2
+    one_line_error(resumed)
     stored = _every_text_in_the_store(loom_home)
     leaks = sorted({line.split(":")[0] for line in stored.splitlines()
                     if key in line or password in line})
