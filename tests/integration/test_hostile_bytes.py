@@ -527,3 +527,27 @@ def test_literal_secrets_are_redacted_in_every_table(tmp_path, llm_server, loom_
         if path.is_file():
             data = path.read_bytes()
             assert key.encode() not in data and password.encode() not in data, path
+
+
+def test_a_resume_asks_again_for_a_secret_it_did_not_store(tmp_path, llm_server, capsys,
+                                                           loom_home):
+    from core import cli
+    from tests.integration.test_resume import cancel_after, rows
+
+    llm_server.latency_s = 0.02
+    key = "sk-SET-LITERAL-0a1b2c3d4e5f"
+    path = write_pipeline(tmp_path / "p", rows=rows(100), base_url=llm_server.base_url,
+                          transform={"concurrency": 2})
+    first = cancel_after(path, 10, set=[f"transform.api_key={key}"])
+    assert key not in _every_text_in_the_store(loom_home)
+
+    code = cli.main(["--run", str(path), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "--set transform.api_key" in err and key not in err
+
+    code = cli.main(["--run", str(path), "--resume", "--json", "--set", f"transform.api_key={key}"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert json.loads(out)["run_id"] == first.run_id
+    assert key not in _every_text_in_the_store(loom_home)
