@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import queue
 import re
 import sys
 import threading
@@ -76,6 +77,38 @@ class _Budget:
 _current = threading.local()
 
 
+class _RenderPool:
+    """Daemon worker threads for renders: started as needed (one more whenever every worker is
+    busy), reused after. Daemons, so that a render stuck where no check reaches it never keeps
+    the process from exiting."""
+
+    def __init__(self) -> None:
+        self._work: "queue.SimpleQueue[Any]" = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+
+    def submit(self, work: Any) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._serve, name="loom-render", daemon=True).start()
+        self._work.put(work)
+
+    def _serve(self) -> None:
+        while True:
+            work = self._work.get()
+            try:
+                work()
+            except BaseException:  # noqa: BLE001 - `work` reports its own outcome
+                pass
+            with self._lock:
+                self._idle += 1
+
+
+_POOL = _RenderPool()
+
+
 def _budget() -> _Budget | None:
     return getattr(_current, "budget", None)
 
@@ -95,7 +128,7 @@ def _checked_range(*args: int) -> Iterator[int]:
 
 
 # Calls and filters whose integer arguments are sizes of what they make ('x'.center(3000000000)).
-_SIZED = frozenset(["center", "ljust", "rjust", "zfill", "expandtabs"])
+_SIZED = frozenset(["center", "ljust", "rjust", "zfill", "expandtabs", "generate_lorem_ipsum"])
 _SIZED_FILTERS = frozenset(["center", "indent", "wordwrap", "truncate", "batch", "slice",
                             "format"])
 
@@ -147,10 +180,13 @@ class LoomSandbox(ImmutableSandboxedEnvironment):
         budget = _budget()
         if budget is not None:
             budget.check()
-            if getattr(__obj, "__name__", None) in _SIZED:
+            name = getattr(__obj, "__name__", None)
+            if name in _SIZED:
+                # lipsum(n) makes n paragraphs of up to 100 words: count them as 1,000 chars
+                scale = 1000 if name == "generate_lorem_ipsum" else 1
                 for value in (*args, *kwargs.values()):
-                    if type(value) is int and value > budget.max_chars:
-                        budget.size(value, f"{__obj.__name__}({value})")
+                    if type(value) is int and value * scale > budget.max_chars:
+                        budget.size(value * scale, f"{name}({value})")
         return super().call(__context, __obj, *args, **kwargs)
 
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
@@ -304,8 +340,8 @@ class PromptSet:
     async def render_async(self, data: dict[str, Any], *,
                            timeout_s: float = RENDER_TIMEOUT_S,
                            max_chars: int = RENDER_MAX_CHARS) -> list[dict[str, str]]:
-        """`render` in a worker thread of its own (a daemon: a render never holds the process
-        up), within the budget; a cancel stops it at its next check."""
+        """`render` in a worker thread (a daemon: a render never holds the process up), within
+        the budget; a cancel stops it at its next check."""
         self._template("prompt", self.prompt_text)
         if self.system_text is not None:
             self._template("system", self.system_text)
@@ -334,7 +370,7 @@ class PromptSet:
             except RuntimeError:
                 pass  # the loop is gone: nobody waits for this render any more
 
-        threading.Thread(target=work, name="loom-render", daemon=True).start()
+        _POOL.submit(work)
         try:
             return await future
         finally:
