@@ -449,7 +449,8 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
             listing.add_column(column, overflow="fold")
         for run_id, alert in raised:
             style = "red" if alert.severity == "error" else "yellow"
-            listing.add_row(Text(run_id), Text(alert.alert_type, style=style), Text(alert.message))
+            listing.add_row(Text(run_id), Text(str(alert.alert_type), style=style),
+                            Text(str(alert.message or "")))
         out_console().print(listing)
     return 0
 
@@ -464,7 +465,7 @@ def _alert_count(alerts: list[Any]) -> Text:
 def _run_row(table: Table, run: Any, label: str, alerts: list[Any]) -> None:
     data = run_to_dict(run)
     style = STATUS_STYLE.get(run.status, "white")
-    table.add_row(Text(label), Text(run.pipeline_name), Text(run.status, style=style),
+    table.add_row(Text(label), Text(str(run.pipeline_name)), Text(str(run.status), style=style),
                   run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
                   str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                   f"{data['rejection_rate']:.1%}", money(run.cost_usd),
@@ -533,7 +534,7 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
         table.add_column(column, overflow="ellipsis", no_wrap=column != "reason")
     for row in rows:
         reason = (row.reason or "").replace("\n", " ")
-        table.add_row(*(Text(value) for value in (
+        table.add_row(*(Text("" if value is None else str(value)) for value in (
             str(row.id), row.run_id, row.pipeline_name, row.record_id, row.stage,
             reason[:160] + ("…" if len(reason) > 160 else ""))))
     out_console().print(table)
