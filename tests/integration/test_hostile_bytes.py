@@ -321,7 +321,7 @@ def test_a_template_that_would_exhaust_the_machine_is_one_line_and_exit_2(
     assert llm_server.count == 0
 
 
-def test_sigterm_stops_a_slow_render(tmp_path, llm_server):
+def test_sigterm_stops_a_slow_render(tmp_path, llm_server, loom_home):
     from tests.support.loom_process import start_loom
 
     rows = [{"id": f"r{i}", **GOOD} for i in range(3)]
@@ -330,14 +330,25 @@ def test_sigterm_stops_a_slow_render(tmp_path, llm_server):
     path = write_pipeline(tmp_path / "p", rows=rows, base_url=llm_server.base_url,
                           prompt=template + "\nreply: {{ input.reply }}\n")
     proc = start_loom("--run", str(path), "--json")
-    time.sleep(3)  # started, rendering
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the run is recorded: it is rendering then
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        try:
+            if store_rows(loom_home, "SELECT count(*) FROM pipeline_runs")[0][0]:
+                break
+        except sqlite3.Error:
+            pass
+        time.sleep(0.1)
+    time.sleep(1)
     sent = time.monotonic()
     proc.terminate()
     try:
-        proc.communicate(timeout=20)
+        _, err = proc.communicate(timeout=20)
     finally:
         proc.kill()
     assert time.monotonic() - sent < 10
+    assert "Traceback" not in err, err[-3000:]
+    assert statuses(loom_home) != ["running"]  # recorded as stopped, not left running
 
 
 # ---------------------------------------------------------------- 14, duplicate keys
