@@ -23,7 +23,6 @@ import hashlib
 import math
 import queue
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterator

@@ -9,7 +9,6 @@ data, cassette, schema) must exist, and the prompt must parse as a Jinja2 templa
 
 from __future__ import annotations
 
-import copy
 import difflib
 import re
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_tree, redact_uri
+from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_tree
 from core.errors import PipelineError
 
 

@@ -52,7 +52,6 @@ def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
 
 
 def no_traceback(proc: subprocess.CompletedProcess[str]) -> None:
-    Path("/tmp/i13_last_stderr.txt").write_text(proc.stderr)
     assert "Traceback" not in proc.stderr and "Error:" not in proc.stderr.split("error:")[0], \
         proc.stderr[-3000:]
 
