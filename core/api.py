@@ -23,7 +23,7 @@ from core.agreement import JudgeAgreement
 from core.compare import (ComparedValue, PromptComparison, RunComparison, VerdictChange,
                           compare_runs, compare_verdicts)
 from core.config import LoomConfig, load_config, store_url
-from core.connectors.registry import open_source
+from core.connectors.registry import REDACTED, open_source
 from core.credentials import KeyringSecrets, SecretResolver, placeholder_names
 from core.engine import Engine, Listener, RunController, RunOptions
 from core.estimate import Estimate, estimate as estimate_run
@@ -364,7 +364,18 @@ class Workspace:
         if limit is not None and limit != stored.get("limit"):
             raise UsageError(f"--resume continues run {run.run_id} with its own --limit "
                              f"({stored.get('limit', 'none')}); leave --limit out")
-        overrides = [*(stored.get("overrides") or []), *(overrides or [])]
+        given = overrides or []
+        kept = stored.get("overrides") or []
+        keys_given = {item.partition("=")[0].strip() for item in given}
+        for item in kept:
+            key = item.partition("=")[0].strip()
+            # A literal secret was stored as *** (redact_override): it cannot be read back.
+            if REDACTED in item.partition("=")[2] and key not in keys_given:
+                raise UsageError(f"run {run.run_id} was started with --set {key}=… holding a "
+                                 f"secret, which Loom does not store: resume with --set "
+                                 f"{key}=… again (or a ${{NAME}} placeholder)")
+        overrides = [*(item for item in kept if item.partition("=")[0].strip() not in keys_given
+                       or REDACTED not in item), *given]
         if overrides:
             loaded = self.load(path, overrides)
         run_shard = None

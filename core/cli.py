@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from core import __version__
 from core.api import Workspace
@@ -32,20 +32,46 @@ from core.connectors.registry import redact_uri
 from core.credentials import KeyringSecrets
 from core.engine import RunController, RunOptions
 from core.errors import LoomError, UsageError, one_line
+from core.store.engine import finite_json
 from core.estimate import DEFAULT_SAMPLE
-from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, money, seconds,
-                            summary_table)
+from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, make_console, money,
+                            seconds, styled, summary_table)
 from core.sharding import Shard, ShardGroup
 
 HEADLESS_COMMANDS = ("validate", "runs", "release", "quarantine", "secrets", "prices")
 
 
 def out_console() -> Console:
-    """stdout for people; when piped, wide enough that tables do not wrap into columns of words."""
-    console = Console()
+    """stdout for people; when piped, wide enough that tables do not wrap into columns of words.
+    Markup off (core.reporting.make_console): what the store holds prints as written."""
+    console = make_console()
     if not console.is_terminal:
-        console = Console(width=200)
+        console = make_console(width=200)
     return console
+
+
+def _json_out(value: Any, **options: Any) -> str:
+    """`--json` output: always JSON (a NaN or an Infinity from the data prints as null)."""
+    try:
+        return json.dumps(value, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(finite_json(value), allow_nan=False, **options)
+
+
+_INT_MAX = 2**63 - 1  # what the store's (and SQLite's) integers hold
+
+
+def _count(text: str) -> int:
+    """An integer argument the store can hold: anything larger is a one-line usage error
+    (argparse's), never an OverflowError from the database."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer: {text!r}") from None
+    if not -_INT_MAX <= value <= _INT_MAX:
+        raise argparse.ArgumentTypeError(f"{text[:30]}{'…' if len(text) > 30 else ''} is out "
+                                         f"of range (at most {_INT_MAX})")
+    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,13 +93,13 @@ def build_run_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", nargs="?", default=".", help="folder with pipelines (workbench)")
     parser.add_argument("--run", metavar="PIPELINE", help="run a pipeline headless")
-    parser.add_argument("--limit", type=int, metavar="N", help="process at most N records")
+    parser.add_argument("--limit", type=_count, metavar="N", help="process at most N records")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a pipeline key, e.g. --set transform.model=gpt-4o (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary on stdout")
     parser.add_argument("--no-cache", action="store_true", help="do not use cached LLM answers")
     parser.add_argument("--record", metavar="FILE", help="record every LLM exchange to a cassette")
-    parser.add_argument("--estimate", type=int, nargs="?", const=DEFAULT_SAMPLE, metavar="N",
+    parser.add_argument("--estimate", type=_count, nargs="?", const=DEFAULT_SAMPLE, metavar="N",
                         help=f"run N sample records (default {DEFAULT_SAMPLE}) without loading them "
                              "and project the cost, tokens and time of the whole run")
     parser.add_argument("--shard", metavar="I/N",
@@ -125,7 +151,7 @@ def build_command_parser() -> argparse.ArgumentParser:
 
     runs = commands.add_parser("runs", help="run history")
     runs.add_argument("--pipeline", help="only this pipeline's runs")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=_count, default=20)
     runs.add_argument("--json", action="store_true")
 
     release = commands.add_parser(
@@ -142,23 +168,23 @@ def build_command_parser() -> argparse.ArgumentParser:
     listing.add_argument("--stage", choices=["extract", "transform", "evaluate", "load"])
     listing.add_argument("--status", default="open",
                          choices=["open", "approved", "reprocessed", "discarded", "all"])
-    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--limit", type=_count, default=50)
     listing.add_argument("--json", action="store_true")
     show = actions.add_parser("show", help="one quarantined record, whole")
-    show.add_argument("id", type=int)
+    show.add_argument("id", type=_count)
     show.add_argument("--json", action="store_true")
     approve = actions.add_parser("approve", help="load the records' outputs as they are")
-    approve.add_argument("ids", type=int, nargs="+", metavar="ID")
+    approve.add_argument("ids", type=_count, nargs="+", metavar="ID")
     approve.add_argument("--output", metavar="JSON",
                          help="replace the output first (one ID): edit, then approve")
     approve.add_argument("--note")
     approve.add_argument("--json", action="store_true")
     reprocess = actions.add_parser(
         "reprocess", help="transform and evaluate again with the current prompt and model")
-    reprocess.add_argument("ids", type=int, nargs="+", metavar="ID")
+    reprocess.add_argument("ids", type=_count, nargs="+", metavar="ID")
     reprocess.add_argument("--json", action="store_true")
     discard = actions.add_parser("discard", help="drop the records for good")
-    discard.add_argument("ids", type=int, nargs="+", metavar="ID")
+    discard.add_argument("ids", type=_count, nargs="+", metavar="ID")
     discard.add_argument("--note")
     discard.add_argument("--json", action="store_true")
 
@@ -239,8 +265,8 @@ def _run(args: argparse.Namespace) -> int:
             nonlocal interrupts
             interrupts += 1
             if interrupts == 1:
-                reporter.console.print("[magenta]stopping: finishing records in flight "
-                                       "(ctrl+c again to abandon them)[/]")
+                reporter.console.print(styled(("stopping: finishing records in flight "
+                                               "(ctrl+c again to abandon them)", "magenta")))
                 controller.cancel("cancelled by ctrl+c")
             else:
                 for task in asyncio.all_tasks(loop):
@@ -270,7 +296,7 @@ def _run(args: argparse.Namespace) -> int:
             finally:
                 reporter.stop()
         if args.json:
-            sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+            sys.stdout.write(_json_out(summary.to_json()) + "\n")
         else:
             stdout.print(summary_table(summary))
         return summary.exit_code
@@ -296,7 +322,7 @@ def _estimate(args: argparse.Namespace) -> int:
             result = await workspace.estimate(loaded, sample=args.estimate, limit=args.limit,
                                               use_cache=not args.no_cache)
         if args.json:
-            sys.stdout.write(json.dumps(result.to_json()) + "\n")
+            sys.stdout.write(_json_out(result.to_json()) + "\n")
         else:
             for warning in result.warnings:
                 sys.stderr.write(f"warning: {warning}\n")
@@ -326,7 +352,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
                                              "destination": result.destination,
                                              "message": result.message}) + "\n")
             else:
-                out_console().print(escape(result.message), highlight=False)
+                out_console().print(result.message, highlight=False)
             return 0
         if args.command == "quarantine":
             if args.action == "list":
@@ -426,12 +452,11 @@ async def _validate(args: argparse.Namespace) -> int:
             shown = "" if args.no_data else (
                 f" · prompt rendered for {rendered} record{'s' if rendered != 1 else ''}, "
                 f"no model call")
-            out.print(f"[green]ok[/] {escape(loaded.spec.name)} ({escape(str(path))}): "
-                      f"{escape(redact_uri(loaded.spec.extract.source))} → "
-                      f"{escape(loaded.spec.transform.provider)}:"
-                      f"{escape(loaded.spec.transform.model)} → "
-                      f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                      f"{escape(redact_uri(loaded.spec.load.destination))}{shown}",
+            out.print(styled(("ok", "green"), f" {loaded.spec.name} ({path}): "
+                             f"{redact_uri(loaded.spec.extract.source)} → "
+                             f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
+                             f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
+                             f"{redact_uri(loaded.spec.load.destination)}{shown}"),
                       highlight=False, soft_wrap=True)
         except LoomError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
@@ -465,7 +490,7 @@ def _secrets(args: argparse.Namespace) -> int:
         return 0
     names = workspace.secret_names()
     if args.json:
-        sys.stdout.write(json.dumps(names) + "\n")
+        sys.stdout.write(_json_out(names) + "\n")
     elif names:
         for name in names:
             out.print(name, highlight=False)
@@ -551,7 +576,7 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
             for run in (entry.runs if isinstance(entry, ShardGroup) else [entry])]
     alerts = await workspace.run_alerts([r.run_id for r in runs])
     if args.json:
-        sys.stdout.write(json.dumps([group_to_dict(e, alerts) if isinstance(e, ShardGroup)
+        sys.stdout.write(_json_out([group_to_dict(e, alerts) if isinstance(e, ShardGroup)
                                      else run_to_dict(e, alerts[e.run_id]) for e in entries]) + "\n")
         return 0
     if not entries:
@@ -579,17 +604,17 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
             listing.add_column(column, overflow="fold")
         for run_id, alert in raised:
             style = "red" if alert.severity == "error" else "yellow"
-            listing.add_row(run_id, f"[{style}]{escape(alert.alert_type)}[/]",
-                            escape(alert.message))
+            listing.add_row(Text(run_id), Text(str(alert.alert_type), style=style),
+                            Text(str(alert.message or "")))
         out_console().print(listing)
     return 0
 
 
-def _alert_count(alerts: list[Any]) -> str:
+def _alert_count(alerts: list[Any]) -> Text:
     if not alerts:
-        return "-"
+        return Text("-")
     worst = "red" if any(a.severity == "error" for a in alerts) else "yellow"
-    return f"[{worst}]{len(alerts)}[/]"
+    return Text(str(len(alerts)), style=worst)
 
 
 async def _pipeline_labels(store: Any, pipelines: set[tuple[str, str | None]]
@@ -618,7 +643,7 @@ def _run_row(table: Table, run: Any, label: str, alerts: list[Any],
     data = run_to_dict(run)
     style = STATUS_STYLE.get(run.status, "white")
     name = (labels or {}).get((run.pipeline_name, run.pipeline_path), run.pipeline_name)
-    table.add_row(label, escape(name), f"[{style}]{run.status}[/]",
+    table.add_row(Text(label), Text(str(name)), Text(str(run.status), style=style),
                   run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
                   str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                   f"{data['rejection_rate']:.1%}", money(run.cost_usd),
@@ -632,9 +657,9 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]],
     """The group's sums on one line, then each of its runs (retries too) beneath it."""
     style = STATUS_STYLE.get(group.status, "white")
     ran = group.shard_count - len(group.missing)
-    name = escape(_clip_middle(group.group, 40))  # `loom runs --json` has the whole id
-    table.add_row(f"[bold]shard group {name}[/] ({ran}/{group.shard_count} shards)",
-                  escape(group.pipeline), f"[{style}]{group.status}[/]",
+    name = _clip_middle(group.group, 40)  # `loom runs --json` has the whole id
+    table.add_row(styled((f"shard group {name}", "bold"), f" ({ran}/{group.shard_count} shards)"),
+                  Text(group.pipeline), Text(group.status, style=style),
                   group.started_at.strftime("%Y-%m-%d %H:%M"),
                   str(group.total("loaded")), str(group.total("quarantined")),
                   str(group.total("skipped")), f"{group.rejection_rate:.1%}",
@@ -707,7 +732,7 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
                                        status=None if args.status == "all" else args.status,
                                        limit=args.limit)
     if args.json:
-        sys.stdout.write(json.dumps([quarantined_to_dict(r) for r in rows], default=str) + "\n")
+        sys.stdout.write(_json_out([quarantined_to_dict(r) for r in rows], default=str) + "\n")
         return 0
     if not rows:
         out_console().print("the quarantine is empty" + (f" for run {run_id}" if run_id else ""))
@@ -722,11 +747,9 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
     labels = await _pipeline_labels(store, {(row.pipeline_name, paths[row.run_id]) for row in rows})
     for row in rows:
         reason = (row.reason or "").replace("\n", " ")
-        # Record ids and reasons are data: never read as markup.
-        table.add_row(str(row.id), row.run_id,
-                      escape(labels[(row.pipeline_name, paths[row.run_id])]),
-                      escape(row.record_id), escape(row.stage or ""),
-                      escape(reason[:160] + ("…" if len(reason) > 160 else "")))
+        table.add_row(*(Text("" if value is None else str(value)) for value in (
+            str(row.id), row.run_id, labels[(row.pipeline_name, paths[row.run_id])], row.record_id,
+            row.stage, reason[:160] + ("…" if len(reason) > 160 else ""))))
     out_console().print(table)
     return 0
 
@@ -741,15 +764,17 @@ async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> in
     data["actions"] = [{"action": a.action, "at": _iso(a.at), "actor": a.actor,
                         "details": a.details} for a in history]
     if args.json:
-        sys.stdout.write(json.dumps(data, default=str) + "\n")
+        sys.stdout.write(_json_out(data, default=str) + "\n")
         return 0
     out = out_console()
-    out.print(f"[bold]quarantined record {row.id}[/]  {row.pipeline_name} · run {row.run_id} · "
-              f"record {row.record_id} · [yellow]{row.status}[/]", highlight=False)
-    out.print(f"[dim]stage[/]   {row.stage}\n[dim]reason[/]  {row.reason}", highlight=False)
-    out.print("[dim]input[/]")
+    out.print(styled((f"quarantined record {row.id}", "bold"),
+                     f"  {row.pipeline_name} · run {row.run_id} · record {row.record_id} · ",
+                     (str(row.status), "yellow")), highlight=False)
+    out.print(styled(("stage", "dim"), f"   {row.stage}\n", ("reason", "dim"), f"  {row.reason}"),
+              highlight=False)
+    out.print(styled(("input", "dim")))
     out.print_json(json.dumps(row.input, default=str))
-    out.print("[dim]output[/]")
+    out.print(styled(("output", "dim")))
     if row.output is not None:
         out.print_json(json.dumps(row.output, default=str))
     else:
@@ -759,13 +784,13 @@ async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> in
         for column in ("evaluator", "score", "passed", "explanation"):
             table.add_column(column)
         for score in row.scores:
-            table.add_row(score.get("evaluator", "?"), f"{score.get('value', 0):.2f}",
-                          "yes" if score.get("passed") else "[red]no[/]",
-                          str(score.get("explanation", "")))
+            table.add_row(Text(str(score.get("evaluator", "?"))), f"{score.get('value', 0):.2f}",
+                          Text("yes") if score.get("passed") else Text("no", style="red"),
+                          Text(str(score.get("explanation", ""))))
         out.print(table)
     for action in data["actions"]:
-        out.print(f"[dim]{action['at']}[/] {action['action']} by {action['actor'] or '?'}: "
-                  f"{action['details']}", highlight=False)
+        out.print(styled((str(action["at"]), "dim"), f" {action['action']} by "
+                         f"{action['actor'] or '?'}: {action['details']}"), highlight=False)
     return 0
 
 
@@ -785,14 +810,14 @@ async def _quarantine_act(workspace: Workspace, args: argparse.Namespace) -> int
     else:
         results = await workspace.discard(args.ids, note=args.note)
     if args.json:
-        sys.stdout.write(json.dumps([{"id": r.quarantine_id, "action": r.action,
+        sys.stdout.write(_json_out([{"id": r.quarantine_id, "action": r.action,
                                       "status": r.status, "loaded": r.loaded,
                                       "message": r.message} for r in results]) + "\n")
     else:
         out = out_console()
         for result in results:
             style = "green" if result.loaded or result.status == "discarded" else "yellow"
-            out.print(f"{result.quarantine_id}: [{style}]{result.status}[/] {result.message}",
-                      highlight=False)
+            out.print(styled(f"{result.quarantine_id}: ", (str(result.status), style),
+                             f" {result.message}"), highlight=False)
     # Nothing done for some records (still failing, nothing to approve): say so in the code.
     return 0 if all(r.loaded or r.status == "discarded" for r in results) else 1

@@ -212,6 +212,16 @@ class SecretResolver:
 
     # ------------------------------------------------------------ scrubbing
 
+    def add_known(self, values: "set[str] | list[str]") -> None:
+        """Secret values this resolver did not hand out (literal keys, URI passwords) that
+        `redact` must hide all the same, as written and URL-quoted."""
+        from urllib.parse import quote
+
+        for value in values:
+            if value:
+                self._shown.add(value)
+                self._shown.add(quote(value, safe=""))
+
     def redact(self, text: str) -> str:
         """`text` with every secret value this resolver handed out replaced by ***."""
         if self._redact_order is None or self._redact_count != len(self._shown):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import secrets
 import time
@@ -35,7 +36,8 @@ from typing import Any
 
 from core.config import LoomConfig, load_config
 from core.connectors.base import Sink, Source, build_row
-from core.connectors.registry import open_sink, open_source, redact_uri
+from core.connectors.registry import (literal_secrets, open_sink, open_source, redact_override,
+                                      redact_tree, redact_uri)
 from core.credentials import SecretResolver
 from core.errors import LoadError, LoomError, ResumeError, StoreError
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
@@ -49,6 +51,8 @@ from core.sharding import Shard, bind_destination
 from core.spec import LoadedSpec, snapshot
 from core.stats import Quantiles
 from core.store import PASSED, RunStart, Store
+
+_log = logging.getLogger(__name__)
 
 Listener = Callable[[Event], None]
 
@@ -255,12 +259,16 @@ class Engine:
         self.store = store
         self.config = config or load_config()
         self.listeners = list(listeners)
+        self._broken_listeners: set[int] = set()
         self.controller = controller or RunController()
         resume = self.options.resume
         self.run_id = resume.run.run_id if resume else (self.options.run_id or new_run_id())
         self.tally = _Tally()
         self.warnings: list[str] = []
         self.resolver = SecretResolver(on_warning=self._warn, credentials=self.config.credentials)
+        # Literal secrets written in the pipeline or a --set (api_key: sk-…, a URI's password)
+        # are redacted from every text the run writes, like resolved ${NAME} values.
+        self.resolver.add_known(literal_secrets(self.loaded.raw))
         self._started = 0.0
         self._in_flight_records: dict[int, Any] = {}
         self._unqueued: deque[Any] = deque()
@@ -295,8 +303,17 @@ class Engine:
     # ------------------------------------------------------------------ events
 
     def _emit(self, event: Event) -> None:
+        # A display that breaks on an event (a terminal gone, a bug in a consumer) must never
+        # stop the run half-way: after the sink committed, the store would keep it `running`
+        # and every resume would break the same way. The failure is logged, once per listener.
         for listener in self.listeners:
-            listener(event)
+            try:
+                listener(event)
+            except Exception:  # noqa: BLE001 - listeners are outside the engine's contract
+                if id(listener) not in self._broken_listeners:
+                    self._broken_listeners.add(id(listener))
+                    _log.warning("an event listener failed on %s; the run goes on",
+                                 type(event).__name__, exc_info=_log.isEnabledFor(logging.DEBUG))
 
     def _warn(self, message: str) -> None:
         message = self.resolver.redact(message)
@@ -829,29 +846,44 @@ class Engine:
         await self._flush_checkpoint()
         loaded = self.loaded
         rows = [build_row(loaded, r.record, r.output) for r in results]
-        refused = False
+        refused: set[int] = set()  # positions in `results` the destination refused
         try:
             await sink.write_records(rows, [r.record.id for r in results])
             self._batches_written += 1
         except LoadError as exc:
-            refused = True
-            message = self.resolver.redact(str(exc))
-            for result in results:
-                result.outcome, result.stage = Outcome.QUARANTINED, Stage.LOAD
-                result.reason, result.error_type = message, type(exc).__name__
-            self._refused.extend(results)
+            if len(results) == 1:
+                refused.add(0)
+                self._refuse(results[0], exc)
+            else:
+                # One bad value (a NUL in a key, a number too big for the column) must not
+                # fail its neighbours: the batch (rolled back whole) is written again row by
+                # row, and only the rows the destination refuses are quarantined, each with
+                # the destination's own reason.
+                for position, (result, row) in enumerate(zip(results, rows)):
+                    try:
+                        await sink.write_records([row], [result.record.id])
+                        self._batches_written += 1
+                    except LoadError as one:
+                        refused.add(position)
+                        self._refuse(result, one)
         index = self._index
-        for result in results:
+        for position, result in enumerate(results):
             if index is not None:
                 entry = index.entries.pop(result.record.id, None)
                 if entry is not None and entry.kind == RELOAD:
-                    if refused:  # it is no longer at the rebuilt destination
+                    if position in refused:  # it is no longer at the rebuilt destination
                         self.tally.loaded -= 1
                         self._settle(result)
                     continue
             self._settle(result)
-        if not refused:
-            self._emit(BatchLoaded(self.run_id, len(results), self.tally.loaded))
+        if len(refused) < len(results):
+            self._emit(BatchLoaded(self.run_id, len(results) - len(refused), self.tally.loaded))
+
+    def _refuse(self, result: RecordResult, exc: LoadError) -> None:
+        """A record the destination refused: quarantined at `load` with its reason."""
+        result.outcome, result.stage = Outcome.QUARANTINED, Stage.LOAD
+        result.reason, result.error_type = self.resolver.redact(str(exc)), type(exc).__name__
+        self._refused.append(result)
 
     def _checkpoint_passed(self, result: RecordResult) -> None:
         """A record that passed the gate: checkpointed now, settled once its batch is written."""
@@ -1049,7 +1081,8 @@ class Engine:
         return {"limit": self.options.limit, "use_cache": self.options.use_cache,
                 "record": str(self.options.record_path) if self.options.record_path else None,
                 "pid": os.getpid(), "host": host_name(),
-                "overrides": list(self.options.overrides),
+                # A literal secret in a --set (a URI's password, api_key=…) is never stored.
+                "overrides": [redact_override(item) for item in self.options.overrides],
                 **({"shard": self.options.shard.label} if self.options.shard else {})}
 
     async def _record_start(self, runtime: Runtime, started_at: datetime) -> None:
@@ -1089,7 +1122,7 @@ class Engine:
             pipeline_path=str(self.loaded.path), started_at=started_at, config=snapshot(self.loaded),
             model=spec.transform.model, provider=spec.transform.provider,
             prompt_hash=prompts.prompt_hash, system_hash=prompts.system_hash,
-            context_hashes=prompts.context_hashes, params=dict(spec.params),
+            context_hashes=prompts.context_hashes, params=redact_tree(dict(spec.params)),
             options={**self._run_options(), "judge_prompts": judge_prompts},
             source=redact_uri(spec.extract.source), destination=redact_uri(spec.load.destination),
             shard=self.options.shard))

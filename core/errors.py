@@ -66,6 +66,11 @@ class SecurityError(TemplateError):
     """A prompt template that reaches for something the sandbox forbids."""
 
 
+class RenderLimitError(SecurityError):
+    """A prompt template that would go past its render budget (time, output size, recursion):
+    the template's own fault, so the run stops with exit 2 like a sandbox refusal."""
+
+
 class SecretError(LoomError):
     """A `${NAME}` placeholder that resolves nowhere."""
 

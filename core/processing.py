@@ -114,7 +114,7 @@ class RecordProcessor:
             return RecordResult(record, Outcome.QUARANTINED, Stage.EXTRACT, record.extract_error,
                                 "ExtractError")
         try:
-            messages = self.prompts.render(record.data)
+            messages = await self.prompts.render_async(record.data)
         except SecurityError as exc:
             raise FatalRunError(str(exc), exit_code=2) from exc
         except TemplateError as exc:

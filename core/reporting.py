@@ -3,8 +3,12 @@
 Machines get `--json` on stdout instead (see RunSummary.to_json). The live progress bar draws
 only when stderr is a terminal; otherwise (cron, Airflow, CI) the run writes one plain line on
 stderr at each stage change and every LOOM_PROGRESS_INTERVAL_S seconds (default 30): records
-done of the total, the rate, the cost so far, the ETA and any wait. Text that comes from data
-(record ids, reasons, warnings) is never read as Rich markup.
+done of the total, the rate, the cost so far, the ETA and any wait.
+
+Text from data (record ids, model answers, model and group names, a webhook's reply) is never
+parsed as Rich markup: every console Loom prints through comes from `make_console`, which has
+markup off, and Loom's own styles are `Text` spans (`styled`). A record id `[/]` or an answer
+holding `[/INST]` prints as written.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, ProgressColumn,
+                           Task, TextColumn, TimeElapsedColumn)
 from rich.table import Table
 from rich.text import Text
 
@@ -28,6 +32,29 @@ from core.events import (Event, Progress, RunFinished, RunResumed, RunStarted, R
 
 STATUS_STYLE = {RunStatus.SUCCESS: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red",
                 RunStatus.CANCELLED: "magenta", RunStatus.RUNNING: "cyan"}
+
+
+def make_console(*, stderr: bool = False, width: int | None = None) -> Console:
+    """The one way Loom makes a console: markup off, so no text is ever parsed as markup."""
+    return Console(stderr=stderr, width=width, markup=False)
+
+
+def styled(*parts: str | tuple[str, str] | Text) -> Text:
+    """Loom's own styling around data: `styled(("ok", "green"), " ", name)`; plain strings are
+    text as written, never markup."""
+    return Text.assemble(*parts)
+
+
+class _TextField(ProgressColumn):
+    """A task field that is already a `Text` (the progress detail), drawn as is."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.name = name
+
+    def render(self, task: Task) -> Text:
+        value = task.fields.get(self.name, "")
+        return value if isinstance(value, Text) else Text(str(value))
 
 
 def money(value: float | None) -> str:
@@ -72,7 +99,7 @@ class ProgressReporter:
     def __init__(self, console: Console | None = None, *, show_progress: bool | None = None,
                  interval_s: float | None | str = "env",
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.show = self.console.is_terminal if show_progress is None else show_progress
         self._progress: RichProgress | None = None
         self._task: Any = None
@@ -91,12 +118,11 @@ class ProgressReporter:
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunWarning):
-            # One line each, whatever the width: logs are grepped line by line. The message
-            # may quote data (a record id, a file name): never markup.
-            self.console.print(f"[yellow]warning:[/] {escape(event.message)}", highlight=False,
-                               soft_wrap=True)
+            # One line each, whatever the width: logs are grepped line by line.
+            self.console.print(styled(("warning:", "yellow"), " ", event.message),
+                               highlight=False, soft_wrap=True)
         elif isinstance(event, RunResumed):
-            self.console.print(escape(resumed_line(event)), highlight=False, soft_wrap=True)
+            self.console.print(resumed_line(event), highlight=False, soft_wrap=True)
         if not self.show:
             if self.interval_s is not None:
                 self._machine(event)
@@ -105,18 +131,19 @@ class ProgressReporter:
             pass
         elif isinstance(event, RunStarted) and self.show:
             self._progress = RichProgress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[detail]}"), TimeElapsedColumn(),
+                TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                MofNCompleteColumn(), _TextField("detail"), TimeElapsedColumn(),
                 console=self.console, transient=True, refresh_per_second=4)
             self._progress.start()
             self._task = self._progress.add_task(event.pipeline, total=None, detail="starting")
         elif isinstance(event, Progress) and self._progress is not None:
             done = event.loaded + event.quarantined + event.skipped
-            detail = (f"[green]{event.loaded} loaded[/] [yellow]{event.quarantined} quarantined[/]"
-                      f" {event.records_per_s:.0f}/s {money(event.cost_usd)}")
+            detail = styled((f"{event.loaded} loaded", "green"), " ",
+                            (f"{event.quarantined} quarantined", "yellow"),
+                            f" {event.records_per_s:.0f}/s {money(event.cost_usd)}")
             if event.waiting_s:
-                detail += f" [cyan]waiting {seconds(event.waiting_s)}" + (
-                    f" ({escape(event.waiting_reason)})" if event.waiting_reason else "") + "[/]"
+                detail.append(f" waiting {seconds(event.waiting_s)}" + (
+                    f" ({event.waiting_reason})" if event.waiting_reason else ""), style="cyan")
             self._progress.update(self._task, completed=done,
                                   total=event.total_hint or max(event.extracted, 1), detail=detail)
         elif isinstance(event, RunFinished):
@@ -221,8 +248,8 @@ def summary_table(summary: RunSummary) -> Table:
     shard = summary.extra.get("shard")
     if shard:
         # Records of other shards are not this run's: the counts below are this shard's.
-        table.add_row("shard", f"{shard['index']}/{shard['count']} of group {shard['group']} "
-                               f"(loom runs sums the group)")
+        table.add_row("shard", Text(f"{shard['index']}/{shard['count']} of group "
+                                    f"{shard['group']} (loom runs sums the group)"))
     table.add_row("records", (
         f"{summary.extracted} extracted, {summary.loaded} loaded, {summary.quarantined} "
         f"quarantined, {summary.skipped} skipped ({summary.rejection_rate:.1%} rejected)"))

@@ -39,6 +39,7 @@ _SHARD_TEXT = re.compile(r"\s*(-?\d+)\s*/\s*(-?\d+)\s*")
 # What Airflow exports to a task's processes (BashOperator and friends): a mapped task's
 # instances share the DAG, the task and the DAG run, which is exactly one shard group.
 _AIRFLOW_VARS = ("AIRFLOW_CTX_DAG_ID", "AIRFLOW_CTX_TASK_ID", "AIRFLOW_CTX_DAG_RUN_ID")
+_MAX_SHARDS = 1_000_000  # a count the store's integer columns hold, with room to spare
 
 
 def shard_of(record_id: str, count: int) -> int:
@@ -96,6 +97,8 @@ class Shard:
             raise UsageError(f"--shard {text!r}: expected I/N, e.g. --shard 0/4 "
                              f"(shard I of N, numbered from 0)")
         index, count = int(match.group(1)), int(match.group(2))
+        if count > _MAX_SHARDS:
+            raise UsageError(f"--shard {text!r}: at most {_MAX_SHARDS:,} shards")
         if group is None:
             group = airflow_group(os.environ if environ is None else environ)
         if group is None:

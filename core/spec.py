@@ -9,7 +9,6 @@ data, cassette, schema) must exist, and the prompt must parse as a Jinja2 templa
 
 from __future__ import annotations
 
-import copy
 import difflib
 import re
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.config import ModelPrice
-from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_uri
+from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_tree
 from core.errors import PipelineError
 from core.llm.strict_schema import is_object_schema
 
@@ -547,8 +546,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
         raise PipelineError(f"cannot read: {exc}", file=shown) from None
 
     try:
-        raw = yaml.safe_load(text)
-        lines = _key_lines(text)
+        raw, lines = _parse_yaml(text, shown)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
@@ -689,6 +687,16 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
                             line=_line_for(lines, ("extract",)), key="extract")
     if source.scheme == "sqlite" and "${" not in source.target:
         must_exist(("extract", "source"), source.target, "database")
+    if source.is_sql and spec.extract.query:
+        # The query template's syntax, and no block that would paste text into the SQL: one
+        # line here rather than at the run (params may still come at run time).
+        from core.connectors.sql_params import check_query_template
+
+        try:
+            check_query_template(spec.extract.query)
+        except PipelineError as exc:
+            raise wrong(("extract", "query"), exc.detail.removeprefix("extract.query: ")) \
+                from None
     # Remote sources are never looked for on disk, and their ${...} stay unresolved here.
     for section, uri, where in ((spec.extract, source, "extract"), (spec.load, sink, "load")):
         if uri.is_object_store:
@@ -805,36 +813,105 @@ def _line_for(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> int |
     return None
 
 
-def _key_lines(text: str) -> dict[tuple[Any, ...], int]:
-    """Map each key path in the YAML to the (1-based) line it is written on."""
-    root = yaml.compose(text, Loader=yaml.SafeLoader)
-    lines: dict[tuple[Any, ...], int] = {}
+# Aliases (`*name`) may repeat what an anchor (`&name`) holds, but no more than this many nodes
+# in all: nine levels of nine aliases each (a "billion laughs") would be 387 million.
+MAX_YAML_NODES = 100_000
 
-    def walk(node: yaml.Node, path: tuple[Any, ...]) -> None:
+
+def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
+    """The pipeline YAML's value and the line each key path is written on, from one parse.
+
+    Raises PipelineError for a key written twice in one mapping (naming both lines: YAML
+    would keep the last silently) and for aliases that would expand to more than
+    MAX_YAML_NODES nodes; memory stays bounded (aliases are counted, never expanded).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        root = loader.get_single_node()
+        if root is None:
+            return None, {}
+        lines = _key_lines(root, shown)
+        _check_expansion(root, shown)
+        return loader.construct_document(root), lines
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, shown: str) -> None:
+    """How many nodes the document would have with every alias expanded, counted once per
+    distinct node (memoised), so the count itself costs no more than the document's size."""
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:  # post-order, iterative: children before their parent
+        node, expanded = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if expanded or not children:
+            total = 1
+            for child in children:
+                total += sizes.get(id(child), 1)
+                if total > MAX_YAML_NODES:
+                    raise PipelineError(
+                        f"the YAML's aliases (*name) expand to more than {MAX_YAML_NODES:,} "
+                        f"values; write the values out, or use fewer aliases",
+                        file=shown, line=node.start_mark.line + 1)
+            sizes[id(node)] = total
+            continue
+        stack.append((node, True))
+        for child in children:
+            if id(child) not in sizes:
+                stack.append((child, False))
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [part for pair in node.value for part in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _key_lines(root: yaml.Node, shown: str) -> dict[tuple[Any, ...], int]:
+    """Map each key path in the YAML to the (1-based) line it is written on. An alias is not
+    followed (its anchor's keys are mapped where the anchor is written), and a key written
+    twice in one mapping is an error naming both lines."""
+    lines: dict[tuple[Any, ...], int] = {}
+    seen: set[int] = set()
+    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue  # an alias of a node already walked
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
+            first: dict[Any, int] = {}
             for key_node, value_node in node.value:
-                child = path + (key_node.value,)
-                lines[child] = key_node.start_mark.line + 1
-                walk(value_node, child)
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                line = key_node.start_mark.line + 1
+                if key is not None and key != "<<":
+                    if key in first:
+                        dotted = ".".join(str(p) for p in path + (key,))
+                        raise PipelineError(
+                            f"the key is written twice, on line {first[key]} and line {line} "
+                            f"(YAML would keep the last silently); keep one",
+                            file=shown, line=line, key=dotted)
+                    first[key] = line
+                child = path + (key,)
+                lines[child] = line
+                stack.append((value_node, child))
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
                 child = path + (index,)
                 lines[child] = item.start_mark.line + 1
-                walk(item, child)
-
-    if root is not None:
-        walk(root, ())
+                stack.append((item, child))
     return lines
 
 
 def snapshot(loaded: LoadedSpec) -> dict[str, Any]:
     """The config as written (placeholders such as ${NAME} unresolved): safe to store.
 
-    A password written into a connection URI itself (rather than as ${NAME}) is masked.
+    A password written into a connection URI itself (rather than as ${NAME}) is masked, and so
+    is the literal value of every secret-named key (`api_key: sk-…`, a webhook, a token).
     """
-    raw = copy.deepcopy(loaded.raw)
-    for section, key in (("extract", "source"), ("load", "destination")):
-        part = raw.get(section)
-        if isinstance(part, dict) and isinstance(part.get(key), str):
-            part[key] = redact_uri(part[key])
-    return raw
+    return redact_tree(loaded.raw)

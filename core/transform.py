@@ -16,6 +16,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from core.connectors.parsing import (MAX_NESTING, has_surrogates, not_json_constant, too_deep,
+                                     value_problem, without_surrogates)
 from core.errors import LoomError, PipelineError
 from core.llm.base import CachePrefix, LLMRequest, LLMResponse, StructuredOutput
 from core.llm.strict_schema import drop_filled_nulls, is_object_schema
@@ -64,9 +66,22 @@ def load_output_schema(loaded: LoadedSpec) -> dict[str, Any] | None:
 
 
 def parse_json_answer(text: str) -> Any:
-    """The JSON in a model's answer; tolerates a ```json fence around it."""
+    """The JSON in a model's answer; tolerates a ```json fence around it. Raises ValueError for
+    what is not JSON Loom can carry: NaN or Infinity (which would make JSON outputs not JSON),
+    nesting deeper than MAX_NESTING levels, or a lone surrogate (which no UTF-8 store holds)."""
     match = _FENCE.match(text)
-    return json.loads(match.group(1) if match else text)
+    body = match.group(1) if match else text
+    try:
+        value = json.loads(body, parse_constant=not_json_constant)
+    except RecursionError:
+        raise ValueError(too_deep()) from None
+    deep = body.count("[") + body.count("{") > MAX_NESTING
+    escapes = "\\u" in body
+    if deep or escapes:
+        problem = value_problem(value, check_depth=deep, check_text=escapes)
+        if problem is not None:
+            raise ValueError(problem)
+    return value
 
 
 # A cut-off answer is asked again once with this much more room (never the same budget twice).
@@ -162,7 +177,14 @@ class Transformer:
         except LoomError as exc:
             raise TransformFailed(str(exc), error_type=type(exc).__name__, partial=result) from exc
         result.calls.append(call)
-        result.raw_text = response.text
+        text = response.text
+        if has_surrogates(text):
+            # A lone surrogate cannot be stored, written or sent on: the record is quarantined
+            # with the answer as near as it can be kept.
+            result.raw_text = without_surrogates(text)
+            raise TransformFailed("the model's answer holds a lone surrogate (not Unicode text)",
+                                  error_type="InvalidAnswer", partial=result)
+        result.raw_text = text
         return response
 
     def _check(self, response: LLMResponse, result: TransformResult) -> str | None:

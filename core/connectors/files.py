@@ -390,7 +390,7 @@ class _FileSink(Sink):
         return self.spec.mode == "append" and self.path.is_file()
 
     def _encode_json(self, row: dict[str, Any]) -> str:
-        return json.dumps(row, ensure_ascii=False, default=str)
+        return json.dumps(row, ensure_ascii=False, default=str, allow_nan=False)
 
     def _utf8(self, text: str) -> bytes:
         try:
@@ -624,5 +624,5 @@ def _csv_cell(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
     return str(value)

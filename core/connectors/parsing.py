@@ -27,6 +27,10 @@ import ijson
 from core.errors import ConnectorError
 
 RAW_LIMIT = 10_240  # how much of an unreadable row the quarantine keeps
+# How deep a record (or a model's JSON answer) may nest: objects and arrays inside one another.
+# The record itself is level 1. Deeper ones are quarantined with their reason, never parsed
+# further (Python's own parsers recurse, and a 2 KB line can nest a thousand levels).
+MAX_NESTING = 64
 FORMATS = ("csv", "jsonl", "json")
 # Python's default CSV field limit (128 kB) would quarantine every row holding a long document.
 _CSV_FIELD_LIMIT = 64 << 20
@@ -59,6 +63,80 @@ def has_surrogates(text: str) -> bool:
 
 def make_safe(text: str) -> str:
     return _SURROGATES.sub("\ufffd", text)
+
+
+_ANY_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def without_surrogates(text: str) -> str:
+    """`text` with every lone surrogate (which no UTF-8 store or file can hold) as U+FFFD."""
+    return text if text.isascii() else _ANY_SURROGATE.sub("\ufffd", text)
+
+
+def not_json_constant(name: str) -> Any:
+    """json.loads(parse_constant=...): NaN and Infinity are not JSON, whatever Python allows."""
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")
+
+
+def too_deep(limit: int = MAX_NESTING) -> str:
+    return f"nested deeper than {limit} levels"
+
+
+def value_problem(value: Any, *, check_depth: bool = True, check_text: bool = True,
+                  limit: int = MAX_NESTING) -> str | None:
+    """Why a parsed JSON value cannot go on (nested deeper than `limit`, or a string or key
+    holding a lone surrogate, which no UTF-8 text can hold), or None. Iterative: any depth."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            if check_depth and depth > limit:
+                return too_deep(limit)
+            for key, child in item.items():
+                if check_text and isinstance(key, str) and has_surrogates(key):
+                    return f"the key {make_safe_repr(key)} holds a lone surrogate (not Unicode text)"
+                if isinstance(child, (dict, list)):
+                    stack.append((child, depth + 1))
+                elif check_text and isinstance(child, str) and has_surrogates(child):
+                    return (f"the value of {make_safe_repr(key)} holds a lone surrogate "
+                            f"(not Unicode text)")
+        elif isinstance(item, list):
+            if check_depth and depth > limit:
+                return too_deep(limit)
+            for child in item:
+                if isinstance(child, (dict, list)):
+                    stack.append((child, depth + 1))
+                elif check_text and isinstance(child, str) and has_surrogates(child):
+                    return "a value holds a lone surrogate (not Unicode text)"
+        elif check_text and isinstance(item, str) and has_surrogates(item):
+            return "the value holds a lone surrogate (not Unicode text)"
+    return None
+
+
+def make_safe_repr(text: Any) -> str:
+    shown = repr(text)
+    return shown if len(shown) <= 60 else shown[:57] + "..."
+
+
+def loads_checked(text: str) -> tuple[Any, str | None]:
+    """(value, None) for JSON text that Loom can carry, or (None, why not): invalid JSON,
+    NaN/Infinity, nested deeper than MAX_NESTING, or a lone surrogate from a \\u escape.
+    The checks that walk the value run only when the text could need them."""
+    try:
+        value = json.loads(text, parse_constant=not_json_constant)
+    except RecursionError:
+        return None, too_deep()
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON: {exc.msg} at column {exc.colno}"
+    except ValueError as exc:
+        return None, f"invalid JSON: {first_line(exc)}"
+    deep = text.count("[") + text.count("{") > MAX_NESTING
+    escapes = "\\u" in text
+    if deep or escapes:
+        problem = value_problem(value, check_depth=deep, check_text=escapes)
+        if problem is not None:
+            return None, problem
+    return value, None
 
 
 def first_line(error: BaseException) -> str:
@@ -216,7 +294,7 @@ def _csv_header(values: list[str], where: str) -> list[str]:
 
 def jsonl_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Iterator[Row]:
     """One JSON object per line; blank lines are skipped."""
-    loads = json.loads
+    loads = loads_checked
     # Only "\n" ends a line: a lone "\r" inside a value must not split a record.
     handle = _text(stream, encoding, newline="\n")
     utf8 = is_utf8(encoding)
@@ -231,12 +309,9 @@ def jsonl_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf
             yield ({"_raw": clip(make_safe(text))}, origin,
                    f"line {lineno}: invalid UTF-8" if utf8 else f"line {lineno}: invalid {encoding}")
             continue
-        try:
-            value = loads(text)
-        except ValueError as exc:
-            column = f" at column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else ""
-            message = exc.msg if isinstance(exc, json.JSONDecodeError) else first_line(exc)
-            yield ({"_raw": clip(text)}, origin, f"line {lineno}: invalid JSON: {message}{column}")
+        value, problem = loads(text)
+        if problem is not None:
+            yield ({"_raw": clip(make_safe(text))}, origin, f"line {lineno}: {problem}")
             continue
         if not isinstance(value, dict):
             yield ({"_raw": clip(text)}, origin,
@@ -309,9 +384,13 @@ def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-
         readable = _Utf8Reader(io.TextIOWrapper(content, encoding=encoding))  # type: ignore[arg-type]
     index = 0
     try:
-        for value in ijson.items(readable, "item", use_float=True):
+        for value in _elements(ijson.basic_parse(readable, use_float=True)):
             origin = f"{name}[{index}]"
-            if isinstance(value, dict):
+            if value is _TOO_DEEP:
+                yield ({"_raw": f"(element {index}: not kept, {too_deep()})"}, origin,
+                       f"element {index}: {too_deep()}")
+            elif isinstance(value, dict):
+                # (yajl, ijson's parser, turns a lone surrogate escape into "?": no text check)
                 yield value, origin, None
             else:
                 raw = json.dumps(value, ensure_ascii=False, default=str)
@@ -323,6 +402,68 @@ def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-
         yield (None, f"{name}[{index}]",
                f"invalid JSON at element {index}: {first_line(exc)}; "
                f"the rest of the file cannot be read")
+
+
+_TOO_DEEP = object()
+
+
+def _elements(events: Iterator[tuple[str, Any]]) -> Iterator[Any]:
+    """The elements of a top-level JSON array, built from ijson's basic events (after the
+    opening `[`), nesting at most MAX_NESTING levels. A deeper element is read to its end
+    without being built and comes out as `_TOO_DEEP`: memory stays bounded whatever the depth
+    (ijson's own `items` keeps a prefix string per level, which grows with the square of it).
+    """
+    next(events)  # the top-level start_array, checked by the caller
+    stack: list[Any] = []
+    keys: list[Any] = []
+    depth = 0
+    deep = False
+    for event, value in events:
+        if event == "map_key":
+            if not deep:
+                keys[-1] = value
+            continue
+        if event == "start_map" or event == "start_array":
+            depth += 1
+            if deep:
+                continue
+            if depth > MAX_NESTING:
+                deep = True
+                stack.clear()
+                keys.clear()
+                continue
+            container: Any = {} if event == "start_map" else []
+            if stack:
+                top = stack[-1]
+                if type(top) is list:
+                    top.append(container)
+                else:
+                    top[keys[-1]] = container
+            stack.append(container)
+            keys.append(None)
+            continue
+        if event == "end_map" or event == "end_array":
+            if depth == 0:
+                return  # the top-level array's end
+            depth -= 1
+            done = None
+            if not deep:
+                done = stack.pop()
+                keys.pop()
+            if depth == 0:
+                yield _TOO_DEEP if deep else done
+                deep = False
+            continue
+        if deep:
+            continue
+        if depth == 0:
+            yield value
+        else:
+            top = stack[-1]
+            if type(top) is list:
+                top.append(value)
+            else:
+                top[keys[-1]] = value
 
 
 PARSERS: dict[str, Parser] = {"csv": csv_rows, "jsonl": jsonl_rows, "json": json_rows}

@@ -124,7 +124,7 @@ def bind_value(value: Any, type_name: str) -> Any:
             return "true" if value else "false"
         if isinstance(value, (dt.date, dt.time)):
             return value.isoformat()
-        return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        return json.dumps(value, allow_nan=False) if isinstance(value, (dict, list)) else str(value)
     if type_name in ("int2", "int4", "int8"):
         if isinstance(value, bool) or isinstance(value, (int, decimal.Decimal)):
             return int(value)
@@ -275,7 +275,7 @@ def pg_type(value: Any) -> str | None:
 
 
 def _json_text(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, default=str)
+    return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
 
 
 def text_form(value: Any) -> str:

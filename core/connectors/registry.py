@@ -91,6 +91,78 @@ def redact_uri(uri: str) -> str:
     return _PASSWORD.sub(hide, uri)
 
 
+# Keys whose literal values are secrets wherever they appear in a pipeline (api_key:, a webhook,
+# a password, a token, an Authorization header).
+# The name's last part decides: `api_key`, `slack_webhook`, `access_token` are secrets,
+# `max_tokens` is not.
+SECRET_KEY = re.compile(r"^(?:.*[_\-.])?(api[_\-]?key|password|passwd|secret|token|authorization|"
+                        r"webhook|credentials?|secret[_\-]access[_\-]key)$", re.IGNORECASE)
+REDACTED = "***"
+
+
+def uri_password(uri: str) -> str | None:
+    """The literal password written into a URI (None for none, or a ${NAME} placeholder)."""
+    match = _PASSWORD.match(uri)
+    if match is None or _PLACEHOLDER_ONLY.fullmatch(match.group(2)) or not match.group(2):
+        return None
+    return match.group(2)
+
+
+def is_placeholder(value: str) -> bool:
+    return bool(_PLACEHOLDER_ONLY.fullmatch(value.strip()))
+
+
+def redact_tree(value: Any, *, secret: bool = False) -> Any:
+    """A copy of a YAML-shaped tree safe to store: the literal value under a secret-named key
+    (`api_key: sk-…`) is ***, a password written into a URI is ***, ${NAME} placeholders stay
+    (they are no secret, and show which one is used)."""
+    if isinstance(value, str):
+        if secret and value and not is_placeholder(value):
+            return REDACTED
+        return redact_uri(value) if "://" in value else value
+    if isinstance(value, dict):
+        return {key: redact_tree(item, secret=secret or (isinstance(key, str)
+                                                          and bool(SECRET_KEY.search(key))))
+                for key, item in value.items()}
+    if isinstance(value, list):
+        return [redact_tree(item, secret=secret) for item in value]
+    return value
+
+
+def literal_secrets(value: Any, *, secret: bool = False) -> set[str]:
+    """Every literal secret value in a YAML-shaped tree (see redact_tree): for redacting them
+    from any text that might quote them."""
+    found: set[str] = set()
+    stack: list[tuple[Any, bool]] = [(value, secret)]
+    while stack:
+        item, hidden = stack.pop()
+        if isinstance(item, str):
+            if hidden and item and not is_placeholder(item):
+                found.add(item)
+            elif "://" in item:
+                password = uri_password(item)
+                if password:
+                    found.add(password)
+        elif isinstance(item, dict):
+            stack.extend((child, hidden or (isinstance(key, str) and bool(SECRET_KEY.search(key))))
+                         for key, child in item.items())
+        elif isinstance(item, list):
+            stack.extend((child, hidden) for child in item)
+    return found
+
+
+def redact_override(item: str) -> str:
+    """A `--set KEY=VALUE` as it may be stored: a secret key's literal value, or a URI's
+    password, as ***."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        return item
+    last = key.strip().rsplit(".", 1)[-1]
+    if SECRET_KEY.search(last) and value.strip() and not is_placeholder(value):
+        return f"{key}={REDACTED}"
+    return f"{key}={redact_uri(value.strip())}" if "://" in value else item
+
+
 def parse_uri(uri: str) -> ParsedURI:
     scheme, sep, target = uri.partition("://")
     if not sep:

@@ -280,7 +280,8 @@ class S3Sink(Sink):
             if client is None:
                 raise ConnectorError(f"s3 destination {self._where()}: write() before open()")
             try:
-                text = "".join([json.dumps(row, ensure_ascii=False, default=str) + "\n"
+                text = "".join([json.dumps(row, ensure_ascii=False, default=str,
+                                           allow_nan=False) + "\n"
                                 for row in rows])
                 payload = text.encode("utf-8")
             except (TypeError, ValueError) as exc:  # a surrogate cannot be UTF-8: UnicodeEncodeError

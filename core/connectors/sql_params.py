@@ -60,10 +60,12 @@ def render_sql(template: str, params: dict[str, Any], style: PlaceholderStyle = 
     if "\x00" in template:
         raise TemplateError("the query contains a NUL character", file=file, key=key)
     try:
-        compiled = _ENV.from_string(template)
+        tree = _ENV.parse(template)
+        compiled = _ENV.from_string(tree)
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateError(f"line {exc.lineno}: template syntax error: {exc.message}",
                             file=file, key=key) from None
+    _refuse_text_blocks(tree, file=file, key=key)
 
     values: list[Any] = []
     token = _bound.set(values)
@@ -90,6 +92,33 @@ def render_sql(template: str, params: dict[str, Any], style: PlaceholderStyle = 
     else:  # pragma: no cover - guarded by the Literal type
         raise ValueError(f"unknown placeholder style {style!r}")
     return sql, values
+
+
+# Blocks whose output is text made inside the template and used as a value or pasted, not a
+# `{{ expression }}` the driver binds: `{% filter replace('Q', params.x) %}` would paste a
+# parameter into the SQL. A query template shapes SQL with `{% if %}`/`{% for %}` only.
+_TEXT_BLOCKS = {jinja2.nodes.FilterBlock: "{% filter %}", jinja2.nodes.Macro: "{% macro %}",
+                jinja2.nodes.CallBlock: "{% call %}", jinja2.nodes.AssignBlock: "{% set %}…{% endset %}"}
+
+
+def check_query_template(template: str, *, file: str | None = None,
+                         key: str = "extract.query") -> None:
+    """What can be checked without params: the syntax, and no block that would paste text."""
+    try:
+        tree = _ENV.parse(template)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"line {exc.lineno}: template syntax error: {exc.message}",
+                            file=file, key=key) from None
+    _refuse_text_blocks(tree, file=file, key=key)
+
+
+def _refuse_text_blocks(tree: jinja2.nodes.Template, *, file: str | None, key: str) -> None:
+    for kind, shown in _TEXT_BLOCKS.items():
+        node = tree.find(kind)
+        if node is not None:
+            raise TemplateError(f"line {node.lineno}: {shown} blocks are not allowed in a query "
+                                f"template (their text would be pasted into the SQL, not bound); "
+                                f"use {{{{ params.name }}}} and {{% if %}}", file=file, key=key)
 
 
 def _names(params: dict[str, Any]) -> str:

@@ -59,7 +59,9 @@ def database_path(loaded: "LoadedSpec", uri: "ParsedURI") -> Path:
 def quote_column(name: str) -> str:
     """One quoted identifier. Unlike quote_identifier, a dot is part of the name ("a.b" is one column)."""
     if not isinstance(name, str) or "\x00" in name:
-        raise ConnectorError(f"invalid column name {name!r}")
+        # A LoadError: a column named by the data (a key of a model's answer) fails only the
+        # row that has it (the engine writes a refused batch again row by row).
+        raise LoadError(f"invalid column name {name!r} (no NUL character)")
     return '"' + name.replace('"', '""') + '"'
 
 
@@ -244,7 +246,7 @@ def _storable(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, ensure_ascii=False, default=str)
+        return json.dumps(value, ensure_ascii=False, default=str, allow_nan=False)
     if isinstance(value, (dt.date, dt.time)):
         return value.isoformat()
     return str(value)

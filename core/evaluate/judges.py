@@ -26,14 +26,15 @@ import jinja2
 import jsonschema
 from jinja2.sandbox import SecurityError as JinjaSecurityError
 
-from core.errors import EvaluatorError, LoomError, PipelineError, SecurityError
+from core.errors import (EvaluatorError, LoomError, PipelineError, RenderLimitError, SecurityError,
+                         TemplateError)
 from core.evaluate.base import Evaluator
 from core.evaluate.deterministic import as_text, clip
 from core.evaluate.judge_models import JudgeModels
 from core.llm.base import LLMRequest, LLMResponse, StructuredOutput
 from core.llm.client import LLMClient
 from core.llm.strict_schema import drop_filled_nulls
-from core.prompts import content_hash, make_environment
+from core.prompts import budgeted_render, content_hash, make_environment
 from core.records import LLMCall, Score, resolve_field
 from core.transform import TRUNCATION_GROWTH, TransformFailed, Transformer, parse_json_answer, truncation
 
@@ -195,7 +196,13 @@ class Judge(Evaluator):
 
     def _render(self, template: jinja2.Template, variables: dict[str, Any]) -> str:
         try:
-            return template.render(variables)
+            return budgeted_render(template, variables)
+        except RenderLimitError as exc:
+            # The judge prompt's own fault: carried as the cause, it stops the run (exit 2).
+            limit = RenderLimitError(f"the judge prompt of {self.name}: {exc.detail}")
+            raise EvaluatorError(str(limit)) from limit
+        except TemplateError as exc:
+            raise EvaluatorError(clip(f"judge prompt did not render: {exc.detail}")) from None
         except JinjaSecurityError as exc:
             # Carried as the cause: the record processor stops the run for it.
             forbidden = SecurityError(f"the judge prompt of {self.name} tried something the "
@@ -513,7 +520,7 @@ class Pairwise(Judge):
     async def _other_output(self, input_data: dict[str, Any], calls: list[LLMCall]) -> Any:
         assert self._other is not None and self._other_prompts is not None
         try:
-            messages = self._other_prompts.render(input_data)
+            messages = await self._other_prompts.render_async(input_data)
         except SecurityError as exc:
             raise EvaluatorError(str(exc)) from exc  # stops the run, as for the transform
         except LoomError as exc:

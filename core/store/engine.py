@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import math
 import os
 import re
 import time
@@ -68,11 +69,35 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def dumps(value: Any) -> str:
-    """The store's JSON serializer (the engine's `json_serializer`)."""
+    """The store's JSON serializer (the engine's `json_serializer`). Always JSON that UTF-8
+    holds: NaN and Infinity (not JSON) are stored as null, and text with a lone surrogate
+    (which UTF-8 cannot encode) keeps its \\u escapes, so it still reads back as it was."""
     if type(value) is RawJSON:
         return value.text
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=_json_default)
+    try:
+        text = json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                          default=_json_default, allow_nan=False)
+    except ValueError:  # a NaN or an Infinity somewhere (a circular value raises again here)
+        text = json.dumps(finite_json(value), ensure_ascii=False, separators=(",", ":"),
+                          default=_json_default, allow_nan=False)
+    if not text.isascii() and _LONE_SURROGATE.search(text):
+        text = json.dumps(json.loads(text), ensure_ascii=True, separators=(",", ":"))
+    return text
+
+
+def finite_json(value: Any) -> Any:
+    """`value` with NaN and Infinity as None (JSON has neither)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
 
 
 # PostgreSQL text and jsonb cannot hold U+0000. JSON's escape for it, not preceded by an odd

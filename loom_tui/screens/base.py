@@ -101,4 +101,4 @@ class LoomScreen(Screen[None]):
 
     def work_failed(self, group: str, message: str) -> None:
         """Show a failed worker's error. Screens override it to clear a busy state too."""
-        self.notify(message, title="error", severity="error", timeout=8)
+        self.notify(markup=False, message=message, title="error", severity="error", timeout=8)

@@ -498,11 +498,11 @@ class HistoryScreen(LoomScreen):
             return
         problem = self.workspace.resume_problem(item)
         if problem is not None:
-            self.notify(problem, severity="warning")
+            self.notify(markup=False, message=problem, severity="warning")
             return
         path = Path(item.pipeline_path) if item.pipeline_path else None
         if path is None or not path.exists():
-            self.notify(f"Run {item.run_id}'s pipeline file {item.pipeline_path} is not there "
+            self.notify(markup=False, message=f"Run {item.run_id}'s pipeline file {item.pipeline_path} is not there "
                         "any more: it cannot be resumed from here.", severity="error")
             return
         self.loom.resume_run(path, item.run_id)

@@ -179,15 +179,15 @@ class PipelinesScreen(LoomScreen):
         evaluators = " · ".join(f"{e.name} ({e.type})" for e in spec.evaluate.evaluators)
         transform = spec.transform
         context = ", ".join(transform.context_files()) or "none"
-        grid.add_row("extract", f"{spec.extract.source}"
-                     + (f"  id: {spec.extract.id_field}" if spec.extract.id_field else ""))
-        grid.add_row("transform", f"{transform.provider}:{transform.model} · prompt "
-                     f"{transform.prompt} · context {context}")
+        grid.add_row("extract", Text(f"{spec.extract.source}"
+                     + (f"  id: {spec.extract.id_field}" if spec.extract.id_field else "")))
+        grid.add_row("transform", Text(f"{transform.provider}:{transform.model} · prompt "
+                     f"{transform.prompt} · context {context}"))
         gate = spec.evaluate.quality_gate
         limit = spec.evaluate.max_rejection_rate
-        grid.add_row("evaluate", (evaluators or "no evaluators") + f" → {gate}"
-                     + (f", max rejection {limit:.0%}" if limit is not None else ""))
-        grid.add_row("load", f"{spec.load.destination} ({spec.load.mode})")
+        grid.add_row("evaluate", Text((evaluators or "no evaluators") + f" → {gate}"
+                     + (f", max rejection {limit:.0%}" if limit is not None else "")))
+        grid.add_row("load", Text(f"{spec.load.destination} ({spec.load.mode})"))
         run = self._last_run(entry)
         if run is not None:
             status = Text(run.status, style=colors.get(fmt.STATUS_COLOR.get(run.status, ""), ""))
@@ -212,7 +212,7 @@ class PipelinesScreen(LoomScreen):
             self.notify("No pipeline here yet.", severity="warning")
             return None
         if not entry.valid:
-            self.notify(f"{entry.name} is invalid: {_error_without_path(entry)}",
+            self.notify(markup=False, message=f"{entry.name} is invalid: {_error_without_path(entry)}",
                         severity="error", timeout=8)
             return None
         return entry

@@ -409,7 +409,7 @@ class QuarantineScreen(LoomScreen):
         left = [r for r in results if r not in done]
         if len(results) == 1:
             result = results[0]
-            self.notify(f"#{result.quarantine_id}: {result.message}",
+            self.notify(markup=False, message=f"#{result.quarantine_id}: {result.message}",
                         severity="information" if result in done else "warning", timeout=6)
             return
         verb = {"approve": "approved", "reprocess": "reprocessed and loaded",
@@ -418,7 +418,7 @@ class QuarantineScreen(LoomScreen):
         if left:
             line += f"; {len(left)} not: " + fmt.one_line(
                 "; ".join(f"#{r.quarantine_id} {r.message}" for r in left[:3]), 200)
-        self.notify(line, severity="warning" if left else "information", timeout=8)
+        self.notify(markup=False, message=line, severity="warning" if left else "information", timeout=8)
 
     def action_mark(self) -> None:
         table = self.query_one(PagedTable)

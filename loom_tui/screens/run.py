@@ -185,7 +185,7 @@ class RunScreen(LoomScreen):
     @on(RunWarned)
     def _warned(self, event: RunWarned) -> None:
         self.warnings.append(event.warning)
-        self.notify(event.warning, title="warning", severity="warning", timeout=6)
+        self.notify(markup=False, message=event.warning, title="warning", severity="warning", timeout=6)
 
     @on(RunEnded)
     def _ended(self, event: RunEnded) -> None:

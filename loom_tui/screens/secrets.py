@@ -266,7 +266,7 @@ class SecretsScreen(LoomScreen):
 
     @on(SecretRefused)
     def _refused(self, event: SecretRefused) -> None:
-        self.notify(event.error, title=f"secret {event.name}", severity="error", timeout=10)
+        self.notify(markup=False, message=event.error, title=f"secret {event.name}", severity="error", timeout=10)
 
     def action_refresh(self) -> None:
         row = self.query_one(PagedTable).highlighted

@@ -299,7 +299,7 @@ class WorkbenchScreen(LoomScreen):
                 output.show_results(output.results, self.comparison)
         what = (f"saved {self.prompt_path} as version {fmt.short_hash(saved.hash)}"
                 if saved.changed else f"{self.prompt_path} unchanged")
-        self.notify(what, title="prompt", timeout=4)
+        self.notify(markup=False, message=what, title="prompt", timeout=4)
 
     @on(VerdictsCompared)
     def _compared(self, event: VerdictsCompared) -> None:

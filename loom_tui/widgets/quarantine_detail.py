@@ -52,12 +52,12 @@ class QuarantineDetail(VerticalScroll):
         facts = Table.grid(padding=(0, 2))
         facts.add_column(style="dim", no_wrap=True)
         facts.add_column()
-        facts.add_row("pipeline", row.pipeline_name)
-        facts.add_row("run", row.run_id)
+        facts.add_row("pipeline", Text(row.pipeline_name))  # data: Text, never markup
+        facts.add_row("run", Text(row.run_id))
         facts.add_row("stage", Text(row.stage, style="bold"))
         facts.add_row("reason", Text(row.reason or "–", style=colors.get("error", "")))
         if row.resolution_note:
-            facts.add_row("note", row.resolution_note)
+            facts.add_row("note", Text(row.resolution_note))
         parts: list[RenderableType] = [title, facts]
         parts += [_heading("input", colors), _json(row.input, dark)]
         parts.append(_heading("output", colors))
@@ -125,5 +125,5 @@ def _actions(actions: Sequence[QuarantineAction]) -> Table:
         if details.get("cost_usd") is not None:
             said.append(f"cost {fmt.money(details['cost_usd'])}")
         by = f" by {action.actor}" if action.actor else ""
-        grid.add_row(fmt.when(action.at), f"{action.action}{by}", " · ".join(said))
+        grid.add_row(fmt.when(action.at), Text(f"{action.action}{by}"), Text(" · ".join(said)))
     return grid

@@ -91,7 +91,7 @@ async def test_run_streams_events_and_ends_with_the_summary(tmp_path: Path, llm_
         assert (summary.loaded, summary.quarantined) == (30, 10)
         run = await workspace.get_run(summary.run_id[:12])
         assert run.run_id == summary.run_id and run.status == "success"
-        assert run.config["transform"]["api_key"] == "test-key"  # as written in the YAML
+        assert run.config["transform"]["api_key"] == "***"  # a literal key is never stored
         assert run.prompt_hash == summary_prompt_hash(path)
 
 
