@@ -14,8 +14,9 @@ from typing import Any
 
 import jinja2
 
+from core.errors import RenderLimitError
 from core.llm.base import CachePrefix
-from core.prompts import PromptSet
+from core.prompts import PromptSet, budgeted_render
 
 # Below this a provider does not cache a prefix (Anthropic's minimum is 1,024 tokens for most
 # models, ~4 characters each): marking a shorter one would only change the request's shape.
@@ -52,10 +53,12 @@ def static_prefix(prompts: PromptSet) -> tuple[int, str] | None:
             return None
         rendered: list[str] = []
         try:
-            for chunk in template.generate(variables):
-                rendered.append(chunk)
+            # Within the render budget: a template that runs away runs away here first.
+            budgeted_render(template, variables, prefix=rendered)
         except _RecordReached:
             return index, "".join(rendered)
+        except RenderLimitError:
+            raise  # the template itself runs away, whatever the record: stop before any call
         except Exception:  # noqa: BLE001 - a template that fails here fails on records too
             return None
     return None  # no record field at all: nothing varies, nothing worth marking

@@ -395,11 +395,13 @@ class PromptSet:
 
 
 def budgeted_render(template: jinja2.Template, variables: dict[str, Any], *,
-                    file: str | None = None) -> str:
+                    file: str | None = None, prefix: list[str] | None = None) -> str:
     """`template.render(variables)` within the render budget (the running render_async's, else
     the defaults). Raises RenderLimitError when the template is past it (recursion, time, a
     giant value, output the data cannot explain) and TemplateError when the record's own data
-    makes the prompt too big; the template's other errors pass through."""
+    makes the prompt too big; the template's other errors pass through. `prefix`, when given,
+    receives the text as it is made, so that a caller who stops the render (core.prompt_cache)
+    keeps what came before."""
     owned = _budget() is None
     if owned:  # a render outside render_async (the workbench's preview, a judge) has one too
         _current.budget = _Budget(RENDER_TIMEOUT_S, RENDER_MAX_CHARS)
@@ -409,6 +411,8 @@ def budgeted_render(template: jinja2.Template, variables: dict[str, Any], *,
         chunks: list[str] = []
         size = 0
         for chunk in template.generate(variables):
+            if prefix is not None:
+                prefix.append(chunk)
             size += len(chunk)
             if size > budget.max_chars:
                 message = (f"the prompt would be more than {budget.max_chars:,} characters "
