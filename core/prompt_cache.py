@@ -14,13 +14,13 @@ from typing import Any
 
 import jinja2
 
-from core.errors import RenderLimitError
 from core.llm.base import CachePrefix
 from core.prompts import PromptSet, budgeted_render
 
 # Below this a provider does not cache a prefix (Anthropic's minimum is 1,024 tokens for most
 # models, ~4 characters each): marking a shorter one would only change the request's shape.
 MIN_CACHEABLE_CHARS = 4096
+PROBE_TIMEOUT_S = 0.5
 
 
 class _RecordReached(Exception):
@@ -53,12 +53,11 @@ def static_prefix(prompts: PromptSet) -> tuple[int, str] | None:
             return None
         rendered: list[str] = []
         try:
-            # Within the render budget: a template that runs away runs away here first.
-            budgeted_render(template, variables, prefix=rendered)
+            # Within a short render budget: a template that takes longer to reach its first
+            # record field gets no cache mark (its records' renders have the full budget).
+            budgeted_render(template, variables, prefix=rendered, timeout_s=PROBE_TIMEOUT_S)
         except _RecordReached:
             return index, "".join(rendered)
-        except RenderLimitError:
-            raise  # the template itself runs away, whatever the record: stop before any call
         except Exception:  # noqa: BLE001 - a template that fails here fails on records too
             return None
     return None  # no record field at all: nothing varies, nothing worth marking

@@ -395,16 +395,17 @@ class PromptSet:
 
 
 def budgeted_render(template: jinja2.Template, variables: dict[str, Any], *,
-                    file: str | None = None, prefix: list[str] | None = None) -> str:
+                    file: str | None = None, prefix: list[str] | None = None,
+                    timeout_s: float | None = None) -> str:
     """`template.render(variables)` within the render budget (the running render_async's, else
     the defaults). Raises RenderLimitError when the template is past it (recursion, time, a
     giant value, output the data cannot explain) and TemplateError when the record's own data
     makes the prompt too big; the template's other errors pass through. `prefix`, when given,
     receives the text as it is made, so that a caller who stops the render (core.prompt_cache)
-    keeps what came before."""
+    keeps what came before; `timeout_s` a shorter time budget for such a probe."""
     owned = _budget() is None
     if owned:  # a render outside render_async (the workbench's preview, a judge) has one too
-        _current.budget = _Budget(RENDER_TIMEOUT_S, RENDER_MAX_CHARS)
+        _current.budget = _Budget(timeout_s or RENDER_TIMEOUT_S, RENDER_MAX_CHARS)
     budget = _budget()
     assert budget is not None
     try:
