@@ -539,7 +539,39 @@ class Workspace:
             if entry.loaded is not None:
                 for name in placeholder_names(entry.loaded.raw):
                     users.setdefault(name, set()).add(entry.name)
+                # A provider reads its usual variable when the pipeline names no api_key.
+                implicit = _IMPLICIT_KEYS.get(entry.loaded.spec.transform.provider)
+                if implicit and entry.loaded.spec.transform.api_key is None:
+                    users.setdefault(implicit, set()).add(entry.name)
         return {name: sorted(found) for name, found in sorted(users.items())}
+
+    # ------------------------------------------------------------ the workbench's settings
+
+    def remember_theme(self, theme: str) -> None:
+        """Keep the workbench's theme in `$LOOM_HOME/config.yaml` (workbench.theme), leaving
+        every other setting in the file as it is."""
+        from core.config import ConfigError, loom_home
+
+        path = loom_home() / "config.yaml"
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc}") from None
+        raw = raw if isinstance(raw, dict) else {}
+        workbench = raw.get("workbench")
+        raw["workbench"] = {**(workbench if isinstance(workbench, dict) else {}), "theme": theme}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.write_text("", encoding="utf-8")
+            _write_atomically(path, yaml.safe_dump(raw, sort_keys=False))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot write it: {exc.strerror or exc}") from None
+        self.config.workbench.theme = theme
+
+
+# The variable each provider reads when a pipeline sets no transform.api_key.
+_IMPLICIT_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 class _Done:

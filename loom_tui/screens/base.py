@@ -35,6 +35,8 @@ class LoomScreen(Screen[None]):
     SECTION: ClassVar[str] = "pipelines"  # the top bar's tab this screen belongs to
     HELP: ClassVar[str] = ""  # a paragraph for the help screen
     COMMANDS = {ScreenActions}
+    # A maximised pane (z) keeps the top bar and the footer: where you are, and the keys.
+    ALLOW_IN_MAXIMIZED_VIEW = "TopBar, LoomFooter"
 
     @property
     def loom(self) -> "LoomApp":
@@ -80,7 +82,9 @@ class LoomScreen(Screen[None]):
                 continue
             seen.add(binding.action)
             action = binding.action
-            yield PaletteCommand(binding.description, binding.tooltip or binding.description,
+            # No help line that repeats the title ("Back — Back").
+            help_text = binding.tooltip if binding.tooltip != binding.description else ""
+            yield PaletteCommand(binding.description, help_text or "",
                                  lambda action=action: self.run_action(action))
         yield from self.extra_commands()
 
@@ -90,6 +94,13 @@ class LoomScreen(Screen[None]):
 
     def extra_commands(self) -> Iterator[PaletteCommand]:
         return iter(())
+
+    # ------------------------------------------------------------------ leaving
+
+    def losses(self) -> list[str]:
+        """What closing this screen now would lose, one line each (the quit and leave
+        questions list them). Nothing, unless a screen says otherwise."""
+        return []
 
     # ------------------------------------------------------------------ failures
 

@@ -16,7 +16,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Select, Static
+from textual.widgets import Select, Static
 
 from core.api import MonitoringAlert, PipelineRun, ShardGroup
 from loom_tui import format as fmt
@@ -27,6 +27,7 @@ from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.judge_panel import JudgePanel
 from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
 from loom_tui.widgets.run_charts import RunCharts
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
@@ -108,7 +109,7 @@ class HistoryScreen(LoomScreen):
                 judges.border_title = "Judges"
                 judges.border_subtitle = "agreement with reviewers"
                 yield JudgePanel(id="h-judge-panel")
-        yield Footer()
+        yield LoomFooter()
 
     def on_mount(self) -> None:
         super().on_mount()

@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Select
+from textual.widgets import Input, Select
 
 from core.api import ActionResult, QuarantinedRecord
 from loom_tui import format as fmt
@@ -26,6 +26,7 @@ from loom_tui.messages import (PageFetched, PageWanted, QuarantineActionsApplied
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
 from loom_tui.widgets.quarantine_detail import QuarantineDetail
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
@@ -93,7 +94,7 @@ class QuarantineScreen(LoomScreen):
             with Vertical(id="q-detail-pane", classes="pane") as detail:
                 detail.border_title = "Record"
                 yield QuarantineDetail(id="q-detail")
-        yield Footer()
+        yield LoomFooter()
 
     def crumbs(self) -> list[str]:
         return []

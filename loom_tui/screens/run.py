@@ -22,7 +22,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Footer, ProgressBar, Static
+from textual.widgets import ProgressBar, Static
 
 from core.api import LoomError, RunController, RunOptions
 from core.events import Progress, RunFinished, RunResumed, RunStarted, RunSummary, RunWarning
@@ -31,6 +31,7 @@ from loom_tui.messages import (RunBegan, RunCouldNotStart, RunEnded, RunProgress
                                RunWasResumed)
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.stage_counter import StageCounter
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 STAGES = ("extracted", "transformed", "evaluated", "loaded", "quarantined", "skipped")
@@ -50,7 +51,8 @@ class RunScreen(LoomScreen):
                 "skip the rest", id="run.cancel"),
         Binding("o", "quarantine", "Quarantine", tooltip="This run's quarantined records",
                 id="run.quarantine"),
-        Binding("escape", "back", "Back", id="run.back"),
+        Binding("escape,q", "back", "Back", tooltip="Back (asks first while the run goes: "
+                "leaving cancels it)", id="run.back"),
     ]
 
     def __init__(self, path: Path, *, start: bool = True, options: RunOptions | None = None,
@@ -94,7 +96,7 @@ class RunScreen(LoomScreen):
             with VerticalScroll(id="run-summary", classes="pane") as summary:
                 summary.border_title = "Summary"
                 yield Static(id="run-summary-text")
-        yield Footer()
+        yield LoomFooter()
 
     def crumbs(self) -> list[str]:
         return [self.pipeline, f"run {self.run_id}" if self.run_id else "run"]
@@ -252,12 +254,27 @@ class RunScreen(LoomScreen):
         if self.run_id:
             await self.loom.show_quarantine(run_id=self.run_id)
 
-    def action_back(self) -> None:
+    def losses(self) -> list[str]:
         if self.running and self.start:
-            self.notify("The run is still going: c cancels it; F2–F4 go elsewhere meanwhile.",
-                        severity="warning")
+            return [f"the run of {self.pipeline} is still going: leaving cancels it (History "
+                    "can resume it)"]
+        return []
+
+    def action_back(self) -> None:
+        losses = self.losses()
+        if not losses:
+            self.dismiss()
             return
-        self.dismiss()
+        from loom_tui.screens.confirm import ConfirmScreen
+
+        def leave(answer: tuple[bool, str | None] | None) -> None:
+            if answer and answer[0]:
+                self.dismiss()
+
+        self.app.push_screen(ConfirmScreen(
+            "Run still going", f"The run of {self.pipeline} is still going. Leave and cancel "
+            "it? F2–F4 go elsewhere while it runs.", yes="Stop the run", no="Keep it running",
+            danger=True), leave)
 
     # ------------------------------------------------------------------ drawing
 

@@ -18,7 +18,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
-from textual.widgets import Footer
+
 
 from core.api import LoadedSpec, PromptComparison, RenderResult
 from core.records import Record
@@ -31,6 +31,7 @@ from loom_tui.widgets.paged_table import Column, PagedTable, Row
 from loom_tui.widgets.prompt_editor import PromptEditor
 from loom_tui.widgets.rendered_prompt import RenderedPrompt
 from loom_tui.widgets.sample_output import SampleOutput
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 RECORD_COLUMNS = (Column("id", 8), Column("record", None))
@@ -48,12 +49,16 @@ class WorkbenchScreen(LoomScreen):
             "prompt and shows which sample records changed verdict against the previous version. "
             "F8 projects what a whole run would cost and take, from 20 records.")
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save prompt", tooltip="Write the prompt file, store the version, "
+        Binding("escape,q", "back", "Back", tooltip="Back to the pipelines (asks first with "
+                "unsaved edits)", id="workbench.back"),
+        Binding("i", "edit", "Edit prompt", tooltip="Go to the prompt and type (escape stops)",
+                id="workbench.edit"),
+        Binding("ctrl+s", "save", "Save", tooltip="Write the prompt file, store the version, "
                 "and compare verdicts with the previous one", id="workbench.save"),
-        Binding("ctrl+r", "refresh", "Refresh output", tooltip="Run the sample again now",
+        Binding("ctrl+r", "refresh", "Refresh", tooltip="Run the sample again now",
                 id="workbench.refresh"),
-        Binding("f5", "run", "Run pipeline", tooltip="Run the whole pipeline (saved prompt)",
-                id="workbench.run"),
+        Binding("f5", "run", "Run", tooltip="Run the whole pipeline (shows the estimate first "
+                "when it is big; asks which prompt with unsaved edits)", id="workbench.run"),
         # Not ctrl+e: the editor's end of line, pressed by habit, must not start paid calls.
         Binding("f8", "estimate", "Estimate", tooltip="Project the whole run's cost, tokens "
                 "and time from 20 records (saved prompt)", id="workbench.estimate"),
@@ -61,7 +66,6 @@ class WorkbenchScreen(LoomScreen):
                 id="workbench.sample_more"),
         Binding("minus", "sample_size(-1)", "Sample −", tooltip="Fewer sample records",
                 id="workbench.sample_less"),
-        Binding("escape", "back", "Back", tooltip="Back to the pipelines", id="workbench.back"),
     ]
 
     def __init__(self, path: Path) -> None:
@@ -75,6 +79,7 @@ class WorkbenchScreen(LoomScreen):
         self.sample_size = 5
         self._debounce: dict[str, Timer] = {}
         self._ab_pending = False
+        self._run_after_save = False  # F5's "save and run": the run starts once saved
         self.comparison: PromptComparison | None = None  # the last save's A/B, while it holds
 
     # ------------------------------------------------------------------ layout
@@ -96,7 +101,7 @@ class WorkbenchScreen(LoomScreen):
             with Vertical(id="output-pane", classes="pane") as output:
                 output.border_title = "Output"
                 yield SampleOutput(id="output")
-        yield Footer()
+        yield LoomFooter()
 
     def crumbs(self) -> list[str]:
         name = self.loaded.spec.name if self.loaded is not None else self.path.parent.name
@@ -125,8 +130,10 @@ class WorkbenchScreen(LoomScreen):
         editor = self.query_one(PromptEditor)
         editor.load_text(event.prompt_text)
         self._title_prompt()
-        self.query_one("#records-table", PagedTable).reset()
-        editor.focus()
+        table = self.query_one("#records-table", PagedTable)
+        table.reset()
+        # Records first: keys act on the screen until you choose to type (Enter or i).
+        table.focus()
 
     # ------------------------------------------------------------------ records
 
@@ -265,6 +272,7 @@ class WorkbenchScreen(LoomScreen):
             self.query_one(SampleOutput).show_note(message, error=True)
         if group == "save":
             self._ab_pending = False
+            self._run_after_save = False
         super().work_failed(group, message)
 
     # ------------------------------------------------------------------ saving: the A/B
@@ -300,6 +308,9 @@ class WorkbenchScreen(LoomScreen):
         what = (f"saved {self.prompt_path} as version {fmt.short_hash(saved.hash)}"
                 if saved.changed else f"{self.prompt_path} unchanged")
         self.notify(what, title="prompt", timeout=4)
+        if self._run_after_save and self.loaded is not None:
+            self._run_after_save = False
+            self.loom.confirm_run(self.path, self.loaded)
 
     @on(VerdictsCompared)
     def _compared(self, event: VerdictsCompared) -> None:
@@ -329,10 +340,24 @@ class WorkbenchScreen(LoomScreen):
             self._schedule("sample", min(0.3, self.loom.debounce_s))
 
     def action_run(self) -> None:
-        if self.text is not None and self.text != self.saved_text:
-            self.notify("The run uses the saved prompt: ctrl+s saves your edits first.",
-                        severity="warning")
-        self.loom.start_run(self.path)
+        if self.loaded is None:
+            return
+        if not self.dirty:
+            self.loom.confirm_run(self.path, self.loaded)
+            return
+        from loom_tui.screens.confirm import ChoiceScreen
+
+        def chosen(answer: str | None) -> None:
+            if answer == "save":
+                self._run_after_save = True
+                self.action_save()
+            elif answer == "saved":
+                self.loom.confirm_run(self.path, self.loaded)
+
+        self.app.push_screen(ChoiceScreen(
+            "Unsaved prompt", f"{self.prompt_path} has unsaved changes. A run reads the prompt "
+            "file: save your edits and run them, or run the saved prompt?",
+            [("save", "Save and run"), ("saved", "Run saved prompt")]), chosen)
 
     def action_estimate(self) -> None:
         if self.loaded is None:
@@ -342,8 +367,36 @@ class WorkbenchScreen(LoomScreen):
                         severity="warning")
         self.loom.estimate(self.path, self.loaded)
 
+    @property
+    def dirty(self) -> bool:
+        return self.text is not None and self.saved_text is not None and \
+            self.text != self.saved_text
+
+    def losses(self) -> list[str]:
+        return [f"{self.prompt_path} has unsaved changes"] if self.dirty else []
+
+    @property
+    def editing(self) -> bool:
+        return self.query_one(PromptEditor).editing
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # While typing, only the keys that are not text are shown (the rest type).
+        if action in ("sample_size", "edit", "back"):
+            return not self.editing
+        return True
+
+    @on(PromptEditor.EditingChanged)
+    def _editing_changed(self, event: PromptEditor.EditingChanged) -> None:
+        pane = self.query_one("#prompt-pane")
+        pane.set_class(event.editing, "-editing")
+        self._title_prompt()
+        self.refresh_bindings()
+
+    def action_edit(self) -> None:
+        self.query_one(PromptEditor).action_start_editing()
+
     def action_back(self) -> None:
-        if self.text is not None and self.saved_text is not None and self.text != self.saved_text:
+        if self.dirty:
             from loom_tui.screens.confirm import ConfirmScreen
 
             def leave(answer: tuple[bool, str | None] | None) -> None:

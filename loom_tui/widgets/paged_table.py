@@ -85,12 +85,12 @@ class PagedTable(ScrollView, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("up", "cursor(-1)", "Up", show=False, id="table.up"),
-        Binding("down", "cursor(1)", "Down", show=False, id="table.down"),
+        Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up"),
+        Binding("down,j", "cursor(1)", "Down", show=False, id="table.down"),
         Binding("pageup", "page(-1)", "Page up", show=False, id="table.page_up"),
         Binding("pagedown", "page(1)", "Page down", show=False, id="table.page_down"),
-        Binding("home", "first", "First", show=False, id="table.first"),
-        Binding("end", "last", "Last", show=False, id="table.last"),
+        Binding("home,g", "first", "First", show=False, id="table.first"),
+        Binding("end,G", "last", "Last", show=False, id="table.last"),
     ]
 
     class Highlighted(Message):
