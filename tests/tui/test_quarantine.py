@@ -104,8 +104,9 @@ async def test_bulk_discard_asks_first_and_never_loads(tmp_path: Path, quarantin
         assert len(table.marks) == 2
         await pilot.press("d")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        assert app.screen.focused.id == "confirm-no"  # the safe answer has the focus
         app.screen.query_one(Input).value = "spam"
-        await pilot.press("enter")
+        await pilot.click("#confirm-yes")
         await wait_for(pilot, lambda: statuses(screen) == {first: "discarded",
                                                            second: "discarded", third: "open"},
                        what="discarded")
