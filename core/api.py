@@ -47,7 +47,7 @@ __all__ = [
     "PipelineEntry", "PipelineRun", "PromptComparison", "PromptSource", "QuarantineAction",
     "QuarantinedRecord", "RenderResult", "RunComparison", "RunController", "RunOptions",
     "RunPoint", "SavedPrompt", "VerdictChange", "Workspace", "find_pipeline_files",
-    "Estimate", "JudgeAgreement", "MonitoringAlert", "ShardGroup",
+    "Estimate", "JudgeAgreement", "MonitoringAlert", "ShardGroup", "EditCheck",
 ]
 
 # Folders never worth scanning for pipelines.
@@ -99,6 +99,34 @@ class SavedPrompt:
     @property
     def changed(self) -> bool:
         return self.hash != self.previous_hash
+
+
+@dataclass(frozen=True)
+class EditCheck:
+    """The evaluators' word on a hand-edited quarantined output (Workspace.check_edited)."""
+
+    schema_error: str | None
+    scores: list[Any]
+    verdict: Any  # core.records.Verdict; None when the schema or an evaluator failed first
+    evaluator_error: str | None = None
+
+    @property
+    def passes(self) -> bool:
+        return self.schema_error is None and self.evaluator_error is None and \
+            self.verdict is not None and self.verdict.passed
+
+    def failing(self) -> list[str]:
+        """One line per thing that still fails."""
+        if self.schema_error:
+            return [self.schema_error]
+        lines = [f"{s.evaluator} {s.value:.2f} < {s.threshold:.2f}"
+                 + (f": {s.explanation}" if s.explanation else "")
+                 for s in self.scores if not s.passed]
+        if self.evaluator_error:
+            lines.append(f"could not score: {self.evaluator_error}")
+        if not lines and self.verdict is not None and not self.verdict.passed:
+            lines.append(self.verdict.reason or "the gate rejects it")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -485,6 +513,50 @@ class Workspace:
     async def approve_edited(self, quarantine_id: int, output: Any, *,
                              note: str | None = None) -> ActionResult:
         return await (await self._desk()).approve_edited(quarantine_id, output, note=note)
+
+    async def check_edited(self, quarantine_id: int, output: Any) -> "EditCheck":
+        """What the pipeline's evaluators and gate say of a hand-edited output, before it is
+        approved (nothing is loaded or recorded): the schema error if any, every score, the
+        verdict. LLM judges are called (cached like any answer)."""
+        import jsonschema
+
+        from core.errors import EvaluatorError
+        from core.evaluate.gates import apply_gate
+        from core.transform import load_output_schema
+
+        row = await self.quarantined(quarantine_id)
+        if row is None:
+            raise LoomError(f"quarantined record {quarantine_id} is not there")
+        run = await self.get_run(row.run_id)
+        if run is None or not run.pipeline_path:
+            raise LoomError(f"run {row.run_id} of quarantined record {quarantine_id} is gone")
+        loaded = load_spec(Path(run.pipeline_path))
+        schema = load_output_schema(loaded)
+        if schema is not None:
+            error = jsonschema.exceptions.best_match(
+                jsonschema.validators.validator_for(schema)(schema).iter_errors(output))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                return EditCheck(f"does not match output_schema at {where}: {error.message}",
+                                 [], None)
+        warnings: list[str] = []
+        runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
+                                use_cache=True,
+                                resolver=SecretResolver(credentials=self.config.credentials),
+                                on_warning=warnings.append, budget_usd=None)
+        scores = []
+        try:
+            for evaluator in runtime.processor.evaluators:
+                try:
+                    scores.append(await evaluator.score(row.input or {}, output))
+                except EvaluatorError as exc:
+                    failed = getattr(exc, "score", None)
+                    if failed is not None:
+                        scores.append(failed)
+                    return EditCheck(None, scores, None, f"{evaluator.name}: {exc}")
+        finally:
+            await runtime.aclose()
+        return EditCheck(None, scores, apply_gate(scores, loaded.spec.evaluate))
 
     async def reprocess(self, ids: Sequence[int]) -> list[ActionResult]:
         return await (await self._desk()).reprocess(ids)

@@ -117,6 +117,13 @@ class LoomApp(App[int]):
         else:
             back_to_list()
 
+    def on_app_focus(self) -> None:
+        """The terminal has the focus again: what the screen shows may be stale (a run in
+        another terminal, a `loom quarantine approve`)."""
+        refresh = getattr(self.screen, "refresh_data", None)
+        if callable(refresh):
+            refresh()
+
     def action_help(self) -> None:
         from loom_tui.screens.help import HelpScreen
 

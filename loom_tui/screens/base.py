@@ -95,6 +95,24 @@ class LoomScreen(Screen[None]):
     def extra_commands(self) -> Iterator[PaletteCommand]:
         return iter(())
 
+    # ------------------------------------------------------------------ staying current
+
+    def refresh_data(self) -> None:
+        """Read what the screen shows again (it regained focus; a run may have written).
+        Screens over the store override it; the rest show nothing that goes stale."""
+
+    def on_screen_suspend(self) -> None:
+        from textual.screen import ModalScreen
+
+        # A dialog over the screen changes nothing under it; another screen or section may.
+        self._covered_by_modal = isinstance(self.app.screen, ModalScreen)
+
+    def resumed_from_elsewhere(self) -> bool:
+        """Back from another screen or section (not from a dialog), since the first show."""
+        first = not getattr(self, "_shown_once", False)
+        self._shown_once = True
+        return not first and not getattr(self, "_covered_by_modal", False)
+
     # ------------------------------------------------------------------ leaving
 
     def losses(self) -> list[str]:

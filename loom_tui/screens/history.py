@@ -5,6 +5,7 @@ agreement with reviewers; two marked runs compared; an unfinished run resumed.""
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from core.api import MonitoringAlert, PipelineRun, ShardGroup
 from loom_tui import format as fmt
 from loom_tui.history_lines import Line, gather, line_key, shown_runs, unacknowledged, worst
 from loom_tui.messages import (AlertsAcknowledged, JudgesFetched, PageFetched, PageWanted,
-                               RunsCompared, RunsCounted, RunSeriesFetched)
+                               RunsCompared, RunsCounted, RunSeriesFetched, RunsRefreshed)
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.judge_panel import JudgePanel
 from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
@@ -34,19 +35,20 @@ COLUMNS = (
     Column("run", 24),
     Column("pipeline", None, min_width=10),
     Column("status", 9),
-    Column("started", 16),
-    Column("records", 7, "right"),
+    Column("started", 16, drop=2),
+    Column("records", 7, "right", drop=3),
     Column("rejected", 8, "right"),
     Column("cost", 9, "right"),
-    Column("duration", 8, "right"),
-    Column("p95", 6, "right"),
-    Column("alerts", 6, "right"),
+    Column("duration", 8, "right", drop=5),
+    Column("p95", 6, "right", drop=6),
+    Column("alerts", 6, "right", drop=4),
 )
 SEVERITY_COLOR = {"critical": "error", "error": "error", "warning": "warning"}
 ALERT_LINES = 3  # alerts listed under the highlighted run; the rest are counted
 STATUSES = ("success", "partial", "failed", "cancelled", "running")
 PAGE = 100
 SERIES = 40
+LIVE_S = 2.0  # how often a running run's line is read again
 
 
 class HistoryScreen(LoomScreen):
@@ -88,6 +90,7 @@ class HistoryScreen(LoomScreen):
         # The table's lines by key: what each shows beyond its cells (its alerts) and where
         # it stands in the runs listing (for paging). Only the window's lines are kept.
         self.lines: dict[Hashable, Line] = {}
+        self._keep: Hashable | None = None  # the line the cursor goes back to after a refresh
 
     def compose(self) -> ComposeResult:
         yield TopBar()
@@ -116,9 +119,46 @@ class HistoryScreen(LoomScreen):
         self.load_pipeline_names()
         self.query_one(PagedTable).focus()
         self.query_one(PagedTable).reset()
+        # A run going (here or in another process) changes its line: follow it.
+        self.set_interval(LIVE_S, self._follow_running)
 
     def on_screen_resume(self) -> None:
         self._marks_hint()
+        if self.resumed_from_elsewhere():
+            self.refresh_data()  # back from a run, a resume, another section: read again
+
+    def refresh_data(self) -> None:
+        """Read the history again, the cursor staying on the same run."""
+        table = self.query_one(PagedTable)
+        self._keep = table.highlighted.key if table.highlighted is not None else None
+        self.charted = None
+        table.reset()
+
+    def _follow_running(self) -> None:
+        running = [row.item.run_id for row in self.query_one(PagedTable).rows
+                   if isinstance(row.item, PipelineRun) and row.item.status == "running"]
+        if running and self.is_current:
+            self.fetch_running(running)
+
+    @work(exclusive=True, group="live", exit_on_error=False)
+    async def fetch_running(self, run_ids: list[str]) -> None:
+        runs = [run for run in [await self.workspace.get_run(i) for i in run_ids] if run]
+        self.post_message(RunsRefreshed(runs))
+
+    @on(RunsRefreshed)
+    def _runs_refreshed(self, event: RunsRefreshed) -> None:
+        table = self.query_one(PagedTable)
+        for run in event.runs:
+            line = self.lines.get(run.run_id)
+            if line is None or line.item == run:
+                continue
+            line = self.lines[run.run_id] = dataclasses.replace(line, item=run)
+            table.update_row(run.run_id, self._cells(line), run)
+            if run.status != "running" and run.pipeline_name == self.charted:
+                self.charted = None  # a run ended: its point joins the charts
+                highlighted = table.highlighted
+                if highlighted is not None:
+                    self._highlighted(PagedTable.Highlighted(table, highlighted))
 
     # ------------------------------------------------------------------ filters
 
@@ -192,6 +232,11 @@ class HistoryScreen(LoomScreen):
         rows = [Row(line.key, self._cells(line), line.item) for line in fresh]
         table.show_page(rows, event.direction, event.generation,  # type: ignore[arg-type]
                         more=event.more)
+        if event.direction == "first" and self._keep is not None:
+            keys = [row.key for row in table.rows]
+            if self._keep in keys:
+                table.cursor = keys.index(self._keep)
+            self._keep = None
         if lines and table.rows:
             # Every run of the page is on screen now, new or not: the window's edge stands
             # for the page up to its end, else a page of runs already shown (a big group's)
@@ -488,9 +533,8 @@ class HistoryScreen(LoomScreen):
         self.loom.resume_run(path, item.run_id)
 
     def action_refresh(self) -> None:
-        self.charted = None
         self.load_pipeline_names()
-        self.query_one(PagedTable).reset()
+        self.refresh_data()
 
 
 def _clip_middle(text: str, width: int) -> str:

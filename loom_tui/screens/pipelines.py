@@ -25,13 +25,13 @@ from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
     Column("pipeline", 20),
-    Column("file", None, min_width=12, ratio=3),
+    Column("file", None, min_width=12, ratio=3, drop=5),
     Column("state", None, min_width=14, ratio=2),
     Column("last run", 9),
     Column("loaded", 6, "right"),
     Column("quar.", 5, "right"),
     Column("cost", 9, "right"),
-    Column("when", 16),
+    Column("when", 16, drop=4),
 )
 
 
@@ -86,6 +86,9 @@ class PipelinesScreen(LoomScreen):
         if self._scanned_once:
             self._rescan()
         self._scanned_once = True
+
+    def refresh_data(self) -> None:
+        self._rescan()
 
     def _rescan(self) -> None:
         table = self.query_one(PagedTable)

@@ -31,8 +31,8 @@ from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
     Column("id", 6, "right"),
-    Column("run", 22),
-    Column("pipeline", 14),
+    Column("run", 22, drop=2),
+    Column("pipeline", 14, drop=1),
     Column("record", 8),
     Column("stage", 9),
     Column("status", 11),
@@ -66,6 +66,8 @@ class QuarantineScreen(LoomScreen):
                 id="quarantine.refresh"),
         Binding("slash", "filter", "Filter", tooltip="Go to the filters", id="quarantine.filter"),
         Binding("escape", "unmark", "Clear marks", show=False, id="quarantine.unmark"),
+        Binding("enter", "inspect", "Inspect", tooltip="The record whole: the detail pane "
+                "fills the screen (z or escape gives the list back)", id="quarantine.inspect"),
     ]
 
     def __init__(self) -> None:
@@ -75,6 +77,8 @@ class QuarantineScreen(LoomScreen):
         self._typing: Timer | None = None
         self._detail_timer: Timer | None = None
         self._pipelines_known: list[str] = []
+        self._keep: int | None = None  # the record the cursor goes back to after a refresh
+        self._advance = False  # after this action, the cursor moves to the next record
 
     def compose(self) -> ComposeResult:
         yield TopBar()
@@ -219,6 +223,11 @@ class QuarantineScreen(LoomScreen):
         table = self.query_one(PagedTable)
         rows = [Row(item.id, self._cells(item), item) for item in event.items]
         table.show_page(rows, event.direction, event.generation)  # type: ignore[arg-type]
+        if event.direction == "first" and self._keep is not None:
+            keys = [row.key for row in table.rows]
+            if self._keep in keys:
+                table.cursor = keys.index(self._keep)
+            self._keep = None
         self._subtitle()
         if not table.rows:
             self.query_one(QuarantineDetail).show(None)
@@ -355,11 +364,14 @@ class QuarantineScreen(LoomScreen):
 
         def edited(applied: QuarantineActionsApplied | None) -> None:
             if applied is not None:
+                self._advance = True
                 self._applied(applied)
 
         self.app.push_screen(EditOutputScreen(item), edited)
 
     def _act(self, action: str, rows: Sequence[QuarantinedRecord], note: str | None = None) -> None:
+        # One record decided (no marks): the cursor goes on to the next, as a reviewer would.
+        self._advance = not self.query_one(PagedTable).marks
         self.busy = {"approve": "approving", "reprocess": "reprocessing",
                      "discard": "discarding"}[action] + f" {len(rows)}"
         self._subtitle()
@@ -384,6 +396,10 @@ class QuarantineScreen(LoomScreen):
         for row in event.rows:
             table.update_row(row.id, self._cells(row), row)
         table.clear_marks()
+        decided = any(r.loaded or r.status == "discarded" for r in event.results)
+        if self._advance and decided:
+            table.action_cursor(1)
+        self._advance = False
         self._subtitle()
         self._report(event.action, event.results)
         current = table.highlighted
@@ -434,7 +450,22 @@ class QuarantineScreen(LoomScreen):
 
     def action_refresh(self) -> None:
         self.load_pipeline_names()
-        self._reset()
+        self.refresh_data()
+
+    def on_screen_resume(self) -> None:
+        if self.resumed_from_elsewhere():
+            self.refresh_data()  # a run, a reprocess elsewhere may have changed the list
+
+    def refresh_data(self) -> None:
+        """Read the quarantine again, the cursor staying on the same record."""
+        table = self.query_one(PagedTable)
+        self._keep = table.highlighted.key if table.highlighted is not None else None
+        table.reset()
+
+    def action_inspect(self) -> None:
+        pane = self.query_one("#q-detail-pane")
+        self.query_one(QuarantineDetail).focus()
+        self.maximized = pane
 
     def action_filter(self) -> None:
         self.query_one("#q-pipeline", Select).focus()

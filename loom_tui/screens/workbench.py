@@ -51,6 +51,8 @@ class WorkbenchScreen(LoomScreen):
     BINDINGS = [
         Binding("escape,q", "back", "Back", tooltip="Back to the pipelines (asks first with "
                 "unsaved edits)", id="workbench.back"),
+        Binding("enter", "inspect", "Inspect", tooltip="The picked record whole: fields, "
+                "rendered prompt, raw answer, output, every score", id="workbench.inspect"),
         Binding("i", "edit", "Edit prompt", tooltip="Go to the prompt and type (escape stops)",
                 id="workbench.edit"),
         Binding("ctrl+s", "save", "Save", tooltip="Write the prompt file, store the version, "
@@ -251,7 +253,9 @@ class WorkbenchScreen(LoomScreen):
         if event.prompt_text != self.text or self._ab_pending:
             return  # typing went on (the next sample is on its way), or a save's A/B is
         # A comparison stays on screen until the prompt changes again.
-        self.query_one(SampleOutput).show_results(event.results, self.comparison)
+        output = self.query_one(SampleOutput)
+        output.prompt_text = event.prompt_text
+        output.show_results(event.results, self.comparison)
         self._title_output()
 
     @on(SampleFailed)
@@ -318,7 +322,9 @@ class WorkbenchScreen(LoomScreen):
         self._ab_pending = False
         if self.text is not None and _hash_matches(self.text, comparison.after_hash):
             self.comparison = comparison
-            self.query_one(SampleOutput).show_results(comparison.after_results, comparison)
+            output = self.query_one(SampleOutput)
+            output.prompt_text = self.text
+            output.show_results(comparison.after_results, comparison)
         else:
             self.query_one(SampleOutput).remove_class("-busy")
 
@@ -381,7 +387,7 @@ class WorkbenchScreen(LoomScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # While typing, only the keys that are not text are shown (the rest type).
-        if action in ("sample_size", "edit", "back"):
+        if action in ("sample_size", "edit", "back", "inspect"):
             return not self.editing
         return True
 
@@ -391,6 +397,34 @@ class WorkbenchScreen(LoomScreen):
         pane.set_class(event.editing, "-editing")
         self._title_prompt()
         self.refresh_bindings()
+
+    @on(PagedTable.Activated, "#records-table")
+    def action_inspect(self) -> None:
+        if self.loaded is None or self.picked is None or self.text is None:
+            return
+        from loom_tui.screens.inspect import RecordInspector
+
+        self.app.push_screen(RecordInspector(self.loaded, self.text, self.picked,
+                                             self._known_result(self.picked), self._step))
+
+    def _known_result(self, record: Record) -> Any:
+        output = self.query_one(SampleOutput)
+        if output.prompt_text != self.text:
+            return None
+        return next((r for r in output.results if r.record.ordinal == record.ordinal), None)
+
+    def _step(self, record: Record, delta: int) -> tuple[Record, Any] | None:
+        """The inspector's n / p: the record beside this one in the list, picked here too."""
+        table = self.query_one("#records-table", PagedTable)
+        ordinals = [row.item.ordinal for row in table.rows]
+        if record.ordinal not in ordinals:
+            return None
+        index = ordinals.index(record.ordinal) + delta
+        if not 0 <= index < len(table.rows):
+            return None
+        table.cursor = index
+        there = table.rows[index].item
+        return there, self._known_result(there)
 
     def action_edit(self) -> None:
         self.query_one(PromptEditor).action_start_editing()

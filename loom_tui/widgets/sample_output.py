@@ -37,6 +37,7 @@ class SampleOutput(VerticalScroll):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.results: list[RecordResult] = []  # what the pane shows now
+        self.prompt_text: str | None = None  # the prompt the results answer
         self.comparison: PromptComparison | None = None
         self.note: str | None = None
         self.busy = False
