@@ -262,7 +262,9 @@ class Workspace:
             if exc.detail.startswith("line "):
                 head = exc.detail[5:].split(":", 1)[0]
                 line = int(head) if head.isdigit() else None
-            return RenderResult(None, exc.detail, line)
+            text = prompt_text if prompt_text is not None else prompts.prompt_text
+            return RenderResult(None, plain_template_error(exc.detail, text, record.data,
+                                                           prompts), line)
 
     def prompt_source(self, loaded: LoadedSpec) -> PromptSource:
         """The prompt file the pipeline names, as it is on disk now."""
@@ -312,9 +314,15 @@ class Workspace:
                                 on_warning=warnings.append, prompt_text=prompt_text,
                                 concurrency=concurrency, budget_usd=None)
         try:
-            return list(await asyncio.gather(*(runtime.processor.process(r) for r in records)))
+            results = list(await asyncio.gather(*(runtime.processor.process(r)
+                                                  for r in records)))
         finally:
             await runtime.aclose()
+        for result in results:
+            if result.error_type == "TemplateError" and result.reason:
+                result.reason = plain_template_error(result.reason, runtime.prompts.prompt_text,
+                                                     result.record.data, runtime.prompts)
+        return results
 
     async def estimate(self, loaded: LoadedSpec, *, sample: int = 20, limit: int | None = None,
                        use_cache: bool = True) -> Estimate:
@@ -640,6 +648,32 @@ class Workspace:
         except OSError as exc:
             raise ConfigError(f"{path}: cannot write it: {exc.strerror or exc}") from None
         self.config.workbench.theme = theme
+
+
+def plain_template_error(detail: str, template: str, data: Any, prompts: Any = None) -> str:
+    """Jinja's words for a missing field in a person's: `'dict object' has no attribute
+    'nope'` becomes `input has no field 'nope' (fields: id, text)`, naming what the template
+    asked (input, context, params) and what there is."""
+    import re
+
+    match = re.search(r"'(?:dict object|[\w.]+ object)' has no attribute '([^']+)'", detail)
+    if match is None:
+        return detail
+    name = match.group(1)
+    asked = re.search(r"\b(input|context|params)\s*(?:\.\s*" + re.escape(name)
+                      + r"\b|\[\s*['\"]" + re.escape(name) + r"['\"]\s*\])", template)
+    where = asked.group(1) if asked else None
+    if where == "input" and isinstance(data, dict):
+        known = list(data)
+    elif where == "context" and prompts is not None:
+        known = list(getattr(prompts, "contexts", {}) or {})
+    elif where == "params" and prompts is not None:
+        known = list(getattr(prompts, "params", {}) or {})
+    else:
+        known = []
+    fields = f" (fields: {', '.join(map(str, known))})" if known else ""
+    plain = f"{where or 'the value'} has no field '{name}'{fields}"
+    return detail[:match.start()] + plain + detail[match.end():]
 
 
 # The variable each provider reads when a pipeline sets no transform.api_key.

@@ -83,6 +83,9 @@ async def test_approve_loads_the_output_and_records_the_action(tmp_path: Path, q
         await pilot.press("a")
         await wait_for(pilot, lambda: statuses(screen)["r0"] == "approved", what="approved")
         assert any("loaded into jsonl://out/results.jsonl" in n.message for n in app._notifications)
+        table = screen.query_one(PagedTable)
+        assert table.highlighted.item.record_id == "r3"  # on to the next record
+        await pilot.press("k")
         detail = screen.query_one(QuarantineDetail)
         await wait_for(pilot, lambda: detail.actions and detail.actions[0].action == "approve",
                        what="the action in the detail")
