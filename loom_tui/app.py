@@ -66,6 +66,7 @@ class LoomApp(App[int]):
                                        f"(try loom-dark or loom-light)")
         if settings.keymap:
             self.set_keymap(settings.keymap)
+        self._shown_theme = self.theme  # what the next theme change is compared with
 
     def on_mount(self) -> None:
         if self._theme_problem:
@@ -77,20 +78,18 @@ class LoomApp(App[int]):
             await self.workspace.close()
 
     def _remember_theme(self, theme: Any) -> None:
-        """The theme chosen here (ctrl+t or the palette's theme picker) is the next start's."""
+        """The theme chosen here (ctrl+t or the palette's theme picker) is the next start's.
+        Only a change counts: a configured theme that does not exist is left for the user
+        to fix, not overwritten at start."""
         name = getattr(theme, "name", str(theme))
-        if name == (self.workspace.config.workbench.theme or LOOM_DARK.name):
+        if name == self._shown_theme:
             return
-        workspace = self.workspace
-
-        def save() -> None:
-            try:
-                workspace.remember_theme(name)
-            except LoomError as exc:
-                self.call_from_thread(self.notify, f"theme not remembered: {exc}",
-                                      severity="warning")
-
-        self.run_worker(save, thread=True, group="theme", exit_on_error=False)
+        self._shown_theme = name
+        try:
+            # A few hundred bytes: written here, not in a thread that could outlive the app.
+            self.workspace.remember_theme(name)
+        except LoomError as exc:
+            self.notify(f"theme not remembered: {exc}", severity="warning")
 
     # ------------------------------------------------------------------ actions
 

@@ -53,6 +53,9 @@ class WorkbenchScreen(LoomScreen):
                 "unsaved edits)", id="workbench.back"),
         Binding("enter", "inspect", "Inspect", tooltip="The picked record whole: fields, "
                 "rendered prompt, raw answer, output, every score", id="workbench.inspect"),
+        Binding("d", "diff", "A/B per record", tooltip="The last save's sample, record by "
+                "record: outputs and verdicts under the previous and the saved prompt",
+                id="workbench.diff"),
         Binding("i", "edit", "Edit prompt", tooltip="Go to the prompt and type (escape stops)",
                 id="workbench.edit"),
         Binding("ctrl+s", "save", "Save", tooltip="Write the prompt file, store the version, "
@@ -196,6 +199,7 @@ class WorkbenchScreen(LoomScreen):
         if changed:
             self._ab_pending = False
             self.comparison = None
+            self.refresh_bindings()
             self._schedule("render", RENDER_DELAY_S)
             self._schedule("sample", self.loom.debounce_s)
 
@@ -322,6 +326,7 @@ class WorkbenchScreen(LoomScreen):
         self._ab_pending = False
         if self.text is not None and _hash_matches(self.text, comparison.after_hash):
             self.comparison = comparison
+            self.refresh_bindings()  # d: the A/B per record
             output = self.query_one(SampleOutput)
             output.prompt_text = self.text
             output.show_results(comparison.after_results, comparison)
@@ -389,6 +394,8 @@ class WorkbenchScreen(LoomScreen):
         # While typing, only the keys that are not text are shown (the rest type).
         if action in ("sample_size", "edit", "back", "inspect"):
             return not self.editing
+        if action == "diff":
+            return self.comparison is not None and not self.editing
         return True
 
     @on(PromptEditor.EditingChanged)
@@ -425,6 +432,13 @@ class WorkbenchScreen(LoomScreen):
         table.cursor = index
         there = table.rows[index].item
         return there, self._known_result(there)
+
+    def action_diff(self) -> None:
+        if self.comparison is None or self.loaded is None:
+            return
+        from loom_tui.screens.record_diff import RecordDiffScreen
+
+        self.app.push_screen(RecordDiffScreen(self.comparison, self.loaded.spec.name))
 
     def action_edit(self) -> None:
         self.query_one(PromptEditor).action_start_editing()

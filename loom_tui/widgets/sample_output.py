@@ -103,8 +103,10 @@ class SampleOutput(VerticalScroll):
             f" (was {fmt.short_hash(comparison.before_hash)}): ")
         if not changed:
             head.append(f"no record changed verdict ({len(comparison.rows)} compared)", "dim")
+            head.append(" · d: outputs side by side", "dim")
             return head
         head.append(f"{len(changed)} of {len(comparison.rows)} changed verdict", "bold")
+        head.append(" · d: side by side", "dim")
         lines = [head]
         for row in changed:
             good = row.after and not row.before

@@ -201,3 +201,41 @@ def test_secrets_lists_the_keys_providers_read_by_themselves(tmp_path: Path) -> 
     references = Workspace(tmp_path).secret_references()
     assert references["OPENAI_API_KEY"] == ["test_pipeline"]
     assert references["ANTHROPIC_API_KEY"] == ["other"]
+
+
+async def test_the_prompt_ab_per_record_side_by_side(tmp_path: Path, llm_server) -> None:
+    from loom_tui.screens.record_diff import RecordDiffScreen
+
+    path = write_pipeline(tmp_path / "p", rows=rows(6), base_url=llm_server.base_url)
+    truthful = 'Classify.\n{{ input.text }}\nreply: {"sentiment": "{{ input.expected }}"}\n'
+    app = LoomApp(tmp_path, debounce_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        app.open_pipeline(path)
+        await wait_for(pilot, lambda: isinstance(app.screen, WorkbenchScreen)
+                       and app.screen.query_one(SampleOutput).results, what="the workbench")
+        screen = app.screen
+        assert not screen.check_action("diff", ())  # nothing compared yet
+        screen.query_one(PromptEditor).load_text(truthful)
+        await pilot.pause()
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: screen.comparison is not None, what="the A/B")
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, RecordDiffScreen), what="the diff")
+        diff = app.screen
+        table = diff.query_one(PagedTable)
+        # r0, r3 (fail→pass) and r4 (no JSON → pass) first; the unchanged after them.
+        order = [row.key for row in table.rows]
+        assert order[:3] == ["r0", "r3", "r4"] and set(order[3:]) == {"r1", "r2"}
+        await pilot.pause()
+        a = text_of(diff.query_one("#diff-a-text"))
+        b = text_of(diff.query_one("#diff-b-text"))
+        assert "✗ fail" in a and '"negative"' in a
+        assert "✓ pass" in b and '"positive"' in b
+        await pilot.press("n")
+        assert table.highlighted.key == "r3"
+        await pilot.press("n", "n")  # past the last change: back to the first
+        assert table.highlighted.key == "r0"
+        await pilot.press("p")
+        assert table.highlighted.key == "r4"
+        await pilot.press("escape")
+        assert app.screen is screen
