@@ -36,7 +36,7 @@ COLUMNS = (
     Column("record", 8),
     Column("stage", 9),
     Column("status", 11),
-    Column("reason", None, min_width=12),
+    Column("reason", None, min_width=24),
 )
 STAGES = ("extract", "transform", "evaluate", "load")
 STATUSES = ("open", "approved", "reprocessed", "discarded")

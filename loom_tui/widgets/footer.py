@@ -14,6 +14,10 @@ FIRST = ("back", "stop_editing", "help", "quit")  # actions, in the order they l
 
 
 class LoomFooter(Footer):
+    def on_resize(self) -> None:
+        # Under 120 columns, keys sit closer together: more of them fit.
+        self.compact = self.app.size.width < 120
+
     def compose(self) -> ComposeResult:
         if not self._bindings_ready:
             return

@@ -14,6 +14,7 @@ from core.api import RunPoint
 from loom_tui import format as fmt
 
 
+NARROW = 70  # columns under which one chart is drawn, not two
 EMPTY = ("Charts of cost and p50/p95 latency per run appear here: highlight a run above and "
          "its pipeline's recent runs are drawn, oldest on the left.")
 
@@ -48,9 +49,15 @@ class RunCharts(Horizontal):
         self._show_plots(False)
 
     def _show_plots(self, shown: bool) -> None:
+        self._shown = shown
+        narrow = self.size.width < NARROW
         for plot in self.query(PlotextPlot):
-            plot.display = shown
+            # Narrow: latency only (the runs list has each run's cost; its p95 is dropped).
+            plot.display = shown and not (narrow and plot.id == "cost-chart")
         self.query_one("#charts-empty").display = not shown
+
+    def on_resize(self) -> None:
+        self._show_plots(getattr(self, "_shown", False))
 
     def show(self, pipeline: str, points: Sequence[RunPoint]) -> None:
         if not points:
