@@ -248,6 +248,7 @@ class RunScreen(LoomScreen):
         bar.display = False
         self.query_one("#run-metrics").display = False
         self.query_one("#run-problems").display = False
+        self.query_one("#run-stages").display = False  # nothing was counted: no row of zeros
         pane = self.query_one("#run-summary")
         pane.display = True
         pane.border_title = "Could not run"
