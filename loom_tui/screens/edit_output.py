@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -61,7 +62,7 @@ class EditOutputScreen(ModalScreen[QuarantineActionsApplied | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(id="edit-body") as body:
-            body.border_title = f"Edit the output of #{self.row.id} ({self.row.record_id}), then approve"
+            body.border_title = f"Edit the output of #{self.row.id} ({escape(self.row.record_id)}), then approve"
             body.border_subtitle = "ctrl+s check and approve · escape cancel"
             with VerticalScroll(id="edit-input") as given:
                 given.border_title = "input"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from rich.markup import escape
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
@@ -52,7 +53,7 @@ class EstimateScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(id="estimate-body") as body:
             name = self.loaded.spec.name if self.loaded is not None else self.path.parent.name
-            body.border_title = f"Run {name}?" if self.confirm else f"Estimate · {name}"
+            body.border_title = f"Run {escape(name)}?" if self.confirm else f"Estimate · {escape(name)}"
             body.border_subtitle = "escape closes"
             yield Static(id="estimate-text")
             if self.confirm:

@@ -11,6 +11,7 @@ from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.console import Group
 from rich.text import Text
 from textual import on, work
@@ -317,7 +318,7 @@ class HistoryScreen(LoomScreen):
         pipeline = item.pipeline if isinstance(item, ShardGroup) else item.pipeline_name
         if pipeline != self.charted:
             self.charted = pipeline
-            self.query_one("#h-judges").border_title = f"Judges · {pipeline}"
+            self.query_one("#h-judges").border_title = f"Judges · {escape(pipeline)}"
             self.fetch_series(pipeline)
             self.fetch_judges(pipeline)
 

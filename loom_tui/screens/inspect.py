@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from rich.markup import escape
 from rich.console import Group, RenderableType
 from rich.syntax import Syntax
 from rich.table import Table
@@ -82,7 +83,7 @@ class RecordInspector(LoomScreen):
 
     def _show(self) -> None:
         self.refresh_top_bar()
-        self.query_one("#inspect-body").border_title = f"Record {self.record.id}"
+        self.query_one("#inspect-body").border_title = f"Record {escape(self.record.id)}"
         self.query_one("#inspect-text", Static).update(self._describe())
         self.inspect(self.record, self.result)
 

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -185,7 +186,7 @@ class WorkbenchScreen(LoomScreen):
         if record is None or (self.picked is not None and record.ordinal == self.picked.ordinal):
             return
         self.picked = record
-        self.query_one("#rendered-pane").border_title = f"Rendered for {record.id}"
+        self.query_one("#rendered-pane").border_title = f"Rendered for {escape(record.id)}"
         self._schedule("render", RENDER_DELAY_S / 2)
         self._schedule("sample", min(0.3, self.loom.debounce_s))
 
@@ -476,7 +477,7 @@ class WorkbenchScreen(LoomScreen):
 
     def _title_prompt(self, rendered: RenderResult | None = None) -> None:
         pane = self.query_one("#prompt-pane")
-        pane.border_title = f"Prompt · {self.prompt_path}" if self.prompt_path else "Prompt"
+        pane.border_title = f"Prompt · {escape(self.prompt_path)}" if self.prompt_path else "Prompt"
         colors = self.app.theme_variables
         if rendered is not None and rendered.messages is None:
             line = f"line {rendered.error_line}" if rendered.error_line else "template"
@@ -485,6 +486,8 @@ class WorkbenchScreen(LoomScreen):
             pane.border_subtitle = f"[{colors.get('warning', 'yellow')}]● unsaved · ctrl+s[/]"
         else:
             pane.border_subtitle = "saved"
+        if self.query_one(PromptEditor).editing:
+            pane.border_subtitle = f"editing · esc stops · {pane.border_subtitle}"
 
     def _title_output(self) -> None:
         pane = self.query_one("#output-pane")

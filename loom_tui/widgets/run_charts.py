@@ -29,6 +29,8 @@ class RunCharts(Horizontal):
         width: 1fr;
         height: 1fr;
         overflow: hidden hidden;
+        /* A column apart: frame against frame against the pane's border read as "|||". */
+        margin-right: 1;
     }
     RunCharts #charts-empty {
         width: 1fr;
@@ -98,7 +100,8 @@ class RunCharts(Horizontal):
                 drawn.extend(v for _, v in pairs)
         if drawn:
             plt.yticks(*_ticks(drawn, latency_tick))
-        plt.title("latency per run · p50 (cyan) · p95 (orange)")
+        # Short, or plotext drops it in a narrow chart (and with it, which line is which).
+        plt.title("latency · p50 cyan · p95 orange")
         plt.xticks(*labels)
         plt.xlim(0.5, len(points) + 0.5)
         latency.refresh()
