@@ -99,6 +99,8 @@ class RunCharts(Horizontal):
                          color=color)
                 drawn.extend(v for _, v in pairs)
         if drawn:
+            # From 0: a p50 that looks far below the p95 is far below it.
+            plt.ylim(0, max(drawn) * 1.05 or 1.0)
             plt.yticks(*_ticks(drawn, latency_tick))
         # Short, or plotext drops it in a narrow chart (and with it, which line is which).
         plt.title("latency · p50 cyan · p95 orange")
