@@ -95,6 +95,10 @@ class LoomApp(App[int]):
 
     async def action_section(self, mode: str) -> None:
         """Go to a section; its own key, pressed inside it, goes back to its list."""
+        from loom_tui.screens.confirm import ChoiceScreen, ConfirmScreen
+
+        if isinstance(self.screen, (ConfirmScreen, ChoiceScreen)):
+            return  # a question is open: answer it first
         if mode != self.current_mode:
             await self.switch_mode(mode)
             return

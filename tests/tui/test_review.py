@@ -239,3 +239,31 @@ async def test_the_prompt_ab_per_record_side_by_side(tmp_path: Path, llm_server)
         assert table.highlighted.key == "r4"
         await pilot.press("escape")
         assert app.screen is screen
+
+
+async def test_screens_read_the_store_again_when_you_come_back(tmp_path: Path,
+                                                                quarantined) -> None:
+    """A run and an approval made elsewhere (another terminal, the CLI) show on return."""
+    from loom_tui.screens.history import HistoryScreen
+
+    path = quarantined
+    app = LoomApp(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: isinstance(app.screen, HistoryScreen), what="history")
+        history = app.screen.query_one(PagedTable)
+        await wait_for(pilot, lambda: history.total == 1, what="one run")
+        screen = await open_quarantine(app, pilot, 5)
+        first = screen.query_one(PagedTable).rows[0].item
+        async with Workspace(tmp_path) as workspace:
+            await workspace.run_to_end(workspace.load(path))
+            await workspace.approve([first.id])
+        await pilot.press("f4")
+        await wait_for(pilot, lambda: history.total == 2 and len(history.rows) == 2,
+                       what="the new run listed")
+        await pilot.press("f3")
+        table = screen.query_one(PagedTable)
+        await wait_for(pilot, lambda: any(row.item.id == first.id and row.item.status ==
+                                          "approved" for row in table.rows)
+                       or first.id not in {row.item.id for row in table.rows},
+                       what="the approval shown")
