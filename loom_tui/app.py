@@ -120,6 +120,10 @@ class LoomApp(App[int]):
         else:
             back_to_list()
 
+    def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:
+        """Plain text by default: messages carry data (file names, errors, record ids)."""
+        super().notify(message, markup=markup, **kwargs)
+
     def on_app_focus(self) -> None:
         """The terminal has the focus again: what the screen shows may be stale (a run in
         another terminal, a `loom quarantine approve`)."""

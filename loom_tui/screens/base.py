@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on
 from textual.binding import Binding
@@ -49,6 +49,11 @@ class LoomScreen(Screen[None]):
     def crumbs(self) -> list[str]:
         """Where the top bar says we are, after the section."""
         return []
+
+    def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:
+        """Notifications carry data (a pipeline's name, an error about a file): plain text,
+        never markup, unless a caller asks for it."""
+        super().notify(message, markup=markup, **kwargs)
 
     def refresh_top_bar(self) -> None:
         for bar in self.query(TopBar):

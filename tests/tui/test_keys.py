@@ -184,3 +184,15 @@ async def test_keys_stay_remappable_by_id(tmp_path: Path, loom_home: Path, llm_s
         assert screen.query_one("#records-table", PagedTable).cursor == 1
         await pilot.press("e")
         assert screen.query_one(PromptEditor).editing
+
+
+async def test_notifications_show_data_as_text(tmp_path: Path) -> None:
+    """A name with brackets is not markup: it shows as written (and cannot break the line)."""
+    app = LoomApp(tmp_path)
+    async with app.run_test(size=SMALL) as pilot:
+        app.screen.notify("pipeline [bold]x[/bold] [broken")
+        app.notify("file [red]y")
+        await pilot.pause()
+        shown = [n.message for n in app._notifications]
+        assert "pipeline [bold]x[/bold] [broken" in shown and "file [red]y" in shown
+        assert all(not n.markup for n in app._notifications)
