@@ -48,7 +48,7 @@ __all__ = [
     "PipelineEntry", "PipelineRun", "PromptComparison", "PromptSource", "QuarantineAction",
     "QuarantinedRecord", "RenderResult", "RunComparison", "RunController", "RunOptions",
     "RunPoint", "SavedPrompt", "VerdictChange", "Workspace", "find_pipeline_files",
-    "Estimate", "JudgeAgreement", "MonitoringAlert", "ShardGroup",
+    "Estimate", "JudgeAgreement", "MonitoringAlert", "ShardGroup", "EditCheck",
 ]
 
 # Folders never worth scanning for pipelines.
@@ -100,6 +100,34 @@ class SavedPrompt:
     @property
     def changed(self) -> bool:
         return self.hash != self.previous_hash
+
+
+@dataclass(frozen=True)
+class EditCheck:
+    """The evaluators' word on a hand-edited quarantined output (Workspace.check_edited)."""
+
+    schema_error: str | None
+    scores: list[Any]
+    verdict: Any  # core.records.Verdict; None when the schema or an evaluator failed first
+    evaluator_error: str | None = None
+
+    @property
+    def passes(self) -> bool:
+        return self.schema_error is None and self.evaluator_error is None and \
+            self.verdict is not None and self.verdict.passed
+
+    def failing(self) -> list[str]:
+        """One line per thing that still fails."""
+        if self.schema_error:
+            return [self.schema_error]
+        lines = [f"{s.evaluator} {s.value:.2f} < {s.threshold:.2f}"
+                 + (f": {s.explanation}" if s.explanation else "")
+                 for s in self.scores if not s.passed]
+        if self.evaluator_error:
+            lines.append(f"could not score: {self.evaluator_error}")
+        if not lines and self.verdict is not None and not self.verdict.passed:
+            lines.append(self.verdict.reason or "the gate rejects it")
+        return lines
 
 
 @dataclass(frozen=True)
@@ -241,7 +269,9 @@ class Workspace:
             if exc.detail.startswith("line "):
                 head = exc.detail[5:].split(":", 1)[0]
                 line = int(head) if head.isdigit() else None
-            return RenderResult(None, exc.detail, line)
+            text = prompt_text if prompt_text is not None else prompts.prompt_text
+            return RenderResult(None, plain_template_error(exc.detail, text, record.data,
+                                                           prompts), line)
 
     def prompt_source(self, loaded: LoadedSpec) -> PromptSource:
         """The prompt file the pipeline names, as it is on disk now."""
@@ -291,9 +321,15 @@ class Workspace:
                                 on_warning=warnings.append, prompt_text=prompt_text,
                                 concurrency=concurrency, budget_usd=None)
         try:
-            return list(await asyncio.gather(*(runtime.processor.process(r) for r in records)))
+            results = list(await asyncio.gather(*(runtime.processor.process(r)
+                                                  for r in records)))
         finally:
             await runtime.aclose()
+        for result in results:
+            if result.error_type == "TemplateError" and result.reason:
+                result.reason = plain_template_error(result.reason, runtime.prompts.prompt_text,
+                                                     result.record.data, runtime.prompts)
+        return results
 
     async def estimate(self, loaded: LoadedSpec, *, sample: int = 20, limit: int | None = None,
                        use_cache: bool = True) -> Estimate:
@@ -526,6 +562,50 @@ class Workspace:
                              note: str | None = None) -> ActionResult:
         return await (await self._desk()).approve_edited(quarantine_id, output, note=note)
 
+    async def check_edited(self, quarantine_id: int, output: Any) -> "EditCheck":
+        """What the pipeline's evaluators and gate say of a hand-edited output, before it is
+        approved (nothing is loaded or recorded): the schema error if any, every score, the
+        verdict. LLM judges are called (cached like any answer)."""
+        import jsonschema
+
+        from core.errors import EvaluatorError
+        from core.evaluate.gates import apply_gate
+        from core.transform import load_output_schema
+
+        row = await self.quarantined(quarantine_id)
+        if row is None:
+            raise LoomError(f"quarantined record {quarantine_id} is not there")
+        run = await self.get_run(row.run_id)
+        if run is None or not run.pipeline_path:
+            raise LoomError(f"run {row.run_id} of quarantined record {quarantine_id} is gone")
+        loaded = load_spec(Path(run.pipeline_path))
+        schema = load_output_schema(loaded)
+        if schema is not None:
+            error = jsonschema.exceptions.best_match(
+                jsonschema.validators.validator_for(schema)(schema).iter_errors(output))
+            if error is not None:
+                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                return EditCheck(f"does not match output_schema at {where}: {error.message}",
+                                 [], None)
+        warnings: list[str] = []
+        runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
+                                use_cache=True,
+                                resolver=SecretResolver(credentials=self.config.credentials),
+                                on_warning=warnings.append, budget_usd=None)
+        scores = []
+        try:
+            for evaluator in runtime.processor.evaluators:
+                try:
+                    scores.append(await evaluator.score(row.input or {}, output))
+                except EvaluatorError as exc:
+                    failed = getattr(exc, "score", None)
+                    if failed is not None:
+                        scores.append(failed)
+                    return EditCheck(None, scores, None, f"{evaluator.name}: {exc}")
+        finally:
+            await runtime.aclose()
+        return EditCheck(None, scores, apply_gate(scores, loaded.spec.evaluate))
+
     async def reprocess(self, ids: Sequence[int]) -> list[ActionResult]:
         return await (await self._desk()).reprocess(ids)
 
@@ -579,7 +659,65 @@ class Workspace:
             if entry.loaded is not None:
                 for name in placeholder_names(entry.loaded.raw):
                     users.setdefault(name, set()).add(entry.name)
+                # A provider reads its usual variable when the pipeline names no api_key.
+                implicit = _IMPLICIT_KEYS.get(entry.loaded.spec.transform.provider)
+                if implicit and entry.loaded.spec.transform.api_key is None:
+                    users.setdefault(implicit, set()).add(entry.name)
         return {name: sorted(found) for name, found in sorted(users.items())}
+
+    # ------------------------------------------------------------ the workbench's settings
+
+    def remember_theme(self, theme: str) -> None:
+        """Keep the workbench's theme in `$LOOM_HOME/config.yaml` (workbench.theme), leaving
+        every other setting in the file as it is."""
+        from core.config import ConfigError, loom_home
+
+        path = loom_home() / "config.yaml"
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read it: {exc}") from None
+        raw = raw if isinstance(raw, dict) else {}
+        workbench = raw.get("workbench")
+        raw["workbench"] = {**(workbench if isinstance(workbench, dict) else {}), "theme": theme}
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                path.write_text("", encoding="utf-8")
+            _write_atomically(path, yaml.safe_dump(raw, sort_keys=False))
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot write it: {exc.strerror or exc}") from None
+        self.config.workbench.theme = theme
+
+
+def plain_template_error(detail: str, template: str, data: Any, prompts: Any = None) -> str:
+    """Jinja's words for a missing field in a person's: `'dict object' has no attribute
+    'nope'` becomes `input has no field 'nope' (fields: id, text)`, naming what the template
+    asked (input, context, params) and what there is."""
+    import re
+
+    match = re.search(r"'(?:dict object|[\w.]+ object)' has no attribute '([^']+)'", detail)
+    if match is None:
+        return detail
+    name = match.group(1)
+    asked = re.search(r"\b(input|context|params)\s*(?:\.\s*" + re.escape(name)
+                      + r"\b|\[\s*['\"]" + re.escape(name) + r"['\"]\s*\])", template)
+    where = asked.group(1) if asked else None
+    if where == "input" and isinstance(data, dict):
+        known = list(data)
+    elif where == "context" and prompts is not None:
+        known = list(getattr(prompts, "contexts", {}) or {})
+    elif where == "params" and prompts is not None:
+        known = list(getattr(prompts, "params", {}) or {})
+    else:
+        known = []
+    fields = f" (fields: {', '.join(map(str, known))})" if known else ""
+    plain = f"{where or 'the value'} has no field '{name}'{fields}"
+    return detail[:match.start()] + plain + detail[match.end():]
+
+
+# The variable each provider reads when a pipeline sets no transform.api_key.
+_IMPLICIT_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
 
 class _Done:

@@ -53,5 +53,4 @@ class Sections(_Commands):
             yield (f"Go to {section.title}", section.description,
                    lambda mode=section.mode: app.run_action(f"section('{mode}')"))
         yield "Help", "Keys and what this screen does", lambda: app.run_action("help")
-        yield "Toggle light / dark", "Switch between Loom's light and dark themes", \
-            lambda: app.run_action("toggle_theme")
+        # Themes: Textual's own "Theme" command (every theme, previewed) is the one entry.

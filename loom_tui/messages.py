@@ -144,8 +144,11 @@ class RunBegan(Message):
 class RunProgressed(Message):
     """A snapshot of the run so far. Only the newest matters: a queued one is replaced."""
 
-    def __init__(self, progress: Progress) -> None:
-        self.progress = progress
+    def __init__(self, progress: Progress | None, errors: tuple[str, ...] | None = None,
+                 rejections: tuple[str, ...] | None = None) -> None:
+        self.progress = progress  # None: only the lists (the run's last word on them)
+        self.errors = errors  # the latest records that failed, apart from the rejected
+        self.rejections = rejections
         super().__init__()
 
     def can_replace(self, message: Message) -> bool:
@@ -331,4 +334,12 @@ class SecretRefused(Message):
     def __init__(self, name: str, error: str) -> None:
         self.name = name
         self.error = error
+        super().__init__()
+
+
+class RunsRefreshed(Message):
+    """Runs read again (the ones still running when last shown)."""
+
+    def __init__(self, runs: list[Any]) -> None:
+        self.runs = runs
         super().__init__()

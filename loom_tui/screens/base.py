@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from textual import on
 from textual.binding import Binding
@@ -35,6 +35,8 @@ class LoomScreen(Screen[None]):
     SECTION: ClassVar[str] = "pipelines"  # the top bar's tab this screen belongs to
     HELP: ClassVar[str] = ""  # a paragraph for the help screen
     COMMANDS = {ScreenActions}
+    # A maximised pane (z) keeps the top bar and the footer: where you are, and the keys.
+    ALLOW_IN_MAXIMIZED_VIEW = "TopBar, LoomFooter"
 
     @property
     def loom(self) -> "LoomApp":
@@ -47,6 +49,11 @@ class LoomScreen(Screen[None]):
     def crumbs(self) -> list[str]:
         """Where the top bar says we are, after the section."""
         return []
+
+    def notify(self, message: str, *, markup: bool = False, **kwargs: Any) -> None:
+        """Notifications carry data (a pipeline's name, an error about a file): plain text,
+        never markup, unless a caller asks for it."""
+        super().notify(message, markup=markup, **kwargs)
 
     def refresh_top_bar(self) -> None:
         for bar in self.query(TopBar):
@@ -80,7 +87,9 @@ class LoomScreen(Screen[None]):
                 continue
             seen.add(binding.action)
             action = binding.action
-            yield PaletteCommand(binding.description, binding.tooltip or binding.description,
+            # No help line that repeats the title ("Back — Back").
+            help_text = binding.tooltip if binding.tooltip != binding.description else ""
+            yield PaletteCommand(binding.description, help_text or "",
                                  lambda action=action: self.run_action(action))
         yield from self.extra_commands()
 
@@ -90,6 +99,31 @@ class LoomScreen(Screen[None]):
 
     def extra_commands(self) -> Iterator[PaletteCommand]:
         return iter(())
+
+    # ------------------------------------------------------------------ staying current
+
+    def refresh_data(self) -> None:
+        """Read what the screen shows again (it regained focus; a run may have written).
+        Screens over the store override it; the rest show nothing that goes stale."""
+
+    def on_screen_suspend(self) -> None:
+        from textual.screen import ModalScreen
+
+        # A dialog over the screen changes nothing under it; another screen or section may.
+        self._covered_by_modal = isinstance(self.app.screen, ModalScreen)
+
+    def resumed_from_elsewhere(self) -> bool:
+        """Back from another screen or section (not from a dialog), since the first show."""
+        first = not getattr(self, "_shown_once", False)
+        self._shown_once = True
+        return not first and not getattr(self, "_covered_by_modal", False)
+
+    # ------------------------------------------------------------------ leaving
+
+    def losses(self) -> list[str]:
+        """What closing this screen now would lose, one line each (the quit and leave
+        questions list them). Nothing, unless a screen says otherwise."""
+        return []
 
     # ------------------------------------------------------------------ failures
 

@@ -11,11 +11,12 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from core.api import ComparedValue, RunComparison
 from loom_tui import format as fmt
 from loom_tui.screens.base import LoomScreen
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 
@@ -24,7 +25,7 @@ class CompareScreen(LoomScreen):
     TITLE = "Compare runs"
     HELP = ("Two runs side by side, the older as A. Lines that differ are marked ≠. The prompt "
             "diff shows what changed between the two prompt versions.")
-    BINDINGS = [Binding("escape", "back", "Back", id="compare.back")]
+    BINDINGS = [Binding("escape,q", "back", "Back", id="compare.back")]
 
     def __init__(self, comparison: RunComparison) -> None:
         super().__init__()
@@ -43,7 +44,7 @@ class CompareScreen(LoomScreen):
         with VerticalScroll(id="compare-diff", classes="pane") as diff:
             diff.border_title = "Prompt diff"
             yield Static(id="compare-diff-text")
-        yield Footer()
+        yield LoomFooter()
 
     def crumbs(self) -> list[str]:
         return ["compare"]

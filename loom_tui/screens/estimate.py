@@ -8,15 +8,16 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from rich.markup import escape
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Static
+from textual.widgets import Button, Static
 from textual.worker import Worker, WorkerState
 
 from core.api import Estimate, LoadedSpec
@@ -24,6 +25,10 @@ from loom_tui import format as fmt
 from loom_tui.messages import EstimateReady
 
 SAMPLE = 20  # records, as `--estimate` without N
+# Before a run (F5, r): a run projected under all three starts at once; above any, it asks.
+CONFIRM_ABOVE_USD = 0.10
+CONFIRM_ABOVE_S = 120.0
+CONFIRM_ABOVE_RECORDS = 1000
 
 
 class EstimateScreen(ModalScreen[bool]):
@@ -35,22 +40,30 @@ class EstimateScreen(ModalScreen[bool]):
     ]
 
     def __init__(self, path: Path, loaded: LoadedSpec | None = None, *,
-                 sample: int = SAMPLE) -> None:
+                 sample: int = SAMPLE, confirm: bool = False) -> None:
         super().__init__()
         self.path = Path(path)
         self.loaded = loaded
         self.sample = sample
+        # Before a run: small runs start at once, big ones ask (Cancel focused).
+        self.confirm = confirm
         self.estimate: Estimate | None = None
         self.error: str | None = None
 
     def compose(self) -> ComposeResult:
         with Vertical(id="estimate-body") as body:
             name = self.loaded.spec.name if self.loaded is not None else self.path.parent.name
-            body.border_title = f"Estimate · {name}"
+            body.border_title = f"Run {escape(name)}?" if self.confirm else f"Estimate · {escape(name)}"
             body.border_subtitle = "escape closes"
             yield Static(id="estimate-text")
+            if self.confirm:
+                with Horizontal(id="confirm-buttons"):
+                    yield Button("Run", variant="primary", id="estimate-run", disabled=True)
+                    yield Button("Cancel", id="estimate-cancel")
 
     def on_mount(self) -> None:
+        if self.confirm:
+            self.query_one("#estimate-cancel", Button).focus()
         colors = self.app.theme_variables
         self.query_one("#estimate-text", Static).update(Text(
             f"◌ transforming and judging the first {fmt.plural(self.sample, 'record')}, as a "
@@ -68,8 +81,34 @@ class EstimateScreen(ModalScreen[bool]):
     @on(EstimateReady)
     def _ready(self, event: EstimateReady) -> None:
         self.estimate = event.estimate
+        if self.confirm and not self.big(event.estimate):
+            self.dismiss(True)
+            return
         self.query_one("#estimate-body").border_subtitle = "r runs it · escape closes"
         self.query_one("#estimate-text", Static).update(self._describe(event.estimate))
+        if self.confirm:
+            self.query_one("#estimate-run", Button).disabled = False
+
+    def big(self, estimate: Estimate) -> bool:
+        """Worth a question before it starts: costly, long, many records, or over budget."""
+        cost = estimate.projected_cost_usd
+        budget = self._budget()
+        return (cost is None or cost > CONFIRM_ABOVE_USD
+                or (budget is not None and cost > budget)
+                or (estimate.projected_duration_s or 0.0) > CONFIRM_ABOVE_S
+                or estimate.total > CONFIRM_ABOVE_RECORDS)
+
+    def _budget(self) -> float | None:
+        budget = getattr(self.loaded.spec, "budget", None) if self.loaded is not None else None
+        return getattr(budget, "max_cost_usd", None) if budget is not None else None
+
+    @on(Button.Pressed, "#estimate-run")
+    def _run_pressed(self) -> None:
+        self.action_run()
+
+    @on(Button.Pressed, "#estimate-cancel")
+    def _cancel_pressed(self) -> None:
+        self.action_close()
 
     @on(Worker.StateChanged)
     def _worker_state(self, event: Worker.StateChanged) -> None:
@@ -78,6 +117,9 @@ class EstimateScreen(ModalScreen[bool]):
             self.error = fmt.error_line(event.worker.error)
             self.query_one("#estimate-text", Static).update(Text(
                 f"Could not estimate: {self.error}", style=f"bold {colors.get('error', '')}"))
+            if self.confirm:
+                # The run itself says what stops it (and what to do) on its own screen.
+                self.query_one("#estimate-run", Button).disabled = False
 
     def _describe(self, estimate: Estimate) -> Group:
         colors = self.app.theme_variables
@@ -107,13 +149,21 @@ class EstimateScreen(ModalScreen[bool]):
                      f"quarantined · {estimate.skipped} skipped · {estimate.calls} calls "
                      f"({estimate.cache_hits} from the cache, counted at full price) · "
                      f"{fmt.money(estimate.cost_usd)}")
+        budget = self._budget()
+        if budget is not None:
+            over = cost is not None and cost > budget
+            grid.add_row("budget", Text(
+                f"{fmt.money(budget)}" + (" · the run would stop there" if over else ""),
+                style=colors.get("warning", "") if over else ""))
+        elif self.confirm:
+            grid.add_row("budget", Text("none set (budget.max_cost_usd)", style="dim"))
         for warning in estimate.warnings:
             grid.add_row("warning", Text(fmt.one_line(warning, 300),
                                          style=colors.get("warning", "")))
         return Group(intro, Text(""), grid)
 
     def action_run(self) -> None:
-        if self.estimate is not None:
+        if self.estimate is not None or (self.confirm and self.error is not None):
             self.dismiss(True)
 
     def action_close(self) -> None:

@@ -13,8 +13,11 @@ from textual.widgets import Static
 GENERAL = (
     ("ctrl+p", "command palette: this screen's actions, other screens, themes"),
     ("tab / shift+tab", "move between panes"),
-    ("↑ ↓ pgup pgdn", "move in a list; long lists load the next page as you go"),
-    ("home / end", "the first / the last row of a list"),
+    ("j k ↑ ↓ pgup pgdn", "move in a list; long lists load the next page as you go"),
+    ("g G home end", "the first / the last row of a list"),
+    ("z", "maximise the focused pane (z or escape restores)"),
+    ("? q", "help, and back (or quit) — wherever nothing is being typed"),
+    ("enter / i · escape", "on the prompt: start typing · stop typing"),
 )
 
 

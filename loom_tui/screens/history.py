@@ -5,47 +5,52 @@ agreement with reviewers; two marked runs compared; an unfinished run resumed.""
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.console import Group
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Footer, Select, Static
+from textual.widgets import Select, Static
 
 from core.api import LoomError, MonitoringAlert, PipelineRun, ShardGroup
 from loom_tui import format as fmt
 from loom_tui.history_lines import Line, gather, line_key, shown_runs, unacknowledged, worst
 from loom_tui.messages import (AlertsAcknowledged, JudgesFetched, PageFetched, PageWanted,
-                               RunReleased, RunsCompared, RunsCounted, RunSeriesFetched)
+                               RunReleased, RunsCompared, RunsCounted, RunSeriesFetched,
+                               RunsRefreshed)
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.judge_panel import JudgePanel
 from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
 from loom_tui.widgets.run_charts import RunCharts
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
     Column("run", 24),
     Column("pipeline", None, min_width=10),
     Column("status", 9),
-    Column("started", 16),
-    Column("records", 7, "right"),
+    Column("started", 16, drop=2),
+    Column("records", 7, "right", drop=3),
     Column("rejected", 8, "right"),
     Column("cost", 9, "right"),
-    Column("duration", 8, "right"),
-    Column("p95", 6, "right"),
-    Column("alerts", 6, "right"),
+    Column("duration", 8, "right", drop=5),
+    Column("p95", 6, "right", drop=6),
+    Column("alerts", 6, "right", drop=4),
 )
 SEVERITY_COLOR = {"critical": "error", "error": "error", "warning": "warning"}
 ALERT_LINES = 3  # alerts listed under the highlighted run; the rest are counted
 STATUSES = ("success", "partial", "failed", "cancelled", "running")
 PAGE = 100
 SERIES = 40
+LIVE_S = 2.0  # how often a running run's line is read again
 
 
 class HistoryScreen(LoomScreen):
@@ -91,6 +96,7 @@ class HistoryScreen(LoomScreen):
         # The table's lines by key: what each shows beyond its cells (its alerts) and where
         # it stands in the runs listing (for paging). Only the window's lines are kept.
         self.lines: dict[Hashable, Line] = {}
+        self._keep: Hashable | None = None  # the line the cursor goes back to after a refresh
 
     def compose(self) -> ComposeResult:
         yield TopBar()
@@ -112,16 +118,53 @@ class HistoryScreen(LoomScreen):
                 judges.border_title = "Judges"
                 judges.border_subtitle = "agreement with reviewers"
                 yield JudgePanel(id="h-judge-panel")
-        yield Footer()
+        yield LoomFooter()
 
     def on_mount(self) -> None:
         super().on_mount()
         self.load_pipeline_names()
         self.query_one(PagedTable).focus()
         self.query_one(PagedTable).reset()
+        # A run going (here or in another process) changes its line: follow it.
+        self.set_interval(LIVE_S, self._follow_running)
 
     def on_screen_resume(self) -> None:
         self._marks_hint()
+        if self.resumed_from_elsewhere():
+            self.refresh_data()  # back from a run, a resume, another section: read again
+
+    def refresh_data(self) -> None:
+        """Read the history again, the cursor staying on the same run."""
+        table = self.query_one(PagedTable)
+        self._keep = table.highlighted.key if table.highlighted is not None else None
+        self.charted = None
+        table.reset()
+
+    def _follow_running(self) -> None:
+        running = [row.item.run_id for row in self.query_one(PagedTable).rows
+                   if isinstance(row.item, PipelineRun) and row.item.status == "running"]
+        if running and self.is_current:
+            self.fetch_running(running)
+
+    @work(exclusive=True, group="live", exit_on_error=False)
+    async def fetch_running(self, run_ids: list[str]) -> None:
+        runs = [run for run in [await self.workspace.get_run(i) for i in run_ids] if run]
+        self.post_message(RunsRefreshed(runs))
+
+    @on(RunsRefreshed)
+    def _runs_refreshed(self, event: RunsRefreshed) -> None:
+        table = self.query_one(PagedTable)
+        for run in event.runs:
+            line = self.lines.get(run.run_id)
+            if line is None or line.item == run:
+                continue
+            line = self.lines[run.run_id] = dataclasses.replace(line, item=run)
+            table.update_row(run.run_id, self._cells(line), run)
+            if run.status != "running" and run.pipeline_name == self.charted:
+                self.charted = None  # a run ended: its point joins the charts
+                highlighted = table.highlighted
+                if highlighted is not None:
+                    self._highlighted(PagedTable.Highlighted(table, highlighted))
 
     # ------------------------------------------------------------------ filters
 
@@ -195,6 +238,11 @@ class HistoryScreen(LoomScreen):
         rows = [Row(line.key, self._cells(line), line.item) for line in fresh]
         table.show_page(rows, event.direction, event.generation,  # type: ignore[arg-type]
                         more=event.more)
+        if event.direction == "first" and self._keep is not None:
+            keys = [row.key for row in table.rows]
+            if self._keep in keys:
+                table.cursor = keys.index(self._keep)
+            self._keep = None
         if lines and table.rows:
             # Every run of the page is on screen now, new or not: the window's edge stands
             # for the page up to its end, else a page of runs already shown (a big group's)
@@ -275,7 +323,7 @@ class HistoryScreen(LoomScreen):
         pipeline = item.pipeline if isinstance(item, ShardGroup) else item.pipeline_name
         if pipeline != self.charted:
             self.charted = pipeline
-            self.query_one("#h-judges").border_title = f"Judges · {pipeline}"
+            self.query_one("#h-judges").border_title = f"Judges · {escape(pipeline)}"
             self.fetch_series(pipeline)
             self.fetch_judges(pipeline)
 
@@ -537,9 +585,8 @@ class HistoryScreen(LoomScreen):
             self.query_one(PagedTable).reset()
 
     def action_refresh(self) -> None:
-        self.charted = None
         self.load_pipeline_names()
-        self.query_one(PagedTable).reset()
+        self.refresh_data()
 
 
 def _clip_middle(text: str, width: int) -> str:

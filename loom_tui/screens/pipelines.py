@@ -13,24 +13,25 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from core.api import PipelineEntry, PipelineRun, pipeline_key
 from loom_tui import format as fmt
 from loom_tui.messages import PageWanted, PipelinesScanned
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
     Column("pipeline", 20),
-    Column("file", None, min_width=12, ratio=3),
+    Column("file", None, min_width=12, ratio=3, drop=5),
     Column("state", None, min_width=14, ratio=2),
     Column("last run", 9),
     Column("loaded", 6, "right"),
     Column("quar.", 5, "right"),
     Column("cost", 9, "right"),
-    Column("when", 16),
+    Column("when", 16, drop=4),
 )
 
 
@@ -67,7 +68,7 @@ class PipelinesScreen(LoomScreen):
         with Vertical(id="pipelines-detail", classes="pane") as detail:
             detail.border_title = "Pipeline"
             yield Static(id="pipelines-detail-text")
-        yield Footer()
+        yield LoomFooter()
 
     def _empty_text(self) -> str:
         return (f"no pipelines under {self.loom.folder} — a pipeline is a YAML file with "
@@ -85,6 +86,9 @@ class PipelinesScreen(LoomScreen):
         if self._scanned_once:
             self._rescan()
         self._scanned_once = True
+
+    def refresh_data(self) -> None:
+        self._rescan()
 
     def _rescan(self) -> None:
         table = self.query_one(PagedTable)
@@ -226,7 +230,7 @@ class PipelinesScreen(LoomScreen):
     def action_run(self) -> None:
         entry = self._usable()
         if entry is not None:
-            self.loom.start_run(entry.path)
+            self.loom.confirm_run(entry.path, entry.loaded)
 
     def action_estimate(self) -> None:
         entry = self._usable()

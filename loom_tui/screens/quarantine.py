@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
-from textual.widgets import Footer, Input, Select
+from textual.widgets import Input, Select
 
 from core.api import ActionResult, QuarantinedRecord
 from loom_tui import format as fmt
@@ -26,16 +26,17 @@ from loom_tui.messages import (PageFetched, PageWanted, QuarantineActionsApplied
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
 from loom_tui.widgets.quarantine_detail import QuarantineDetail
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
     Column("id", 6, "right"),
-    Column("run", 22),
-    Column("pipeline", 14),
+    Column("run", 22, drop=2),
+    Column("pipeline", 14, drop=1),
     Column("record", 8),
     Column("stage", 9),
     Column("status", 11),
-    Column("reason", None, min_width=12),
+    Column("reason", None, min_width=24),
 )
 STAGES = ("extract", "transform", "evaluate", "load")
 STATUSES = ("open", "approved", "reprocessed", "discarded")
@@ -65,6 +66,8 @@ class QuarantineScreen(LoomScreen):
                 id="quarantine.refresh"),
         Binding("slash", "filter", "Filter", tooltip="Go to the filters", id="quarantine.filter"),
         Binding("escape", "unmark", "Clear marks", show=False, id="quarantine.unmark"),
+        Binding("enter", "inspect", "Inspect", tooltip="The record whole: the detail pane "
+                "fills the screen (z or escape gives the list back)", id="quarantine.inspect"),
     ]
 
     def __init__(self) -> None:
@@ -74,6 +77,8 @@ class QuarantineScreen(LoomScreen):
         self._typing: Timer | None = None
         self._detail_timer: Timer | None = None
         self._pipelines_known: list[str] = []
+        self._keep: int | None = None  # the record the cursor goes back to after a refresh
+        self._advance = False  # after this action, the cursor moves to the next record
 
     def compose(self) -> ComposeResult:
         yield TopBar()
@@ -93,7 +98,7 @@ class QuarantineScreen(LoomScreen):
             with Vertical(id="q-detail-pane", classes="pane") as detail:
                 detail.border_title = "Record"
                 yield QuarantineDetail(id="q-detail")
-        yield Footer()
+        yield LoomFooter()
 
     def crumbs(self) -> list[str]:
         return []
@@ -218,6 +223,11 @@ class QuarantineScreen(LoomScreen):
         table = self.query_one(PagedTable)
         rows = [Row(item.id, self._cells(item), item) for item in event.items]
         table.show_page(rows, event.direction, event.generation)  # type: ignore[arg-type]
+        if event.direction == "first" and self._keep is not None:
+            keys = [row.key for row in table.rows]
+            if self._keep in keys:
+                table.cursor = keys.index(self._keep)
+            self._keep = None
         self._subtitle()
         if not table.rows:
             self.query_one(QuarantineDetail).show(None)
@@ -354,11 +364,14 @@ class QuarantineScreen(LoomScreen):
 
         def edited(applied: QuarantineActionsApplied | None) -> None:
             if applied is not None:
+                self._advance = True
                 self._applied(applied)
 
         self.app.push_screen(EditOutputScreen(item), edited)
 
     def _act(self, action: str, rows: Sequence[QuarantinedRecord], note: str | None = None) -> None:
+        # One record decided (no marks): the cursor goes on to the next, as a reviewer would.
+        self._advance = not self.query_one(PagedTable).marks
         self.busy = {"approve": "approving", "reprocess": "reprocessing",
                      "discard": "discarding"}[action] + f" {len(rows)}"
         self._subtitle()
@@ -383,6 +396,10 @@ class QuarantineScreen(LoomScreen):
         for row in event.rows:
             table.update_row(row.id, self._cells(row), row)
         table.clear_marks()
+        decided = any(r.loaded or r.status == "discarded" for r in event.results)
+        if self._advance and decided:
+            table.action_cursor(1)
+        self._advance = False
         self._subtitle()
         self._report(event.action, event.results)
         current = table.highlighted
@@ -433,7 +450,22 @@ class QuarantineScreen(LoomScreen):
 
     def action_refresh(self) -> None:
         self.load_pipeline_names()
-        self._reset()
+        self.refresh_data()
+
+    def on_screen_resume(self) -> None:
+        if self.resumed_from_elsewhere():
+            self.refresh_data()  # a run, a reprocess elsewhere may have changed the list
+
+    def refresh_data(self) -> None:
+        """Read the quarantine again, the cursor staying on the same record."""
+        table = self.query_one(PagedTable)
+        self._keep = table.highlighted.key if table.highlighted is not None else None
+        table.reset()
+
+    def action_inspect(self) -> None:
+        pane = self.query_one("#q-detail-pane")
+        self.query_one(QuarantineDetail).focus()
+        self.maximized = pane
 
     def action_filter(self) -> None:
         self.query_one("#q-pipeline", Select).focus()

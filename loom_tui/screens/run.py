@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +23,24 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.widgets import Footer, ProgressBar, Static
+from textual.widgets import ProgressBar, Static
 
 from core.api import LoomError, RunController, RunOptions
-from core.events import Progress, RunFinished, RunResumed, RunStarted, RunSummary, RunWarning
+from core.events import (Progress, RecordFinished, RunFinished, RunResumed, RunStarted,
+                         RunSummary, RunWarning)
+from core.records import Outcome, RecordResult
 from loom_tui import format as fmt
 from loom_tui.messages import (RunBegan, RunCouldNotStart, RunEnded, RunProgressed, RunWarned,
                                RunWasResumed)
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.stage_counter import StageCounter
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 STAGES = ("extracted", "transformed", "evaluated", "loaded", "quarantined", "skipped")
+PROBLEMS = 10  # errors and rejections kept for the panes, the newest
+# The gate said no, or the record's own output stayed invalid: rejections, not faults to fix.
+OWN_OUTPUT = {"OutputValidationError", "QualityGate"}
 
 
 class RunScreen(LoomScreen):
@@ -50,7 +57,8 @@ class RunScreen(LoomScreen):
                 "skip the rest", id="run.cancel"),
         Binding("o", "quarantine", "Quarantine", tooltip="This run's quarantined records",
                 id="run.quarantine"),
-        Binding("escape", "back", "Back", id="run.back"),
+        Binding("escape,q", "back", "Back", tooltip="Back (asks first while the run goes: "
+                "leaving cancels it)", id="run.back"),
     ]
 
     def __init__(self, path: Path, *, start: bool = True, options: RunOptions | None = None,
@@ -67,6 +75,8 @@ class RunScreen(LoomScreen):
         self.started: RunStarted | None = None
         self.progress: Progress | None = None
         self.summary: RunSummary | None = None
+        self.errors: tuple[str, ...] = ()
+        self.rejections: tuple[str, ...] = ()
         self.failure: str | None = None
         self.warnings: list[str] = []
         self.cancelling = False
@@ -88,13 +98,19 @@ class RunScreen(LoomScreen):
             with Vertical(id="run-metrics", classes="pane") as metrics:
                 metrics.border_title = "Now"
                 yield Static(id="run-metrics-text")
-            with VerticalScroll(id="run-errors", classes="pane") as errors:
-                errors.border_title = "Latest errors"
-                yield Static(Text("none yet", style="dim"), id="run-errors-text")
             with VerticalScroll(id="run-summary", classes="pane") as summary:
                 summary.border_title = "Summary"
                 yield Static(id="run-summary-text")
-        yield Footer()
+            # Errors (a provider failing, a timeout: something to fix) apart from rejections
+            # (the gate said no, or the output was invalid: the quarantine's business).
+            with Horizontal(id="run-problems"):
+                with VerticalScroll(id="run-errors", classes="pane") as errors:
+                    errors.border_title = "Errors"
+                    yield Static(Text("none", style="dim"), id="run-errors-text")
+                with VerticalScroll(id="run-rejections", classes="pane") as rejections:
+                    rejections.border_title = "Latest rejections"
+                    yield Static(Text("none yet", style="dim"), id="run-rejections-text")
+        yield LoomFooter()
 
     def crumbs(self) -> list[str]:
         return [self.pipeline, f"run {self.run_id}" if self.run_id else "run"]
@@ -135,10 +151,16 @@ class RunScreen(LoomScreen):
                     loaded, options = await workspace.prepare_resume(self.path, self.resume)
                 else:
                     loaded, options = workspace.load(self.path), self.options
+                last: Progress | None = None
+                errors: deque[str] = deque(maxlen=PROBLEMS)
+                rejections: deque[str] = deque(maxlen=PROBLEMS)
                 async for event in workspace.run(loaded, options,
                                                  controller=self._run_controller):
-                    if isinstance(event, Progress):
-                        self.post_message(RunProgressed(event))
+                    if isinstance(event, RecordFinished):
+                        _sort_problem(event.result, errors, rejections)
+                    elif isinstance(event, Progress):
+                        last = event
+                        self.post_message(RunProgressed(event, tuple(errors), tuple(rejections)))
                     elif isinstance(event, RunResumed):
                         self.post_message(RunWasResumed(event))
                     elif isinstance(event, RunStarted):
@@ -146,8 +168,10 @@ class RunScreen(LoomScreen):
                     elif isinstance(event, RunWarning):
                         self.post_message(RunWarned(event.message))
                     elif isinstance(event, RunFinished):
+                        # The lists as they ended (a queued snapshot is replaced by this one).
+                        self.post_message(RunProgressed(last, tuple(errors), tuple(rejections)))
                         self.post_message(RunEnded(event.summary))
-                    # RecordFinished, BatchLoaded: the Progress snapshots already count them.
+                    # BatchLoaded: the Progress snapshots already count them.
             except LoomError as exc:
                 self.post_message(RunCouldNotStart(fmt.error_line(exc)))
             finally:
@@ -171,7 +195,12 @@ class RunScreen(LoomScreen):
 
     @on(RunProgressed)
     def _progressed(self, event: RunProgressed) -> None:
+        if event.errors is not None:
+            self.errors, self.rejections = event.errors, event.rejections or ()
         progress = event.progress
+        if progress is None:
+            self._draw_problems()
+            return
         self.progress = progress
         for stage in STAGES:
             self.query_one(f"#stage-{stage}", StageCounter).value = getattr(progress, stage)
@@ -180,7 +209,9 @@ class RunScreen(LoomScreen):
         bar.update(total=progress.total_hint or max(progress.extracted, 1), progress=done)
         self._draw_head()
         self._draw_metrics()
-        self._draw_errors(progress.recent_errors)
+        if event.errors is None:  # a snapshot from elsewhere (a test): the engine's own list
+            self.rejections = progress.recent_errors
+        self._draw_problems()
 
     @on(RunWarned)
     def _warned(self, event: RunWarned) -> None:
@@ -199,21 +230,33 @@ class RunScreen(LoomScreen):
         self.query_one("#stage-loaded", StageCounter).set_class(summary.loaded > 0, "-good")
         self.query_one("#stage-quarantined", StageCounter).set_class(summary.quarantined > 0, "-bad")
         self._draw_head()
-        self._draw_metrics()
+        # One summary: the live numbers give way to the final ones.
+        self.query_one("#run-metrics").display = False
         pane = self.query_one("#run-summary")
         pane.display = True
         self.query_one("#run-summary-text", Static).update(self._summary(summary))
+        self._draw_problems()
         self.refresh_bindings()
 
     @on(RunCouldNotStart)
     def _could_not_start(self, event: RunCouldNotStart) -> None:
         self.failure = event.error
         self._draw_head()
+        # Nothing is going on: no bar sweeping as if it were.
+        bar = self.query_one(ProgressBar)
+        bar.update(total=1, progress=0)
+        bar.display = False
+        self.query_one("#run-metrics").display = False
+        self.query_one("#run-problems").display = False
+        self.query_one("#run-stages").display = False  # nothing was counted: no row of zeros
         pane = self.query_one("#run-summary")
         pane.display = True
         pane.border_title = "Could not run"
+        colors = self.app.theme_variables
+        what = Text(event.error, style=colors.get("error", ""))
+        fix = _what_to_do(event.error)
         self.query_one("#run-summary-text", Static).update(
-            Text(event.error, style=self.app.theme_variables.get("error", "")))
+            Group(what, Text(""), Text(fix, style="bold")) if fix else what)
         self.refresh_bindings()
 
     def work_failed(self, group: str, message: str) -> None:
@@ -252,12 +295,27 @@ class RunScreen(LoomScreen):
         if self.run_id:
             await self.loom.show_quarantine(run_id=self.run_id)
 
-    def action_back(self) -> None:
+    def losses(self) -> list[str]:
         if self.running and self.start:
-            self.notify("The run is still going: c cancels it; F2–F4 go elsewhere meanwhile.",
-                        severity="warning")
+            return [f"the run of {self.pipeline} is still going: leaving cancels it (History "
+                    "can resume it)"]
+        return []
+
+    def action_back(self) -> None:
+        losses = self.losses()
+        if not losses:
+            self.dismiss()
             return
-        self.dismiss()
+        from loom_tui.screens.confirm import ConfirmScreen
+
+        def leave(answer: tuple[bool, str | None] | None) -> None:
+            if answer and answer[0]:
+                self.dismiss()
+
+        self.app.push_screen(ConfirmScreen(
+            "Run still going", f"The run of {self.pipeline} is still going. Leave and cancel "
+            "it? F2–F4 go elsewhere while it runs.", yes="Stop the run", no="Keep it running",
+            danger=True), leave)
 
     # ------------------------------------------------------------------ drawing
 
@@ -265,8 +323,7 @@ class RunScreen(LoomScreen):
         super().restyle()
         self._draw_head()
         self._draw_metrics()
-        if self.progress is not None:
-            self._draw_errors(self.progress.recent_errors)
+        self._draw_problems()
         if self.summary is not None:
             self.query_one("#run-summary-text", Static).update(self._summary(self.summary))
 
@@ -352,12 +409,16 @@ class RunScreen(LoomScreen):
             f"{fmt.money(cost)} of {fmt.money(budget)} budget  ",
             ("━" * filled, color), ("━" * (width - filled), "dim"), f" {share:.0%}")
 
-    def _draw_errors(self, errors: tuple[str, ...]) -> None:
-        if not errors:
-            return
+    def _draw_problems(self) -> None:
         colors = self.app.theme_variables
-        lines = [Text(fmt.one_line(error, 400), style=colors.get("warning", "")) for error in errors]
-        self.query_one("#run-errors-text", Static).update(Group(*lines))
+        for pane, items, color, none in (
+                ("errors", self.errors, "error", "none"),
+                ("rejections", self.rejections, "warning",
+                 "none" if self.summary is not None else "none yet")):
+            lines = [Text(fmt.one_line(item, 400), style=colors.get(color, ""))
+                     for item in reversed(items)]  # the newest first
+            self.query_one(f"#run-{pane}-text", Static).update(
+                Group(*lines) if lines else Text(none, style="dim"))
 
     def _summary(self, summary: RunSummary) -> Table:
         colors = self.app.theme_variables
@@ -369,12 +430,22 @@ class RunScreen(LoomScreen):
                                              f" · {fmt.duration(summary.duration_s)}"))
         if summary.status_reason:
             grid.add_row("reason", Text(summary.status_reason, style=color))
+        judged = summary.loaded + summary.quarantined
+        # Skipped records were never judged (a cancel, a budget): they are not rejections.
+        rejected = f"{summary.quarantined / judged:.1%} of judged rejected" if judged else \
+            "none judged"
         grid.add_row("records", f"{summary.extracted:,} extracted, {summary.loaded:,} loaded, "
                                 f"{summary.quarantined:,} quarantined, {summary.skipped:,} skipped "
-                                f"({summary.rejection_rate:.1%} rejected)")
+                                f"({rejected})")
+        done = summary.loaded + summary.quarantined + summary.skipped
+        rate = done / summary.duration_s if summary.duration_s else 0.0
+        grid.add_row("throughput", f"{rate:,.1f} records/s")
         by_stage = ", ".join(f"{stage} {fmt.money(cost)}"
                              for stage, cost in summary.cost_by_stage.items())
         grid.add_row("cost", fmt.money(summary.cost_usd) + (f" ({by_stage})" if by_stage else ""))
+        budget = self.started.budget_usd if self.started is not None else None
+        if budget is not None:
+            grid.add_row("budget", self._cost_line(summary.cost_usd, budget))
         grid.add_row("tokens", f"{summary.tokens.describe()} · "
                                f"{fmt.plural(summary.llm_calls, 'call')}, "
                                f"{summary.cache_hits:,} cached")
@@ -396,3 +467,28 @@ def _savings(savings: dict[str, float]) -> str:
     return " · ".join(f"{fmt.money(abs(amount))} {'saved' if amount >= 0 else 'more'} by "
                       f"{names.get(lever, lever.replace('_', ' '))}"
                       for lever, amount in savings.items())
+
+
+def _sort_problem(result: RecordResult, errors: deque[str], rejections: deque[str]) -> None:
+    """A finished record that did not load: an error (something failed: a provider, a
+    timeout, a template) or a rejection (the gate, or an output that stayed invalid)."""
+    if result.outcome is Outcome.LOADED or not result.reason:
+        return
+    line = f"{result.record.id}: {result.reason}"[:300]
+    if result.error_type and result.error_type not in OWN_OUTPUT:
+        errors.append(line)
+    elif result.outcome is Outcome.QUARANTINED:
+        rejections.append(line)
+
+
+def _what_to_do(error: str) -> str | None:
+    """The next step for a run that could not start, when the error says what is missing."""
+    import re
+
+    missing = re.search(r"secret \$?\{?([A-Z][A-Z0-9_]*)\}? is not set|\b([A-Z][A-Z0-9_]*_(?:KEY|TOKEN|"
+                        r"PASSWORD|SECRET))\b", error)
+    if missing and ("not set" in error or "missing" in error or "no " in error):
+        name = missing.group(1) or missing.group(2)
+        return (f"F6 opens Secrets: store {name} there (n), then run again. Or export {name} "
+                "before starting loom.")
+    return None

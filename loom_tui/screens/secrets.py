@@ -18,13 +18,14 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from core.api import LoomError
 from loom_tui import format as fmt
 from loom_tui.messages import PageWanted, SecretDeleted, SecretRefused, SecretsListed, SecretStored
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.paged_table import Cell, Column, PagedTable, Row, Tone
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 COLUMNS = (
@@ -85,7 +86,7 @@ class SecretsScreen(LoomScreen):
         with Vertical(id="s-keyring", classes="pane") as keyring:
             keyring.border_title = "Keyring"
             yield Static(Text("reading the keyring…", style="dim"), id="s-keyring-text")
-        yield Footer()
+        yield LoomFooter()
 
     def on_mount(self) -> None:
         super().on_mount()

@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
-from textual.widgets import Footer
+
 
 from core.api import LoadedSpec, PromptComparison, RenderResult
 from core.records import Record
@@ -31,6 +32,7 @@ from loom_tui.widgets.paged_table import Column, PagedTable, Row
 from loom_tui.widgets.prompt_editor import PromptEditor
 from loom_tui.widgets.rendered_prompt import RenderedPrompt
 from loom_tui.widgets.sample_output import SampleOutput
+from loom_tui.widgets.footer import LoomFooter
 from loom_tui.widgets.top_bar import TopBar
 
 RECORD_COLUMNS = (Column("id", 8), Column("record", None))
@@ -48,12 +50,21 @@ class WorkbenchScreen(LoomScreen):
             "prompt and shows which sample records changed verdict against the previous version. "
             "F8 projects what a whole run would cost and take, from 20 records.")
     BINDINGS = [
-        Binding("ctrl+s", "save", "Save prompt", tooltip="Write the prompt file, store the version, "
+        Binding("escape,q", "back", "Back", tooltip="Back to the pipelines (asks first with "
+                "unsaved edits)", id="workbench.back"),
+        Binding("enter", "inspect", "Inspect", tooltip="The picked record whole: fields, "
+                "rendered prompt, raw answer, output, every score", id="workbench.inspect"),
+        Binding("d", "diff", "A/B per record", tooltip="The last save's sample, record by "
+                "record: outputs and verdicts under the previous and the saved prompt",
+                id="workbench.diff"),
+        Binding("i", "edit", "Edit prompt", tooltip="Go to the prompt and type (escape stops)",
+                id="workbench.edit"),
+        Binding("ctrl+s", "save", "Save", tooltip="Write the prompt file, store the version, "
                 "and compare verdicts with the previous one", id="workbench.save"),
-        Binding("ctrl+r", "refresh", "Refresh output", tooltip="Run the sample again now",
+        Binding("ctrl+r", "refresh", "Refresh", tooltip="Run the sample again now",
                 id="workbench.refresh"),
-        Binding("f5", "run", "Run pipeline", tooltip="Run the whole pipeline (saved prompt)",
-                id="workbench.run"),
+        Binding("f5", "run", "Run", tooltip="Run the whole pipeline (shows the estimate first "
+                "when it is big; asks which prompt with unsaved edits)", id="workbench.run"),
         # Not ctrl+e: the editor's end of line, pressed by habit, must not start paid calls.
         Binding("f8", "estimate", "Estimate", tooltip="Project the whole run's cost, tokens "
                 "and time from 20 records (saved prompt)", id="workbench.estimate"),
@@ -61,7 +72,6 @@ class WorkbenchScreen(LoomScreen):
                 id="workbench.sample_more"),
         Binding("minus", "sample_size(-1)", "Sample −", tooltip="Fewer sample records",
                 id="workbench.sample_less"),
-        Binding("escape", "back", "Back", tooltip="Back to the pipelines", id="workbench.back"),
     ]
 
     def __init__(self, path: Path) -> None:
@@ -75,6 +85,7 @@ class WorkbenchScreen(LoomScreen):
         self.sample_size = 5
         self._debounce: dict[str, Timer] = {}
         self._ab_pending = False
+        self._run_after_save = False  # F5's "save and run": the run starts once saved
         self.comparison: PromptComparison | None = None  # the last save's A/B, while it holds
 
     # ------------------------------------------------------------------ layout
@@ -96,7 +107,7 @@ class WorkbenchScreen(LoomScreen):
             with Vertical(id="output-pane", classes="pane") as output:
                 output.border_title = "Output"
                 yield SampleOutput(id="output")
-        yield Footer()
+        yield LoomFooter()
 
     def crumbs(self) -> list[str]:
         name = self.loaded.spec.name if self.loaded is not None else self.path.parent.name
@@ -125,8 +136,10 @@ class WorkbenchScreen(LoomScreen):
         editor = self.query_one(PromptEditor)
         editor.load_text(event.prompt_text)
         self._title_prompt()
-        self.query_one("#records-table", PagedTable).reset()
-        editor.focus()
+        table = self.query_one("#records-table", PagedTable)
+        table.reset()
+        # Records first: keys act on the screen until you choose to type (Enter or i).
+        table.focus()
 
     # ------------------------------------------------------------------ records
 
@@ -173,7 +186,7 @@ class WorkbenchScreen(LoomScreen):
         if record is None or (self.picked is not None and record.ordinal == self.picked.ordinal):
             return
         self.picked = record
-        self.query_one("#rendered-pane").border_title = f"Rendered for {record.id}"
+        self.query_one("#rendered-pane").border_title = f"Rendered for {escape(record.id)}"
         self._schedule("render", RENDER_DELAY_S / 2)
         self._schedule("sample", min(0.3, self.loom.debounce_s))
 
@@ -187,6 +200,7 @@ class WorkbenchScreen(LoomScreen):
         if changed:
             self._ab_pending = False
             self.comparison = None
+            self.refresh_bindings()
             self._schedule("render", RENDER_DELAY_S)
             self._schedule("sample", self.loom.debounce_s)
 
@@ -244,7 +258,9 @@ class WorkbenchScreen(LoomScreen):
         if event.prompt_text != self.text or self._ab_pending:
             return  # typing went on (the next sample is on its way), or a save's A/B is
         # A comparison stays on screen until the prompt changes again.
-        self.query_one(SampleOutput).show_results(event.results, self.comparison)
+        output = self.query_one(SampleOutput)
+        output.prompt_text = event.prompt_text
+        output.show_results(event.results, self.comparison)
         self._title_output()
 
     @on(SampleFailed)
@@ -265,6 +281,7 @@ class WorkbenchScreen(LoomScreen):
             self.query_one(SampleOutput).show_note(message, error=True)
         if group == "save":
             self._ab_pending = False
+            self._run_after_save = False
         super().work_failed(group, message)
 
     # ------------------------------------------------------------------ saving: the A/B
@@ -300,6 +317,9 @@ class WorkbenchScreen(LoomScreen):
         what = (f"saved {self.prompt_path} as version {fmt.short_hash(saved.hash)}"
                 if saved.changed else f"{self.prompt_path} unchanged")
         self.notify(markup=False, message=what, title="prompt", timeout=4)
+        if self._run_after_save and self.loaded is not None:
+            self._run_after_save = False
+            self.loom.confirm_run(self.path, self.loaded)
 
     @on(VerdictsCompared)
     def _compared(self, event: VerdictsCompared) -> None:
@@ -307,7 +327,10 @@ class WorkbenchScreen(LoomScreen):
         self._ab_pending = False
         if self.text is not None and _hash_matches(self.text, comparison.after_hash):
             self.comparison = comparison
-            self.query_one(SampleOutput).show_results(comparison.after_results, comparison)
+            self.refresh_bindings()  # d: the A/B per record
+            output = self.query_one(SampleOutput)
+            output.prompt_text = self.text
+            output.show_results(comparison.after_results, comparison)
         else:
             self.query_one(SampleOutput).remove_class("-busy")
 
@@ -329,10 +352,24 @@ class WorkbenchScreen(LoomScreen):
             self._schedule("sample", min(0.3, self.loom.debounce_s))
 
     def action_run(self) -> None:
-        if self.text is not None and self.text != self.saved_text:
-            self.notify("The run uses the saved prompt: ctrl+s saves your edits first.",
-                        severity="warning")
-        self.loom.start_run(self.path)
+        if self.loaded is None:
+            return
+        if not self.dirty:
+            self.loom.confirm_run(self.path, self.loaded)
+            return
+        from loom_tui.screens.confirm import ChoiceScreen
+
+        def chosen(answer: str | None) -> None:
+            if answer == "save":
+                self._run_after_save = True
+                self.action_save()
+            elif answer == "saved":
+                self.loom.confirm_run(self.path, self.loaded)
+
+        self.app.push_screen(ChoiceScreen(
+            "Unsaved prompt", f"{self.prompt_path} has unsaved changes. A run reads the prompt "
+            "file: save your edits and run them, or run the saved prompt?",
+            [("save", "Save and run"), ("saved", "Run saved prompt")]), chosen)
 
     def action_estimate(self) -> None:
         if self.loaded is None:
@@ -342,8 +379,73 @@ class WorkbenchScreen(LoomScreen):
                         severity="warning")
         self.loom.estimate(self.path, self.loaded)
 
+    @property
+    def dirty(self) -> bool:
+        return self.text is not None and self.saved_text is not None and \
+            self.text != self.saved_text
+
+    def losses(self) -> list[str]:
+        return [f"{self.prompt_path} has unsaved changes"] if self.dirty else []
+
+    @property
+    def editing(self) -> bool:
+        return self.query_one(PromptEditor).editing
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        # While typing, only the keys that are not text are shown (the rest type).
+        if action in ("sample_size", "edit", "back", "inspect"):
+            return not self.editing
+        if action == "diff":
+            return self.comparison is not None and not self.editing
+        return True
+
+    @on(PromptEditor.EditingChanged)
+    def _editing_changed(self, event: PromptEditor.EditingChanged) -> None:
+        pane = self.query_one("#prompt-pane")
+        pane.set_class(event.editing, "-editing")
+        self._title_prompt()
+        self.refresh_bindings()
+
+    @on(PagedTable.Activated, "#records-table")
+    def action_inspect(self) -> None:
+        if self.loaded is None or self.picked is None or self.text is None:
+            return
+        from loom_tui.screens.inspect import RecordInspector
+
+        self.app.push_screen(RecordInspector(self.loaded, self.text, self.picked,
+                                             self._known_result(self.picked), self._step))
+
+    def _known_result(self, record: Record) -> Any:
+        output = self.query_one(SampleOutput)
+        if output.prompt_text != self.text:
+            return None
+        return next((r for r in output.results if r.record.ordinal == record.ordinal), None)
+
+    def _step(self, record: Record, delta: int) -> tuple[Record, Any] | None:
+        """The inspector's n / p: the record beside this one in the list, picked here too."""
+        table = self.query_one("#records-table", PagedTable)
+        ordinals = [row.item.ordinal for row in table.rows]
+        if record.ordinal not in ordinals:
+            return None
+        index = ordinals.index(record.ordinal) + delta
+        if not 0 <= index < len(table.rows):
+            return None
+        table.cursor = index
+        there = table.rows[index].item
+        return there, self._known_result(there)
+
+    def action_diff(self) -> None:
+        if self.comparison is None or self.loaded is None:
+            return
+        from loom_tui.screens.record_diff import RecordDiffScreen
+
+        self.app.push_screen(RecordDiffScreen(self.comparison, self.loaded.spec.name))
+
+    def action_edit(self) -> None:
+        self.query_one(PromptEditor).action_start_editing()
+
     def action_back(self) -> None:
-        if self.text is not None and self.saved_text is not None and self.text != self.saved_text:
+        if self.dirty:
             from loom_tui.screens.confirm import ConfirmScreen
 
             def leave(answer: tuple[bool, str | None] | None) -> None:
@@ -375,7 +477,7 @@ class WorkbenchScreen(LoomScreen):
 
     def _title_prompt(self, rendered: RenderResult | None = None) -> None:
         pane = self.query_one("#prompt-pane")
-        pane.border_title = f"Prompt · {self.prompt_path}" if self.prompt_path else "Prompt"
+        pane.border_title = f"Prompt · {escape(self.prompt_path)}" if self.prompt_path else "Prompt"
         colors = self.app.theme_variables
         if rendered is not None and rendered.messages is None:
             line = f"line {rendered.error_line}" if rendered.error_line else "template"
@@ -384,6 +486,8 @@ class WorkbenchScreen(LoomScreen):
             pane.border_subtitle = f"[{colors.get('warning', 'yellow')}]● unsaved · ctrl+s[/]"
         else:
             pane.border_subtitle = "saved"
+        if self.query_one(PromptEditor).editing:
+            pane.border_subtitle = f"editing · esc stops · {pane.border_subtitle}"
 
     def _title_output(self) -> None:
         pane = self.query_one("#output-pane")

@@ -40,6 +40,10 @@ class Column:
     justify: Literal["left", "right"] = "left"
     min_width: int = 8
     ratio: int = 1  # how flexible columns share the spare width
+    # On a narrow terminal, columns with a drop rank are hidden, highest rank first, until
+    # the flexible columns (a reason, a record) get their min_width: the column that says
+    # most stays. 0: always shown.
+    drop: int = 0
 
 
 class Tone(NamedTuple):
@@ -85,12 +89,12 @@ class PagedTable(ScrollView, can_focus=True):
     """
 
     BINDINGS = [
-        Binding("up", "cursor(-1)", "Up", show=False, id="table.up"),
-        Binding("down", "cursor(1)", "Down", show=False, id="table.down"),
+        Binding("up,k", "cursor(-1)", "Up", show=False, id="table.up"),
+        Binding("down,j", "cursor(1)", "Down", show=False, id="table.down"),
         Binding("pageup", "page(-1)", "Page up", show=False, id="table.page_up"),
         Binding("pagedown", "page(1)", "Page down", show=False, id="table.page_down"),
-        Binding("home", "first", "First", show=False, id="table.first"),
-        Binding("end", "last", "Last", show=False, id="table.last"),
+        Binding("home,g", "first", "First", show=False, id="table.first"),
+        Binding("end,G", "last", "Last", show=False, id="table.last"),
     ]
 
     class Highlighted(Message):
@@ -248,7 +252,7 @@ class PagedTable(ScrollView, can_focus=True):
         column = self.columns[index]
         if column.width != width:
             self.columns[index] = Column(column.label, width, column.justify, column.min_width,
-                                         column.ratio)
+                                         column.ratio, column.drop)
             self._layout_columns()
             self._cache.clear()
             self.refresh()
@@ -438,6 +442,8 @@ class PagedTable(ScrollView, can_focus=True):
             segments.append(Segment(" "))
         console = self.app.console
         for column, cell_width, cell in zip(self.columns, self._widths, cells):
+            if cell_width == 0:
+                continue  # dropped: the terminal is too narrow for it
             if isinstance(cell, Text):
                 cell = cell.copy()
                 cell.no_wrap = True
@@ -464,13 +470,23 @@ class PagedTable(ScrollView, can_focus=True):
 
     def _layout_columns(self) -> None:
         width = max(self.scrollable_content_region.width, 20)
-        fixed = sum(column.width or 0 for column in self.columns)
-        gaps = len(self.columns) + 1 + (2 if self.markable else 0)
-        spare = max(0, width - fixed - gaps)
-        parts = sum(column.ratio for column in self.columns if column.width is None) or 1
-        self._widths = [column.width if column.width is not None
+        hidden: set[int] = set()
+        droppable = sorted((i for i, c in enumerate(self.columns) if c.drop),
+                           key=lambda i: -self.columns[i].drop)
+        flexible = [c for c in self.columns if c.width is None]
+        while True:
+            shown = [c for i, c in enumerate(self.columns) if i not in hidden]
+            fixed = sum(column.width or 0 for column in shown)
+            gaps = len(shown) + 1 + (2 if self.markable else 0)
+            spare = max(0, width - fixed - gaps)
+            if spare >= sum(c.min_width for c in flexible if c in shown) or not droppable:
+                break
+            hidden.add(droppable.pop(0))
+        parts = sum(column.ratio for i, column in enumerate(self.columns)
+                    if column.width is None and i not in hidden) or 1
+        self._widths = [0 if i in hidden else column.width if column.width is not None
                         else max(column.min_width, spare * column.ratio // parts)
-                        for column in self.columns]
+                        for i, column in enumerate(self.columns)]
 
     def _reindex(self) -> None:
         self._index = {row.key: i for i, row in enumerate(self.rows)}

@@ -37,6 +37,7 @@ class SampleOutput(VerticalScroll):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.results: list[RecordResult] = []  # what the pane shows now
+        self.prompt_text: str | None = None  # the prompt the results answer
         self.comparison: PromptComparison | None = None
         self.note: str | None = None
         self.busy = False
@@ -102,8 +103,10 @@ class SampleOutput(VerticalScroll):
             f" (was {fmt.short_hash(comparison.before_hash)}): ")
         if not changed:
             head.append(f"no record changed verdict ({len(comparison.rows)} compared)", "dim")
+            head.append(" · d: outputs side by side", "dim")
             return head
         head.append(f"{len(changed)} of {len(comparison.rows)} changed verdict", "bold")
+        head.append(" · d: side by side", "dim")
         lines = [head]
         for row in changed:
             good = row.after and not row.before

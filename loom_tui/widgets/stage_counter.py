@@ -7,6 +7,10 @@ from textual.reactive import reactive
 from textual.widgets import Static
 
 
+SHORT = {"extracted": "read", "transformed": "transf.", "evaluated": "judged",
+         "quarantined": "quar.", "skipped": "skip"}
+
+
 class StageCounter(Static):
     DEFAULT_CSS = """
     StageCounter {
@@ -28,6 +32,12 @@ class StageCounter(Static):
         super().__init__(id=id, classes=classes)
         self.label = label
         self.border_title = label
+
+    def on_resize(self) -> None:
+        # A tile a sixth of 80 columns: the short label, never "extrac…".
+        room = self.size.width - 3  # inside the border, less the title's own padding
+        self.border_title = self.label if len(self.label) <= room else \
+            SHORT.get(self.label, self.label)
 
     def render(self) -> Text:
         return Text(f"{self.value:,}", style="bold")

@@ -120,6 +120,8 @@ async def test_an_unknown_theme_in_the_config_is_one_warning(tmp_path: Path,
         await pilot.pause()
         assert app.theme == "loom-dark"
         assert any("solarized-purple" in n.message for n in app._notifications)
+    # Left for the user to fix: starting is not choosing a theme.
+    assert "solarized-purple" in (loom_home / "config.yaml").read_text()
     (loom_home / "config.yaml").write_text("workbench:\n  theme: loom-light\n")
     assert LoomApp(tmp_path).theme == "loom-light"
 
@@ -164,6 +166,56 @@ def test_loom_opens_in_a_terminal_and_ctrl_q_exits_zero(tmp_path: Path, loom_hom
             screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
                                     capture_output=True, text=True).stdout
         assert "customer_sentiment" in screen and "valid" in screen, screen
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
+        deadline = time.monotonic() + 30
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status.read_text().strip() == "0"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_stray_keys_in_a_real_terminal_leave_the_prompt_alone(tmp_path: Path,
+                                                             loom_home: Path) -> None:
+    """tmux: Enter opens the sample, then the footer's keys and j/k/q as a newcomer presses
+    them; the prompt stays as saved, q goes back, ctrl+q exits 0."""
+    if shutil.which("tmux") is None:
+        if in_ci():
+            pytest.fail("tmux is missing (CI installs it)")
+        pytest.skip("tmux is not installed")
+    pipeline = copy_sample(tmp_path)
+    prompt = pipeline.parent / "prompts" / "classify.j2"
+    before = prompt.read_text()
+    status = tmp_path / "status"
+    session = f"loom-keys-{os.getpid()}"
+    command = (f"cd {shlex.quote(str(tmp_path))} && LOOM_HOME={shlex.quote(str(loom_home))} "
+               f"TERM=xterm-256color {shlex.quote(sys.executable)} -m loom_tui.cli . ; "
+               f"echo $? > {shlex.quote(str(status))}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "36",
+                    command], check=True, env=env)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                              capture_output=True, text=True).stdout
+
+    def until(text: str) -> str:
+        shown, deadline = "", time.monotonic() + 30
+        while text not in shown and time.monotonic() < deadline:
+            time.sleep(0.2)
+            shown = screen()
+        assert text in shown, shown
+        return shown
+
+    try:
+        until("customer_sentiment")
+        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
+        until("5 records")
+        for key in ("Enter", "Escape", "j", "j", "+", "-", "k", "Tab", "j", "q"):
+            subprocess.run(["tmux", "send-keys", "-t", session, key], check=True)
+            time.sleep(0.3)
+        until("Rescan")  # back on the pipelines: its footer
+        assert prompt.read_text() == before
         subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
         deadline = time.monotonic() + 30
         while not status.exists() and time.monotonic() < deadline:

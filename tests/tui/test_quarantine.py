@@ -83,6 +83,9 @@ async def test_approve_loads_the_output_and_records_the_action(tmp_path: Path, q
         await pilot.press("a")
         await wait_for(pilot, lambda: statuses(screen)["r0"] == "approved", what="approved")
         assert any("loaded into jsonl://out/results.jsonl" in n.message for n in app._notifications)
+        table = screen.query_one(PagedTable)
+        assert table.highlighted.item.record_id == "r3"  # on to the next record
+        await pilot.press("k")
         detail = screen.query_one(QuarantineDetail)
         await wait_for(pilot, lambda: detail.actions and detail.actions[0].action == "approve",
                        what="the action in the detail")
@@ -104,8 +107,9 @@ async def test_bulk_discard_asks_first_and_never_loads(tmp_path: Path, quarantin
         assert len(table.marks) == 2
         await pilot.press("d")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        assert app.screen.focused.id == "confirm-no"  # the safe answer has the focus
         app.screen.query_one(Input).value = "spam"
-        await pilot.press("enter")
+        await pilot.click("#confirm-yes")
         await wait_for(pilot, lambda: statuses(screen) == {first: "discarded",
                                                            second: "discarded", third: "open"},
                        what="discarded")

@@ -11,7 +11,8 @@ from loom_tui.messages import RunEnded, RunProgressed
 from loom_tui.screens.run import RunScreen
 from loom_tui.widgets.stage_counter import StageCounter
 from tests.pipelines import read_jsonl, reply, write_pipeline
-from tests.tui.conftest import SIZE, wait_for
+from loom_tui.screens.confirm import ConfirmScreen
+from tests.tui.conftest import SIZE, text_of, wait_for
 
 
 def rows(count: int) -> list[dict[str, str]]:
@@ -36,6 +37,12 @@ async def test_a_run_shows_progress_then_its_summary(tmp_path: Path, llm_server)
         assert screen.query_one("#stage-loaded", StageCounter).value == 160
         assert screen.query_one("#stage-quarantined", StageCounter).value == 40
         assert screen.query_one("#run-summary").display
+        # One summary: the live numbers make way for it.
+        assert not screen.query_one("#run-metrics").display
+        # Rejections (the gate said no) are not errors: nothing failed here.
+        assert screen.errors == ()
+        assert len(screen.rejections) == 10 and all("matches" in r for r in screen.rejections)
+        assert "none" == text_of(screen.query_one("#run-errors-text")).strip()
         assert not screen.check_action("cancel", ())  # nothing left to cancel
         assert screen.progress.budget_usd == 1.0
         # The screen heard a few snapshots a second, never one message per record.
@@ -61,7 +68,10 @@ async def test_cancel_stops_cleanly_and_the_run_is_recorded_cancelled(tmp_path: 
                        and app.screen.progress.loaded + app.screen.progress.quarantined > 0,
                        what="records finishing")
         screen: RunScreen = app.screen  # type: ignore[assignment]
-        await pilot.press("escape")  # not while it runs: it says how to cancel
+        await pilot.press("escape")  # it asks: leaving cancels the run
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="question")
+        assert app.screen.focused.id == "confirm-no"
+        await pilot.press("enter")  # keep it running
         assert app.screen is screen
         await pilot.press("c")
         await wait_for(pilot, lambda: screen.summary is not None, what="the summary", timeout=60)
@@ -70,6 +80,10 @@ async def test_cancel_stops_cleanly_and_the_run_is_recorded_cancelled(tmp_path: 
         assert summary.skipped > 0
         assert summary.extracted == summary.loaded + summary.quarantined + summary.skipped
         assert llm_server.count < 400
+        # Skipped is not rejected: the share is of the records that were judged.
+        shown = " ".join(text_of(screen.query_one("#run-summary-text"), 200).split())
+        judged = summary.loaded + summary.quarantined
+        assert f"({summary.quarantined / judged:.1%} of judged rejected)" in shown, shown
         await pilot.press("escape")
         assert app.screen is not screen
     async with Workspace(tmp_path) as workspace:
@@ -84,8 +98,13 @@ async def test_an_error_that_prevents_the_run_is_one_line(tmp_path: Path, llm_se
         app.start_run(path)
         await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
                        and app.screen.failure is not None, what="the failure")
-        assert "LOOM_TEST_MISSING_KEY" in app.screen.failure
-        assert "\n" not in app.screen.failure
+        screen = app.screen
+        assert "LOOM_TEST_MISSING_KEY" in screen.failure
+        assert "\n" not in screen.failure
+        # It stops there, and says what to do.
+        assert not screen.query_one("#run-bar").display
+        shown = " ".join(text_of(screen.query_one("#run-summary-text"), 200).split())
+        assert "F6 opens Secrets: store LOOM_TEST_MISSING_KEY there" in shown, shown
         await pilot.press("escape")
         assert not isinstance(app.screen, RunScreen)
 
@@ -101,6 +120,8 @@ async def test_quitting_during_a_run_exits_zero_and_records_it(tmp_path: Path, l
                        and app.screen.run_id is not None, what="the run to start")
         run_id = app.screen.run_id
         await pilot.press("ctrl+q")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="question")
+        await pilot.click("#confirm-yes")
     assert app.return_code == 0
     async with Workspace(tmp_path) as workspace:
         run = await workspace.get_run(run_id)

@@ -110,7 +110,11 @@ async def test_delete_asks_first_then_the_name_is_gone(tmp_path: Path, file_keyr
         assert keyring.get_password("loom", "OLD_TOKEN") == "t-1"
         await pilot.press("d")
         await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
-        await pilot.press("enter")
+        await pilot.press("enter")  # Cancel has the focus: nothing deleted
+        assert keyring.get_password("loom", "OLD_TOKEN") == "t-1"
+        await pilot.press("d")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen), what="the question")
+        await pilot.click("#confirm-yes")
         await wait_for(pilot, lambda: [row.key for row in table.rows] == ["KEEP_ME"],
                        what="deleted")
         assert any("deleted OLD_TOKEN" in n.message for n in app._notifications)

@@ -1,5 +1,6 @@
-"""Snapshots of every screen at 120×36 with deterministic data (fixed run ids and times, cached
-model answers): a layout or style regression shows up as an SVG diff.
+"""Snapshots of every screen at 80×24 (what a laptop's split pane gives) and 160×45 (a
+full-screen terminal), with deterministic data (fixed run ids and times, cached model
+answers): a layout or style regression shows up as an SVG diff.
 
 Update after a deliberate change with `pytest tests/tui/test_snapshots.py --snapshot-update`,
 then look at the SVGs (the report pytest-textual-snapshot writes on failure shows both)."""
@@ -22,10 +23,16 @@ from loom_tui.screens.run import RunScreen
 from loom_tui.widgets.paged_table import PagedTable
 from loom_tui.widgets.prompt_editor import PromptEditor
 from loom_tui.widgets.sample_output import SampleOutput
-from tests.tui.conftest import ROOT, SIZE, copy_sample, settle, wait_for, write_invalid
+from loom_tui.messages import RunCouldNotStart
+from tests.tui.conftest import ROOT, copy_sample, settle, wait_for, write_invalid
 from tests.tui.data import T0, seed_everything, seed_history
 
 EDITED = "\n(Be strict: a review that only states facts is neutral.)\n"
+
+
+@pytest.fixture(params=[(80, 24), (160, 45)], ids=["80x24", "160x45"])
+def size(request: pytest.FixtureRequest) -> tuple[int, int]:
+    return request.param
 
 
 @pytest.fixture
@@ -61,18 +68,18 @@ async def until_listed(pilot) -> None:
     await settle(pilot)
 
 
-def test_pipelines(snap_compare, workspace_folder: Path) -> None:
+def test_pipelines(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     copy_sample(workspace_folder)
     write_invalid(workspace_folder)
     seeded()
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=until_listed)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=until_listed)
 
 
-def test_pipelines_light(snap_compare, workspace_folder: Path) -> None:
+def test_pipelines_light(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     copy_sample(workspace_folder)
     write_invalid(workspace_folder)
     seeded()
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=until_listed,
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=until_listed,
                         press=["ctrl+t"])
 
 
@@ -84,14 +91,14 @@ async def open_workbench(pilot) -> None:
     await settle(pilot)
 
 
-def test_workbench(snap_compare, workspace_folder: Path) -> None:
+def test_workbench(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     pipeline = copy_sample(workspace_folder)
     warm_cache(pipeline, [None])
-    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=SIZE,
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
                         run_before=open_workbench)
 
 
-def test_workbench_template_error(snap_compare, workspace_folder: Path) -> None:
+def test_workbench_template_error(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     pipeline = copy_sample(workspace_folder)
     warm_cache(pipeline, [None])
 
@@ -103,11 +110,11 @@ def test_workbench_template_error(snap_compare, workspace_folder: Path) -> None:
             pilot.app.screen.query_one("#prompt-pane").border_subtitle), what="the error")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=SIZE,
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
                         run_before=broken)
 
 
-def test_workbench_after_save_shows_changed_verdicts(snap_compare, workspace_folder: Path) -> None:
+def test_workbench_after_save_shows_changed_verdicts(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     pipeline = copy_sample(workspace_folder)
     prompt = (pipeline.parent / "prompts" / "classify.j2").read_text()
     # The edited prompt is not in the demo cassette: replay has no answer, so every sample
@@ -126,7 +133,7 @@ def test_workbench_after_save_shows_changed_verdicts(snap_compare, workspace_fol
         pilot.app.clear_notifications()
         await pilot.pause()
 
-    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=SIZE,
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
                         run_before=saved)
 
 
@@ -179,13 +186,13 @@ def _run_screen(workspace_folder: Path, *, finished: bool):
     return live
 
 
-def test_run_in_progress(snap_compare, workspace_folder: Path) -> None:
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE,
+def test_run_in_progress(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size,
                         run_before=_run_screen(workspace_folder, finished=False))
 
 
-def test_run_summary(snap_compare, workspace_folder: Path) -> None:
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE,
+def test_run_summary(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size,
                         run_before=_run_screen(workspace_folder, finished=True))
 
 
@@ -195,7 +202,7 @@ async def open_section(pilot, key: str) -> None:
     await until_listed(pilot)
 
 
-def test_quarantine(snap_compare, workspace_folder: Path) -> None:
+def test_quarantine(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     seeded()
 
     async def shown(pilot) -> None:
@@ -203,10 +210,10 @@ def test_quarantine(snap_compare, workspace_folder: Path) -> None:
         detail = pilot.app.screen.query_one("#q-detail")
         await wait_for(pilot, lambda: detail.actions == [], what="the detail")
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=shown)
 
 
-def test_quarantine_marked_for_a_bulk_action(snap_compare, workspace_folder: Path) -> None:
+def test_quarantine_marked_for_a_bulk_action(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     seeded()
 
     async def marked(pilot) -> None:
@@ -214,10 +221,10 @@ def test_quarantine_marked_for_a_bulk_action(snap_compare, workspace_folder: Pat
         await pilot.press("space", "space", "down", "space")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=marked)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=marked)
 
 
-def test_quarantine_edit_output(snap_compare, workspace_folder: Path) -> None:
+def test_quarantine_edit_output(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     seeded()
 
     async def editing(pilot) -> None:
@@ -225,10 +232,10 @@ def test_quarantine_edit_output(snap_compare, workspace_folder: Path) -> None:
         await pilot.press("e")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=editing)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=editing)
 
 
-def test_history(snap_compare, workspace_folder: Path) -> None:
+def test_history(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     """A shard group on top (summed, its runs beneath), alerts, and the judges' agreement."""
     asyncio.run(seed_everything())
 
@@ -239,10 +246,10 @@ def test_history(snap_compare, workspace_folder: Path) -> None:
                        and screen.query_one("#h-judge-panel").agreements, what="charts, judges")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=shown)
 
 
-def test_history_run_with_alerts(snap_compare, workspace_folder: Path) -> None:
+def test_history_run_with_alerts(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     ids, _ = asyncio.run(seed_everything())
 
     async def shown(pilot) -> None:
@@ -254,10 +261,10 @@ def test_history_run_with_alerts(snap_compare, workspace_folder: Path) -> None:
                        and screen.query_one("#h-judge-panel").agreements, what="charts, judges")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=shown)
 
 
-def test_compare_two_runs(snap_compare, workspace_folder: Path) -> None:
+def test_compare_two_runs(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     ids = seeded()
 
     async def compared(pilot) -> None:
@@ -270,10 +277,10 @@ def test_compare_two_runs(snap_compare, workspace_folder: Path) -> None:
                        what="the comparison")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=compared)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=compared)
 
 
-def test_help(snap_compare, workspace_folder: Path) -> None:
+def test_help(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     seeded()
 
     async def helped(pilot) -> None:
@@ -281,10 +288,10 @@ def test_help(snap_compare, workspace_folder: Path) -> None:
         await pilot.press("f1")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=helped)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=helped)
 
 
-def test_secrets(snap_compare, workspace_folder: Path, file_keyring: Path,
+def test_secrets(snap_compare, size: tuple[int, int], workspace_folder: Path, file_keyring: Path,
                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Names only: stored ones, one the environment has, one a pipeline needs and nobody has."""
     path = copy_sample(workspace_folder)
@@ -299,10 +306,10 @@ def test_secrets(snap_compare, workspace_folder: Path, file_keyring: Path,
     async def shown(pilot) -> None:
         await open_section(pilot, "f6")
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=shown)
 
 
-def test_secrets_without_a_keyring(snap_compare, workspace_folder: Path) -> None:
+def test_secrets_without_a_keyring(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     import keyring
     from keyring.backends.fail import Keyring as Fail
 
@@ -315,12 +322,12 @@ def test_secrets_without_a_keyring(snap_compare, workspace_folder: Path) -> None
         await settle(pilot)
 
     try:
-        assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=shown)
+        assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=shown)
     finally:
         keyring.set_keyring(previous)
 
 
-def test_set_secret_value_is_masked(snap_compare, workspace_folder: Path,
+def test_set_secret_value_is_masked(snap_compare, size: tuple[int, int], workspace_folder: Path,
                                     file_keyring: Path) -> None:
     async def typing(pilot) -> None:
         await pilot.press("f6")
@@ -328,10 +335,10 @@ def test_set_secret_value_is_masked(snap_compare, workspace_folder: Path,
         await pilot.press("n", *"OPENAI_API_KEY", "enter", *"sk-do-not-show-me-1234")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=typing)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=typing)
 
 
-def test_estimate(snap_compare, workspace_folder: Path) -> None:
+def test_estimate(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     copy_sample(workspace_folder)
 
     async def estimated(pilot) -> None:
@@ -341,10 +348,10 @@ def test_estimate(snap_compare, workspace_folder: Path) -> None:
                        what="the estimate")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder), terminal_size=SIZE, run_before=estimated)
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=estimated)
 
 
-def test_workbench_llm_judge(snap_compare, workspace_folder: Path) -> None:
+def test_workbench_llm_judge(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     """review_summaries: an LLM judge's explanation and criteria in the Output pane."""
     target = workspace_folder / "review_summaries"
     shutil.copytree(ROOT / "sample_pipelines" / "review_summaries", target,
@@ -359,5 +366,94 @@ def test_workbench_llm_judge(snap_compare, workspace_folder: Path) -> None:
                        what="R003 first")
         await settle(pilot)
 
-    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=SIZE,
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
                         run_before=opened)
+
+
+def test_workbench_editing(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
+    """The editing mode: the prompt pane marked, the footer with the editor's keys only."""
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+
+    async def editing(pilot) -> None:
+        await open_workbench(pilot)
+        await pilot.press("i")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
+                        run_before=editing)
+
+
+def test_record_inspector(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+
+    async def inspected(pilot) -> None:
+        await open_workbench(pilot)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: getattr(pilot.app.screen, "rendered", None) is not None
+                       and pilot.app.screen.result is not None, what="the inspector")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
+                        run_before=inspected)
+
+
+def test_run_with_unsaved_edits_asks(snap_compare, size: tuple[int, int],
+                                     workspace_folder: Path) -> None:
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+
+    async def asked(pilot) -> None:
+        await open_workbench(pilot)
+        editor = pilot.app.screen.query_one(PromptEditor)
+        editor.load_text(editor.text + EDITED)
+        await pilot.pause()
+        await pilot.press("f5")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
+                        run_before=asked)
+
+
+def test_quit_with_unsaved_edits_asks(snap_compare, size: tuple[int, int],
+                                      workspace_folder: Path) -> None:
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+
+    async def asked(pilot) -> None:
+        await open_workbench(pilot)
+        editor = pilot.app.screen.query_one(PromptEditor)
+        editor.load_text(editor.text + EDITED)
+        await pilot.pause()
+        await pilot.press("ctrl+q")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
+                        run_before=asked)
+
+
+def test_run_could_not_start(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
+    pipeline = copy_sample(workspace_folder)
+
+    async def failed(pilot) -> None:
+        await until_listed(pilot)
+        screen = RunScreen(pipeline, start=False)
+        await pilot.app.push_screen(screen)
+        screen.post_message(RunCouldNotStart(
+            "transform.api_key: secret OPENAI_API_KEY is not set (looked in the keyring "
+            "(service loom) and the environment)"))
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=failed)
+
+
+def test_history_empty(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
+    async def shown(pilot) -> None:
+        await pilot.press("f4")
+        await pilot.pause()
+        await wait_for(pilot, lambda: pilot.app.screen.query_one(PagedTable).total == 0,
+                       what="no runs")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=shown)

@@ -74,7 +74,8 @@ async def test_typing_rerenders_and_refreshes_the_output(tmp_path: Path, llm_ser
     async with app.run_test(size=SIZE, message_hook=messages.append) as pilot:
         screen = await open_workbench(app, pilot, path)
         editor = screen.query_one(PromptEditor)
-        editor.focus()
+        await pilot.press("i")  # editing is a mode: i (or enter on the prompt) starts it
+        assert editor.has_focus and editor.editing
         editor.load_text(TRUTHFUL)
         # The render and the sample are separate workers: either may land first.
         expected = 'Classify.\ntext 0\nreply: {"sentiment": "positive"}'
