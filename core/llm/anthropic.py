@@ -19,9 +19,9 @@ from typing import Any
 from core.errors import ProviderError, SecretError
 from core.llm import strict_schema
 from core.llm.adaptation import Adaptations
-from core.llm.base import LLMRequest, LLMResponse, MalformedUsage, StructuredOutput, token_count
+from core.llm.base import LLMRequest, LLMResponse, StructuredOutput, token_count
 from core.llm.shaping import CACHE_CONTROL, RequestShaper, cached_content, system_is_static
-from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint, exhausted_wait, reported_cost
+from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -100,17 +100,6 @@ class AnthropicProvider(RequestShaper):
         return body, mode
 
     # ------------------------------------------------------------ the exchange
-
-    async def send(self, body: dict[str, Any], request: LLMRequest) -> LLMResponse:
-        reply = await self._exchange.post_json(self.url, body, model=request.model)
-        try:
-            response = self.parse(reply.body, request, reply.latency_s)
-        except MalformedUsage as exc:
-            raise self._exchange.malformed(request.model, self.url,
-                                           f"a usable usage block ({exc})") from None
-        response.reported_cost_usd = reported_cost(reply.headers)
-        response.limit_reset_s = exhausted_wait(reply.headers)
-        return response
 
     def parse(self, data: dict[str, Any], request: LLMRequest, latency: float) -> LLMResponse:
         blocks = data.get("content")

@@ -19,10 +19,10 @@ from typing import Any
 from core.errors import PipelineError, ProviderError, SecretError
 from core.llm import strict_schema
 from core.llm.adaptation import Adaptations
-from core.llm.base import LLMRequest, LLMResponse, MalformedUsage, StructuredOutput, token_count
+from core.llm.base import LLMRequest, LLMResponse, StructuredOutput, token_count
 from core.llm.capabilities import UNKNOWN, lookup
 from core.llm.shaping import CACHE_CONTROL, RequestShaper, cached_content, system_is_static
-from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint, exhausted_wait, reported_cost
+from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 TOOL_NAME = "output"
@@ -124,19 +124,6 @@ class OpenAIProvider(RequestShaper):
             body["tool_choice"] = {"type": "function", "function": {"name": TOOL_NAME}}
 
     # ------------------------------------------------------------ the exchange
-
-    async def send(self, body: dict[str, Any], request: LLMRequest) -> LLMResponse:
-        reply = await self._exchange.post_json(self.url, body, model=request.model)
-        try:
-            response = self.parse(reply.body, request, reply.latency_s)
-        except MalformedUsage as exc:
-            # A bill that cannot be read is no answer to pay for: worth another try, like a
-            # body that does not parse.
-            raise self._exchange.malformed(request.model, self.url,
-                                           f"a usable usage block ({exc})") from None
-        response.reported_cost_usd = reported_cost(reply.headers)
-        response.limit_reset_s = exhausted_wait(reply.headers)
-        return response
 
     def parse(self, data: dict[str, Any], request: LLMRequest, latency: float) -> LLMResponse:
         try:

@@ -13,9 +13,9 @@ from typing import Any
 
 from core.errors import ProviderError
 from core.llm.adaptation import Adaptations, ModelAdaptations
-from core.llm.base import LLMRequest, LLMResponse, Provider, StructuredOutput
+from core.llm.base import LLMRequest, LLMResponse, MalformedUsage, Provider, StructuredOutput
 from core.llm.capabilities import ModelCapabilities, lookup
-from core.llm.transport import user_agent
+from core.llm.transport import Exchange, exhausted_wait, reported_cost, user_agent
 
 # A request can need a few changes (a sampling parameter, the token limit's name, the
 # structured-output mode); past this the refusal is not about Loom's choices.
@@ -46,6 +46,8 @@ def system_is_static(request: LLMRequest) -> bool:
 
 class RequestShaper(Provider):
     vendors: tuple[str, ...] = ()  # whose model data applies
+    url: str
+    _exchange: Exchange
 
     def __init__(self, *, adaptations: Adaptations | None, headers: dict[str, str] | None,
                  structured_output: StructuredOutput | None) -> None:
@@ -96,7 +98,21 @@ class RequestShaper(Provider):
         """The body to send, and the structured-output mode it uses."""
 
     @abc.abstractmethod
-    async def send(self, body: dict[str, Any], request: LLMRequest) -> LLMResponse: ...
+    def parse(self, data: dict[str, Any], request: LLMRequest, latency: float) -> LLMResponse:
+        """The answer in a successful body (raises MalformedUsage, ProviderError)."""
+
+    async def send(self, body: dict[str, Any], request: LLMRequest) -> LLMResponse:
+        reply = await self._exchange.post_json(self.url, body, model=request.model)
+        try:
+            response = self.parse(reply.body, request, reply.latency_s)
+        except MalformedUsage as exc:
+            # A bill that cannot be read is no answer to pay for: worth another try, like a
+            # body that does not parse.
+            raise self._exchange.malformed(request.model, self.url,
+                                           f"a usable usage block ({exc})") from None
+        response.reported_cost_usd = reported_cost(reply.headers)
+        response.limit_reset_s = exhausted_wait(reply.headers)
+        return response
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         await self.adaptations.ready()

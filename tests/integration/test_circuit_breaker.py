@@ -8,11 +8,9 @@ body, headers); the same classes through the LiteLLM proxy are in test_provider_
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,53 +21,28 @@ from core import cli
 from core.errors import ProviderError
 from core.llm.failures import FailureClass, classify
 from tests.pipelines import read_jsonl, reply, write_pipeline
+from tests.support.threaded_app import ThreadedApp
 
 RECORDS = 1000
 CONCURRENCY = 4
 RETRIES = 2
 
 
-class FailingEndpoint:
+class FailingEndpoint(ThreadedApp):
     """An OpenAI-style endpoint answering every request with one fixed error, on 127.0.0.1."""
 
     def __init__(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
         self.status, self.body, self.headers = status, body, headers or {}
         self.requests = 0
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
-        self.port = 0
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        super().__init__(app)
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.requests += 1
         await request.read()
         return web.Response(status=self.status, body=json.dumps(self.body).encode(),
                             content_type="application/json", headers=self.headers)
-
-    def __enter__(self) -> "FailingEndpoint":
-        def serve() -> None:
-            asyncio.set_event_loop(self._loop)
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            self._runner = web.AppRunner(app)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            self._loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
-            self._ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        async def stop() -> None:
-            await self._runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
     @property
     def base_url(self) -> str:

@@ -3,9 +3,7 @@ waited out by the whole run; 429s bounded by time, not by a count."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -16,17 +14,19 @@ from core import cli
 from core.errors import ProviderError
 from core.llm.retry import RetryPolicy, call_with_retries
 from tests.pipelines import read_jsonl, reply, write_pipeline
+from tests.support.threaded_app import ThreadedApp
 
 
-class ThrottlingEndpoint:
+class ThrottlingEndpoint(ThreadedApp):
     """OpenAI chat completions on 127.0.0.1 that answers 429 with `headers()` for the first
     `refusals` requests, then answers each prompt's `reply:` line."""
 
     def __init__(self, refusals: int, headers) -> None:
         self.refusals, self.headers = refusals, headers
         self.seen: list[float] = []
-        self._loop = asyncio.new_event_loop()
-        self._ready = threading.Event()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        super().__init__(app)
 
     async def _handle(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -41,29 +41,6 @@ class ThrottlingEndpoint:
                                   "choices": [{"index": 0, "finish_reason": "stop",
                                                "message": {"role": "assistant", "content": answer}}],
                                   "usage": {"prompt_tokens": 10, "completion_tokens": 5}})
-
-    def __enter__(self) -> "ThrottlingEndpoint":
-        def serve() -> None:
-            asyncio.set_event_loop(self._loop)
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", self._handle)
-            self._runner = web.AppRunner(app)
-            self._loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
-            self._loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
-            self._ready.set()
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=serve, daemon=True)
-        self._thread.start()
-        self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
 
 
 def soon(seconds: float) -> str:
