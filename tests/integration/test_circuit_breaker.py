@@ -178,3 +178,27 @@ def test_sporadic_failures_do_not_trip_the_breaker(tmp_path, capsys, llm_server)
     assert summary["records"] == {"extracted": 20, "loaded": 19, "quarantined": 0, "skipped": 1}
     assert code == 3 and "--resume" in summary["status_reason"]
     assert len(read_jsonl(pipeline.parent / "out" / "results.jsonl")) == 19
+
+
+# ---------------------------------------------------------------- through the LiteLLM proxy
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("case", ["unknown_model", "upstream_refuses_the_key"])
+def test_through_the_proxy_a_fatal_failure_stops_the_run(case, tmp_path, capsys, litellm_proxy,
+                                                         proxy_upstream):
+    rows = [{"id": f"r{i:03d}", "text": f"review {i}", "expected": "positive",
+             "reply": reply("positive")} for i in range(200)]
+    model = "gpt-4o-mini"
+    if case == "unknown_model":
+        model = "gpt-4o-mini-typo"  # not in the proxy's model list: LiteLLM answers 400
+    else:
+        proxy_upstream.script(["401"] * 50)  # the upstream refuses the proxy's key
+    pipeline = write_pipeline(tmp_path / "p", rows=rows, base_url=litellm_proxy.base_url,
+                              transform={"model": model, "api_key": litellm_proxy.api_key,
+                                         "concurrency": CONCURRENCY, "max_retries": RETRIES})
+    code, summary, err = run_cli(capsys, "--run", str(pipeline), "--json")
+    assert code == 1 and summary["status"] == "failed", err
+    assert summary["records"]["quarantined"] == 0 and summary["records"]["loaded"] == 0
+    assert "stopped after" in summary["status_reason"]
+    assert proxy_upstream.count <= CONCURRENCY * (RETRIES + 1) + CONCURRENCY
