@@ -298,6 +298,7 @@ class SqliteSink(Sink):
     def _open_sync(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists() or self.path.stat().st_size == 0
             # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), one per batch.
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                    check_same_thread=False)
@@ -306,7 +307,10 @@ class SqliteSink(Sink):
         self._conn = conn
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
-            conn.execute("PRAGMA journal_mode = WAL")
+            if created:
+                # WAL for a database Loom creates; a user's keeps its own journal mode (setting
+                # WAL rewrites the file's header: a failed run would leave the file changed).
+                conn.execute("PRAGMA journal_mode = WAL")
             kind = self._object_type(self.schema, self.bare_table)
             if kind not in (None, "table"):
                 raise ConnectorError(f"{self._where()}: is a {kind}, not a table")

@@ -45,8 +45,9 @@ class CircuitBreaker:
     def __init__(self, failures: int = DEFAULT_FAILURES) -> None:
         self.failures = max(1, failures)
         self.trip: Trip | None = None
-        self._streak: tuple[FailureClass, str] | None = None
-        self._count = 0
+        # One streak per stage: a judge whose endpoint fails every call trips the breaker
+        # though the transform's calls between them succeed.
+        self._streaks: dict[str, tuple[tuple[FailureClass, str], int]] = {}
         self.successes = 0  # calls the endpoints answered: a later 4xx is a record's own
 
     def check(self) -> None:
@@ -54,11 +55,11 @@ class CircuitBreaker:
         if self.trip is not None:
             raise CircuitOpen(self.trip)
 
-    def succeeded(self) -> None:
-        self._streak, self._count = None, 0
+    def succeeded(self, stage: str = "transform") -> None:
+        self._streaks.pop(stage, None)
         self.successes += 1
 
-    def failed(self, error: ProviderError) -> FailureClass:
+    def failed(self, error: ProviderError, stage: str = "transform") -> FailureClass:
         """Count a call that failed for good; returns its class."""
         if isinstance(error, CircuitOpen):
             return error.trip.failure
@@ -66,8 +67,9 @@ class CircuitBreaker:
         if failure in (FailureClass.RECORD, FailureClass.THROTTLED):
             return failure  # the record's own, or a wait: says nothing about the endpoint
         key = (failure, failure.value if failure.fatal else signature(error))
-        self._count = self._count + 1 if key == self._streak else 1
-        self._streak = key
-        if self.trip is None and (self._count >= self.failures or failure is FailureClass.AUTH):
-            self.trip = Trip(failure, error.status, error.message, self._count)
+        streak, count = self._streaks.get(stage, (None, 0))
+        count = count + 1 if key == streak else 1
+        self._streaks[stage] = (key, count)
+        if self.trip is None and (count >= self.failures or failure is FailureClass.AUTH):
+            self.trip = Trip(failure, error.status, error.message, count)
         return failure

@@ -219,9 +219,9 @@ class LLMClient:
                 response, attempts = await call_with_retries(attempt, self._policy, sleep=self._sleep,
                                                              rand=self._rand, on_retry=on_retry)
             except ProviderError as error:
-                self.breaker.failed(error)
+                self.breaker.failed(error, request.stage)
                 raise
-            self.breaker.succeeded()
+            self.breaker.succeeded(request.stage)
             priced = self._price(request, response)
             cost = priced.cost
         finally:

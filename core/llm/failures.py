@@ -71,8 +71,9 @@ _PARAMETER_WORDS = re.compile(r"unsupported (parameter|value)|unrecognized reque
                               r"extra inputs are not permitted|does not support parameters|"
                               r"unknown parameter|unexpected keyword", re.I)
 _RECORD_CODES = frozenset({"context_length_exceeded", "content_filter", "content_policy_violation",
-                           "invalid_prompt", "string_above_max_length"})
-_RECORD_WORDS = re.compile(r"context[_ ](length|window)|maximum context|too many tokens|prompt is "
+                           "invalid_prompt", "string_above_max_length",
+                           "exceed_context_size_error"})
+_RECORD_WORDS = re.compile(r"context[_ ](length|window|size)|maximum context|too many tokens|prompt is "
                            r"too long|too large|content (filter|policy|management)|safety system|"
                            r"refused", re.I)
 
@@ -89,7 +90,9 @@ def classify(error: ProviderError) -> FailureClass:
         return FailureClass.UNREACHABLE if "connection" in error.message.lower() \
             and "failed" in error.message.lower() else FailureClass.SERVER
     if status == 200:
-        return FailureClass.RECORD  # the model's refusal, or an answer without content
+        # A body without an answer (an error event, no choices, not JSON) is the endpoint's,
+        # once its retries are spent; the model's refusal, or an answer too large, the record's.
+        return FailureClass.SERVER if error.retryable else FailureClass.RECORD
     if code in _BILLING_CODES or status == 402 or (status in (400, 403, 429) and _BILLING_WORDS.search(text)):
         return FailureClass.BILLING
     if status in (401, 403) or code in _AUTH_CODES:
@@ -100,7 +103,7 @@ def classify(error: ProviderError) -> FailureClass:
         return FailureClass.UNKNOWN_MODEL
     if code in _PARAMETER_CODES or (400 <= status < 500 and _PARAMETER_WORDS.search(text)):
         return FailureClass.UNSUPPORTED_PARAMETER
-    if status in (408, 409, 429):
+    if status == 429:
         return FailureClass.THROTTLED
     if status >= 500:
         # A gateway that has no key configured for its upstream answers 500 saying so.
@@ -116,5 +119,6 @@ def signature(error: ProviderError) -> str:
     """The failure without what varies per call (numbers, ids, the attempt count), so that the
     same failure on two records compares equal."""
     text = re.sub(r"\(gave up after \d+ attempts?\)", "", error.message)
-    text = re.sub(r"\b[0-9a-f]{8,}\b|\d+(\.\d+)?", "#", text)
+    # Any word holding a digit (a request id req_1a2b…, a count, a port) varies per call.
+    text = re.sub(r"[\w.-]*\d[\w.-]*", "#", text)
     return f"{error.status}:{' '.join(text.split())[:200]}"

@@ -244,6 +244,8 @@ def _out_of_quota(error: "ApiError") -> bool:
 def should_retry(status: int, headers: httpx.Headers) -> bool:
     """Whether trying again may help: the server's own `x-should-retry` first (OpenAI and
     Anthropic send it), else by status."""
+    if status == 429:
+        return True  # a rate limit is waited out, whatever else the server says (quota is not)
     hint = (headers.get("x-should-retry") or "").strip().lower()
     if hint in ("true", "false"):
         return hint == "true"
