@@ -14,6 +14,7 @@ from typing import Any
 
 import jinja2
 
+from core.errors import LoomError
 from core.llm.base import CachePrefix
 from core.prompts import PromptSet, budgeted_render
 
@@ -49,8 +50,8 @@ def static_prefix(prompts: PromptSet) -> tuple[int, str] | None:
     for index, (which, text) in enumerate(parts):
         try:
             template = prompts._template(which, text)  # noqa: SLF001 - the run's compiled template
-        except jinja2.TemplateError:
-            return None
+        except (jinja2.TemplateError, LoomError):
+            return None  # the records' renders say what is wrong with it, one by one
         rendered: list[str] = []
         try:
             # Within a short render budget: a template that takes longer to reach its first
