@@ -387,6 +387,19 @@ class Engine:
     async def _run(self, runtime: Runtime) -> RunSummary:
         spec = self.loaded.spec
         self._runtime = runtime
+        # A stop (ctrl+c, SIGTERM, the workbench) also ends the calls' waits for rate limits.
+        stopper = asyncio.get_running_loop().create_task(self._stop_calls_on_cancel(runtime))
+        try:
+            return await self._run_pipeline(runtime)
+        finally:
+            stopper.cancel()
+
+    async def _stop_calls_on_cancel(self, runtime: Runtime) -> None:
+        await self.controller.cancelled.wait()
+        runtime.client.stop()
+
+    async def _run_pipeline(self, runtime: Runtime) -> RunSummary:
+        spec = self.loaded.spec
         prompts = runtime.prompts
         for evaluator in runtime.processor.evaluators:
             self.tally.evaluators[evaluator.name] = (

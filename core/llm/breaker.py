@@ -19,6 +19,10 @@ from core.llm.failures import FailureClass, classify, signature
 DEFAULT_FAILURES = 3
 
 
+class RunStopping(ProviderError):
+    """A wait between attempts ended because the run is stopping: says nothing of the endpoint."""
+
+
 class CircuitOpen(ProviderError):
     """The breaker is open: the call was not made."""
 
@@ -63,6 +67,8 @@ class CircuitBreaker:
         """Count a call that failed for good; returns its class."""
         if isinstance(error, CircuitOpen):
             return error.trip.failure
+        if isinstance(error, RunStopping):
+            return FailureClass.SERVER
         failure = classify(error)
         if failure in (FailureClass.RECORD, FailureClass.THROTTLED):
             return failure  # the record's own, or a wait: says nothing about the endpoint

@@ -17,7 +17,7 @@ from typing import Any
 
 from core.errors import ProviderError
 from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
-from core.llm.breaker import CircuitBreaker
+from core.llm.breaker import CircuitBreaker, RunStopping
 from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
 from core.llm.pricing import SOURCE_GATEWAY, Pricing, Quote, TokenUsage
 from core.llm.ratelimit import LimitsRegistry, ProviderLimits, estimate_tokens
@@ -72,6 +72,8 @@ class LLMClient:
         self.budget = budget
         # Shared by the run's clients: calls that keep failing the same way stop the run.
         self.breaker = breaker if breaker is not None else CircuitBreaker()
+        # Set when the run stops: no call waits out a rate limit or a backoff any longer.
+        self.stopping = asyncio.Event()
         self._cache_store = cache  # as given, for sibling()
         self._concurrency = concurrency
         self._registry = registry
@@ -98,18 +100,34 @@ class LLMClient:
         self._rand = rand
         self._inflight: dict[str, asyncio.Future[LLMResponse]] = {}
 
+    def stop(self) -> None:
+        """The run is stopping: waits between attempts end now, and no attempt follows."""
+        self.stopping.set()
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep between attempts, unless the run stops first."""
+        if not self.stopping.is_set():
+            try:
+                async with asyncio.timeout(seconds):
+                    await self.stopping.wait()
+            except TimeoutError:
+                return
+        raise RunStopping("not retried: the run is stopping", retryable=False)
+
     def sibling(self, provider: Provider) -> "LLMClient":
         """A client for another provider with this one's cache, pricing, retry policy,
         concurrency, budget, recorder and warnings: what an LLM judge with a model of its own
         uses. It takes its limits from this client's registry, so clients of one endpoint share
         them; the run's budget is the same object, so judges and transform spend one budget."""
-        return LLMClient(provider, pricing=self.pricing, cache=self._cache_store,
+        client = LLMClient(provider, pricing=self.pricing, cache=self._cache_store,
                          use_cache=self._read_cache, cache_ttl_s=self._ttl_s,
                          concurrency=self._concurrency, registry=self._registry,
                          budget=self.budget, recorder=self.recorder,
                          on_warning=self._on_warning, retry_policy=self._policy,
                          breaker=self.breaker, sleep=self._sleep, clock=self._clock,
                          rand=self._rand)
+        client.stopping = self.stopping  # one stop for the run's clients
+        return client
 
     async def complete(self, request: LLMRequest) -> tuple[LLMResponse, LLMCall]:
         if self._cache is None:
@@ -176,7 +194,7 @@ class LLMClient:
             before = self._clock()
             pause = limits.resume_at - before
             if pause > 0:
-                await self._sleep(pause)
+                await (self._wait(pause) if self._sleep is asyncio.sleep else self._sleep(pause))
                 stats.paused_s += pause
             if limits.requests is not None:
                 stats.rate_wait_s += await limits.requests.take(1)
@@ -216,8 +234,9 @@ class LLMClient:
         cost: float | None = None
         try:
             try:
-                response, attempts = await call_with_retries(attempt, self._policy, sleep=self._sleep,
-                                                             rand=self._rand, on_retry=on_retry)
+                response, attempts = await call_with_retries(
+                    attempt, self._policy, rand=self._rand, on_retry=on_retry,
+                    sleep=self._wait if self._sleep is asyncio.sleep else self._sleep)
             except ProviderError as error:
                 self.breaker.failed(error, request.stage)
                 raise
