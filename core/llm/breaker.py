@@ -7,10 +7,18 @@ Every call of a run (transform and judges) reports to one breaker. It opens when
 - a credential is refused at all (401/403: no later call will have a better key).
 A success closes the count. Once open, every call fails at once with `CircuitOpen`, without
 touching the network: the run stops, the records not processed are skipped and resumable.
+
+While a call of a stage is between attempts after a failure that speaks of the endpoint (a 5xx,
+a timeout; not a 429, not the record's own 4xx), new calls of that stage wait for it to settle
+before their first attempt. Without that, a call's backoff frees its slot for the next record,
+whose first attempt fails as fast: the requests a broken endpoint received before the breaker
+opened grew with how long the backoffs were, not with `failures`. With it, at most
+max(failures, concurrency) calls are tried, each with its retries.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from core.errors import ProviderError
@@ -53,11 +61,42 @@ class CircuitBreaker:
         # though the transform's calls between them succeed.
         self._streaks: dict[str, tuple[tuple[FailureClass, str], int]] = {}
         self.successes = 0  # calls the endpoints answered: a later 4xx is a record's own
+        self._unsettled: dict[str, int] = {}  # calls retrying after the endpoint failed them
+        self._settled: dict[str, asyncio.Event] = {}
 
     def check(self) -> None:
         """Raise CircuitOpen when the breaker is open."""
         if self.trip is not None:
             raise CircuitOpen(self.trip)
+
+    async def admit(self, stage: str = "transform") -> None:
+        """Before a call's first attempt: wait while calls of its stage are retrying after the
+        endpoint failed them, then raise CircuitOpen if they opened the breaker."""
+        while self.trip is None and self._unsettled.get(stage):
+            await self._settled.setdefault(stage, asyncio.Event()).wait()
+        self.check()
+
+    def suspects(self, error: ProviderError) -> bool:
+        """Whether a failed attempt speaks of the endpoint (so new calls should wait for its
+        retry) rather than of the record or of a rate limit."""
+        if isinstance(error, (CircuitOpen, RunStopping)):
+            return False
+        return classify(error) not in (FailureClass.RECORD, FailureClass.THROTTLED)
+
+    def unsettle(self, stage: str = "transform") -> None:
+        """A call of `stage` failed an attempt that suspects the endpoint and will retry."""
+        self._unsettled[stage] = self._unsettled.get(stage, 0) + 1
+
+    def settle(self, stage: str = "transform") -> None:
+        """A call counted by `unsettle` ended (answered, failed for good or cancelled)."""
+        left = self._unsettled.get(stage, 0) - 1
+        if left > 0:
+            self._unsettled[stage] = left
+            return
+        self._unsettled.pop(stage, None)
+        event = self._settled.pop(stage, None)
+        if event is not None:
+            event.set()  # every waiter looks again; a later wait makes a new event
 
     def succeeded(self, stage: str = "transform") -> None:
         self._streaks.pop(stage, None)
@@ -78,4 +117,6 @@ class CircuitBreaker:
         self._streaks[stage] = (key, count)
         if self.trip is None and (count >= self.failures or failure is FailureClass.AUTH):
             self.trip = Trip(failure, error.status, error.message, count)
+            for event in self._settled.values():
+                event.set()  # calls waiting to be admitted now fail at once
         return failure

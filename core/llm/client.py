@@ -175,7 +175,9 @@ class LLMClient:
             self._inflight.pop(key, None)
 
     async def _call(self, request: LLMRequest, key: str | None) -> tuple[LLMResponse, LLMCall]:
-        self.breaker.check()  # an open breaker makes no call
+        # An open breaker makes no call; one whose stage has calls retrying after the endpoint
+        # failed them waits for those first (core.llm.breaker).
+        await self.breaker.admit(request.stage)
         limits = self.limits
         stats = limits.stats
         estimate_in, estimate_out = estimate_tokens(request.messages, request.max_tokens,
@@ -224,8 +226,14 @@ class LLMClient:
                 limits.tokens.adjust(estimate - response.input_tokens - response.output_tokens)
             return response
 
+        unsettled = False
+
         def on_retry(error: ProviderError, wait: float) -> None:
+            nonlocal unsettled
             stats.retries += 1
+            if not unsettled and self.breaker.suspects(error):
+                unsettled = True
+                self.breaker.unsettle(request.stage)
             if error.retry_after:
                 hint = min(error.retry_after, self._policy.max_retry_after_s)
                 limits.resume_at = max(limits.resume_at, self._clock() + hint)
@@ -244,6 +252,8 @@ class LLMClient:
             priced = self._price(request, response)
             cost = priced.cost
         finally:
+            if unsettled:
+                self.breaker.settle(request.stage)
             if self.budget is not None:
                 self.budget.settle(reserved, cost)
         call = LLMCall(
