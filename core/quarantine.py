@@ -28,6 +28,7 @@ from core.config import LoomConfig
 from core.connectors.base import build_row, id_column
 from core.connectors.registry import open_sink, redact_uri
 from core.credentials import SecretResolver
+from core.crashpoints import crash_point
 from core.errors import LoadError, LoomError, UsageError
 from core.processing import Runtime, resolve_secrets
 from core.records import Outcome, Record, sum_costs
@@ -115,6 +116,7 @@ class QuarantineDesk:
                 for row, _ in group:
                     record = Record(id=row.record_id, data=row.input or {}, ordinal=row.ordinal)
                     outcome = await runtime.processor.process(record)
+                    crash_point("quarantine:answered")
                     cost = sum_costs([c.cost_usd for c in outcome.calls])
                     details = {"cost_usd": cost, "prompt_hash": runtime.prompts.prompt_hash,
                                "model": loaded.spec.transform.model}
@@ -214,7 +216,9 @@ class QuarantineDesk:
                     await _rewrite_without(sink, target, rewrite,
                                            {str(r.get(rewrite)) for r in rows})
                 await sink.write(rows)
+                crash_point("quarantine:committing")
                 await sink.commit()
+                crash_point("quarantine:committed")
             except LoomError as exc:
                 if sink is not None:
                     with contextlib.suppress(Exception):

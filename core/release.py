@@ -24,6 +24,7 @@ from typing import Any
 from core.connectors.base import build_row
 from core.connectors.registry import open_sink, redact_uri
 from core.credentials import SecretResolver
+from core.crashpoints import crash_point
 from core.errors import LoomError, UsageError
 from core.processing import resolve_secrets
 from core.records import Outcome, Record
@@ -125,7 +126,9 @@ async def _publish(store: Store, run_id: str, loaded: LoadedSpec) -> tuple[int, 
         if not row_ids:
             raise UsageError(f"run {run_id} holds no passing record: there is nothing to release")
         await sink.prepare_commit()
+        crash_point("release:committing")
         await sink.commit()
+        crash_point("release:committed")
     except BaseException:
         with contextlib.suppress(Exception):
             await sink.abort()
