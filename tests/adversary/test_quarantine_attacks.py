@@ -298,3 +298,31 @@ def test_a_record_approved_from_a_held_run_survives_its_release(tmp_path, loom_h
     released = loom_run("release", summary["run_id"])
     assert released.returncode == 0, released.stderr
     assert written_ids(pipeline) == Counter({f"r{i}": 1 for i in range(10)})
+
+
+# ---------------------------------------------------------------- the same on a PostgreSQL store
+
+
+@pytest.mark.postgres
+def test_on_a_postgres_store_racing_and_killed_approvals_load_each_once(tmp_path, loom_home,
+                                                                        pg_database,
+                                                                        monkeypatch):
+    monkeypatch.setenv("LOOM_STORE_URL", pg_database.url)
+    with Hostile(answer) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=source(30), base_url=server.base_url,
+                                  transform={"cache": False},
+                                  load={"destination": "jsonl://out/results.jsonl",
+                                        "mode": "append"})
+        done = loom_run("--run", str(pipeline), "--json")
+        assert json.loads(done.stdout)["records"]["quarantined"] == 10, done.stderr
+    ids = [str(q) for (q,) in pg_database.rows("SELECT id FROM quarantined_records ORDER BY id")]
+    killed_at("quarantine:committed", "quarantine", "approve", *ids[:2])
+    racers = [loom_proc("quarantine", "approve", *ids, "--json") for _ in range(3)]
+    for proc in racers:
+        proc.communicate(timeout=120)
+    added = written_ids(pipeline) - Counter({f"r{i}": 1 for i in range(30) if i % 3})
+    print(f"\npostgres store: 1 approval killed after its commit, then 3 processes racing; "
+          f"rows per approved id: {sorted(Counter(added.values()).items())}")
+    assert added == Counter({f"r{i}": 1 for i in range(0, 30, 3)})
+    assert pg_database.rows("SELECT DISTINCT status FROM quarantined_records") == [["approved"]]
+    assert pg_database.rows("SELECT count(*) FROM quarantine_actions") == [["10"]]
