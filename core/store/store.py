@@ -1137,7 +1137,7 @@ class Store:
                 .where(q.id.in_(list(ids))).order_by(q.id).with_for_update())).all()
             runs = {run.run_id: run for run in (await conn.execute(
                 select(_runs.c.run_id, _runs.c.commit_state, _runs.c.claim_holder,
-                       _runs.c.claimed_at).where(_runs.c.run_id.in_({r.run_id for r in rows}))
+                       _runs.c.claimed_at).where(_runs.c.run_id.in_(sorted({r.run_id for r in rows})))
                 .order_by(_runs.c.run_id).with_for_update())).all()}
             fresh: list[int] = []
             now = utcnow()
@@ -1145,9 +1145,9 @@ class Store:
                 run = runs.get(row.run_id)
                 if row.status != "open":
                     found[row.id] = Claim(ClaimState.RESOLVED, row.status)
-                elif row.claim_id is not None and row.claim_holder == holder:
-                    found[row.id] = Claim(ClaimState.CLAIMED, row.status, claim_id=row.claim_id)
                 elif row.claim_id is not None and holder_alive(row.claim_holder, row.claimed_at):
+                    # This process's own claim too: another action of it (a workbench worker)
+                    # is at work on the record.
                     found[row.id] = Claim(ClaimState.HELD, row.claim_action,
                                           describe(row.claim_holder, row.claimed_at))
                 elif run is not None and run.commit_state == "releasing" and \
