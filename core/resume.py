@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from core.claims import host_name, pid_alive as _pid_alive
+from core.claims import describe, holder_alive, host_name, pid_alive as _pid_alive
 from core.errors import ResumeError
 from core.events import RunStatus
 from core.records import Outcome
@@ -84,6 +84,11 @@ def resume_problem(run: PipelineRun) -> str | None:
         options = run.options or {}
         return (f"run {run.run_id} is still running (pid {options.get('pid', '?')} on "
                 f"{options.get('host', '?')}, last heartbeat {heartbeat_age(run):.0f} s ago)")
+    if run.commit_state == "releasing" and holder_alive(run.claim_holder, run.claimed_at):
+        # Both would write its destination; a dead release's claim is no obstacle (the resume
+        # rebuilds the replace destination whole).
+        return (f"run {run.run_id} is being released by "
+                f"{describe(run.claim_holder, run.claimed_at)} (loom release)")
     if run.status in (RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.PARTIAL):
         # A resume that failed before it settled with the destination kept the run's counts,
         # which may not show what is left: it may be resumed again whatever they say.

@@ -973,7 +973,8 @@ class Store:
 
         `reason`, `scores` and `verdict` replace the stored ones when given (a reprocess that
         still fails says why now). Status `open` clears `resolved_at`. `details` adds to what
-        the action row records (what a reprocess cost, say).
+        the action row records (what a reprocess cost, say). The record's claim (the action's
+        own: see claim_quarantined) and any kept reprocess answer go with it.
         """
         if status not in QUARANTINE_STATUSES:
             raise ValueError(f"quarantine status must be one of {QUARANTINE_STATUSES}, not {status!r}")

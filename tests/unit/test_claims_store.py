@@ -5,6 +5,7 @@ it left; a release and a quarantine action on the same run exclude each other.""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 from collections import Counter
 
@@ -13,7 +14,7 @@ import pytest
 from core.claims import ClaimState, Holder, _start_time, host_name
 from core.records import Outcome, Stage
 from core.store import Store
-from tests.unit.test_store import backend, home, result, run_start  # noqa: F401 (fixtures)
+from tests.unit.test_store import backend, home, result, run_start, summary  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -129,5 +130,21 @@ async def test_a_dead_release_is_taken_over_with_its_token(backend, live_holders
         await store.abandon_release("run-0001", live_holders[0])
         run = await store.get_run("run-0001")
         assert (run.commit_state, run.claim_holder, run.commit_token) == ("held", None, None)
+    finally:
+        await store.close()
+
+
+async def test_a_run_a_live_release_holds_is_not_resumed(backend, live_holders):
+    from core.resume import resume_problem
+
+    store, _ = await quarantined_store(1)
+    try:
+        held = dataclasses.replace(summary(), loaded=0, skipped=3)
+        await store.finish_run(held, [])
+        await store.hold_run("run-0001")
+        assert resume_problem(await store.get_run("run-0001")) is None
+        await store.claim_release("run-0001", live_holders[0])
+        problem = resume_problem(await store.get_run("run-0001"))
+        assert problem is not None and "is being released by pid " in problem
     finally:
         await store.close()
