@@ -326,3 +326,24 @@ def test_on_a_postgres_store_racing_and_killed_approvals_load_each_once(tmp_path
     assert added == Counter({f"r{i}": 1 for i in range(0, 30, 3)})
     assert pg_database.rows("SELECT DISTINCT status FROM quarantined_records") == [["approved"]]
     assert pg_database.rows("SELECT count(*) FROM quarantine_actions") == [["10"]]
+
+
+@pytest.mark.s3
+def test_approve_into_s3_killed_after_its_commit_then_again_loads_once(tmp_path, loom_home, s3):
+    """S3 parts are withdrawn, not trusted: the next approval removes the killed one's parts
+    (under its claim's prefix) and writes the records once."""
+    s3.client().create_bucket(Bucket="lake")
+    with Hostile(answer) as server:
+        pipeline, run_id, ids = quarantined_run(tmp_path / "p", server.base_url, mode="append",
+                                                destination="s3://lake/reviews/")
+    killed_at("quarantine:committed", "quarantine", "approve", *ids)
+    again = loom_run("quarantine", "approve", *ids)
+    assert again.returncode == 0, again.stderr
+    client = s3.client()
+    written: Counter[str] = Counter()
+    for item in client.list_objects_v2(Bucket="lake", Prefix="reviews/").get("Contents", []):
+        if item["Key"].endswith(".jsonl"):
+            body = client.get_object(Bucket="lake", Key=item["Key"])["Body"].read().decode()
+            written.update(json.loads(line)["id"] for line in body.splitlines())
+    assert [written[f"r{i}"] for i in (0, 3, 6)] == [1, 1, 1], written
+    assert statuses(loom_home, ids) == ["approved"] * len(ids)
