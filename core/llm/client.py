@@ -15,14 +15,15 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from core.errors import ProviderError, StoreError
+from core.errors import BudgetExceeded, ProviderError, StoreError
 from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
 from core.llm.breaker import CircuitBreaker, RunStopping
 from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
 from core.llm.pricing import SOURCE_GATEWAY, Pricing, Quote, TokenUsage
-from core.llm.ratelimit import LimitsRegistry, ProviderLimits, estimate_tokens
+from core.llm.ratelimit import LimitsRegistry, ProviderLimits
 from core.llm.replay import CassetteRecorder
 from core.llm.retry import RetryPolicy, call_with_retries
+from core.llm.tokens import TokenCounter
 from core.records import LLMCall
 
 
@@ -99,6 +100,7 @@ class LLMClient:
         self._clock = clock
         self._rand = rand
         self._inflight: dict[str, asyncio.Future[LLMResponse]] = {}
+        self._tokens = TokenCounter()
 
     def stop(self) -> None:
         """The run is stopping: waits between attempts end now, and no attempt follows."""
@@ -180,24 +182,35 @@ class LLMClient:
         await self.breaker.admit(request.stage)
         limits = self.limits
         stats = limits.stats
-        estimate_in, estimate_out = estimate_tokens(request.messages, request.max_tokens,
-                                                    DEFAULT_OUTPUT_CEILING)
+        budget = self.budget
+        model = request.model
+        where = {"provider": self.provider.name, "base_url": self.provider.base_url}
+        counted = self._tokens.count(request.messages, model, self.provider.name)
+        estimate_out = request.max_tokens if request.max_tokens is not None \
+            else DEFAULT_OUTPUT_CEILING
         # Refused here, before any wait: a call the budget cannot afford is never sent.
-        reserved = self.budget.reserve(request.model, estimate_in, estimate_out,
-                                       provider=self.provider.name,
-                                       base_url=self.provider.base_url) \
-            if self.budget is not None else 0.0
+        first = False
+        if budget is not None:
+            budget.check(model, counted.tokens, estimate_out, **where)
+            first = await budget.first_call(model, **where)
         started = self._clock()
         queued = 0.0  # time spent waiting for our own limits: not the model's latency
-        estimate = estimate_in + estimate_out
+        priced: Priced | None = None
+
+        def corrected() -> int:
+            if budget is None:
+                return counted.tokens + estimate_out
+            tokens_in, tokens_out = budget.calibration.correct(model, counted.tokens, estimate_out)
+            return tokens_in + tokens_out
 
         async def attempt() -> LLMResponse:
-            nonlocal queued
+            nonlocal queued, priced
             before = self._clock()
             pause = limits.resume_at - before
             if pause > 0:
                 await (self._wait(pause) if self._sleep is asyncio.sleep else self._sleep(pause))
                 stats.paused_s += pause
+            estimate = corrected()
             if limits.requests is not None:
                 stats.rate_wait_s += await limits.requests.take(1)
             if limits.tokens is not None:
@@ -205,16 +218,35 @@ class LLMClient:
             concurrency = limits.concurrency
             ticket = await concurrency.acquire()
             queued += self._clock() - before
+            reserved = 0.0
+            cost: float | None = None
             try:
-                response = await self.provider.complete(request)
-            except ProviderError as error:
-                if error.status == 429:
-                    stats.throttled += 1
-                    concurrency.throttled(ticket)
+                # Admitted now, holding a slot, against every call that has settled so far:
+                # only the calls in flight are admitted on estimates.
+                if budget is not None:
+                    reserved = budget.reserve(model, counted.tokens, estimate_out, **where)
+                try:
+                    response = await self.provider.complete(request)
+                except ProviderError as error:
+                    if error.status == 429:
+                        stats.throttled += 1
+                        concurrency.throttled(ticket)
+                    if limits.tokens is not None:
+                        limits.tokens.adjust(estimate)  # a failed call used none of its tokens
+                    raise
+                priced = self._price(request, response)
+                cost = priced.cost
+                if budget is not None:
+                    budget.calibration.learn(model, counted.tokens, response.input_tokens,
+                                             response.output_tokens)
+            except BudgetExceeded:
                 if limits.tokens is not None:
-                    limits.tokens.adjust(estimate)  # a failed call used none of its tokens
+                    limits.tokens.adjust(estimate)  # never sent
                 raise
             finally:
+                # Settled before the slot is freed: the call it lets in sees the real spend.
+                if budget is not None:
+                    budget.settle(reserved, cost)
                 concurrency.release()
             concurrency.succeeded()
             if response.limit_reset_s:
@@ -239,7 +271,6 @@ class LLMClient:
                 limits.resume_at = max(limits.resume_at, self._clock() + hint)
                 limits.waiting_for = f"HTTP {error.status}: retry after {hint:.0f} s"
 
-        cost: float | None = None
         try:
             try:
                 response, attempts = await call_with_retries(
@@ -249,13 +280,13 @@ class LLMClient:
                 self.breaker.failed(error, request.stage)
                 raise
             self.breaker.succeeded(request.stage)
-            priced = self._price(request, response)
-            cost = priced.cost
         finally:
             if unsettled:
                 self.breaker.settle(request.stage)
-            if self.budget is not None:
-                self.budget.settle(reserved, cost)
+            if first and budget is not None:
+                budget.first_call_ended(model)
+        assert priced is not None
+        cost = priced.cost
         call = LLMCall(
             stage=request.stage, provider=self.provider.name, model=request.model,
             input_tokens=response.input_tokens, output_tokens=response.output_tokens,

@@ -207,14 +207,3 @@ class LimitsRegistry:
 
     def all(self) -> list[ProviderLimits]:
         return list(self._limits.values())
-
-
-def estimate_tokens(messages: list[dict[str, str]], max_tokens: int | None,
-                    default_output: int) -> tuple[int, int]:
-    """(input, output) tokens a call may use, before it is made: about 4 characters a token,
-    plus a few per message for the chat framing; the output at its ceiling."""
-    chars = 0
-    for message in messages:
-        content = message.get("content")
-        chars += len(content) if isinstance(content, str) else len(str(content))
-    return chars // 4 + 4 * len(messages) + 1, max_tokens if max_tokens is not None else default_output

@@ -9,8 +9,7 @@ import pytest
 from core.errors import BudgetExceeded
 from core.llm.budget import Budget
 from core.llm.pricing import ModelRate, Pricing
-from core.llm.ratelimit import (BURST_S, AdaptiveLimit, LimitsRegistry, TokenBucket,
-                                estimate_tokens)
+from core.llm.ratelimit import BURST_S, AdaptiveLimit, LimitsRegistry, TokenBucket
 from tests.support.fake_time import FakeTime
 
 
@@ -59,12 +58,6 @@ async def test_adjust_gives_back_an_overestimate_and_charges_an_underestimate():
     assert bucket.level == pytest.approx(400)
     bucket.adjust(-500)  # a call that used more than estimated
     assert bucket.level == pytest.approx(-100)
-
-
-def test_token_estimates_count_the_prompt_and_the_output_ceiling():
-    messages = [{"role": "system", "content": "x" * 40}, {"role": "user", "content": "y" * 400}]
-    assert estimate_tokens(messages, 300, 4096) == (110 + 8 + 1, 300)
-    assert estimate_tokens(messages, None, 4096)[1] == 4096
 
 
 # ---------------------------------------------------------------- adaptive concurrency
