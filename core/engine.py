@@ -34,12 +34,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from core.config import LoomConfig, load_config
+from core.config import LoomConfig, load_config, loom_home
 from core.connectors.base import Sink, Source, build_row
 from core.connectors.registry import (literal_secrets, open_sink, open_source, redact_override,
                                       redact_tree, redact_uri)
 from core.credentials import SecretResolver
 from core.errors import LoadError, LoomError, ResumeError, StoreError
+from core.llm.answer_journal import AnswerJournal, journal_path
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
                          RunFinished, RunResumed, RunStarted, RunStatus, RunSummary, RunWarning)
 from core.monitoring import monitor_run
@@ -126,7 +127,9 @@ class _Tally:
     cache_write_tokens: int = 0  # of input_tokens
     reasoning_tokens: int = 0  # of output_tokens
     prompt_cache_saved: float = 0.0
-    llm_calls: int = 0
+    llm_calls: int = 0  # every call the run made, across its attempts
+    calls_this_attempt: int = 0  # of llm_calls: made by this process
+    calls_repeated: int = 0  # of llm_calls: sent by an attempt that died before their answer
     cache_hits: int = 0
     cost_known: float = 0.0
     cost_unknown: bool = False
@@ -152,6 +155,7 @@ class _Tally:
                 self.cache_hits += 1
             else:
                 self.llm_calls += 1
+                self.calls_this_attempt += not call.replayed
                 made_calls = True
             self.input_tokens += call.input_tokens
             self.output_tokens += call.output_tokens
@@ -299,6 +303,7 @@ class Engine:
         self._index: ResumeIndex | None = None
         self._attempt = 1
         self._prior_duration = 0.0
+        self._journal: AnswerJournal | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -364,15 +369,22 @@ class Engine:
         """Run the pipeline to the end. Raises LoomError for errors that prevent a run at all
         (a missing secret, an unreadable prompt, a run that cannot be resumed); everything
         after the start is in the summary."""
-        runtime = Runtime.build(
-            self.loaded, config=self.config, cache=self.store, use_cache=self.options.use_cache,
-            resolver=self.resolver, on_warning=self._warn, record_path=self.options.record_path)
+        # What earlier attempts were answered but never checkpointed, and every answer this one
+        # gets, the moment it arrives (core.llm.answer_journal).
+        self._journal = AnswerJournal.open(journal_path(loom_home(), self.run_id))
         try:
-            if self.options.resume is not None:
-                self._check_unchanged(runtime, self.options.resume)
-            return await self._run(runtime)
+            runtime = Runtime.build(
+                self.loaded, config=self.config, cache=self.store,
+                use_cache=self.options.use_cache, resolver=self.resolver, on_warning=self._warn,
+                record_path=self.options.record_path, journal=self._journal)
+            try:
+                if self.options.resume is not None:
+                    self._check_unchanged(runtime, self.options.resume)
+                return await self._run(runtime)
+            finally:
+                await runtime.aclose()
         finally:
-            await runtime.aclose()
+            self._journal.close()
 
     def _check_unchanged(self, runtime: Runtime, request: ResumeRequest) -> None:
         change = pipeline_change(request.run, self.loaded, runtime)
@@ -484,6 +496,10 @@ class Engine:
 
         summary = await self._monitor(self._summary(status, reason or error), started_at)
         await self._record_finish(summary, sink)
+        if self._journal is not None:
+            # Every answer the journal held is in the store now (the repeats are counted in the
+            # run's row): a later resume needs none of it.
+            self._journal.discard()
         self._emit(Progress(**{**_as_dict(self.progress()), "in_flight": 0}))
         self._emit(RunFinished(self.run_id, summary))
         if isinstance(fatal, FatalRunError) and fatal.exit_code == 2:
@@ -510,6 +526,16 @@ class Engine:
         tally.loaded += index.loaded
         tally.quarantined += index.quarantined
         tally.skipped += index.skipped
+        # Calls an earlier attempt sent and died before hearing back from: made, maybe billed,
+        # and made again now. Counted as calls (their cost is unknown: the budget takes what it
+        # had reserved for them). Those of attempts before the last clean end are in the row.
+        earlier = self._journal.earlier if self._journal is not None else None
+        repeated = int((request.run.extra or {}).get("calls_repeated") or 0)
+        if earlier is not None:
+            repeated += earlier.unanswered
+            runtime.budget.spent += earlier.unanswered_reserved_usd
+        tally.calls_repeated = repeated
+        tally.llm_calls += repeated
         # The budget is the run's, across its attempts.
         runtime.budget.spent += tally.cost_known
         self._emit(RunResumed(self.run_id, attempt=index.attempt, loaded=index.loaded,
@@ -527,6 +553,7 @@ class Engine:
         tally.reasoning_tokens = run.reasoning_tokens or 0
         tally.prompt_cache_saved = (run.savings_usd or {}).get("prompt_cache") or 0.0
         tally.llm_calls, tally.cache_hits = run.llm_calls, run.cache_hits
+        tally.calls_repeated = int((run.extra or {}).get("calls_repeated") or 0)
 
     def _settle_unread(self, reason: str) -> None:
         """Rows of a resumed run whose records this attempt never finished: not read again (the
@@ -1206,6 +1233,7 @@ class Engine:
             cache_read_tokens=tally.cache_read_tokens,
             cache_write_tokens=tally.cache_write_tokens, reasoning_tokens=tally.reasoning_tokens,
             savings_usd=_savings(tally),
+            calls_this_attempt=tally.calls_this_attempt, calls_repeated=tally.calls_repeated,
         )
 
 
@@ -1219,6 +1247,8 @@ class Engine:
             extra["duplicate_ids"] = self._duplicates
         if self._held:
             extra["held"] = self._held
+        if self.tally.calls_repeated:
+            extra["calls_repeated"] = self.tally.calls_repeated  # kept in the run's row
         return extra
 
 

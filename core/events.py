@@ -160,6 +160,10 @@ class RunSummary:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     savings_usd: dict[str, float] = field(default_factory=dict)
+    # Of llm_calls (every call the run made, across its attempts): the ones this attempt made,
+    # and the ones made twice because a crash cut them off in flight (sent, never answered).
+    calls_this_attempt: int | None = None
+    calls_repeated: int = 0
 
     @property
     def tokens(self) -> TokenTotals:
@@ -202,7 +206,10 @@ class RunSummary:
                           "p99": self.latency_p99_s},
             "status_reason": self.status_reason,
             "cost_by_model": self.cost_by_model,
-            "llm": {"calls": self.llm_calls, "cache_hits": self.cache_hits,
+            "llm": {"calls": self.llm_calls,
+                    "calls_this_attempt": (self.llm_calls if self.calls_this_attempt is None
+                                           else self.calls_this_attempt),
+                    "calls_repeated": self.calls_repeated, "cache_hits": self.cache_hits,
                     "retries": self.retries, "throttled": self.throttled,
                     "concurrency": {"configured": self.concurrency, "min": self.concurrency_min,
                                     "final": self.concurrency_final}},

@@ -23,6 +23,7 @@ from core.evaluate.registry import build_evaluators
 from core.llm.budget import Budget
 from core.llm.client import LLMClient
 from core.llm.adaptation import Adaptations
+from core.llm.answer_journal import AnswerJournal
 from core.llm.breaker import CircuitBreaker, CircuitOpen
 from core.llm.failures import FailureClass, classify
 from core.llm.factory import make_provider
@@ -228,9 +229,11 @@ class Runtime:
     def build(cls, loaded: LoadedSpec, *, config: LoomConfig, cache: Any, use_cache: bool,
               resolver: SecretResolver, on_warning: Callable[[str], None],
               record_path: Path | None = None, prompt_text: str | None = None,
-              concurrency: int | None = None, budget_usd: Any = _SPEC) -> "Runtime":
+              concurrency: int | None = None, budget_usd: Any = _SPEC,
+              journal: AnswerJournal | None = None) -> "Runtime":
         """`budget_usd`: the run's budget; by default the pipeline's budget.max_cost_usd
-        (None: no budget, for sample runs that must not be stopped by one)."""
+        (None: no budget, for sample runs that must not be stopped by one). `journal`: where a
+        recorded run keeps its answers as they arrive (core.llm.answer_journal)."""
         resolved = resolve_secrets(loaded, resolver)
         spec = resolved.spec
         prompts = load_prompts(loaded)
@@ -259,7 +262,7 @@ class Runtime:
             max_throttle_wait_s=spec.transform.rate_limit.max_wait_s,
             concurrency=concurrency or spec.transform.concurrency, limits=limits,
             registry=registry, budget=budget, recorder=recorder, on_warning=on_warning,
-            breaker=CircuitBreaker(spec.circuit_breaker.failures),
+            breaker=CircuitBreaker(spec.circuit_breaker.failures), journal=journal,
         )
         # Looked up now, not at the first call: loading the price data takes a moment, which
         # would hold the event loop with calls in flight; and an unpriced budget says so now.

@@ -77,6 +77,9 @@ class LLMCall:
     # What provider prompt caching saved on this call, in USD (negative when a cache write was
     # not read back); None when the price is unknown.
     prompt_cache_saved_usd: float | None = 0.0
+    # Made by an earlier attempt of this run, which was killed before it checkpointed the
+    # answer: taken from the run's journal (core.llm.answer_journal), paid for then, not now.
+    replayed: bool = False
 
     @property
     def cache_read_tokens(self) -> int:

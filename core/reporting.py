@@ -255,8 +255,10 @@ def summary_table(summary: RunSummary) -> Table:
         f"quarantined, {summary.skipped} skipped ({summary.rejection_rate:.1%} rejected)"))
     by_stage = ", ".join(f"{stage} {money(cost)}" for stage, cost in summary.cost_by_stage.items())
     table.add_row("cost", f"{money(summary.cost_usd)}" + (f" ({by_stage})" if by_stage else ""))
+    repeated = (f" ({summary.calls_repeated} repeated after a crash)"
+                if summary.calls_repeated else "")
     table.add_row("tokens", f"{summary.tokens.describe()} · "
-                            f"{summary.llm_calls} calls, {summary.cache_hits} cached")
+                            f"{summary.llm_calls} calls{repeated}, {summary.cache_hits} cached")
     if summary.savings_usd:
         table.add_row("saved", savings_text(summary.savings_usd))
     if summary.retries or summary.throttled:

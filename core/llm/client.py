@@ -10,12 +10,14 @@ lives in the providers.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from core.errors import BudgetExceeded, ProviderError, StoreError
+from core.llm.answer_journal import AnswerJournal
 from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
 from core.llm.breaker import CircuitBreaker, RunStopping
 from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
@@ -63,6 +65,7 @@ class LLMClient:
         on_warning: Callable[[str], None] | None = None,
         retry_policy: RetryPolicy | None = None,
         breaker: CircuitBreaker | None = None,
+        journal: AnswerJournal | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -71,6 +74,8 @@ class LLMClient:
         self.pricing = pricing
         self.recorder = recorder
         self.budget = budget
+        # The run's answers, kept as they arrive (core.llm.answer_journal); shared by siblings.
+        self.journal = journal
         # Shared by the run's clients: calls that keep failing the same way stop the run.
         self.breaker = breaker if breaker is not None else CircuitBreaker()
         # Set when the run stops: no call waits out a rate limit or a backoff any longer.
@@ -126,16 +131,27 @@ class LLMClient:
                          concurrency=self._concurrency, registry=self._registry,
                          budget=self.budget, recorder=self.recorder,
                          on_warning=self._on_warning, retry_policy=self._policy,
-                         breaker=self.breaker, sleep=self._sleep, clock=self._clock,
-                         rand=self._rand)
+                         breaker=self.breaker, journal=self.journal, sleep=self._sleep,
+                         clock=self._clock, rand=self._rand)
         client.stopping = self.stopping  # one stop for the run's clients
         return client
 
     async def complete(self, request: LLMRequest) -> tuple[LLMResponse, LLMCall]:
+        journal = self.journal if getattr(self.provider, "cacheable", True) else None
+        key: str | None = None
+        if journal is not None:
+            key = request.key(self.provider.name, self.provider.base_url)
+            kept = journal.take(key)
+            if kept is not None:
+                # Paid for by the attempt that was killed before it checkpointed it: the run
+                # counts it (and its budget spends it) once, here.
+                if self.budget is not None and kept.call.cost_usd:
+                    self.budget.spent += kept.call.cost_usd
+                return kept.response, dataclasses.replace(kept.call, replayed=True)
         if self._cache is None:
-            return await self._call(request, None)
+            return await self._call(request, key)
         started = self._clock()
-        key = request.key(self.provider.name, self.provider.base_url)
+        key = key or request.key(self.provider.name, self.provider.base_url)
         if self._read_cache:
             hit = await self._lookup(key)
             if hit is not None:
@@ -203,8 +219,11 @@ class LLMClient:
             tokens_in, tokens_out = budget.calibration.correct(model, counted.tokens, estimate_out)
             return tokens_in + tokens_out
 
+        journal = self.journal if key is not None else None
+        sent: str | None = None  # the journal's id of the attempt being made
+
         async def attempt() -> LLMResponse:
-            nonlocal queued, priced
+            nonlocal queued, priced, sent
             before = self._clock()
             pause = limits.resume_at - before
             if pause > 0:
@@ -225,9 +244,14 @@ class LLMClient:
                 # only the calls in flight are admitted on estimates.
                 if budget is not None:
                     reserved = budget.reserve(model, counted.tokens, estimate_out, **where)
+                if journal is not None:
+                    sent = journal.sent(key, reserved)
                 try:
                     response = await self.provider.complete(request)
                 except ProviderError as error:
+                    if sent is not None:
+                        journal.ended(sent)  # nothing answered: not a call to count as repeated
+                        sent = None
                     if error.status == 429:
                         stats.throttled += 1
                         concurrency.throttled(ticket)
@@ -298,6 +322,10 @@ class LLMClient:
             reasoning_tokens=response.reasoning_tokens, cost_source=priced.source,
             reported_cost_usd=response.reported_cost_usd, prompt_cache_saved_usd=priced.saved,
         )
+        if journal is not None and sent is not None:
+            # Kept before anything else happens to the answer: from here a crash does not
+            # make the run pay for it again.
+            journal.answered(sent, key, response, call)
         if self.recorder is not None:
             self.recorder.record(request, response)
         if key is not None and self._cache is not None:

@@ -6,12 +6,15 @@ keeps counting across the crash), a `loom --run` process killed with SIGKILL onc
 records are checkpointed, and a new `loom --run --resume` process. The destination is then
 checked record by record.
 
-The bound on model calls is measured on the server's side: the requests it had received when
-the process died, less the calls the store had checkpointed answers for, are the calls that
-were in flight (or answered within the last checkpoint interval). The resumed run must pay for
-exactly the records the store had no answer for, so that
+The bound on model calls is measured on the server's side. An answer is journaled the moment
+it arrives (core.llm.answer_journal), so what a crash costs again is only the calls that were
+sent and not yet answered when the process died: the resumed run takes the answers that were
+received but not yet checkpointed from the journal, and pays for every other record the store
+had no answer for, so that
 
-    total calls == records + in flight at the kill        (hence <= records + in flight)
+    total calls == records + calls repeated <= records + concurrency
+
+and the summary counts every one of them, the resumed run's own apart.
 """
 
 from __future__ import annotations
@@ -80,9 +83,11 @@ def crash_and_resume(tmp_path: Path, home: Path, server: LoopbackProcess, pipeli
     print(f"\n{pipeline.parent.name}: {measured}")
 
     # The acceptance bound, and exactly what makes it hold: the resumed run paid once for each
-    # record the store had no answer for, and for nothing else.
-    assert total <= len(rows) + in_flight
-    assert total - calls_before == len(rows) - answered
+    # record neither the store nor the journal had an answer for, and for nothing else.
+    llm = summary["llm"]
+    assert total == len(rows) + llm["calls_repeated"]
+    assert llm["calls_repeated"] <= CONCURRENCY
+    assert llm["calls_this_attempt"] == total - calls_before
     # What can be in flight is bounded by the checkpoint, not by the run: the calls the client
     # had open plus at most one checkpoint's worth of answers (about 100 ms of them).
     assert in_flight <= CONCURRENCY + CHECKPOINT_RECORDS
@@ -92,7 +97,7 @@ def crash_and_resume(tmp_path: Path, home: Path, server: LoopbackProcess, pipeli
     expected_loaded = len(passing_ids(rows))
     assert records == {"extracted": len(rows), "loaded": expected_loaded,
                        "quarantined": len(rows) - expected_loaded, "skipped": 0}
-    assert summary["llm"]["calls"] == len(rows)  # the answers the run kept: one per record
+    assert llm["calls"] == total  # every call the run made, across the kill
     (status, attempts, extracted, loaded, quarantined, skipped), = store_rows(
         home, "SELECT status, attempts, extracted, loaded, quarantined, skipped "
               "FROM pipeline_runs WHERE run_id = ?", run_id)
@@ -218,3 +223,41 @@ def test_kill_9_into_s3_parts_then_resume(tmp_path, loom_home, slow_server, s3):
             body = client.get_object(Bucket="lake", Key=key)["Body"].read().decode("utf-8")
             written.extend(json.loads(line)["id"] for line in body.splitlines())
     assert_each_once(written, rows)  # no record in two parts: the killed attempt's are gone
+
+
+# ---------------------------------------------------------------- answers not yet checkpointed
+
+
+def test_kill_9_with_answers_not_yet_checkpointed_pays_only_the_calls_in_flight(
+        tmp_path, loom_home, slow_server):
+    """800 records at concurrency 8, killed while the server has answered more calls than the
+    store has checkpointed (answers that were received and paid for, within the last
+    checkpoint interval). Those answers must not be paid again: across the kill and the resume
+    the server sees the records plus at most the calls that were in flight, and the summary
+    counts every call the server answered."""
+    rows = source_rows(800)
+    pipeline = pipeline_for(tmp_path / "unsaved", rows, slow_server.base_url)
+    proc = start_loom("--run", str(pipeline), "--json")
+
+    def answered_but_not_checkpointed() -> bool:
+        done = checkpointed(loom_home)
+        return done >= 200 and slow_server.requests - done >= CONCURRENCY + 4
+
+    kill_when(proc, answered_but_not_checkpointed)
+    calls_before = slow_server.requests
+    resumed = run_loom("--run", str(pipeline), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    total = slow_server.requests
+    print(f"\n800 records: {calls_before} calls at the kill, {total} in all; summary {summary['llm']}")
+    assert summary["status"] == "success"
+    assert summary["records"]["loaded"] == len(passing_ids(rows))
+    assert total <= len(rows) + CONCURRENCY
+    # The truth about calls, across the crash: every call the server answered is counted, and
+    # the resumed run's own are told apart.
+    assert summary["llm"]["calls"] == total
+    assert summary["llm"]["calls_this_attempt"] == total - calls_before
+    assert summary["llm"]["calls_repeated"] == total - len(rows)
+    written = [json.loads(line)["id"] for line in
+               (tmp_path / "unsaved" / "out" / "results.jsonl").read_text().splitlines()]
+    assert_each_once(written, rows)

@@ -1,0 +1,179 @@
+"""The answers a run has paid for, kept from the moment each arrives until the run ends.
+
+A record's result reaches the history store in the engine's next checkpoint, ~100 ms after its
+answer (core.engine). A process killed in between loses answers it was billed for, and
+`--resume` paid for them again (800 records at concurrency 8, killed: 817 requests). So each
+call is journaled as it happens, in a file of the run's own: a line when it is sent and a line
+with the answer when it arrives, before the record goes on to be parsed, evaluated and
+checkpointed. A resumed run takes its earlier attempts' answers from the journal instead of
+asking again, and counts the calls that were sent but never answered (in flight at the crash:
+made, maybe billed, and made again).
+
+Each line is one `write(2)` on a file opened for appending — a few microseconds on the event
+loop, no thread hop, no transaction. The journal survives the process (the kernel has the
+bytes once write returns), not a power cut: the same promise as the checkpoints' SQLite WAL
+with synchronous=NORMAL. A line cut short by the kill is ignored.
+
+The file is the run's, not a cache: it is read only by a resume of the same run, whatever
+`transform.cache` says, and deleted when the run ends (everything answered is in the store by
+then). It lives in `$LOOM_HOME/journal/RUN_ID.jsonl`: a resume on another machine (a shared
+PostgreSQL history) does not have it and pays for those answers again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import secrets
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.llm.base import LLMResponse
+from core.records import LLMCall
+
+_log = logging.getLogger(__name__)
+
+_CALL_FIELDS = frozenset(field.name for field in dataclasses.fields(LLMCall))
+
+
+@dataclass(frozen=True, slots=True)
+class JournaledAnswer:
+    """An answer an earlier attempt of the run was given (and billed for)."""
+
+    response: LLMResponse
+    call: LLMCall
+
+
+@dataclass(frozen=True, slots=True)
+class EarlierAttempts:
+    """What the journal says the run's earlier attempts did that the store does not hold."""
+
+    answers: int  # answered, not checkpointed: served from the journal, not paid again
+    unanswered: int  # sent, never answered (in flight at the crash): paid again when redone
+    unanswered_reserved_usd: float  # what the budget reserved for those, their cost unknown
+
+
+def journal_path(home: Path, run_id: str) -> Path:
+    return home / "journal" / f"{run_id}.jsonl"
+
+
+class AnswerJournal:
+    """One run's journal. `open` reads what earlier attempts wrote and appends after it."""
+
+    def __init__(self, path: Path, answers: dict[str, deque[JournaledAnswer]],
+                 earlier: EarlierAttempts) -> None:
+        self.path = path
+        self._answers = answers
+        self.earlier = earlier
+        self._fd: int | None = None
+        # Ids unique across attempts: this process's token and a counter.
+        self._token = secrets.token_hex(4)
+        self._count = 0
+        self.failed: str | None = None  # why the journal stopped being written, once it has
+
+    @classmethod
+    def open(cls, path: Path) -> "AnswerJournal":
+        answers: dict[str, deque[JournaledAnswer]] = {}
+        sent: dict[str, float] = {}
+        answered = 0
+        try:
+            with path.open("rb") as handle:
+                for raw in handle:
+                    entry = _parse(raw)
+                    if entry is None:
+                        continue
+                    if "sent" in entry:
+                        sent[str(entry["sent"])] = float(entry.get("reserved") or 0.0)
+                    elif "answered" in entry or "ended" in entry:
+                        call_id = str(entry.get("answered") or entry.get("ended"))
+                        sent.pop(call_id, None)
+                        answer = _answer(entry) if "answered" in entry else None
+                        if answer is not None:
+                            answers.setdefault(str(entry["key"]), deque()).append(answer)
+                            answered += 1
+        except FileNotFoundError:
+            pass
+        earlier = EarlierAttempts(answers=answered, unanswered=len(sent),
+                                  unanswered_reserved_usd=sum(sent.values()))
+        return cls(path, answers, earlier)
+
+    # -- a resumed run's reads -------------------------------------------------------------
+
+    def take(self, key: str) -> JournaledAnswer | None:
+        """An earlier attempt's answer to this request, once per answer it was given."""
+        waiting = self._answers.get(key)
+        if not waiting:
+            return None
+        answer = waiting.popleft()
+        if not waiting:
+            del self._answers[key]
+        return answer
+
+    # -- this attempt's writes ---------------------------------------------------------------
+
+    def sent(self, key: str, reserved: float) -> str:
+        """A call is about to be sent; returns its id for `answered` or `ended`."""
+        self._count += 1
+        call_id = f"{self._token}.{self._count}"
+        self._write({"sent": call_id, "key": key, "reserved": reserved})
+        return call_id
+
+    def answered(self, call_id: str, key: str, response: LLMResponse, call: LLMCall) -> None:
+        self._write({"answered": call_id, "key": key, "response": response.to_dict(),
+                     "call": dataclasses.asdict(call)})
+
+    def ended(self, call_id: str) -> None:
+        """The call ended without an answer it was billed for (it failed, or was refused)."""
+        self._write({"ended": call_id})
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        if self.failed is not None:
+            return
+        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
+        try:
+            if self._fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            os.write(self._fd, line.encode("utf-8"))
+        except OSError as exc:
+            # The run goes on without it: a crash then costs what it cost before the journal.
+            self.failed = f"{type(exc).__name__}: {exc}"
+            _log.warning("answer journal %s not written (%s): a crash now pays the last "
+                         "answers again", self.path, self.failed)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def discard(self) -> None:
+        """The run ended: the store holds everything the journal did."""
+        self.close()
+        self._answers.clear()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            _log.warning("answer journal %s not removed: %s", self.path, exc)
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        entry = json.loads(raw)
+    except ValueError:
+        return None  # the last line, cut short by the kill
+    return entry if isinstance(entry, dict) else None
+
+
+def _answer(entry: dict[str, Any]) -> JournaledAnswer | None:
+    try:
+        response = LLMResponse.from_dict(entry["response"])
+        call = LLMCall(**{k: v for k, v in entry["call"].items() if k in _CALL_FIELDS})
+    except (KeyError, TypeError, ValueError):
+        return None
+    return JournaledAnswer(response, call)
