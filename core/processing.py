@@ -29,6 +29,7 @@ from core.llm.failures import FailureClass, classify
 from core.llm.factory import make_provider
 from core.llm.pricing import Pricing, pipeline_prices
 from core.llm.ratelimit import LimitsRegistry
+from core.llm.tokens import TokenCounter
 from core.llm.replay import CassetteRecorder
 from core.prompt_cache import prefix_marker
 from core.prompts import PromptSet, load_prompts
@@ -267,6 +268,9 @@ class Runtime:
         # Looked up now, not at the first call: loading the price data takes a moment, which
         # would hold the event loop with calls in flight; and an unpriced budget says so now.
         pricing.known(spec.transform.model, provider=provider.name, base_url=provider.base_url)
+        # Likewise the model's tokenizer (importing tiktoken and reading an encoding take a
+        # moment): looked up now, once per process.
+        TokenCounter.warm(spec.transform.model, provider.name)
         budget.check_priced(spec.transform.model, provider=provider.name,
                             base_url=provider.base_url)
         transformer = Transformer(spec.transform, client, schema, cache_prefix=prefix_marker(prompts))

@@ -37,7 +37,8 @@ from core.records import LLMCall
 
 _log = logging.getLogger(__name__)
 
-_CALL_FIELDS = frozenset(field.name for field in dataclasses.fields(LLMCall))
+_CALL_FIELD_NAMES = tuple(field.name for field in dataclasses.fields(LLMCall))
+_CALL_FIELDS = frozenset(_CALL_FIELD_NAMES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +125,8 @@ class AnswerJournal:
 
     def answered(self, call_id: str, key: str, response: LLMResponse, call: LLMCall) -> None:
         self._write({"answered": call_id, "key": key, "response": response.to_dict(),
-                     "call": dataclasses.asdict(call)})
+                     # Its fields are plain values: no deep copy (dataclasses.asdict is 60 µs).
+                     "call": {name: getattr(call, name) for name in _CALL_FIELD_NAMES}})
 
     def ended(self, call_id: str) -> None:
         """The call ended without an answer it was billed for (it failed, or was refused)."""
