@@ -98,6 +98,9 @@ class AnswerJournal:
                             answered += 1
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            # Unreadable: the resume pays those answers again, as it did before journals.
+            _log.warning("answer journal %s not read: %s", path, exc)
         earlier = EarlierAttempts(answers=answered, unanswered=len(sent),
                                   unanswered_reserved_usd=sum(sent.values()))
         return cls(path, answers, earlier)
@@ -135,13 +138,15 @@ class AnswerJournal:
     def _write(self, entry: dict[str, Any]) -> None:
         if self.failed is not None:
             return
-        line = json.dumps(entry, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"
         try:
+            # ASCII escapes: an answer holding a lone surrogate (hostile bytes) is kept as the
+            # escape, read back as it was, where UTF-8 could not encode it at all.
+            line = json.dumps(entry, separators=(",", ":"), default=str) + "\n"
             if self._fd is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            os.write(self._fd, line.encode("utf-8"))
-        except OSError as exc:
+            os.write(self._fd, line.encode("ascii"))
+        except (OSError, ValueError, TypeError) as exc:
             # The run goes on without it: a crash then costs what it cost before the journal.
             self.failed = f"{type(exc).__name__}: {exc}"
             _log.warning("answer journal %s not written (%s): a crash now pays the last "
