@@ -494,6 +494,10 @@ class Engine:
             raise
         self._report_duplicates()
 
+        journal = self._journal
+        if journal is not None and journal.failed is not None and status != RunStatus.FAILED:
+            self._warn(f"answer journal {journal.path} not written ({journal.failed}): had the "
+                       f"run crashed, --resume would have paid again for up to ~100 ms of answers")
         summary = await self._monitor(self._summary(status, reason or error), started_at)
         await self._record_finish(summary, sink)
         if self._journal is not None:

@@ -148,9 +148,9 @@ class AnswerJournal:
             os.write(self._fd, line.encode("ascii"))
         except (OSError, ValueError, TypeError) as exc:
             # The run goes on without it: a crash then costs what it cost before the journal.
+            # The engine says so in the run's warnings (a full disk says more on its own).
             self.failed = f"{type(exc).__name__}: {exc}"
-            _log.warning("answer journal %s not written (%s): a crash now pays the last "
-                         "answers again", self.path, self.failed)
+            _log.debug("answer journal %s not written: %s", self.path, self.failed)
 
     def close(self) -> None:
         if self._fd is not None:
