@@ -1,0 +1,46 @@
+"""Attacks on "hostile data stays data": the record is loaded once, whole, or quarantined with
+a clear reason; nothing lost."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from tests.adversary.hostile import Hostile, loom, ok, prompt_text
+from tests.pipelines import reply, write_pipeline
+
+
+def answer_from_prompt(n, body):
+    return ok(prompt_text(body).split("reply: ", 1)[1].strip())
+
+
+def test_output_keys_differing_only_in_case_lose_a_value_in_sqlite(tmp_path):
+    """Promise 1 ("nothing lost"; a batch the destination cannot take is written row by row
+    and only the offender quarantined). One answer is a JSON object with two keys that differ
+    only in case, `{"sentiment": "positive", "Label": "a", "label": "b"}` (valid JSON, kept
+    whole by the JSON Lines destination). Into SQLite, whose column names ignore case, the
+    table gets one column `Label`, the INSERT names both, and SQLite keeps one of the two
+    values: the record is counted loaded with `label: b` silently gone, no warning, no
+    quarantine (core/connectors/sqlite.py:516, _shape folds names to lower case, and
+    :455-457 inserts every key of the row)."""
+    rows = [{"id": f"r{i}", "text": "t", "expected": "positive",
+             "reply": reply("positive")} for i in range(4)]
+    rows[2]["reply"] = json.dumps({"sentiment": "positive", "Label": "a", "label": "b"})
+    with Hostile(answer_from_prompt) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=rows, base_url=server.base_url,
+                                  load={"destination": "sqlite://out/results.db",
+                                        "table": "results"},
+                                  evaluate={"evaluators": []})
+        code, summary, err = loom("--run", str(pipeline), "--json")
+    assert code == 0, err
+    db = sqlite3.connect(tmp_path / "p" / "out" / "results.db")
+    db.row_factory = sqlite3.Row
+    loaded = {row["id"]: dict(row) for row in db.execute('SELECT * FROM "results"')}
+    quarantined = summary["records"]["quarantined"]
+    if "r2" in loaded:
+        values = sorted(str(v) for k, v in loaded["r2"].items() if k.lower() == "label")
+        assert values == ["a", "b"], (
+            f"r2 was loaded as {loaded['r2']} (its answer had Label=a and label=b), "
+            f"{quarantined} quarantined, warnings: {err.strip()!r}")
+    else:
+        assert quarantined == 1, summary
