@@ -44,3 +44,31 @@ def test_output_keys_differing_only_in_case_lose_a_value_in_sqlite(tmp_path):
             f"{quarantined} quarantined, warnings: {err.strip()!r}")
     else:
         assert quarantined == 1, summary
+
+
+def test_an_integer_past_int64_in_a_json_array_source_loses_every_later_record(tmp_path):
+    """Promise 1 ("nothing lost"; bad rows are quarantined, not fatal). A json:// source of
+    three objects, the second holding `"n": 18446744073709551616` (2**64: valid JSON, which
+    Python's json reads; a uint64 counter or an order number). ijson's yajl2_c backend stops
+    with "parse error: integer overflow", Loom quarantines element 1 as "invalid JSON ... the
+    rest of the file cannot be read" and never reads element 2: the run says `success` with 2
+    extracted, and record `c` is neither loaded nor quarantined
+    (core/connectors/parsing.py:387, ijson.basic_parse with the yajl2_c backend; :399-404)."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    good = reply("positive")
+    elements = [{"id": "a", "text": "x", "reply": good},
+                {"id": "b", "text": "x", "n": 2**64, "reply": good},
+                {"id": "c", "text": "x", "reply": good}]
+    (folder / "data.json").write_text(json.dumps(elements), encoding="utf-8")
+    with Hostile(answer_from_prompt) as server:
+        pipeline = write_pipeline(folder, base_url=server.base_url,
+                                  extract={"source": "json://data.json", "id_field": "id"},
+                                  evaluate={"evaluators": []})
+        code, summary, err = loom("--run", str(pipeline), "--json")
+    assert code == 0, err
+    out = folder / "out" / "results.jsonl"
+    loaded = [json.loads(line)["id"] for line in out.read_text().splitlines()] \
+        if out.exists() else []
+    assert summary["records"]["extracted"] == 3, (summary["records"], loaded)
+    assert "c" in loaded, (summary["records"], loaded)
