@@ -4,9 +4,12 @@ a clear reason; nothing lost."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 
-from tests.adversary.hostile import Hostile, loom, ok, prompt_text
+from tests.adversary.hostile import ROOT, Hostile, loom, ok, prompt_text
 from tests.pipelines import reply, write_pipeline
 
 
@@ -72,3 +75,33 @@ def test_an_integer_past_int64_in_a_json_array_source_loses_every_later_record(t
         if out.exists() else []
     assert summary["records"]["extracted"] == 3, (summary["records"], loaded)
     assert "c" in loaded, (summary["records"], loaded)
+
+
+def test_a_record_id_with_terminal_escapes_reaches_the_terminal_raw(tmp_path):
+    """Promise 1 ("text from records ... never becomes ... a log line unescaped"; the run's own
+    warning shows the id escaped, `'x\\nerror: FAKE LINE\\x1b[2J...'`). A JSONL record whose id
+    is `x\\nerror: FAKE LINE\\x1b[2J\\x1b]0;title\\x07`, quarantined (its answer is not JSON).
+    `loom quarantine show 1` prints the id raw in its header line: a forged `error: FAKE LINE`
+    line, an ESC[2J that clears the screen and an OSC that sets the terminal's title;
+    `loom quarantine list` prints the ESC sequences raw in the record column
+    (core/cli.py:770, the header built from row.record_id as plain text)."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    evil = "x\nerror: FAKE LINE\x1b[2J\x1b]0;title\x07"
+    (folder / "data.jsonl").write_text(
+        json.dumps({"id": evil, "text": "x", "reply": "not json"}) + "\n", encoding="utf-8")
+    with Hostile(answer_from_prompt) as server:
+        pipeline = write_pipeline(folder, base_url=server.base_url,
+                                  extract={"source": "jsonl://data.jsonl", "id_field": "id"},
+                                  transform={"max_retries": 0}, evaluate={"evaluators": []})
+        code, summary, err = loom("--run", str(pipeline), "--json")
+    assert summary is not None and summary["records"]["quarantined"] == 1, err
+    shown = {}
+    for args in (["quarantine", "show", "1"], ["quarantine", "list"]):
+        proc = subprocess.run([sys.executable, "-m", "loom_tui.cli", *args], cwd=ROOT,
+                              env=os.environ.copy(), capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        shown[" ".join(args)] = proc.stdout
+    raw = {name: [line for line in text.splitlines() if "\x1b" in line or
+                  line.startswith("error: FAKE")] for name, text in shown.items()}
+    assert not any(raw.values()), f"data reached the terminal unescaped: {raw}"
