@@ -96,3 +96,17 @@ def test_a_set_value_whose_aliases_expand_past_the_limit_is_refused(tmp_path):
     proc = run("validate", str(folder), "--set", f"transform.params={bomb}")
     assert proc.returncode == 2 and "100,000" in proc.stderr, (
         f"exit {proc.returncode}: {(proc.stdout + proc.stderr)[-400:]}")
+
+
+@pytest.mark.parametrize("url", [
+    pytest.param("postgresql://loom:pw-1234567@db.example:notaport/loom", id="port-not-a-number"),
+    pytest.param("postgresql://loom:pw-1234567@[::1/loom", id="unclosed-ipv6-bracket"),
+])
+def test_a_malformed_store_url_is_one_line(tmp_path, monkeypatch, url):
+    """Promise 3 (a user error is one line). `LOOM_STORE_URL` (or `storage.url`) with a port
+    that is not a number, or an unclosed IPv6 bracket: `loom runs` prints a traceback
+    (ValueError "invalid literal for int() with base 10" from SQLAlchemy's make_url) and exits
+    1. The same mistake in a pipeline's postgres:// source is one line ("cannot connect: ...").
+    core/store/engine.py:146-148 (StoreTarget.parse) catches ArgumentError only."""
+    monkeypatch.setenv("LOOM_STORE_URL", url)
+    one_line_error(run("runs"))
