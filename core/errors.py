@@ -89,6 +89,11 @@ class LoadError(ConnectorError):
     """A batch the sink refused."""
 
 
+class DestinationBusy(ConnectorError):
+    """Another writer held the destination past `load.lock_timeout_s`: nothing was written, and
+    the run's records stay resumable (they are skipped, not quarantined)."""
+
+
 class ProviderError(LoomError):
     """An LLM call that failed after its retries."""
 
