@@ -90,8 +90,9 @@ class LoadError(ConnectorError):
 
 
 class DestinationBusy(ConnectorError):
-    """Another writer held the destination past `load.lock_timeout_s`: nothing was written, and
-    the run's records stay resumable (they are skipped, not quarantined)."""
+    """Another writer got in the way (it held the destination past `load.lock_timeout_s`, or
+    its replace deleted this run's staged S3 parts): nothing was published, and the run's
+    records stay resumable (they are skipped, not quarantined)."""
 
 
 class ProviderError(LoomError):
