@@ -110,13 +110,14 @@ class DestinationLock:
             holder = self.holder()
             if not told:
                 told = True
-                on_wait(f"waiting for the lock on {self.destination}: {holder.describe()} is "
-                        f"committing to it (waiting up to {timeout_s:g} s)")
+                on_wait(one_line(f"waiting for the lock on {self.destination}: "
+                                 f"{holder.describe()} is committing to it (waiting up to "
+                                 f"{timeout_s:g} s)"))
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DestinationBusy(
+                raise DestinationBusy(one_line(
                     f"{what}: still locked after {timeout_s:g} s by {holder.describe()}; nothing "
-                    f"was written, --resume loads the records (load.lock_timeout_s sets the wait)")
+                    f"was written, --resume loads the records (load.lock_timeout_s sets the wait)"))
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 0.1)
 

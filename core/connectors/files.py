@@ -346,9 +346,13 @@ class _FileSink(Sink):
             return await asyncio.to_thread(self._serially, self._prepare_sync)
 
     async def _lock_destination(self) -> None:
-        await self._destination_lock.acquire(
-            run_id=str(self.run_id), timeout_s=self.spec.lock_timeout_s,
-            what=f"{self.kind} destination {self.path}", on_wait=self.notify)
+        try:
+            await self._destination_lock.acquire(
+                run_id=str(self.run_id), timeout_s=self.spec.lock_timeout_s,
+                what=f"{self.kind} destination {self.path}", on_wait=self.notify)
+        except OSError as exc:
+            raise ConnectorError(f"{self.kind} destination {self.path}: cannot lock "
+                                 f"{self._destination_lock.path}: {exc.strerror or exc}") from None
 
     def _prepare_sync(self) -> str | None:
         try:

@@ -71,13 +71,13 @@ class ObjectCommitLock:
                 return  # a dead run's lock, taken over
             if not told:
                 told = True
-                on_wait(f"waiting for the lock on s3://{self.bucket}/{self.key}: {holder} is "
-                        f"committing there (waiting up to {timeout_s:g} s)")
+                on_wait(one_line(f"waiting for the lock on s3://{self.bucket}/{self.key}: "
+                                 f"{holder} is committing there (waiting up to {timeout_s:g} s)"))
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DestinationBusy(
+                raise DestinationBusy(one_line(
                     f"{what}: still locked after {timeout_s:g} s by {holder}; nothing was "
-                    f"published, --resume writes the records (load.lock_timeout_s sets the wait)")
+                    f"published, --resume writes the records (load.lock_timeout_s sets the wait)"))
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 0.5)
 
