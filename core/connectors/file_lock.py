@@ -202,12 +202,21 @@ def claim_staging(path: Path) -> int:
 
 def sweep_staging(destination: Path) -> list[str]:
     """Remove the staging files of `destination` that no live process holds; their names."""
+    return _unheld_staging(destination, remove=True)
+
+
+def dead_staging(destination: Path) -> list[str]:
+    """The staging files of `destination` that no live process holds, left where they are."""
+    return _unheld_staging(destination, remove=False)
+
+
+def _unheld_staging(destination: Path, *, remove: bool) -> list[str]:
     prefix = staging_prefix(destination)
-    removed: list[str] = []
+    found: list[str] = []
     try:
         entries = list(os.scandir(destination.parent))
     except OSError:
-        return removed
+        return found
     for entry in entries:
         name = entry.name
         if not (name.startswith(prefix) and name.endswith(".tmp")):
@@ -221,10 +230,20 @@ def sweep_staging(destination: Path) -> list[str]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if _same_file(fd, Path(entry.path)):
-                os.unlink(entry.path)
-                removed.append(name)
+                if remove:
+                    os.unlink(entry.path)
+                found.append(name)
         except OSError:
             continue  # locked: a live run's
         finally:
             os.close(fd)
-    return sorted(removed)
+    return sorted(found)
+
+
+def staging_run(destination: Path, name: str) -> str:
+    """The run a staging file belongs to, from its name."""
+    run = name[len(staging_prefix(destination)):-len(".tmp")]
+    for part in (".rows", ".ready"):
+        if run.endswith(part):
+            run = run[:-len(part)]
+    return run

@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from core.connectors.base import Sink, Source
-from core.connectors.file_lock import DestinationLock, claim_staging, staging_prefix, sweep_staging
+from core.connectors.file_lock import (DestinationLock, claim_staging, dead_staging,
+                                       staging_prefix, staging_run, sweep_staging)
 from core.connectors.parsing import (
     PARSERS,
     RAW_LIMIT,
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
     from core.spec import LoadedSpec
 
 __all__ = ["RAW_LIMIT", "CsvSink", "CsvSource", "JsonSink", "JsonSource", "JsonlSink",
-           "JsonlSource", "data_path"]
+           "JsonlSource", "data_path", "leftover_staging"]
 
 _READ_CHUNK = 1 << 20
 _JSON_SPACE = b" \t\r\n"
@@ -63,6 +64,18 @@ _UTF8_BOM = codecs.BOM_UTF8
 def data_path(loaded: "LoadedSpec", uri: "ParsedURI") -> Path:
     """`csv://data/x.csv` is relative to the pipeline's folder; `csv:///abs/x.csv` is absolute."""
     return loaded.resolve(uri.target)
+
+
+def leftover_staging(loaded: "LoadedSpec") -> tuple[Path, list[str]] | None:
+    """For a file destination: the destination, and the runs that died leaving staging files
+    beside it (the next run to it removes them); None for other destinations."""
+    from core.connectors.registry import parse_uri
+
+    uri = parse_uri(loaded.spec.load.destination)
+    if not uri.is_local_file:
+        return None
+    path = data_path(loaded, uri)
+    return path, sorted({staging_run(path, name) for name in dead_staging(path)})
 
 
 def _write_all(fd: int, data: bytes | memoryview) -> None:
@@ -276,7 +289,7 @@ class _FileSink(Sink):
         mine = f"{staging_prefix(self.path)}{self._run_name}."
         others = [name for name in swept if not name.startswith(mine)]
         if others:
-            runs = sorted({_staging_run(self.path, name) for name in others})
+            runs = sorted({staging_run(self.path, name) for name in others})
             shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
             self.notify(one_line(
                 f"removed {len(others)} staging file{'s' if len(others) != 1 else ''} beside "
@@ -504,15 +517,6 @@ class _FileSink(Sink):
         except UnicodeEncodeError as exc:
             raise LoadError(f"{self.kind} destination {self.path}: a value holds text that is "
                             f"not valid Unicode ({exc.reason})") from exc
-
-
-def _staging_run(destination: Path, name: str) -> str:
-    """The run a staging file belongs to, from its name."""
-    run = name[len(staging_prefix(destination)):-len(".tmp")]
-    for part in (".rows", ".ready"):
-        if run.endswith(part):
-            run = run[:-len(part)]
-    return run
 
 
 def _copy_into(fd: int, source: IO[bytes], start: int = 0, end: int | None = None) -> bytes:

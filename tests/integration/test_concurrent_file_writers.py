@@ -183,6 +183,11 @@ def test_staging_files_of_a_killed_run_are_removed_by_the_next_run_not_a_live_on
         (dead_run,), = store_rows(loom_home, "SELECT run_id FROM pipeline_runs")
         left = _staging(destination.parent)
         assert left and all(dead_run in name for name in left)
+        validated = run_loom("validate", "--no-data", str(dead))
+        assert validated.returncode == 0, validated.stderr
+        assert f"staging files of 1 run that died are beside {destination} ({dead_run})" in \
+            validated.stderr
+        assert _staging(destination.parent) == left  # said, not removed
 
         # The next run to that file sweeps them away as it opens.
         # (one call at a time: it is still running when the quick run below has finished)

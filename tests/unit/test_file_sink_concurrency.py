@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from core.connectors.base import Sink
+from core.connectors.files import leftover_staging
 from core.connectors.registry import open_sink
 from core.errors import DestinationBusy
 from core.spec import LoadedSpec
@@ -203,6 +204,9 @@ async def test_staging_files_of_dead_runs_are_swept_and_a_live_ones_kept(tmp_pat
     other.write_text("", encoding="utf-8")
     holder = hold(live)
     try:
+        # `loom validate` says they are there; it removes nothing.
+        assert leftover_staging(loaded) == (tmp_path / "out.jsonl", ["run-dead"])
+        assert dead.exists()
         sink = open_sink(loaded)
         notes: list[str] = []
         sink.notify = notes.append
