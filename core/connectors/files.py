@@ -24,7 +24,6 @@ import io
 import json
 import os
 import re
-import signal
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -44,6 +43,7 @@ from core.connectors.parsing import (
     drain_in_thread,
     first_line as _first_line,
 )
+from core.crashpoints import crash_point
 from core.errors import ConnectorError, LoadError, one_line
 
 if TYPE_CHECKING:
@@ -440,11 +440,9 @@ class _FileSink(Sink):
                         pass
                 os.replace(ready, self.path)
                 _fsync_dir(self.path.parent)
-                if os.environ.get("LOOM_TEST_KILL_AFTER_PUBLISH"):
-                    # Tests only (tests/integration/test_concurrent_file_writers.py): a crash
-                    # after the rename and before the store hears of it cannot be timed from
-                    # outside the process. Never set in production.
-                    os.kill(os.getpid(), signal.SIGKILL)
+                # A crash after the rename, before the store hears of it, cannot be timed
+                # from outside (tests/integration/test_concurrent_file_writers.py).
+                crash_point("file:renamed")
             self._discard()  # the other staging files, if any
         finally:
             self._destination_lock.release()

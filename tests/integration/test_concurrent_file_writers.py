@@ -138,7 +138,7 @@ def test_killed_right_after_the_rename_then_another_run_appends_then_resume(
     # The other run brings a new field: a CSV gets a column, and its old rows are rewritten.
     other = pipeline(tmp_path / "b", server.base_url, destination, 6, "b-", extra={"note": "x"})
 
-    env = {**os.environ, "LOOM_TEST_KILL_AFTER_PUBLISH": "1"}
+    env = {**os.environ, "LOOM_CRASH_AT": "file:renamed"}
     proc = start_loom("--run", str(killed), "--json", env=env)
     out, err = proc.communicate(timeout=180)
     assert proc.returncode == -signal.SIGKILL, err

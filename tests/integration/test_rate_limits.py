@@ -100,3 +100,28 @@ async def test_429s_are_bounded_by_time_not_by_count():
     with pytest.raises(ProviderError, match=r"rate limited: waited 10 s .* transform.rate_limit.max_wait_s"):
         await call_with_retries(attempt, RetryPolicy(max_retries=2, max_throttle_wait_s=11),
                                 sleep=sleep, rand=lambda: 0.0)
+
+
+# ---------------------------------------------------------------- through the LiteLLM proxy
+
+
+@pytest.mark.timeout(300)
+def test_an_upstream_429_forwarded_by_the_proxy_is_waited_out(tmp_path, capsys, litellm_proxy,
+                                                              proxy_upstream):
+    """The proxy passes the vendor's 429 on with its own headers (`llm_provider-retry-after`
+    beside or instead of `retry-after`): the run waits, nothing is quarantined."""
+    rows = [{"id": f"r{i}", "text": f"t{i}", "expected": "positive", "reply": reply("positive")}
+            for i in range(10)]
+    proxy_upstream.script(["429:1"] * 6)  # more than max_retries allows: only waiting gets through
+    pipeline = write_pipeline(tmp_path / "p", rows=rows, base_url=litellm_proxy.base_url,
+                              transform={"api_key": litellm_proxy.api_key, "concurrency": 2,
+                                         "max_retries": 1})
+    started = time.monotonic()
+    code = cli.main(["--run", str(pipeline), "--json"])
+    took = time.monotonic() - started
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0, summary
+    assert summary["records"]["quarantined"] == 0 and summary["records"]["skipped"] == 0
+    assert len(read_jsonl(pipeline.parent / "out" / "results.jsonl")) == 10
+    assert summary["llm"]["throttled"] == 6
+    assert took >= 0.8  # the upstream's second was honoured through the proxy
