@@ -458,10 +458,26 @@ async def _validate(args: argparse.Namespace) -> int:
                              f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
                              f"{redact_uri(loaded.spec.load.destination)}{shown}"),
                       highlight=False, soft_wrap=True)
+            _note_leftovers(loaded)
         except LoomError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
             code = max(code, exc.exit_code)
     return code
+
+
+def _note_leftovers(loaded: Any) -> None:
+    """Staging files that runs which died left beside a file destination: said, not removed
+    (the next run to the destination removes them)."""
+    from core.connectors.files import leftover_staging
+
+    found = leftover_staging(loaded)
+    if found is None or not found[1]:
+        return
+    path, runs = found
+    shown = ", ".join(runs[:5]) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+    sys.stderr.write(one_line(f"note: staging files of {len(runs)} run"
+                              f"{'s' if len(runs) != 1 else ''} that died are beside {path} "
+                              f"({shown}); the next run to it removes them") + "\n")
 
 
 def _read_secret(name: str) -> str:

@@ -39,7 +39,7 @@ from core.connectors.base import Sink, Source, build_row
 from core.connectors.registry import (literal_secrets, open_sink, open_source, redact_override,
                                       redact_tree, redact_uri)
 from core.credentials import SecretResolver
-from core.errors import LoadError, LoomError, ResumeError, StoreError
+from core.errors import DestinationBusy, LoadError, LoomError, ResumeError, StoreError
 from core.llm.answer_journal import AnswerJournal, journal_path
 from core.events import (BatchLoaded, Event, Progress, RecordFinished, RecordsExtracted,
                          RunFinished, RunResumed, RunStarted, RunStatus, RunSummary, RunWarning)
@@ -438,6 +438,7 @@ class Engine:
         try:
             source = open_source(runtime.loaded)
             opening = open_sink(runtime.loaded)
+            opening.notify = self._warn
             await opening.open(self.run_id)
             sink = opening  # only a sink that opened is committed or aborted
             if resume is not None:
@@ -1106,6 +1107,17 @@ class Engine:
             await sink.commit()
         except StoreError:
             raise
+        except DestinationBusy as exc:
+            # Another run held the file past load.lock_timeout_s: nothing was written, and the
+            # records are not the destination's fault: skipped with their answers, for --resume.
+            with contextlib.suppress(Exception):
+                await sink.abort()
+            message = self.resolver.redact(str(exc))
+            demoted = await self.store.demote_loaded(self.run_id, f"not loaded: {message}",
+                                                     from_outcome=PASSED)
+            self.tally.loaded -= demoted
+            self.tally.skipped += demoted
+            return RunStatus.FAILED, message
         except LoomError as exc:
             with contextlib.suppress(Exception):
                 await sink.abort()

@@ -89,6 +89,12 @@ class LoadError(ConnectorError):
     """A batch the sink refused."""
 
 
+class DestinationBusy(ConnectorError):
+    """Another writer got in the way (it held the destination past `load.lock_timeout_s`, or
+    its replace deleted this run's staged S3 parts): nothing was published, and the run's
+    records stay resumable (they are skipped, not quarantined)."""
+
+
 class ProviderError(LoomError):
     """An LLM call that failed after its retries."""
 

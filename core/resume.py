@@ -307,6 +307,14 @@ async def reconcile(store: Store, run: PipelineRun, sink: "Sink", *, attempt: in
                 index.to_process += 1
             entries[record_id] = Entry(row.id, kind)
             count(row, kind)
+    if index.rewritten and (published or run.commit_state == "committed") and \
+            not index.to_process and not index.from_store:
+        # The replace an earlier attempt published is in place and nothing is left to add to
+        # it: rebuilding it would only drop what other runs appended to it since.
+        for entry in entries.values():
+            if entry.kind == RELOAD:
+                entry.kind = DONE
+        index.rewritten = 0
     for outcome, row_ids in flips.items():
         if row_ids:
             await store.set_outcomes(row_ids, outcome)

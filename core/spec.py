@@ -90,6 +90,9 @@ class LoadSpec(_ObjectStoreOptions):
     # the destination. hold (default): nothing, the passing records wait in the store for
     # `loom release RUN_ID`; publish: swap them in as a successful run would.
     on_partial: Literal["hold", "publish"] = "hold"
+    # A file destination another run is committing to: how long this run's commit waits for it
+    # (the wait is only for the other commit's copy and rename, not for its whole run).
+    lock_timeout_s: float = Field(120.0, gt=0, le=86_400)
 
     @field_validator("columns")
     @classmethod

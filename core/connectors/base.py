@@ -10,7 +10,8 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ConnectorError, LoadError
@@ -19,6 +20,8 @@ from core.records import Record, resolve_field
 if TYPE_CHECKING:
     from core.connectors.registry import ParsedURI
     from core.spec import LoadedSpec
+
+_log = logging.getLogger("loom.connectors")
 
 
 def row_hash(data: dict[str, Any]) -> str:
@@ -105,6 +108,9 @@ class Sink(abc.ABC):
         self.loaded = loaded
         self.uri = uri
         self.spec = loaded.spec.load
+        # What the sink has to tell the person running it (it waits for another writer, it
+        # cleaned up after a dead run): the engine makes these run warnings; elsewhere, a log.
+        self.notify: Callable[[str], None] = _log.warning
 
     #: What a resumed run (core.resume) does about what earlier attempts of the run wrote here:
     #: - "ledger": a batch is at the destination once `write_records` returns (one database

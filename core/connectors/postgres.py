@@ -642,6 +642,12 @@ class PostgresSink(Sink):
 
     async def _swap_in_scratch(self, connection: asyncpg.Connection) -> None:
         """In one transaction: empty (or create) the target, copy the scratch rows in, drop it."""
+        # Two replaces of one table at once: without this, the second one's DELETE skips the
+        # rows the first one is inserting (READ COMMITTED) and the table ends with both runs'
+        # rows, or both CREATE the missing table and one fails. Held until the transaction
+        # ends; what the second one reads afterwards (columns, rows to delete) is the first's.
+        await connection.execute("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                                 f"loom replace {self.table}")
         target = await self._table_columns(connection, self.table)
         if self._columns is None:  # nothing was written: the table becomes empty
             if target is not None:

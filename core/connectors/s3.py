@@ -10,7 +10,9 @@ Sink `s3://bucket/prefix/`: each batch becomes one JSON Lines object,
 `prefix/<run_id>/part-00001.jsonl`, `part-00002.jsonl`, ... The name depends only on the run and
 the batch's number, so a retried batch overwrites its part instead of duplicating it. `commit()`
 writes `prefix/<run_id>/_SUCCESS`; with `mode: replace` it also deletes every other object under
-the prefix; `abort()` deletes the run's parts.
+the prefix; `abort()` deletes the run's parts. Commits hold the prefix's lock
+(core.connectors.object_lock): a run whose parts a replace deleted while it ran fails, resumably,
+instead of writing `_SUCCESS` over what is left.
 
 Endpoint, region and keys come from `endpoint_url:`, `region:`, `aws_access_key_id:`... in the
 pipeline (usually `${NAME}` placeholders), else from the AWS chain and AWS_ENDPOINT_URL_S3.
@@ -31,8 +33,9 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from core.connectors.base import Sink, Source
+from core.connectors.object_lock import ObjectCommitLock
 from core.connectors.parsing import FORMATS, PARSERS, Row, check_encoding, drain_in_thread, first_line
-from core.errors import ConnectorError, LoadError
+from core.errors import ConnectorError, DestinationBusy, LoadError
 
 if TYPE_CHECKING:
     from core.connectors.registry import ParsedURI
@@ -303,16 +306,49 @@ class S3Sink(Sink):
             client = self._objects.client
             if client is None:
                 raise ConnectorError(f"s3 destination {self._where()}: commit() without open()")
+            # A replace deletes the parts of runs still writing under the prefix: under the
+            # prefix's commit lock, such a run finds that out before its _SUCCESS would vouch for
+            # a folder that lost parts, and the replace cannot delete between its check and it.
+            lock = ObjectCommitLock(client, self.bucket, self.prefix)
             try:
-                if self.spec.mode == "replace":
-                    await self._delete_under(client, self.prefix, keep=self._run_prefix)
-                await client.put_object(Bucket=self.bucket, Key=f"{self._run_prefix}_SUCCESS",
-                                        Body=b"")
+                await lock.acquire(run_id=str(self.run_id), timeout_s=self.spec.lock_timeout_s,
+                                   what=f"s3 destination {self._where()}", on_wait=self.notify)
+                try:
+                    if self.spec.mode == "replace":
+                        await self._delete_under(client, self.prefix, keep=self._run_prefix,
+                                                 spare=lock.key)
+                    else:
+                        await self._check_parts(client)
+                    await client.put_object(Bucket=self.bucket,
+                                            Key=f"{self._run_prefix}_SUCCESS", Body=b"")
+                finally:
+                    await lock.release()
+            except DestinationBusy:
+                # Nothing published: the run's parts go (as abort would, the client is closing);
+                # --resume writes them all again.
+                with contextlib.suppress(ClientError, BotoCoreError):
+                    await self._delete_under(client, self._run_prefix)
+                raise
             except (ClientError, BotoCoreError) as exc:
                 raise ConnectorError(f"s3 destination {self._where()}: cannot commit: "
                                      f"{describe_error(exc)}") from exc
             finally:
                 await self._objects.close()
+
+    async def _check_parts(self, client: Any) -> None:
+        """Every part this run wrote is still there (a replace by another run deletes them)."""
+        paginator = client.get_paginator("list_objects_v2")
+        present = 0
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=self._run_prefix,
+                                             PaginationConfig={"PageSize": LIST_PAGE_SIZE}):
+            for item in page.get("Contents", ()):
+                name = item["Key"][len(self._run_prefix):]
+                present += name.startswith("part-") and name.endswith(".jsonl")
+        if present < self._parts:
+            raise DestinationBusy(
+                f"s3 destination {self._where()}: {self._parts - present} of this run's "
+                f"{self._parts} parts were deleted by another run's replace while it ran; "
+                f"nothing was published, --resume writes them again")
 
     async def abort(self) -> None:
         async with self._lock:
@@ -326,14 +362,15 @@ class S3Sink(Sink):
             finally:
                 await self._objects.close()
 
-    async def _delete_under(self, client: Any, prefix: str, keep: str | None = None) -> None:
-        """Delete every object under `prefix`, except those under `keep`."""
+    async def _delete_under(self, client: Any, prefix: str, keep: str | None = None,
+                            spare: str | None = None) -> None:
+        """Delete every object under `prefix`, except those under `keep` and `spare` itself."""
         paginator = client.get_paginator("list_objects_v2")
         doomed: list[str] = []
         async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix,
                                              PaginationConfig={"PageSize": LIST_PAGE_SIZE}):
             for item in page.get("Contents", ()):
-                if keep is None or not item["Key"].startswith(keep):
+                if (keep is None or not item["Key"].startswith(keep)) and item["Key"] != spare:
                     doomed.append(item["Key"])
             # Listing resumes after the last key it returned, so deleting as we go is safe.
             while len(doomed) >= _DELETE_CHUNK:

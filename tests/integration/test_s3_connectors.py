@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from core.connectors import object_lock
 from core.connectors import s3 as s3_module
 from core.connectors.registry import open_sink, open_source
-from core.errors import ConnectorError, LoadError, PipelineError
+from core.errors import ConnectorError, DestinationBusy, LoadError, PipelineError
 from tests.pipelines import HOSTILE_TEXTS, connector_spec, read_records
 from tests.support.s3 import S3ServerProcess
 
@@ -228,3 +229,51 @@ async def test_sink_refusals_are_clear(tmp_path, s3):
     with pytest.raises(ConnectorError, match="mode upsert needs a sqlite or postgres destination"):
         await open_sink(connector_spec(tmp_path / "u", "jsonl://in.jsonl", "s3://out/p/",
                                        load={"mode": "upsert", "key": "id"})).open("r")
+
+
+# ---------------------------------------------------------------- runs at once
+
+
+async def test_a_run_whose_parts_a_replace_deleted_does_not_publish_half(tmp_path, s3):
+    client = s3.client()
+    client.create_bucket(Bucket="out")
+    appending = open_sink(connector_spec(tmp_path / "b", "jsonl://in.jsonl", "s3://out/p/"))
+    await appending.open("run-b")
+    await appending.write([{"id": "b1"}])
+    replacing = open_sink(connector_spec(tmp_path / "a", "jsonl://in.jsonl", "s3://out/p/",
+                                         load={"mode": "replace"}))
+    await replacing.open("run-a")
+    await replacing.write([{"id": "a1"}])
+    await replacing.commit()  # deletes run-b's first part while run-b is still writing
+    await appending.write([{"id": "b2"}])
+    with pytest.raises(DestinationBusy, match=r"1 of this run's 2 parts were deleted .* --resume"):
+        await appending.commit()
+    await appending.abort()
+    # No _SUCCESS over a folder missing a part: readers see run-a only.
+    assert keys(client, "out") == ["p/run-a/_SUCCESS", "p/run-a/part-00001.jsonl"]
+
+
+async def test_an_s3_commit_waits_for_the_prefix_lock_and_takes_over_a_dead_ones(
+        tmp_path, s3, monkeypatch):
+    client = s3.client()
+    client.create_bucket(Bucket="out")
+    client.put_object(Bucket="out", Key="p/_loom.lock",
+                      Body=json.dumps({"run_id": "run-x", "pid": 1, "host": "h"}).encode())
+    loaded = connector_spec(tmp_path, "jsonl://in.jsonl", "s3://out/p/",
+                            load={"lock_timeout_s": 0.5})
+    sink = open_sink(loaded)
+    notes: list[str] = []
+    sink.notify = notes.append
+    await sink.open("run-1")
+    await sink.write([{"id": "1"}])
+    with pytest.raises(DestinationBusy, match=r"still locked after 0.5 s by run run-x"):
+        await sink.commit()
+    await sink.abort()  # what the engine does then
+    assert notes and "waiting for the lock on s3://out/p/_loom.lock" in notes[0]
+
+    monkeypatch.setattr(object_lock, "STALE_AFTER_S", -1.0)  # the holder is long dead
+    sink = open_sink(loaded)
+    await sink.open("run-2")
+    await sink.write([{"id": "2"}])
+    await sink.commit()
+    assert keys(client, "out") == ["p/run-2/_SUCCESS", "p/run-2/part-00001.jsonl"]
