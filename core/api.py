@@ -29,7 +29,8 @@ from core.engine import Engine, Listener, RunController, RunOptions
 from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError, UsageError
 from core.events import Event, RunFinished, RunSummary
-from core.preview import IMPLICIT_KEYS, PROVIDERS, KeyStatus, PreviewModel, key_status
+from core.preview import (IMPLICIT_KEYS, LOCAL_BASE_URL, PROVIDERS, KeyStatus, PreviewModel,
+                          key_status)
 from core.processing import Runtime
 from core.release import ReleaseResult, release_run
 from core.quarantine import ActionResult, QuarantineDesk
@@ -51,7 +52,7 @@ __all__ = [
     "QuarantinedRecord", "RenderResult", "RunComparison", "RunController", "RunOptions",
     "RunPoint", "SavedPrompt", "VerdictChange", "Workspace", "find_pipeline_files",
     "Estimate", "JudgeAgreement", "MonitoringAlert", "ShardGroup", "EditCheck",
-    "PromptVariant", "PreviewModel", "KeyStatus", "PROVIDERS",
+    "PromptVariant", "PreviewModel", "KeyStatus", "PROVIDERS", "LOCAL_BASE_URL",
 ]
 
 # Folders never worth scanning for pipelines.
