@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from loom_tui.app import LoomApp
 from loom_tui.screens.confirm import ChoiceScreen, ConfirmScreen
