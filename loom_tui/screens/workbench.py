@@ -591,10 +591,14 @@ class WorkbenchScreen(LoomScreen):
         return text
 
     def _secrets_key(self) -> str:
-        return next((self.app.get_key_display(s.binding) for s in self.loom.sections
-                     if s.mode == "secrets"), "F6")
+        section = next((s for s in self.loom.sections if s.mode == "secrets"), None)
+        return self._key(section.binding.id or "") if section is not None else "F6"
 
     def _key(self, binding_id: str) -> str:
+        """The key a binding has now: the active bindings carry `workbench.keymap`'s remaps."""
+        for active in self.active_bindings.values():
+            if active.binding.id == binding_id:
+                return self.app.get_key_display(active.binding)
         for _key, binding in self._bindings:
             if binding.id == binding_id:
                 return self.app.get_key_display(binding)

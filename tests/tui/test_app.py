@@ -60,14 +60,17 @@ def test_every_binding_has_an_id() -> None:
     from loom_tui.screens.confirm import ConfirmScreen
     from loom_tui.screens.edit_output import EditOutputScreen
     from loom_tui.screens.estimate import EstimateScreen
+    from loom_tui.screens.model_switcher import ModelSwitcherScreen
     from loom_tui.screens.run import RunScreen
     from loom_tui.screens.set_secret import SetSecretScreen
+    from loom_tui.screens.variants import VariantsScreen
     from loom_tui.screens.workbench import WorkbenchScreen
     from loom_tui.widgets.paged_table import PagedTable
 
     owners = [LoomApp, PipelinesScreen, WorkbenchScreen, RunScreen, QuarantineScreen,
               HistoryScreen, CompareScreen, HelpScreen, ConfirmScreen, EditOutputScreen,
-              SecretsScreen, SetSecretScreen, EstimateScreen, PagedTable]
+              SecretsScreen, SetSecretScreen, EstimateScreen, PagedTable, VariantsScreen,
+              ModelSwitcherScreen]
     ids = []
     for owner in owners:
         for binding in owner.BINDINGS:
