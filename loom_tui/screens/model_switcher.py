@@ -20,6 +20,7 @@ from loom_tui.messages import KeyChecked
 
 PIPELINE = "@pipeline"  # dismissed with this: back to the pipeline's own provider and model
 SHOWN_MODELS = 40  # known models listed under the field (typing filters them)
+KEY_LABEL = "key".ljust(10)  # in line with the fields' labels
 
 
 class ModelSwitcherScreen(ModalScreen[PreviewModel | str | None]):
@@ -52,20 +53,21 @@ class ModelSwitcherScreen(ModalScreen[PreviewModel | str | None]):
                 yield Static("provider", classes="switcher-label")
                 yield Select([(p, p) for p in self.providers], value=self.current.provider
                              if self.current.provider in self.providers else self.providers[0],
-                             allow_blank=False, id="switcher-provider")
+                             allow_blank=False, compact=True, id="switcher-provider")
             with Horizontal(classes="switcher-row"):
                 yield Static("model", classes="switcher-label")
-                yield Input(self.current.model, placeholder="model name", id="switcher-model")
+                yield Input(self.current.model, placeholder="model name", compact=True,
+                            id="switcher-model")
             yield OptionList(id="switcher-models")
             with Horizontal(classes="switcher-row", id="switcher-url-row"):
                 yield Static("base URL", classes="switcher-label")
                 yield Input(self.current.base_url or LOCAL_BASE_URL, id="switcher-url",
-                            placeholder=LOCAL_BASE_URL)
+                            placeholder=LOCAL_BASE_URL, compact=True)
             yield Static(id="switcher-key")
             with Horizontal(id="switcher-buttons"):
-                yield Button("Use it", variant="primary", id="switcher-use")
-                yield Button("Pipeline's own", id="switcher-own")
-                yield Button("Cancel", id="switcher-cancel")
+                yield Button("Use it", variant="primary", compact=True, id="switcher-use")
+                yield Button("Pipeline's own", compact=True, id="switcher-own")
+                yield Button("Cancel", compact=True, id="switcher-cancel")
 
     def on_mount(self) -> None:
         if self.app.is_headless:
@@ -120,14 +122,14 @@ class ModelSwitcherScreen(ModalScreen[PreviewModel | str | None]):
     def _key_line(self, status: KeyStatus) -> Text:
         colors = self.app.theme_variables
         if status.name is None:
-            return Text.assemble(("key   ", "dim"), ("✓ none needed", colors.get("success", "")),
+            return Text.assemble((KEY_LABEL, "dim"), ("✓ none needed", colors.get("success", "")),
                                  (f" · {status.note}" if status.note else "", "dim"))
         if status.found_in is not None:
-            return Text.assemble(("key   ", "dim"), (f"✓ {status.name}",
+            return Text.assemble((KEY_LABEL, "dim"), (f"✓ {status.name}",
                                                     f"bold {colors.get('success', '')}"),
                                  f" found in the {status.found_in}")
         f6 = _key_of(self.app, "secrets")
-        return Text.assemble(("key   ", "dim"), (f"✗ {status.name} is not set",
+        return Text.assemble((KEY_LABEL, "dim"), (f"✗ {status.name} is not set",
                                                 f"bold {colors.get('warning', '')}"),
                              f": {f6} stores it in the keyring (or export it), then come back")
 
@@ -155,6 +157,8 @@ class ModelSwitcherScreen(ModalScreen[PreviewModel | str | None]):
                                            style="dim"), disabled=True))
         for name in shown[:SHOWN_MODELS]:
             listing.add_option(Option(Text(name), id=name))
+        if typed in shown[:SHOWN_MODELS]:
+            listing.highlighted = shown.index(typed)  # the model in the field, in its place
 
     @on(OptionList.OptionSelected, "#switcher-models")
     def _model_picked(self, event: OptionList.OptionSelected) -> None:

@@ -58,15 +58,15 @@ class WorkbenchScreen(LoomScreen):
                 "unsaved edits)", id="workbench.back"),
         Binding("enter", "inspect", "Inspect", tooltip="The picked record whole: fields, "
                 "rendered prompt, raw answer, output, every score", id="workbench.inspect"),
-        Binding("d", "diff", "A/B per record", tooltip="The sample record by record: outputs "
-                "and verdicts under the saved prompt and your edit (or, after a save, the "
-                "previous version)", id="workbench.diff"),
+        Binding("i", "edit", "Edit prompt", tooltip="Go to the prompt and type (escape stops)",
+                id="workbench.edit"),
         Binding("v", "variants", "Variants", tooltip="Load a prompt variant into the editor "
                 "as an unsaved edit", id="workbench.variants"),
         Binding("m", "switch_model", "Model", tooltip="Preview with another provider or model "
                 "(this session only; the pipeline file is not changed)", id="workbench.model"),
-        Binding("i", "edit", "Edit prompt", tooltip="Go to the prompt and type (escape stops)",
-                id="workbench.edit"),
+        Binding("d", "diff", "A/B per record", tooltip="The sample record by record: outputs "
+                "and verdicts under the saved prompt and your edit (or, after a save, the "
+                "previous version)", id="workbench.diff"),
         Binding("ctrl+s", "save", "Save", tooltip="Write the prompt file, store the version, "
                 "and compare verdicts with the previous one", id="workbench.save"),
         Binding("ctrl+r", "refresh", "Refresh", tooltip="Run the sample again now",
@@ -581,9 +581,11 @@ class WorkbenchScreen(LoomScreen):
         variants = fmt.plural(len(self.variants), "variant")
         keys = {name: self._key("workbench." + name) for name in ("variants", "model")}
         secrets = self._secrets_key()
-        text = Text("No recorded answer for this prompt. ", style="bold")
-        text.append(f"The demo's recorded answers ({Path(cassette or 'the cassette').name}) "
-                    f"cover the saved prompt")
+        text = Text()
+        text.append("No recorded answer for this prompt. ",
+                    f"bold {self.app.theme_variables.get('warning', '')}")
+        text.append(f"The recorded answers in {Path(cassette or 'the cassette').name} cover the "
+                    f"shipped prompt")
         if self.variants:
             text.append(f" and its {variants} ({keys['variants']} loads one)")
         text.append(f". To answer any edit, choose a model with a key ({secrets} stores it) or "

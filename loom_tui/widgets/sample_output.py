@@ -100,12 +100,11 @@ class SampleOutput(VerticalScroll):
         parts: list[RenderableType] = [status]
         missed = sum(1 for r in results if _missed(r))
         if missed and self.miss_hint is not None:
-            hint = self.miss_hint.copy()
-            hint.stylize(colors.get("warning", ""), 0, len(hint.plain.split(".")[0]) + 1)
             parts.append(Text(""))
-            parts.append(hint)
+            parts.append(self.miss_hint)
         changes = {}
-        if comparison is not None:
+        # Every record missed: "5 of 5 changed verdict" would only repeat the hint above.
+        if comparison is not None and missed < len(results):
             parts.append(self._comparison(comparison))
             changes = {row.record_id: row for row in comparison.rows}
         self.query_one("#sample-status", Static).update(Group(*parts))

@@ -127,7 +127,7 @@ async def test_an_edit_with_no_recorded_answer_says_what_would_answer(tmp_path: 
         assert all(r.error_type == "CassetteMiss" for r in output.results)
         shown = status_text(screen)
         assert "No recorded answer for this prompt." in shown
-        assert "cover the saved prompt and its 3 variants (v loads one)" in shown
+        assert "in demo.jsonl cover the shipped prompt and its 3 variants (v loads one)" in shown
         assert "choose a model with a key (f6 stores it) or a local server: press m" in shown
         cards = " ".join(text_of(screen.query_one("#sample-results"), 100).split())
         assert "transform: no recorded answer for this prompt" in cards
