@@ -225,3 +225,29 @@ async def test_the_switcher_says_whether_the_key_is_there(tmp_path: Path,
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, WorkbenchScreen), what="closed")
         assert app.screen.preview_model is None  # cancelled: nothing changed
+
+
+async def test_a_variants_name_and_description_are_text_not_markup(tmp_path: Path) -> None:
+    pipeline = copy_sample(tmp_path)
+    variants = pipeline.parent / "prompts" / "variants"
+    (variants / "[bold]loud[_b].j2").write_text(
+        "{#- variant: [red]not red[/] and [link=x]no link -#}\n{{ input.text }}")
+    app = LoomApp(tmp_path, debounce_s=0.05)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_sample(app, pilot, pipeline)
+        await wait_for(pilot, lambda: len(screen.variants) == 4, what="the variants")
+        await pilot.press("v")
+        await wait_for(pilot, lambda: isinstance(app.screen, VariantsScreen), what="variants")
+        listed = app.screen.query_one("#variants-list")
+        shown = [str(listed.get_option_at_index(i).prompt) for i in range(listed.option_count)]
+        assert any("[bold]loud[ b]" in s and "[red]not red[/] and [link=x]no link" in s
+                   for s in shown), shown
+        await pilot.press("escape")
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: isinstance(app.screen, CommandPalette), what="palette")
+        await pilot.press(*"loud")
+        commands = app.screen.query_one(CommandList)
+        await wait_for(pilot, lambda: commands.option_count > 0, what="hits")
+        prompts = [str(commands.get_option_at_index(i).prompt)
+                   for i in range(commands.option_count)]
+        assert any("[bold]loud[ b]" in p and "[red]not red[/]" in p for p in prompts), prompts
