@@ -33,6 +33,7 @@ from core.preview import (IMPLICIT_KEYS, LOCAL_BASE_URL, PROVIDERS, KeyStatus, P
                           key_status)
 from core.processing import Runtime
 from core.release import ReleaseResult, release_run
+from core.run_pipeline import run_pipeline
 from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
@@ -616,7 +617,7 @@ class Workspace:
         run = await self.get_run(row.run_id)
         if run is None or not run.pipeline_path:
             raise LoomError(f"run {row.run_id} of quarantined record {quarantine_id} is gone")
-        loaded = load_spec(Path(run.pipeline_path))
+        loaded = run_pipeline(run)  # the run's --set overrides too, as the approval uses
         schema = load_output_schema(loaded)
         if schema is not None:
             error = jsonschema.exceptions.best_match(

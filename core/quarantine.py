@@ -16,9 +16,9 @@ import copy
 import csv
 import getpass
 import json
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,26 @@ import jsonschema
 from core.config import LoomConfig
 from core.connectors.base import build_row, id_column
 from core.connectors.registry import open_sink, redact_uri
+from core.claims import Claim, ClaimState, Holder
 from core.credentials import SecretResolver
+from core.crashpoints import crash_point
 from core.errors import LoadError, LoomError, UsageError
 from core.processing import Runtime, resolve_secrets
 from core.records import Outcome, Record, sum_costs
-from core.sharding import with_shard_index
-from core.spec import LoadedSpec, load_spec
+from core.run_pipeline import run_pipeline
+from core.spec import LoadedSpec
 from core.store import QuarantinedRecord, Store
 from core.transform import load_output_schema
+
+
+# The statuses that mean what each action asked for is so: approving a record that is
+# already approved is done (exit 0), discarding it is not.
+_DONE = {"approve": ("approved", "reprocessed"), "edit": ("approved", "reprocessed"),
+         "reprocess": ("approved", "reprocessed"), "discard": ("discarded",)}
+_STATUS = {"approve": "approved", "edit": "approved", "reprocess": "reprocessed",
+           "discard": "discarded"}
+_DOING = {"approve": "approved", "edit": "edited and approved", "reprocess": "reprocessed",
+          "discard": "discarded"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +57,11 @@ class ActionResult:
     loaded: bool
     message: str  # one line for people: what happened and where
 
+    @property
+    def done(self) -> bool:
+        """The record is as the action asked (loaded, or already so)."""
+        return self.loaded or self.status in _DONE.get(self.action, ())
+
 
 def _actor() -> str | None:
     with contextlib.suppress(Exception):
@@ -53,136 +70,255 @@ def _actor() -> str | None:
 
 
 class QuarantineDesk:
-    """The quarantine's actions, over one store."""
+    """The quarantine's actions, over one store.
+
+    Every action claims its records first (core.claims, Store.claim_quarantined): of two
+    processes acting on one record, one does and the other is told who is at it. What reaches a
+    destination goes through the machinery runs use for exactly-once: the claim's id names the
+    sink's staging file and load ledger, the output about to load is noted before the sink sees
+    it, and the sink's commit token before it publishes. A claim whose holder died is taken
+    over: the token (or the ledger) says whether the dead action loaded the record, which is
+    then only noted in the store, never written again. A reprocess keeps the answer it paid for
+    on the record until it is loaded or judged, so a killed reprocess does not pay twice.
+    """
 
     def __init__(self, store: Store, config: LoomConfig, *, actor: str | None = None) -> None:
         self.store = store
         self.config = config
         self.actor = actor if actor is not None else _actor()
-        self._loaded: dict[str, LoadedSpec] = {}  # run id -> its pipeline as it is now
+        self.holder = Holder.me().key
+        self._loaded: dict[str, LoadedSpec] = {}  # run id -> its pipeline as the run ran it
+        # Records whose load began to publish: their claim stays (with its token) if this
+        # process stops before it noted the outcome, for the next action to settle.
+        self._began: set[int] = set()
 
     # ------------------------------------------------------------ actions
 
     async def approve(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
         """Load each record's output as it is."""
         results: dict[int, ActionResult] = {}
-        rows = await self._open_rows(ids, "approve", results)
-        ready = []
-        for row in rows:
-            if row.output is None:
-                results[row.id] = ActionResult(row.id, "approve", row.status, False,
-                                               "nothing to approve: the record has no output "
-                                               "(edit it, or reprocess it)")
-            else:
-                ready.append((row, row.output))
-        for row, message in await self._load(ready, "approve", note):
-            results[row.id] = message
+        async with self._claimed(ids, "approve", results) as (claim_id, rows):
+            ready = []
+            for row in rows:
+                if row.output is None:
+                    results[row.id] = ActionResult(row.id, "approve", row.status, False,
+                                                   "nothing to approve: the record has no output "
+                                                   "(edit it, or reprocess it)")
+                else:
+                    ready.append((row, row.output))
+            for row, message in await self._load(claim_id, ready, "approve", note):
+                results[row.id] = message
         return [results[i] for i in _unique(ids)]
 
     async def approve_edited(self, quarantine_id: int, output: Any, *,
                              note: str | None = None) -> ActionResult:
         """Replace the output by hand, then load it. It must still match output_schema."""
         results: dict[int, ActionResult] = {}
-        rows = await self._open_rows([quarantine_id], "edit", results)
-        if not rows:
-            return results[quarantine_id]
-        row = rows[0]
-        loaded = self._pipeline(row)
-        schema = load_output_schema(loaded)
-        if schema is not None:
-            error = jsonschema.exceptions.best_match(
-                jsonschema.validators.validator_for(schema)(schema).iter_errors(output))
-            if error is not None:
-                where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                return ActionResult(row.id, "edit", row.status, False,
-                                    f"the edited output does not match output_schema at {where}: "
-                                    f"{error.message}")
-        (_, result), = await self._load([(row, output)], "edit", note, loaded=loaded)
-        return result
+        async with self._claimed([quarantine_id], "edit", results) as (claim_id, rows):
+            if not rows:
+                return results[quarantine_id]
+            row = rows[0]
+            loaded = self._pipeline(row)
+            schema = load_output_schema(loaded)
+            if schema is not None:
+                error = jsonschema.exceptions.best_match(
+                    jsonschema.validators.validator_for(schema)(schema).iter_errors(output))
+                if error is not None:
+                    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+                    return ActionResult(row.id, "edit", row.status, False,
+                                        f"the edited output does not match output_schema at "
+                                        f"{where}: {error.message}")
+            (_, result), = await self._load(claim_id, [(row, output)], "edit", note,
+                                            loaded=loaded)
+            return result
 
     async def reprocess(self, ids: Sequence[int]) -> list[ActionResult]:
         """Transform and evaluate again with the current prompt and model; load what passes."""
         results: dict[int, ActionResult] = {}
-        rows = await self._open_rows(ids, "reprocess", results)
-        for _, group in _by_pipeline(rows, self._pipeline).items():
-            loaded = group[0][1]
-            warnings: list[str] = []
-            # A fresh answer: the cached one is what got the record quarantined.
-            runtime = Runtime.build(loaded, config=self.config, cache=self.store, use_cache=False,
-                                    resolver=SecretResolver(), on_warning=warnings.append)
-            try:
-                passed = []
-                for row, _ in group:
-                    record = Record(id=row.record_id, data=row.input or {}, ordinal=row.ordinal)
-                    outcome = await runtime.processor.process(record)
-                    cost = sum_costs([c.cost_usd for c in outcome.calls])
-                    details = {"cost_usd": cost, "prompt_hash": runtime.prompts.prompt_hash,
-                               "model": loaded.spec.transform.model}
-                    if outcome.outcome is Outcome.LOADED:
-                        passed.append((row, outcome, details))
-                        continue
-                    reason = outcome.reason or "still fails"
-                    await self.store.resolve_quarantined(
-                        row.id, action="reprocess", status="open", actor=self.actor,
-                        reason=reason, scores=outcome.scores, verdict=outcome.verdict,
-                        details={**details, "stage": str(outcome.stage)})
-                    results[row.id] = ActionResult(row.id, "reprocess", "open", False,
-                                                   f"still quarantined: {reason}")
-                for row, message in await self._load(
-                        [(row, outcome.output) for row, outcome, _ in passed], "reprocess", None,
-                        loaded=loaded,
-                        extra={row.id: (outcome, details) for row, outcome, details in passed}):
-                    results[row.id] = message
-            finally:
-                await runtime.aclose()
+        async with self._claimed(ids, "reprocess", results) as (claim_id, rows):
+            for _, group in _by_pipeline(rows, self._pipeline).items():
+                loaded = group[0][1]
+                warnings: list[str] = []
+                # A fresh answer: the cached one is what got the record quarantined.
+                runtime = Runtime.build(loaded, config=self.config, cache=self.store,
+                                        use_cache=False, resolver=SecretResolver(),
+                                        on_warning=warnings.append)
+                try:
+                    passed = []
+                    for row, _ in group:
+                        answer = await self._answer(row, loaded, runtime)
+                        if answer["outcome"] == Outcome.LOADED.value:
+                            passed.append((row, answer))
+                            continue
+                        reason = answer.get("reason") or "still fails"
+                        await self.store.resolve_quarantined(
+                            row.id, action="reprocess", status="open", actor=self.actor,
+                            reason=reason, scores=answer["scores"], verdict=answer["verdict"],
+                            details={**answer["details"], "stage": answer.get("stage")})
+                        results[row.id] = ActionResult(row.id, "reprocess", "open", False,
+                                                       f"still quarantined: {reason}")
+                    for row, message in await self._load(
+                            claim_id, [(row, answer["output"]) for row, answer in passed],
+                            "reprocess", None, loaded=loaded,
+                            extra={row.id: answer for row, answer in passed}):
+                        results[row.id] = message
+                finally:
+                    await runtime.aclose()
         return [results[i] for i in _unique(ids)]
 
     async def discard(self, ids: Sequence[int], *, note: str | None = None) -> list[ActionResult]:
         results: dict[int, ActionResult] = {}
-        for row in await self._open_rows(ids, "discard", results):
-            await self.store.resolve_quarantined(row.id, action="discard", status="discarded",
-                                                 note=note, actor=self.actor)
-            results[row.id] = ActionResult(row.id, "discard", "discarded", False, "discarded")
+        async with self._claimed(ids, "discard", results) as (_, rows):
+            for row in rows:
+                await self.store.resolve_quarantined(row.id, action="discard",
+                                                     status="discarded", note=note,
+                                                     actor=self.actor)
+                results[row.id] = ActionResult(row.id, "discard", "discarded", False, "discarded")
         return [results[i] for i in _unique(ids)]
 
-    # ------------------------------------------------------------ helpers
+    # ------------------------------------------------------------ claims
 
-    async def _open_rows(self, ids: Sequence[int], action: str,
-                         results: dict[int, ActionResult]) -> list[QuarantinedRecord]:
-        rows = []
-        for quarantine_id in _unique(ids):
-            row = await self.store.get_quarantined(quarantine_id)
-            if row is None:
-                raise UsageError(f"there is no quarantined record {quarantine_id}")
-            if row.status != "open":
-                results[row.id] = ActionResult(row.id, action, row.status, False,
-                                               f"already {row.status}; nothing done")
+    @contextlib.asynccontextmanager
+    async def _claimed(self, ids: Sequence[int], action: str, results: dict[int, ActionResult]
+                       ) -> AsyncIterator[tuple[str, list[QuarantinedRecord]]]:
+        """Claim the records for `action`, settle what dead holders of them left, and yield
+        (the claim's id, the open records this action now holds). Those the action did not
+        resolve are let go at the end, unless their load began to publish."""
+        wanted = _unique(ids)
+        claim_id = uuid.uuid4().hex[:16]
+        claims = await self.store.claim_quarantined(wanted, action, self.holder, claim_id)
+        mine = [i for i in wanted if claims[i].state in (ClaimState.CLAIMED,
+                                                          ClaimState.TAKEN_OVER)]
+        try:
+            missing = [i for i in wanted if claims[i].state is ClaimState.MISSING]
+            if missing:
+                raise UsageError(f"there is no quarantined record {missing[0]}")
+            rows: list[QuarantinedRecord] = []
+            taken: list[tuple[QuarantinedRecord, Claim]] = []
+            for quarantine_id in wanted:
+                claim = claims[quarantine_id]
+                if claim.state not in (ClaimState.CLAIMED, ClaimState.TAKEN_OVER):
+                    results[quarantine_id] = ActionResult(quarantine_id, action,
+                                                          *_refusal(claim))
+                    continue
+                row = await self.store.get_quarantined(quarantine_id)
+                if row is None:
+                    raise UsageError(f"there is no quarantined record {quarantine_id}")
+                if claim.state is ClaimState.TAKEN_OVER:
+                    taken.append((row, claim))
+                else:
+                    rows.append(row)
+            await self._prepare(rows + [row for row, _ in taken])
+            rows.extend(await self._settle(taken, action, claim_id, results))
+            rows.sort(key=lambda row: wanted.index(row.id))
+            yield claim_id, rows
+        finally:
+            with contextlib.suppress(Exception):
+                await self.store.drop_claims([i for i in mine if i not in self._began],
+                                             self.holder)
+
+    async def _settle(self, taken: list[tuple[QuarantinedRecord, Claim]], action: str,
+                      claim_id: str, results: dict[int, ActionResult]) -> list[QuarantinedRecord]:
+        """Records whose claim was taken over from a dead holder: those its action loaded
+        (the sink's commit token or ledger says so) are noted as loaded, not written again;
+        the others start afresh under this action's claim, and are returned."""
+        again: list[QuarantinedRecord] = []
+        groups: dict[tuple[str | None, str, Path, str], list[tuple[QuarantinedRecord, Claim]]] = {}
+        for row, claim in taken:
+            if claim.status not in _DOING or claim.status == "discard" or row.claim_output is None:
+                again.append(row)  # the dead action had written nothing
                 continue
-            rows.append(row)
-        await self._prepare(rows)
-        return rows
+            spec = self._pipeline(row)
+            key = (claim.claim_id, claim.token or "", spec.path, spec.spec.load.destination)
+            groups.setdefault(key, []).append((row, claim))
+        for (dead_claim, token, _, destination), group in groups.items():
+            spec = self._pipeline(group[0][0])
+            try:
+                target, _ = _identity_target(spec)
+                sink = open_sink(resolve_secrets(target, SecretResolver()))
+                await sink.open(f"quarantine-{dead_claim}")
+                try:
+                    landed = await _landed(sink, token or None, [r.record_id for r, _ in group])
+                finally:
+                    with contextlib.suppress(Exception):
+                        await sink.abort()
+            except LoomError as exc:
+                for row, _ in group:  # the claim stays: the next action asks again
+                    self._began.add(row.id)
+                    results[row.id] = ActionResult(row.id, action, row.status, False,
+                                                   f"not settled: an interrupted action may "
+                                                   f"have loaded it, and {exc}")
+                continue
+            for row, claim in group:
+                if row.record_id not in landed:
+                    again.append(row)
+                    continue
+                dead_action = str(claim.status)
+                status = _STATUS[dead_action]
+                await self.store.resolve_quarantined(
+                    row.id, action=dead_action, status=status, final_output=row.claim_output,
+                    actor=self.actor, details={"destination": destination,
+                                               "settled": "loaded by an interrupted action"},
+                    **_judged(row.answer if dead_action == "reprocess" else None, row))
+                loaded = status in _DONE[action]
+                results[row.id] = ActionResult(
+                    row.id, action, status, loaded,
+                    f"{status}: loaded into {redact_uri(destination)} by an interrupted "
+                    f"{dead_action} (not written again)" if loaded else
+                    f"already {status} (by an interrupted {dead_action}); nothing done")
+        if again:
+            await self.store.restart_claim([row.id for row in again], self.holder, claim_id,
+                                           action)
+            again = [row for row in [await self.store.get_quarantined(r.id) for r in again]
+                     if row is not None]
+        return again
+
+    async def _answer(self, row: QuarantinedRecord, loaded: LoadedSpec,
+                      runtime: Runtime) -> dict[str, Any]:
+        """The reprocess answer for a record: the one an interrupted reprocess already paid
+        for (same prompt and model), else a new one, kept on the record before it is used."""
+        prompt_hash, model = runtime.prompts.prompt_hash, loaded.spec.transform.model
+        kept = row.answer
+        if isinstance(kept, dict) and (kept.get("details") or {}).get("prompt_hash") == \
+                prompt_hash and kept["details"].get("model") == model:
+            return kept
+        record = Record(id=row.record_id, data=row.input or {}, ordinal=row.ordinal)
+        outcome = await runtime.processor.process(record)
+        answer = {
+            "outcome": outcome.outcome.value, "output": outcome.output,
+            "reason": outcome.reason, "stage": str(outcome.stage) if outcome.stage else None,
+            "scores": [score.to_dict() for score in outcome.scores],
+            "verdict": outcome.verdict.to_dict() if outcome.verdict is not None else None,
+            "details": {"cost_usd": sum_costs([c.cost_usd for c in outcome.calls]),
+                        "prompt_hash": prompt_hash, "model": model}}
+        await self.store.save_answer(row.id, self.holder, answer)
+        crash_point("quarantine:answered")
+        return answer
+
+    # ------------------------------------------------------------ helpers
 
     def _pipeline(self, row: QuarantinedRecord) -> LoadedSpec:
         return self._loaded[row.run_id]
 
     async def _prepare(self, rows: Sequence[QuarantinedRecord]) -> None:
-        """Load the pipeline file of each row's run, as it is now."""
+        """Load the pipeline of each row's run: its file as it is now, with the run's own
+        --set overrides and shard (core.run_pipeline), as `--resume` would."""
         for row in rows:
             if row.run_id in self._loaded:
                 continue
             run = await self.store.get_run(row.run_id)
             if run is None:
                 raise LoomError(f"run {row.run_id} of quarantined record {row.id} is gone")
-            loaded = load_spec(Path(run.pipeline_path))
-            # A shard run loaded into its own `{shard}` destination: so do its approvals.
-            self._loaded[row.run_id] = with_shard_index(loaded, run.shard_index or 0)
+            self._loaded[row.run_id] = run_pipeline(run)
 
-    async def _load(self, items: list[tuple[QuarantinedRecord, Any]], action: str,
+    async def _load(self, claim_id: str, items: list[tuple[QuarantinedRecord, Any]], action: str,
                     note: str | None, *, loaded: LoadedSpec | None = None,
-                    extra: dict[int, tuple[Any, dict[str, Any]]] | None = None
+                    extra: dict[int, dict[str, Any]] | None = None
                     ) -> list[tuple[QuarantinedRecord, ActionResult]]:
         """Write outputs to their pipelines' destinations (one commit per pipeline), then
-        record the action."""
+        record the action. The sink is opened under the claim's id (its staging file, its
+        ledger), the outputs are noted on the claim before the sink sees them and the commit
+        token before it publishes: an action killed at any step is settled by the next."""
         if not items:
             return []
         out = []
@@ -193,46 +329,104 @@ class QuarantineDesk:
             key = (spec.path, spec.spec.load.destination)
             groups.setdefault(key, []).append((row, output))
             specs[key] = spec
-        status = "reprocessed" if action == "reprocess" else "approved"
+        status = _STATUS[action]
         for key, group in groups.items():
             spec = specs[key]
             destination = spec.spec.load.destination
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+            ids = [row.id for row, _ in group]
+            await self.store.stage_claim({row.id: output for row, output in group}, self.holder)
             sink = None
+            token: str | None = None
             try:
                 target, rewrite = _identity_target(spec)
                 sink = open_sink(resolve_secrets(target, SecretResolver()))
-                await sink.open(f"quarantine-{action}-{stamp}")
+                await sink.open(f"quarantine-{claim_id}")
                 rows = [build_row(spec, Record(id=row.record_id, data=row.input or {},
                                                ordinal=row.ordinal), output)
                         for row, output in group]
+                record_ids = [row.record_id for row, _ in group]
                 if target is not spec or rewrite is not None:
-                    # One row per id: of two actions on one record id at once, the last stands.
+                    # One row per id: of two outputs for one record id, the last stands.
                     column = rewrite or _key_column(spec)
-                    rows = list({str(r.get(column)): r for r in rows}.values())
+                    kept = {str(r.get(column)): (r, i) for r, i in zip(rows, record_ids)}
+                    rows = [r for r, _ in kept.values()]
+                    record_ids = [i for _, i in kept.values()]
                 if rewrite is not None:
                     await _rewrite_without(sink, target, rewrite,
                                            {str(r.get(rewrite)) for r in rows})
-                await sink.write(rows)
-                await sink.commit()
+                ledger = sink.resume_policy == "ledger"
+                if ledger:  # each batch is at the destination once written
+                    self._began.update(ids)
+                    crash_point("quarantine:committing")
+                await sink.write_records(rows, record_ids)
+                if not ledger:
+                    token = await sink.prepare_commit()
+                    await self.store.note_claim_token(ids, self.holder, token)
+                    self._began.update(ids)
+                    crash_point("quarantine:committing")
+                    await sink.commit()
+                crash_point("quarantine:committed")
             except LoomError as exc:
+                landed: set[str] = set()
                 if sink is not None:
+                    if any(i in self._began for i in ids):
+                        with contextlib.suppress(Exception):
+                            landed = await _landed(sink, token, [r.record_id for r, _ in group])
                     with contextlib.suppress(Exception):
                         await sink.abort()
-                for row, _ in group:
+                failed = [row for row, _ in group if row.record_id not in landed]
+                await self.store.drop_claims([row.id for row in failed], self.holder)
+                self._began.difference_update(row.id for row in failed)
+                for row in failed:
                     out.append((row, ActionResult(row.id, action, row.status, False,
                                                   f"not loaded: {exc}")))
-                continue
+                group = [(row, output) for row, output in group if row.record_id in landed]
+                if not group:
+                    continue
             for row, output in group:
-                outcome, details = (extra or {}).get(row.id, (None, None))
                 await self.store.resolve_quarantined(
                     row.id, action=action, status=status, final_output=output, note=note,
-                    actor=self.actor, details={**(details or {}), "destination": destination},
-                    **({"scores": outcome.scores, "verdict": outcome.verdict,
-                        "reason": row.reason} if outcome is not None else {}))
+                    actor=self.actor, details={**((extra or {}).get(row.id, {}).get("details")
+                                                  or {}), "destination": destination},
+                    **_judged((extra or {}).get(row.id), row))
+                self._began.discard(row.id)
                 out.append((row, ActionResult(row.id, action, status, True,
-                                              f"loaded into {destination}")))
+                                              f"loaded into {redact_uri(destination)}")))
+            if sink is not None and sink.resume_policy == "ledger":
+                # The store holds the outcome: the sink may forget its ledger rows.
+                with contextlib.suppress(LoomError):
+                    await sink.commit()
         return out
+
+
+def _refusal(claim: Claim) -> tuple[str, bool, str]:
+    """(status, loaded, message) for a record this action could not claim."""
+    if claim.state is ClaimState.RESOLVED:
+        return str(claim.status), False, f"already {claim.status}; nothing done"
+    if claim.state is ClaimState.HELD:
+        doing = _DOING.get(str(claim.status), "acted on")
+        return "open", False, f"being {doing} by {claim.holder}; nothing done"
+    return "open", False, f"its run is being released by {claim.holder}; nothing done"
+
+
+def _judged(answer: dict[str, Any] | None, row: QuarantinedRecord) -> dict[str, Any]:
+    """What a reprocess that passed records: its scores and verdict now."""
+    if not answer:
+        return {}
+    return {"scores": answer.get("scores"), "verdict": answer.get("verdict"),
+            "reason": row.reason}
+
+
+async def _landed(sink: Any, token: str | None, record_ids: list[str]) -> set[str]:
+    """Which of these records an earlier attempt under the sink's name put at the
+    destination: all when its publish went through (`token`), those in its load ledger, or
+    none (a "rewrite" sink's earlier parts are withdrawn, to be written again)."""
+    if sink.resume_policy == "ledger":
+        return set(record_ids) & await sink.written_ids()
+    if sink.resume_policy == "rewrite":
+        await sink.withdraw()
+        return set()
+    return set(record_ids) if token is not None and await sink.committed(token) else set()
 
 
 # ---------------------------------------------------------------- the destination's identity

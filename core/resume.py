@@ -28,13 +28,12 @@ duplicate-id check does; records themselves stream as in any run.
 
 from __future__ import annotations
 
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from core.claims import describe, holder_alive, host_name, pid_alive as _pid_alive
 from core.errors import ResumeError
 from core.events import RunStatus
 from core.records import Outcome
@@ -57,24 +56,6 @@ DONE = 0  # at the destination, or quarantined: nothing
 LOAD = 1  # passed, not at the destination: load the stored output (no call)
 RELOAD = 2  # loaded, but a replace destination is rebuilt: write it again, still counted loaded
 PROCESS = 3  # skipped without an answer: process it, its new row replaces the old one
-
-
-def host_name() -> str:
-    return socket.gethostname()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # it exists, as someone else's
-    try:  # a zombie (killed, not yet reaped) is dead for our purpose
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
-            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def heartbeat_age(run: PipelineRun, now: datetime | None = None) -> float:
@@ -103,6 +84,11 @@ def resume_problem(run: PipelineRun) -> str | None:
         options = run.options or {}
         return (f"run {run.run_id} is still running (pid {options.get('pid', '?')} on "
                 f"{options.get('host', '?')}, last heartbeat {heartbeat_age(run):.0f} s ago)")
+    if run.commit_state == "releasing" and holder_alive(run.claim_holder, run.claimed_at):
+        # Both would write its destination; a dead release's claim is no obstacle (the resume
+        # rebuilds the replace destination whole).
+        return (f"run {run.run_id} is being released by "
+                f"{describe(run.claim_holder, run.claimed_at)} (loom release)")
     if run.status in (RunStatus.CANCELLED, RunStatus.FAILED, RunStatus.PARTIAL):
         # A resume that failed before it settled with the destination kept the run's counts,
         # which may not show what is left: it may be resumed again whatever they say.

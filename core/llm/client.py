@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from core.errors import ProviderError
+from core.errors import ProviderError, StoreError
 from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
 from core.llm.breaker import CircuitBreaker, RunStopping
 from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
@@ -354,6 +354,10 @@ class LLMClient:
         try:
             await self._cache.cache_put(key, value, provider=self.provider.name, model=request.model,
                                         ttl_s=self._ttl_s)
+        except StoreError:
+            # The history store itself cannot be written (a full disk, a file size limit): the
+            # run's next checkpoint fails with this error and says it once, as the run's error.
+            return
         except Exception as exc:  # noqa: BLE001 - the answer is good even if keeping it failed
             self._warn_once("cache:put", f"response cache not written ({type(exc).__name__}: {exc})")
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest revision in migrations/versions; tests/unit/test_store.py keeps the two in step.
-SCHEMA_HEAD = "0008"
+SCHEMA_HEAD = "0009"
 
 # Any fixed number: PostgreSQL sessions migrating the same database queue on this lock.
 _PG_MIGRATION_LOCK = 0x4C6F6F6D  # "Loom"

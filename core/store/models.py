@@ -152,6 +152,11 @@ class PipelineRun(SQLModel, table=True):
     reasoning_tokens: int = 0
     savings_usd: dict[str, float] | None = Field(default=None, sa_type=JSONType)
 
+    # Releasing (revision 0009, core.release, core.claims): who holds the run while its
+    # commit_state is "releasing", and when the holder last renewed the claim.
+    claim_holder: str | None = Field(default=None, sa_type=Text)
+    claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
 
 class RecordResultRow(SQLModel, table=True):
     """Where one record of one run ended (core.records.RecordResult, flattened)."""
@@ -254,6 +259,19 @@ class QuarantinedRecord(SQLModel, table=True):
     resolved_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     resolution_note: str | None = Field(default=None, sa_type=Text)
     final_output: Any = Field(default=None, sa_type=JSONType, nullable=True)
+    # The claim of an action at work on the record (revision 0009, core.claims): its id (the
+    # action's staging and ledger name at the destination, kept when a dead holder's claim is
+    # taken over), the holder and its last renewal, the action, the output it is loading and
+    # the sink's commit token. NULL when no action holds the record.
+    claim_id: str | None = None
+    claim_holder: str | None = Field(default=None, sa_type=Text)
+    claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    claim_action: str | None = None
+    claim_output: Any = Field(default=None, sa_type=JSONType, nullable=True)
+    commit_token: str | None = Field(default=None, sa_type=Text)
+    # The answer a reprocess paid for, until it is loaded or judged: a reprocess killed after
+    # the model answered does not pay again ({"output", "outcome", "scores", "verdict", ...}).
+    answer: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
 
 
 class QuarantineAction(SQLModel, table=True):

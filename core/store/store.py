@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 from sqlalchemy.sql import Select
 
 from core.agreement import JudgeAgreement, judge_decisions
+from core.claims import Claim, ClaimState, describe, holder_alive
 from core.config import load_config, store_url
 from core.errors import StoreError
 from core.events import Progress, RunStatus, RunSummary
@@ -70,6 +71,10 @@ _IN_CHUNK = 500
 # The state of a record while its run goes (see RecordResultRow.outcome): answered, passed the
 # gate, output stored; loaded (or skipped) when the run ends.
 PASSED = "passed"
+
+# A quarantined record that no action holds (core.claims).
+_NO_CLAIM: dict[str, Any] = {"claim_id": None, "claim_holder": None, "claimed_at": None,
+                             "claim_action": None, "claim_output": None, "commit_token": None}
 
 _runs: Table = PipelineRun.__table__  # type: ignore[assignment]
 _pipelines: Table = Pipeline.__table__  # type: ignore[assignment]
@@ -575,7 +580,8 @@ class Store:
             reason = "; ".join(part for part in (run.status_reason, note) if part)
             await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
                 loaded=run.loaded + len(row_ids), skipped=max(0, run.skipped - len(row_ids)),
-                status_reason=self._text(reason), commit_state="released", updated_at=utcnow()))
+                status_reason=self._text(reason), commit_state="released", commit_token=None,
+                claim_holder=None, claimed_at=None, updated_at=utcnow()))
 
     async def claim_run(self, run_id: str, *, status: str, updated_at: datetime,
                         options: dict[str, Any]) -> int | None:
@@ -967,12 +973,14 @@ class Store:
 
         `reason`, `scores` and `verdict` replace the stored ones when given (a reprocess that
         still fails says why now). Status `open` clears `resolved_at`. `details` adds to what
-        the action row records (what a reprocess cost, say).
+        the action row records (what a reprocess cost, say). The record's claim (the action's
+        own: see claim_quarantined) and any kept reprocess answer go with it.
         """
         if status not in QUARANTINE_STATUSES:
             raise ValueError(f"quarantine status must be one of {QUARANTINE_STATUSES}, not {status!r}")
         now = utcnow()
-        values: dict[str, Any] = {"status": status, "resolved_at": None if status == "open" else now}
+        values: dict[str, Any] = {"status": status, "resolved_at": None if status == "open" else now,
+                                  **_NO_CLAIM, "answer": None}
         if final_output is not None:
             values["final_output"] = final_output
         if note is not None:
@@ -1046,6 +1054,165 @@ class Store:
         return await self._all(select(QuarantineAction)
                                .where(QuarantineAction.quarantine_id == quarantine_id)
                                .order_by(_actions.c.id))
+
+    # -- claims: a release holds its run, an action its records (core.claims) ------------------
+
+    async def claim_release(self, run_id: str, holder: str) -> Claim:
+        """Claim a held run for `holder` to release it: held -> releasing. A run `releasing`
+        under a dead holder is taken over (its commit token comes back: the dead release may
+        have published). Refused while a live quarantine action holds a record of the run (it
+        may be writing to the same destination). One transaction, the run's row locked first
+        (PostgreSQL), as claim_quarantined locks it: of a release and an action, one waits."""
+        async with self._write() as conn:
+            run = (await conn.execute(
+                select(_runs.c.commit_state, _runs.c.claim_holder, _runs.c.claimed_at,
+                       _runs.c.commit_token).where(_runs.c.run_id == run_id)
+                .with_for_update())).first()
+            if run is None:
+                return Claim(ClaimState.MISSING)
+            if run.commit_state == "released":
+                return Claim(ClaimState.RESOLVED, run.commit_state)
+            if run.commit_state == "releasing":
+                if holder_alive(run.claim_holder, run.claimed_at):
+                    return Claim(ClaimState.HELD, run.commit_state,
+                                 describe(run.claim_holder, run.claimed_at))
+                taken = await conn.execute(update(_runs).where(
+                    (_runs.c.run_id == run_id) & (_runs.c.commit_state == "releasing")
+                    & _runs.c.claim_holder.is_not_distinct_from(run.claim_holder))
+                    .values(claim_holder=holder, claimed_at=utcnow(), updated_at=utcnow()))
+                if taken.rowcount != 1:
+                    return Claim(ClaimState.HELD, run.commit_state, describe(None, None))
+                return Claim(ClaimState.TAKEN_OVER, run.commit_state, token=run.commit_token)
+            if run.commit_state != "held":
+                return Claim(ClaimState.REFUSED, run.commit_state)
+            for key, at in (await conn.execute(
+                    select(_quarantine.c.claim_holder, _quarantine.c.claimed_at)
+                    .where((_quarantine.c.run_id == run_id)
+                           & _quarantine.c.claim_id.is_not(None)))).all():
+                if holder_alive(key, at):
+                    return Claim(ClaimState.BUSY, run.commit_state, describe(key, at))
+            await conn.execute(update(_runs).where(_runs.c.run_id == run_id).values(
+                commit_state="releasing", claim_holder=holder, claimed_at=utcnow(),
+                commit_token=None, updated_at=utcnow()))
+            return Claim(ClaimState.CLAIMED, "held")
+
+    async def note_release_token(self, run_id: str, holder: str, token: str | None) -> bool:
+        """The release is about to publish: a holder that dies from here on left `token`, by
+        which the next one tells whether the publish went through. Also renews the claim."""
+        async with self._write() as conn:
+            result = await conn.execute(update(_runs).where(
+                (_runs.c.run_id == run_id) & (_runs.c.claim_holder == holder)
+                & (_runs.c.commit_state == "releasing"))
+                .values(commit_token=token, claimed_at=utcnow(), updated_at=utcnow()))
+            return result.rowcount == 1
+
+    async def renew_release(self, run_id: str, holder: str) -> None:
+        async with self._write() as conn:
+            await conn.execute(update(_runs).where(
+                (_runs.c.run_id == run_id) & (_runs.c.claim_holder == holder))
+                .values(claimed_at=utcnow()))
+
+    async def abandon_release(self, run_id: str, holder: str) -> None:
+        """The release failed before it published: the run is held again, unclaimed."""
+        async with self._write() as conn:
+            await conn.execute(update(_runs).where(
+                (_runs.c.run_id == run_id) & (_runs.c.claim_holder == holder)
+                & (_runs.c.commit_state == "releasing"))
+                .values(commit_state="held", claim_holder=None, claimed_at=None,
+                        commit_token=None, updated_at=utcnow()))
+
+    async def claim_quarantined(self, ids: Sequence[int], action: str, holder: str,
+                                claim_id: str) -> dict[int, Claim]:
+        """Claim open quarantined records for one action, atomically: each id is claimed by
+        this call (`claim_id`), taken over from a dead holder (its claim id, output and commit
+        token kept: the dead action may have loaded it), or answered with why not (resolved,
+        held by a live action, its run being released by a live release, missing)."""
+        found: dict[int, Claim] = {}
+        if not ids:
+            return found
+        q = _quarantine.c
+        async with self._write() as conn:
+            rows = (await conn.execute(
+                select(q.id, q.status, q.run_id, q.claim_id, q.claim_holder, q.claimed_at,
+                       q.claim_action, q.commit_token)
+                .where(q.id.in_(list(ids))).order_by(q.id).with_for_update())).all()
+            runs = {run.run_id: run for run in (await conn.execute(
+                select(_runs.c.run_id, _runs.c.commit_state, _runs.c.claim_holder,
+                       _runs.c.claimed_at).where(_runs.c.run_id.in_(sorted({r.run_id for r in rows})))
+                .order_by(_runs.c.run_id).with_for_update())).all()}
+            fresh: list[int] = []
+            now = utcnow()
+            for row in rows:
+                run = runs.get(row.run_id)
+                if row.status != "open":
+                    found[row.id] = Claim(ClaimState.RESOLVED, row.status)
+                elif row.claim_id is not None and holder_alive(row.claim_holder, row.claimed_at):
+                    # This process's own claim too: another action of it (a workbench worker)
+                    # is at work on the record.
+                    found[row.id] = Claim(ClaimState.HELD, row.claim_action,
+                                          describe(row.claim_holder, row.claimed_at))
+                elif run is not None and run.commit_state == "releasing" and \
+                        holder_alive(run.claim_holder, run.claimed_at):
+                    found[row.id] = Claim(ClaimState.RELEASING, row.status,
+                                          describe(run.claim_holder, run.claimed_at))
+                elif row.claim_id is not None:
+                    await conn.execute(update(_quarantine).where(
+                        (q.id == row.id) & (q.claim_id == row.claim_id))
+                        .values(claim_holder=holder, claimed_at=now))
+                    found[row.id] = Claim(ClaimState.TAKEN_OVER, row.claim_action,
+                                          claim_id=row.claim_id, token=row.commit_token)
+                else:
+                    fresh.append(row.id)
+                    found[row.id] = Claim(ClaimState.CLAIMED, row.status, claim_id=claim_id)
+            for start in range(0, len(fresh), _IN_CHUNK):
+                await conn.execute(update(_quarantine).where(
+                    q.id.in_(fresh[start:start + _IN_CHUNK])).values(
+                    claim_id=claim_id, claim_holder=holder, claimed_at=now, claim_action=action,
+                    claim_output=None, commit_token=None))
+        for quarantine_id in ids:
+            found.setdefault(quarantine_id, Claim(ClaimState.MISSING))
+        return found
+
+    async def restart_claim(self, ids: Sequence[int], holder: str, claim_id: str,
+                            action: str) -> None:
+        """Taken-over records whose dead action did not load them: they start afresh under
+        this holder's claim."""
+        await self._claim_update(ids, holder, claim_id=claim_id, claim_action=action,
+                                 claim_output=None, commit_token=None, claimed_at=utcnow())
+
+    async def stage_claim(self, outputs: dict[int, Any], holder: str) -> None:
+        """What each claimed record is about to load (before the sink sees it)."""
+        async with self._write() as conn:
+            for quarantine_id, output in outputs.items():
+                await conn.execute(update(_quarantine).where(
+                    (_quarantine.c.id == quarantine_id)
+                    & (_quarantine.c.claim_holder == holder))
+                    .values(claim_output=output, claimed_at=utcnow()))
+
+    async def note_claim_token(self, ids: Sequence[int], holder: str, token: str | None) -> None:
+        """The sink is about to publish these records: a holder that dies from here on left
+        `token` (core.connectors.base.Sink.committed)."""
+        await self._claim_update(ids, holder, commit_token=token, claimed_at=utcnow())
+
+    async def save_answer(self, quarantine_id: int, holder: str, answer: dict[str, Any]) -> None:
+        """A reprocess's answer, kept until it is loaded or judged: not paid for twice."""
+        await self._claim_update([quarantine_id], holder, answer=answer, claimed_at=utcnow())
+
+    async def renew_claims(self, ids: Sequence[int], holder: str) -> None:
+        await self._claim_update(ids, holder, claimed_at=utcnow())
+
+    async def drop_claims(self, ids: Sequence[int], holder: str) -> None:
+        """The action gave up on these records (nothing loaded): open, unclaimed; a
+        reprocess's answer stays for the next one."""
+        await self._claim_update(ids, holder, **_NO_CLAIM)
+
+    async def _claim_update(self, ids: Sequence[int], holder: str, **values: Any) -> None:
+        ids = list(ids)
+        async with self._write() as conn:
+            for start in range(0, len(ids), _IN_CHUNK):
+                await conn.execute(update(_quarantine).where(
+                    _quarantine.c.id.in_(ids[start:start + _IN_CHUNK])
+                    & (_quarantine.c.claim_holder == holder)).values(values))
 
     # -- LLM response cache --------------------------------------------------------------------
 

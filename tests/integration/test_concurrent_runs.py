@@ -83,7 +83,10 @@ def check_both_finished(paths: list[Path], summaries: list[dict], env: dict[str,
 
 def test_three_runs_at_once_on_one_sqlite_store_all_finish_and_are_listed(
         tmp_path, loom_home, server):
-    paths = pipelines(tmp_path, server.base_url, 3, 300)
+    # The first run is three times as long as the others, so that they overlap it even when a
+    # loaded machine takes seconds to start a process (CI once saw the first end before).
+    paths = pipelines(tmp_path / "long", server.base_url, 1, 900) + \
+        pipelines(tmp_path / "short", server.base_url, 3, 300)[1:]
     env = os.environ.copy()
 
     def running() -> int:
@@ -93,7 +96,8 @@ def test_three_runs_at_once_on_one_sqlite_store_all_finish_and_are_listed(
             return 0
 
     summaries = runs_at_once(paths, env, running)
-    check_both_finished(paths, summaries, env, 300)
+    check_both_finished(paths[:1], summaries[:1], env, 900)
+    check_both_finished(paths[1:], summaries[1:], env, 300)
     # They overlapped: the later two started before the first one finished.
     listed = {run["run_id"]: run for run in json.loads(run_loom("runs", "--json", env=env).stdout)}
     first, *others = [listed[summary["run_id"]] for summary in summaries]

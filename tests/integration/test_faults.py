@@ -140,6 +140,7 @@ def test_a_full_disk_under_the_destination(tmp_path, loom_home, llm_server, smal
                               load={"destination": f"jsonl://{destination}"})
     failed = run_loom("--run", str(pipeline), "--json")
     assert failed.returncode == 1 and "Traceback" not in failed.stderr, failed.stderr
+    assert failed.stdout.strip(), failed.stderr  # the summary, not only an error line
     summary = json.loads(failed.stdout)
     assert summary["status"] == "failed"
     assert summary["status_reason"] == (f"jsonl destination {destination}: cannot write: "

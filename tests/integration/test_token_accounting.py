@@ -134,4 +134,4 @@ async def test_a_store_at_0005_gains_the_token_columns_and_keeps_its_data(tmp_pa
                                                   "cache_write": 0, "reasoning": 0}
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (SCHEMA_HEAD,)
-        assert SCHEMA_HEAD == "0008"
+        assert SCHEMA_HEAD == "0009"

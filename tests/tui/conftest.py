@@ -31,6 +31,15 @@ def utc() -> Iterator[None]:
     time.tzset()
 
 
+@pytest.fixture(autouse=True)
+def lasting_notifications(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests read the toasts the app showed (`app._notifications`); a toast expires after five
+    seconds, which a loaded machine can spend between the action and the check."""
+    from loom_tui.app import LoomApp
+
+    monkeypatch.setattr(LoomApp, "NOTIFICATION_TIMEOUT", 600)
+
+
 def copy_sample(folder: Path) -> Path:
     """The repository's sample pipeline, copied (a run writes its output next to it)."""
     target = folder / "customer_sentiment"
