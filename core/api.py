@@ -29,6 +29,8 @@ from core.engine import Engine, Listener, RunController, RunOptions
 from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError, UsageError
 from core.events import Event, RunFinished, RunSummary
+from core.preview import (IMPLICIT_KEYS, LOCAL_BASE_URL, PROVIDERS, KeyStatus, PreviewModel,
+                          key_status)
 from core.processing import Runtime
 from core.release import ReleaseResult, release_run
 from core.run_pipeline import run_pipeline
@@ -41,6 +43,7 @@ from core.spec import LoadedSpec, load_spec
 from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
                         Store)
 from core.store.models import MonitoringAlert
+from core.variants import PromptVariant, prompt_variants
 
 # What a UI needs from the engine, importable from this one module (the workbench imports
 # nothing else from core but the events and the record types).
@@ -50,6 +53,7 @@ __all__ = [
     "QuarantinedRecord", "RenderResult", "RunComparison", "RunController", "RunOptions",
     "RunPoint", "SavedPrompt", "VerdictChange", "Workspace", "find_pipeline_files",
     "Estimate", "JudgeAgreement", "MonitoringAlert", "ShardGroup", "EditCheck",
+    "PromptVariant", "PreviewModel", "KeyStatus", "PROVIDERS", "LOCAL_BASE_URL",
 ]
 
 # Folders never worth scanning for pipelines.
@@ -280,6 +284,40 @@ class Workspace:
 
         prompts = load_prompts(loaded)
         return PromptSource(prompts.prompt_path, prompts.prompt_text, prompts.prompt_hash)
+
+    def prompt_variants(self, loaded: LoadedSpec) -> list[PromptVariant]:
+        """The prompt texts kept beside the pipeline's prompt to try (core.variants)."""
+        return prompt_variants(loaded.resolve(loaded.spec.transform.prompt))
+
+    # ------------------------------------------------------------ the preview's model
+
+    def load_for_preview(self, path: str | Path, model: PreviewModel | None) -> LoadedSpec:
+        """The pipeline as the workbench previews it: with `model` as `--set` overrides (this
+        session only; the file is untouched). Raises PipelineError for what it refuses."""
+        if model is None:
+            return self.load(path)
+        return self.load(path, model.overrides(self.load(path).spec.transform))
+
+    def preview_providers(self, loaded: LoadedSpec) -> list[str]:
+        """What a preview can switch to: replay only for a pipeline with a cassette."""
+        has_cassette = bool(loaded.spec.transform.cassette)
+        return [p for p in PROVIDERS if p != "replay" or has_cassette]
+
+    def known_models(self, provider: str) -> list[str]:
+        """The models Loom's capability data knows for a provider (none for a local server:
+        it serves whatever it loaded)."""
+        from core.llm.capabilities import known_models
+
+        return known_models(provider) if provider in ("openai", "anthropic") else []
+
+    def key_status(self, loaded: LoadedSpec, provider: str) -> KeyStatus:
+        """Whether the key `provider` would read is in the keyring or the environment (by name;
+        blocks on the keyring: call it from a worker)."""
+        try:
+            names: set[str] | None = set(KeyringSecrets().names())
+        except LoomError:
+            names = None
+        return key_status(provider, loaded.spec.transform, names)
 
     async def save_prompt(self, loaded: LoadedSpec, text: str) -> SavedPrompt:
         """Write the prompt file and keep both it and the text it replaces as stored versions,
@@ -718,7 +756,7 @@ def plain_template_error(detail: str, template: str, data: Any, prompts: Any = N
 
 
 # The variable each provider reads when a pipeline sets no transform.api_key.
-_IMPLICIT_KEYS = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_IMPLICIT_KEYS = IMPLICIT_KEYS
 
 
 class _Done:

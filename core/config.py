@@ -12,6 +12,10 @@
     workbench:                                        # the `loom` TUI
       theme: loom-light
       keymap: {quarantine.approve: y}                 # binding id -> key
+      confirm_run_above:                              # F5 asks first above any of these
+        cost_usd: 0.10                                #   (projected from 20 records;
+        duration_s: 120                               #   these are the defaults)
+        records: 1000
 
 `LOOM_STORE_URL` overrides storage.url. `${NAME}` placeholders in either resolve like a
 pipeline's (core.credentials), when the store is opened.
@@ -65,11 +69,22 @@ class ModelPrice(_Strict):
     cached_input: float | None = Field(None, ge=0)  # the older name of cache_read
 
 
+class ConfirmRunAbove(_Strict):
+    """When the workbench asks before a run (F5, r): a run whose estimate stays under all
+    three starts at once; above any one (or over its budget, or with no known price) it shows
+    the estimate and asks."""
+
+    cost_usd: float = Field(0.10, ge=0)
+    duration_s: float = Field(120.0, ge=0)
+    records: int = Field(1000, ge=0)
+
+
 class WorkbenchConfig(_Strict):
-    """The `loom` workbench: its theme, and keys remapped by binding id."""
+    """The `loom` workbench: its theme, keys remapped by binding id, and when a run asks."""
 
     theme: str | None = None  # loom-dark | loom-light | any Textual theme
     keymap: dict[str, str] = Field(default_factory=dict)  # binding id -> key(s), e.g. {quarantine.approve: y}
+    confirm_run_above: ConfirmRunAbove = Field(default_factory=ConfirmRunAbove)
 
 
 class LoomConfig(_Strict):

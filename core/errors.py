@@ -110,7 +110,14 @@ class ProviderError(LoomError):
 
 
 class CassetteMiss(ProviderError):
-    """The replay provider has no recorded answer for this request."""
+    """The replay provider has no recorded answer for this request. A record's result keeps
+    the type (error_type "CassetteMiss"), so a UI can say what would answer instead."""
+
+    def __init__(self, message: str, *, cassette: object = None, key: str | None = None,
+                 retryable: bool = False) -> None:
+        super().__init__(message, retryable=retryable)
+        self.cassette = cassette  # the cassette's path
+        self.key = key  # the request's key (LLMRequest.key())
 
 
 class OutputValidationError(LoomError):

@@ -20,16 +20,20 @@ class _Commands(Provider):
         lists its own."""
         return iter(())
 
+    # The palette reads a command's title and help as markup; titles carry data (a prompt
+    # variant's file name, its description): escaped, they show as typed, never as styles.
+    # (textual.markup.escape leaves "[ b]" to be eaten as a tag: every bracket is escaped.)
     async def discover(self) -> Hits:
         for title, help_text, run in self.commands():
-            yield DiscoveryHit(title, run, help=help_text)
+            yield DiscoveryHit(_literal(title), run, text=title, help=_literal(help_text or ""))
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for title, help_text, run in self.commands():
             score = matcher.match(title)
             if score > 0:
-                yield Hit(score, matcher.highlight(title), run, text=title, help=help_text)
+                yield Hit(score, matcher.highlight(_literal(title)), run, text=title,
+                          help=_literal(help_text or ""))
 
 
 class ScreenActions(_Commands):
@@ -54,3 +58,8 @@ class Sections(_Commands):
                    lambda mode=section.mode: app.run_action(f"section('{mode}')"))
         yield "Help", "Keys and what this screen does", lambda: app.run_action("help")
         # Themes: Textual's own "Theme" command (every theme, previewed) is the one entry.
+
+
+def _literal(text: str) -> str:
+    """`text` as Textual markup that shows exactly `text`."""
+    return text.replace("[", "\\[")

@@ -5,6 +5,8 @@ Pipelines   PipelinesScanned
 Workbench   PipelineOpened → RecordsFetched → (typing) PromptEdited → PromptRendered
             → SampleRequested → SampleEvaluated | SampleFailed
             → (ctrl+s) PromptSaved → VerdictsCompared
+            → (v) VariantsListed → PromptEdited (the variant, unsaved)
+            → (m) KeyChecked (in the switcher) → PreviewModelLoaded → SampleRequested
 Run         RunBegan → RunProgressed (coalesced: only the newest waits) … → RunEnded
                      → RunWarned                                   | RunCouldNotStart
 Quarantine  PageWanted → PageFetched · QuarantineCounted · QuarantineDetailFetched
@@ -24,9 +26,10 @@ from typing import Any
 
 from textual.message import Message
 
-from core.api import (ActionResult, Estimate, JudgeAgreement, LoadedSpec, MonitoringAlert,
-                      PipelineEntry, PipelineRun, PromptComparison, QuarantineAction,
-                      QuarantinedRecord, RenderResult, RunComparison, RunPoint, SavedPrompt)
+from core.api import (ActionResult, Estimate, JudgeAgreement, KeyStatus, LoadedSpec,
+                      MonitoringAlert, PipelineEntry, PipelineRun, PreviewModel,
+                      PromptComparison, PromptVariant, QuarantineAction, QuarantinedRecord,
+                      RenderResult, RunComparison, RunPoint, SavedPrompt)
 from core.events import Progress, RunResumed, RunStarted, RunSummary
 from core.records import Record, RecordResult
 
@@ -93,11 +96,14 @@ class SampleRequested(Message):
 
 
 class SampleEvaluated(Message):
-    """The sample's results: outputs, every score, the gate's verdict, tokens, cost, latency."""
+    """The sample's results: outputs, every score, the gate's verdict, tokens, cost, latency.
+    For an unsaved edit, also the same records under the saved prompt (`comparison`)."""
 
-    def __init__(self, results: Sequence[RecordResult], prompt_text: str) -> None:
+    def __init__(self, results: Sequence[RecordResult], prompt_text: str,
+                 comparison: PromptComparison | None = None) -> None:
         self.results = list(results)
         self.prompt_text = prompt_text
+        self.comparison = comparison
         super().__init__()
 
 
@@ -342,4 +348,33 @@ class RunsRefreshed(Message):
 
     def __init__(self, runs: list[Any]) -> None:
         self.runs = runs
+        super().__init__()
+
+
+# ---------------------------------------------------------------- variants and the preview model
+
+
+class VariantsListed(Message):
+    """The prompt variants beside the pipeline's prompt (v opens them, read in a worker)."""
+
+    def __init__(self, variants: Sequence[PromptVariant]) -> None:
+        self.variants = list(variants)
+        super().__init__()
+
+
+class KeyChecked(Message):
+    """Whether the key a provider reads is in the keyring or the environment (by name)."""
+
+    def __init__(self, provider: str, status: KeyStatus) -> None:
+        self.provider = provider
+        self.status = status
+        super().__init__()
+
+
+class PreviewModelLoaded(Message):
+    """The pipeline loaded with the session's provider/model as overrides (None: its own)."""
+
+    def __init__(self, loaded: LoadedSpec, model: PreviewModel | None) -> None:
+        self.loaded = loaded
+        self.model = model
         super().__init__()

@@ -9,6 +9,10 @@ change (or the packaged judge prompts do), the keys change: run this to rewrite
 `cassettes/demo.jsonl` from `cassettes/demo_answers.yaml`. Every record goes through Loom's own
 record processor (render, transform, validate, repair, judge, repair, gate), so the cassette
 holds exactly the requests a run makes.
+
+The prompt variants in `prompts/variants/` (core.variants) are answered too, from the answers
+file's `variants:` section (a record a variant does not list gets the shipped prompt's
+replies): the workbench's variants then answer offline like the shipped prompt.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from core.processing import RecordProcessor  # noqa: E402
 from core.prompts import load_prompts  # noqa: E402
 from core.spec import load_spec  # noqa: E402
 from core.transform import Transformer, load_output_schema  # noqa: E402
+from core.variants import prompt_variants  # noqa: E402
 
 SAMPLES = [ROOT / "sample_pipelines" / "customer_sentiment",
            ROOT / "sample_pipelines" / "review_summaries"]
@@ -59,30 +64,44 @@ async def write(sample: Path) -> None:
     loaded = load_spec(sample, ["transform.provider=openai_compatible",
                                 "transform.base_url=http://127.0.0.1:9/v1"])
     answers = yaml.safe_load((sample / "cassettes" / "demo_answers.yaml").read_text(encoding="utf-8"))
+    by_variant = answers.pop("variants", None) or {}
     target = sample / "cassettes" / "demo.jsonl"
     target.unlink(missing_ok=True)
     note = (f"Written by hand for Loom's {loaded.spec.name} sample (tools/write_demo_cassette.py "
             "from demo_answers.yaml): these responses were not produced by a model. Token counts "
             "are estimates (4 characters per token).")
+    variants = prompt_variants(loaded.resolve(loaded.spec.transform.prompt))
+    unknown = set(by_variant) - {variant.name for variant in variants}
+    if unknown:
+        raise SystemExit(f"demo_answers.yaml answers variants with no prompt: {sorted(unknown)}")
+    if variants:
+        note += (" They answer the shipped prompt and its variants in prompts/variants/ ("
+                 + ", ".join(variant.name for variant in variants) + ").")
     provider = DemoAnswers()
-    prompts = load_prompts(loaded)
+    shipped = load_prompts(loaded)
     schema = load_output_schema(loaded)
+    runs = [("shipped prompt", shipped, answers)]
+    runs += [(f"variant {variant.name}", shipped.with_prompt(variant.text),
+              {**answers, **(by_variant.get(variant.name) or {})}) for variant in variants]
     with CassetteRecorder(target, note=note) as recorder:
         client = LLMClient(provider, pricing=Pricing(), use_cache=False, recorder=recorder,
                            concurrency=1)
-        judges = JudgeModels(run_client=client, resolved=loaded, prompts=prompts, schema=schema)
-        evaluators = build_evaluators(loaded, llm=judges)
-        processor = RecordProcessor(prompts, Transformer(loaded.spec.transform, client, schema),
-                                    evaluators, loaded.spec.evaluate)
-        source = open_source(loaded)
-        async for batch in source.batches():
-            for record in batch:
-                provider.replies = list(answers[record.id])
-                result = await processor.process(record)
-                if provider.replies:
-                    raise SystemExit(f"{record.id}: {len(provider.replies)} replies were never asked for")
-                print(f"{record.id}: {result.outcome} {result.reason or ''}"[:160])
-        await source.aclose()
+        for label, prompts, replies in runs:
+            print(f"-- {label}")
+            judges = JudgeModels(run_client=client, resolved=loaded, prompts=prompts, schema=schema)
+            evaluators = build_evaluators(loaded, llm=judges)
+            processor = RecordProcessor(prompts, Transformer(loaded.spec.transform, client, schema),
+                                        evaluators, loaded.spec.evaluate)
+            source = open_source(loaded)
+            async for batch in source.batches():
+                for record in batch:
+                    provider.replies = list(replies[record.id])
+                    result = await processor.process(record)
+                    if provider.replies:
+                        raise SystemExit(f"{label}: {record.id}: {len(provider.replies)} replies "
+                                         "were never asked for")
+                    print(f"{record.id}: {result.outcome} {result.reason or ''}"[:160])
+            await source.aclose()
     print(f"wrote {target.relative_to(ROOT)}")
 
 

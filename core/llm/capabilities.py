@@ -67,3 +67,19 @@ def lookup(model: str, vendors: tuple[str, ...]) -> ModelCapabilities:
             if found is not None:
                 return found
     return UNKNOWN
+
+
+# Models the data lists that do not answer a chat prompt with text (LiteLLM's data is every
+# endpoint's): not worth offering for a transform.
+_NOT_CHAT = re.compile(r"audio|search|computer-use|container|realtime|tts|transcribe|embedding|"
+                       r"image", re.I)
+
+
+def known_models(vendor: str) -> list[str]:
+    """The models the data knows for a vendor (openai, anthropic), as people pick them: no
+    fine-tune ids (`ft:…`), no audio or search models, and no dated snapshots of a model
+    already listed."""
+    models = _table().get(vendor, {})
+    names = [name for name in models if not name.startswith("ft:") and not _NOT_CHAT.search(name)]
+    return sorted(name for name in names
+                  if _SNAPSHOT.sub("", name) == name or _SNAPSHOT.sub("", name) not in models)

@@ -103,8 +103,11 @@ class ReplayProvider(Provider):
         key = request.key()
         recorded = self._entries.get(key)
         if recorded is None:
+            # Typed, with the cassette and the key: the workbench says what would answer in its
+            # own words; the message is the command line's.
             raise CassetteMiss(f"no recorded answer in {self.path.name} for this request "
-                               f"(key {key[:12]}); record one with --record", retryable=False)
+                               f"(key {key[:12]}); record one with --record FILE against a "
+                               f"real provider", cassette=self.path, key=key)
         response = LLMResponse.from_dict(recorded)
         response.latency_s = time.perf_counter() - started
         return response

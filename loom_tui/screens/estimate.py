@@ -25,10 +25,9 @@ from loom_tui import format as fmt
 from loom_tui.messages import EstimateReady
 
 SAMPLE = 20  # records, as `--estimate` without N
-# Before a run (F5, r): a run projected under all three starts at once; above any, it asks.
-CONFIRM_ABOVE_USD = 0.10
-CONFIRM_ABOVE_S = 120.0
-CONFIRM_ABOVE_RECORDS = 1000
+# Before a run (F5, r): a run projected under all three of `workbench.confirm_run_above` in
+# config.yaml (core.config.ConfirmRunAbove: $0.10, 120 s, 1000 records by default) starts at
+# once; above any, it asks.
 
 
 class EstimateScreen(ModalScreen[bool]):
@@ -91,12 +90,13 @@ class EstimateScreen(ModalScreen[bool]):
 
     def big(self, estimate: Estimate) -> bool:
         """Worth a question before it starts: costly, long, many records, or over budget."""
+        above = self.app.workspace.config.workbench.confirm_run_above  # type: ignore[attr-defined]
         cost = estimate.projected_cost_usd
         budget = self._budget()
-        return (cost is None or cost > CONFIRM_ABOVE_USD
+        return (cost is None or cost > above.cost_usd
                 or (budget is not None and cost > budget)
-                or (estimate.projected_duration_s or 0.0) > CONFIRM_ABOVE_S
-                or estimate.total > CONFIRM_ABOVE_RECORDS)
+                or (estimate.projected_duration_s or 0.0) > above.duration_s
+                or estimate.total > above.records)
 
     def _budget(self) -> float | None:
         budget = getattr(self.loaded.spec, "budget", None) if self.loaded is not None else None

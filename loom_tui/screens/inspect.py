@@ -10,12 +10,9 @@ n / p step to the next and previous record of the list, as the records pane woul
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from rich.markup import escape
 from rich.console import Group, RenderableType
-from rich.syntax import Syntax
-from rich.table import Table
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -29,6 +26,8 @@ from core.records import Outcome, Record, RecordResult
 from loom_tui import format as fmt
 from loom_tui.screens.base import LoomScreen
 from loom_tui.widgets.footer import LoomFooter
+from loom_tui.widgets.record_view import (heading, input_fields, output_json, raw_answer,
+                                          rendered_messages)
 from loom_tui.widgets.score_view import scores_table
 from loom_tui.widgets.top_bar import TopBar
 
@@ -143,8 +142,8 @@ class RecordInspector(LoomScreen):
         else:
             parts.append(Text.assemble((self.record.id, "bold"),
                                        ("  running it through the prompt…", "dim")))
-        parts += [_heading("input", colors), _fields(self.record.data)]
-        parts.append(_heading("rendered prompt", colors))
+        parts += [heading("input", colors), input_fields(self.record.data)]
+        parts.append(heading("rendered prompt", colors))
         rendered = self.rendered
         if rendered is None:
             parts.append(Text("…", style="dim"))
@@ -152,24 +151,14 @@ class RecordInspector(LoomScreen):
             parts.append(Text(rendered.error or "the template failed",
                               style=colors.get("error", "")))
         else:
-            for message in rendered.messages:
-                parts.append(Text(f"── {message.get('role', '?')} ──", style="dim"))
-                parts.append(Text(str(message.get("content", ""))))
+            parts += rendered_messages(rendered.messages)
         if result is not None:
             transform = result.transform
-            parts.append(_heading("raw answer", colors))
-            if transform is not None and transform.raw_text:
-                parts.append(Text(transform.raw_text))
-            else:
-                parts.append(Text("none: it stopped before the model answered", style="dim"))
-            parts.append(_heading("output", colors))
-            if result.output is not None:
-                parts.append(Syntax(fmt.pretty_json(result.output), "json",
-                                    theme="monokai" if dark else "default",
-                                    background_color="default", word_wrap=True))
-            else:
-                parts.append(Text("no valid output", style="dim"))
-            parts.append(_heading("scores", colors))
+            parts.append(heading("raw answer", colors))
+            parts.append(raw_answer(transform.raw_text if transform is not None else None))
+            parts.append(heading("output", colors))
+            parts.append(output_json(result.output, dark))
+            parts.append(heading("scores", colors))
             if result.scores:
                 parts.append(scores_table([score.to_dict() for score in result.scores], colors))
             else:
@@ -192,20 +181,6 @@ class RecordInspector(LoomScreen):
         self.rendered = None
         self.query_one("#inspect-body", VerticalScroll).scroll_home(animate=False)
         self._show()
-
-
-def _heading(label: str, colors: Any) -> Text:
-    return Text(f"\n── {label} ──", style=f"bold {colors.get('secondary', '')}")
-
-
-def _fields(data: dict[str, Any]) -> Table:
-    grid = Table.grid(padding=(0, 2))
-    grid.add_column(style="bold", no_wrap=True)
-    grid.add_column(ratio=1)
-    for key, value in data.items():
-        shown = value if isinstance(value, str) else fmt.compact_json(value)
-        grid.add_row(Text(str(key)), Text(str(shown)))
-    return grid
 
 
 def _costs(result: RecordResult) -> Text:

@@ -49,8 +49,9 @@ class QuarantineScreen(LoomScreen):
     SECTION = "quarantine"
     TITLE = "Quarantine"
     HELP = ("Records that did not pass, across runs, newest last, paged from the store. Filter "
-            "above the list; the detail on the right shows the input, the output, every score "
-            "and explanation and every action taken. space marks records for a bulk action; "
+            "above the list; the detail on the right shows every input field, the prompt it was "
+            "sent, the model's raw answer, the output, every score and explanation and every "
+            "action taken. space marks records for a bulk action; "
             "without marks an action works on the highlighted record.")
     BINDINGS = [
         Binding("a", "approve", "Approve", tooltip="Load the output as it is", id="quarantine.approve"),

@@ -60,7 +60,8 @@ class RecordDiffScreen(LoomScreen):
     SECTION = "pipelines"
     TITLE = "Prompt A/B per record"
     HELP = ("The sample records judged under the previous prompt version (A) and the one just "
-            "saved (B): the records whose verdict or output changed come first. On the right, "
+            "saved (B), or before a save the saved prompt (A) and your edit (B): the records "
+            "whose verdict or output changed come first. On the right, "
             "the highlighted record's output, verdict and scores under each version, side by "
             "side. n and p jump to the next and the previous changed record.")
     BINDINGS = [
@@ -71,9 +72,11 @@ class RecordDiffScreen(LoomScreen):
                 id="diff.previous"),
     ]
 
-    def __init__(self, comparison: PromptComparison, pipeline: str) -> None:
+    def __init__(self, comparison: PromptComparison, pipeline: str, *,
+                 labels: tuple[str, str] = ("before", "saved now")) -> None:
         super().__init__()
         self.comparison = comparison
+        self.labels = labels  # what A and B are: (before, saved now) or (saved, your edit)
         self.pipeline = pipeline
         self.rows = diff_rows(comparison)
 
@@ -86,10 +89,10 @@ class RecordDiffScreen(LoomScreen):
                 yield PagedTable(COLUMNS, page_size=10_000, id="diff-table",
                                  empty="no sample records were compared")
             with VerticalScroll(id="diff-a", classes="pane") as a:
-                a.border_title = f"A · {fmt.short_hash(self.comparison.before_hash)} (before)"
+                a.border_title = f"A · {fmt.short_hash(self.comparison.before_hash)} ({self.labels[0]})"
                 yield Static(id="diff-a-text")
             with VerticalScroll(id="diff-b", classes="pane") as b:
-                b.border_title = f"B · {fmt.short_hash(self.comparison.after_hash)} (saved now)"
+                b.border_title = f"B · {fmt.short_hash(self.comparison.after_hash)} ({self.labels[1]})"
                 yield Static(id="diff-b-text")
         yield LoomFooter()
 

@@ -21,12 +21,12 @@ from textual.containers import Horizontal, Vertical
 from textual.timer import Timer
 
 
-from core.api import LoadedSpec, PromptComparison, RenderResult
+from core.api import LoadedSpec, PreviewModel, PromptComparison, PromptVariant, RenderResult
 from core.records import Record
 from loom_tui import format as fmt
-from loom_tui.messages import (PageWanted, PipelineOpened, PromptEdited, PromptRendered,
-                               PromptSaved, RecordsFetched, SampleEvaluated, SampleFailed,
-                               SampleRequested, VerdictsCompared)
+from loom_tui.messages import (PageWanted, PipelineOpened, PreviewModelLoaded, PromptEdited,
+                               PromptRendered, PromptSaved, RecordsFetched, SampleEvaluated,
+                               SampleFailed, SampleRequested, VariantsListed, VerdictsCompared)
 from loom_tui.screens.base import LoomScreen, PaletteCommand
 from loom_tui.widgets.paged_table import Column, PagedTable, Row
 from loom_tui.widgets.prompt_editor import PromptEditor
@@ -48,17 +48,25 @@ class WorkbenchScreen(LoomScreen):
             "every evaluator's score for a sample of records, the picked one first. The output "
             "refreshes by itself shortly after you stop typing, and on ctrl+r. ctrl+s saves the "
             "prompt and shows which sample records changed verdict against the previous version. "
-            "F8 projects what a whole run would cost and take, from 20 records.")
+            "Before you save, an edit is judged against the saved prompt on the same records: d "
+            "shows both side by side. v loads a prompt variant kept beside the prompt (unsaved); "
+            "m previews with another provider or model for this session (the pipeline file keeps "
+            "its own; F6 stores a key). F8 projects what a whole run would cost and take, from "
+            "20 records.")
     BINDINGS = [
         Binding("escape,q", "back", "Back", tooltip="Back to the pipelines (asks first with "
                 "unsaved edits)", id="workbench.back"),
         Binding("enter", "inspect", "Inspect", tooltip="The picked record whole: fields, "
                 "rendered prompt, raw answer, output, every score", id="workbench.inspect"),
-        Binding("d", "diff", "A/B per record", tooltip="The last save's sample, record by "
-                "record: outputs and verdicts under the previous and the saved prompt",
-                id="workbench.diff"),
         Binding("i", "edit", "Edit prompt", tooltip="Go to the prompt and type (escape stops)",
                 id="workbench.edit"),
+        Binding("v", "variants", "Variants", tooltip="Load a prompt variant into the editor "
+                "as an unsaved edit", id="workbench.variants"),
+        Binding("m", "switch_model", "Model", tooltip="Preview with another provider or model "
+                "(this session only; the pipeline file is not changed)", id="workbench.model"),
+        Binding("d", "diff", "A/B per record", tooltip="The sample record by record: outputs "
+                "and verdicts under the saved prompt and your edit (or, after a save, the "
+                "previous version)", id="workbench.diff"),
         Binding("ctrl+s", "save", "Save", tooltip="Write the prompt file, store the version, "
                 "and compare verdicts with the previous one", id="workbench.save"),
         Binding("ctrl+r", "refresh", "Refresh", tooltip="Run the sample again now",
@@ -87,6 +95,10 @@ class WorkbenchScreen(LoomScreen):
         self._ab_pending = False
         self._run_after_save = False  # F5's "save and run": the run starts once saved
         self.comparison: PromptComparison | None = None  # the last save's A/B, while it holds
+        self.comparison_unsaved = False  # the A/B is the edit against the saved prompt
+        self.pipeline: LoadedSpec | None = None  # as the file says: what runs and estimates use
+        self.preview_model: PreviewModel | None = None  # this session's override, if any
+        self.variants: list[PromptVariant] = []
 
     # ------------------------------------------------------------------ layout
 
@@ -111,7 +123,12 @@ class WorkbenchScreen(LoomScreen):
 
     def crumbs(self) -> list[str]:
         name = self.loaded.spec.name if self.loaded is not None else self.path.parent.name
-        return [name]
+        if self.loaded is None:
+            return [name]
+        transform = self.loaded.spec.transform
+        model = f"{transform.provider}/{transform.model}"
+        # A session's override is marked: a run still uses the pipeline's own.
+        return [name, f"{model} (preview)" if self.preview_model is not None else model]
 
     def on_mount(self) -> None:
         super().on_mount()
@@ -126,10 +143,16 @@ class WorkbenchScreen(LoomScreen):
         loaded = self.workspace.load(self.path)
         source = self.workspace.prompt_source(loaded)
         self.post_message(PipelineOpened(loaded, source.text, _relative(source.path, loaded)))
+        self.post_message(VariantsListed(self.workspace.prompt_variants(loaded)))
+
+    @on(VariantsListed)
+    def _variants_listed(self, event: VariantsListed) -> None:
+        self.variants = event.variants
 
     @on(PipelineOpened)
     def _opened(self, event: PipelineOpened) -> None:
         self.loaded = event.loaded
+        self.pipeline = event.loaded
         self.saved_text = event.prompt_text
         self.prompt_path = event.prompt_path
         self.refresh_top_bar()
@@ -246,10 +269,17 @@ class WorkbenchScreen(LoomScreen):
         if not records:
             return
         self.query_one(SampleOutput).show_busy(len(records))
-        self.run_sample(self.loaded, records, self.text)
+        self.run_sample(self.loaded, records, self.text, self.saved_text)
 
     @work(exclusive=True, group="sample", exit_on_error=False)
-    async def run_sample(self, loaded: LoadedSpec, records: list[Record], text: str) -> None:
+    async def run_sample(self, loaded: LoadedSpec, records: list[Record], text: str,
+                         saved: str | None = None) -> None:
+        if saved is not None and saved != text:
+            # An edit is judged against the saved prompt on the same records: the saved
+            # prompt's answers are cached (or replayed), so this costs the edit's calls only.
+            comparison = await self.workspace.compare_prompts(loaded, records, saved, text)
+            self.post_message(SampleEvaluated(comparison.after_results, text, comparison))
+            return
         results = await self.workspace.run_sample(loaded, records, prompt_text=text)
         self.post_message(SampleEvaluated(results, text))
 
@@ -257,15 +287,24 @@ class WorkbenchScreen(LoomScreen):
     def _sample_done(self, event: SampleEvaluated) -> None:
         if event.prompt_text != self.text or self._ab_pending:
             return  # typing went on (the next sample is on its way), or a save's A/B is
+        if event.comparison is not None:
+            self.comparison, self.comparison_unsaved = event.comparison, True
+            self.refresh_bindings()  # d: the edit against the saved prompt
         # A comparison stays on screen until the prompt changes again.
         output = self.query_one(SampleOutput)
         output.prompt_text = event.prompt_text
-        output.show_results(event.results, self.comparison)
+        output.miss_hint = self._miss_hint()
+        output.show_results(event.results, self.comparison, unsaved=self.comparison_unsaved)
         self._title_output()
 
     @on(SampleFailed)
     def _sample_failed(self, event: SampleFailed) -> None:
-        self.query_one(SampleOutput).show_note(event.error, error=True)
+        error = event.error
+        if self.preview_model is not None:
+            # The session's model could not answer (no key, no server): say how to change it.
+            error += (f" · {self._secrets_key()} stores a key in the keyring; "
+                      f"{self._key('workbench.model')} switches the model")
+        self.query_one(SampleOutput).show_note(error, error=True)
 
     def work_failed(self, group: str, message: str) -> None:
         if group == "sample":
@@ -313,23 +352,25 @@ class WorkbenchScreen(LoomScreen):
             self._ab_pending = False
             output = self.query_one(SampleOutput)
             if output.results:
-                output.show_results(output.results, self.comparison)
+                output.show_results(output.results, self.comparison,
+                                    unsaved=self.comparison_unsaved)
         what = (f"saved {self.prompt_path} as version {fmt.short_hash(saved.hash)}"
                 if saved.changed else f"{self.prompt_path} unchanged")
         self.notify(markup=False, message=what, title="prompt", timeout=4)
-        if self._run_after_save and self.loaded is not None:
+        if self._run_after_save and self.pipeline is not None:
             self._run_after_save = False
-            self.loom.confirm_run(self.path, self.loaded)
+            self.loom.confirm_run(self.path, self.pipeline)
 
     @on(VerdictsCompared)
     def _compared(self, event: VerdictsCompared) -> None:
         comparison = event.comparison
         self._ab_pending = False
         if self.text is not None and _hash_matches(self.text, comparison.after_hash):
-            self.comparison = comparison
+            self.comparison, self.comparison_unsaved = comparison, False
             self.refresh_bindings()  # d: the A/B per record
             output = self.query_one(SampleOutput)
             output.prompt_text = self.text
+            output.miss_hint = self._miss_hint()
             output.show_results(comparison.after_results, comparison)
         else:
             self.query_one(SampleOutput).remove_class("-busy")
@@ -351,11 +392,19 @@ class WorkbenchScreen(LoomScreen):
             self._title_output()
             self._schedule("sample", min(0.3, self.loom.debounce_s))
 
+    def _say_run_uses_own_model(self) -> None:
+        if self.preview_model is not None and self.pipeline is not None:
+            own = self.pipeline.spec.transform
+            self.notify(f"A run uses the pipeline's own {own.provider} · {own.model}: "
+                        f"{self.preview_model.label} is this session's preview only (set it "
+                        f"in {self.path.name} to run with it).", severity="warning", timeout=8)
+
     def action_run(self) -> None:
-        if self.loaded is None:
+        if self.loaded is None or self.pipeline is None:
             return
+        self._say_run_uses_own_model()
         if not self.dirty:
-            self.loom.confirm_run(self.path, self.loaded)
+            self.loom.confirm_run(self.path, self.pipeline)
             return
         from loom_tui.screens.confirm import ChoiceScreen
 
@@ -364,7 +413,7 @@ class WorkbenchScreen(LoomScreen):
                 self._run_after_save = True
                 self.action_save()
             elif answer == "saved":
-                self.loom.confirm_run(self.path, self.loaded)
+                self.loom.confirm_run(self.path, self.pipeline)
 
         self.app.push_screen(ChoiceScreen(
             "Unsaved prompt", f"{self.prompt_path} has unsaved changes. A run reads the prompt "
@@ -372,12 +421,13 @@ class WorkbenchScreen(LoomScreen):
             [("save", "Save and run"), ("saved", "Run saved prompt")]), chosen)
 
     def action_estimate(self) -> None:
-        if self.loaded is None:
+        if self.loaded is None or self.pipeline is None:
             return
         if self.text is not None and self.text != self.saved_text:
             self.notify("The estimate uses the saved prompt: ctrl+s saves your edits first.",
                         severity="warning")
-        self.loom.estimate(self.path, self.loaded)
+        self._say_run_uses_own_model()
+        self.loom.estimate(self.path, self.pipeline)
 
     @property
     def dirty(self) -> bool:
@@ -393,7 +443,7 @@ class WorkbenchScreen(LoomScreen):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         # While typing, only the keys that are not text are shown (the rest type).
-        if action in ("sample_size", "edit", "back", "inspect"):
+        if action in ("sample_size", "edit", "back", "inspect", "variants", "switch_model"):
             return not self.editing
         if action == "diff":
             return self.comparison is not None and not self.editing
@@ -439,7 +489,9 @@ class WorkbenchScreen(LoomScreen):
             return
         from loom_tui.screens.record_diff import RecordDiffScreen
 
-        self.app.push_screen(RecordDiffScreen(self.comparison, self.loaded.spec.name))
+        labels = ("saved", "your edit") if self.comparison_unsaved else ("before", "saved now")
+        self.app.push_screen(RecordDiffScreen(self.comparison, self.loaded.spec.name,
+                                              labels=labels))
 
     def action_edit(self) -> None:
         self.query_one(PromptEditor).action_start_editing()
@@ -458,7 +510,116 @@ class WorkbenchScreen(LoomScreen):
             return
         self.dismiss()
 
+    # ------------------------------------------------------------------ variants (v)
+
+    def action_variants(self) -> None:
+        if self.loaded is None:
+            return
+        from loom_tui.screens.variants import VariantsScreen
+
+        self.app.push_screen(VariantsScreen(self.variants, self.prompt_path,
+                                            current=self.text), self.load_variant)
+
+    def load_variant(self, chosen: PromptVariant | str | None) -> None:
+        """Put a variant (or, for "@saved", the saved prompt) in the editor, unsaved: the
+        editor posts PromptEdited like any typing, and the sample follows."""
+        from loom_tui.screens.variants import SAVED
+
+        if chosen is None or self.saved_text is None:
+            return
+        text = self.saved_text if chosen == SAVED else getattr(chosen, "text", None)
+        if text is None or text == self.text:
+            return
+        self.query_one(PromptEditor).load_text(text)
+        what = "the saved prompt" if chosen == SAVED else \
+            f"variant {getattr(chosen, 'title', '')} (unsaved: ctrl+s saves it)"
+        self.notify(f"loaded {what}", title="prompt", timeout=4)
+
+    # ------------------------------------------------------------------ the preview model (m)
+
+    def action_switch_model(self) -> None:
+        if self.pipeline is None:
+            return
+        from loom_tui.screens.model_switcher import ModelSwitcherScreen
+
+        self.app.push_screen(ModelSwitcherScreen(
+            self.pipeline, self.workspace.preview_providers(self.pipeline), self.preview_model),
+            self.switch_model)
+
+    def switch_model(self, chosen: PreviewModel | str | None) -> None:
+        from loom_tui.screens.model_switcher import PIPELINE
+
+        if chosen is None:
+            return
+        model = None if chosen == PIPELINE else chosen
+        if model == self.preview_model:
+            return
+        self.load_preview(model)  # type: ignore[arg-type]
+
+    @work(thread=True, exclusive=True, group="preview", exit_on_error=False)
+    def load_preview(self, model: PreviewModel | None) -> None:
+        self.post_message(PreviewModelLoaded(self.workspace.load_for_preview(self.path, model),
+                                             model))
+
+    @on(PreviewModelLoaded)
+    def _preview_loaded(self, event: PreviewModelLoaded) -> None:
+        self.loaded, self.preview_model = event.loaded, event.model
+        # Answers from another model compare with nothing on screen: the sample runs again.
+        self.comparison, self.comparison_unsaved, self._ab_pending = None, False, False
+        self.refresh_bindings()
+        self.refresh_top_bar()
+        transform = event.loaded.spec.transform
+        self.notify(f"previewing with {transform.provider} · {transform.model}"
+                    + (" (this session only)" if event.model is not None else
+                       " (the pipeline's own)"), title="model", timeout=4)
+        self._schedule("sample", 0.01)
+
+    def _miss_hint(self) -> Text:
+        """What would answer a prompt the cassette has no answer for: the words the output
+        pane shows (the engine's error is typed, CassetteMiss; these are the workbench's)."""
+        cassette = self.loaded.spec.transform.cassette if self.loaded is not None else None
+        variants = fmt.plural(len(self.variants), "variant")
+        keys = {name: self._key("workbench." + name) for name in ("variants", "model")}
+        secrets = self._secrets_key()
+        text = Text()
+        text.append("No recorded answer for this prompt. ",
+                    f"bold {self.app.theme_variables.get('warning', '')}")
+        text.append(f"The recorded answers in {Path(cassette or 'the cassette').name} cover the "
+                    f"shipped prompt")
+        if self.variants:
+            text.append(f" and its {variants} ({keys['variants']} loads one)")
+        text.append(f". To answer any edit, choose a model with a key ({secrets} stores it) or "
+                    f"a local server: press {keys['model']}.")
+        return text
+
+    def _secrets_key(self) -> str:
+        section = next((s for s in self.loom.sections if s.mode == "secrets"), None)
+        return self._key(section.binding.id or "") if section is not None else "F6"
+
+    def _key(self, binding_id: str) -> str:
+        """The key a binding has now: the active bindings carry `workbench.keymap`'s remaps."""
+        for active in self.active_bindings.values():
+            if active.binding.id == binding_id:
+                return self.app.get_key_display(active.binding)
+        for _key, binding in self._bindings:
+            if binding.id == binding_id:
+                return self.app.get_key_display(binding)
+        return "?"
+
     def extra_commands(self) -> Iterator[PaletteCommand]:
+        for variant in self.variants:
+            yield PaletteCommand(f"Load prompt variant: {variant.title}",
+                                 variant.description or str(variant.path.name),
+                                 lambda variant=variant: self.load_variant(variant))
+        if self.saved_text is not None and self.dirty:
+            from loom_tui.screens.variants import SAVED
+
+            yield PaletteCommand("Load the saved prompt", f"{self.prompt_path} as it is on "
+                                 "disk (drops the edit)", lambda: self.load_variant(SAVED))
+        if self.preview_model is not None:
+            yield PaletteCommand("Preview with the pipeline's own model",
+                                 "Back to the provider and model the pipeline file names",
+                                 lambda: self.switch_model("@pipeline"))
         for size in SAMPLE_SIZES:
             yield PaletteCommand(f"Sample size: {size}", f"Judge {fmt.plural(size, 'record')}",
                                  lambda size=size: self.set_sample_size(size))
@@ -467,7 +628,8 @@ class WorkbenchScreen(LoomScreen):
         super().restyle()
         output = self.query_one(SampleOutput)
         if output.results and not output.busy:
-            output.show_results(output.results, output.comparison)
+            output.miss_hint = self._miss_hint()
+            output.show_results(output.results, output.comparison, unsaved=output.unsaved)
         rendered = self.query_one(RenderedPrompt)
         if rendered.result is not None and self.picked is not None:
             rendered.show(self.picked.id, rendered.result)

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 from textual.containers import VerticalScroll
@@ -15,6 +14,8 @@ from textual.widgets import Static
 
 from core.api import QuarantineAction, QuarantinedRecord
 from loom_tui import format as fmt
+from loom_tui.widgets.record_view import heading as _heading
+from loom_tui.widgets.record_view import input_fields, output_json, raw_answer, rendered_messages
 from loom_tui.widgets.score_view import scores_table
 
 
@@ -59,15 +60,19 @@ class QuarantineDetail(VerticalScroll):
         if row.resolution_note:
             facts.add_row("note", Text(row.resolution_note))
         parts: list[RenderableType] = [title, facts]
-        parts += [_heading("input", colors), _json(row.input, dark)]
+        # The record as the workbench's inspector draws it (widgets/record_view.py): every
+        # input field, the prompt it was sent, the model's raw answer, the parsed output.
+        parts += [_heading("input", colors), input_fields(row.input)]
+        parts.append(_heading("rendered prompt", colors))
+        parts += rendered_messages(row.messages, missing="not kept for this record (it "
+                                   "stopped before a prompt was rendered)")
+        parts += [_heading("raw answer", colors), raw_answer(row.raw_output)]
         parts.append(_heading("output", colors))
         if row.output is not None:
             parts.append(_json(row.output, dark))
-        elif row.raw_output:
-            parts.append(Text(f"not valid output; the raw answer was:\n{row.raw_output}",
-                              style="dim"))
         else:
-            parts.append(Text("no output (it stopped before the model answered)", style="dim"))
+            parts.append(Text("no valid output" + (" (the raw answer is above)"
+                                                   if row.raw_output else ""), style="dim"))
         if row.final_output is not None:
             parts += [_heading("loaded output", colors), _json(row.final_output, dark)]
         if row.scores:
@@ -85,13 +90,8 @@ class QuarantineDetail(VerticalScroll):
         return Group(*parts)
 
 
-def _heading(label: str, colors: Mapping[str, str]) -> Text:
-    return Text(f"\n── {label} ──", style=f"bold {colors.get('secondary', '')}")
-
-
 def _json(value: Any, dark: bool) -> RenderableType:
-    return Syntax(fmt.pretty_json(value), "json", theme="monokai" if dark else "default",
-                  background_color="default", word_wrap=True)
+    return output_json(value, dark)
 
 
 def _verdict(verdict: Mapping[str, Any], colors: Mapping[str, str]) -> Text:

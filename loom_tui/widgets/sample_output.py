@@ -19,6 +19,15 @@ from loom_tui import format as fmt
 from loom_tui.widgets.score_view import scores_table
 
 
+# A record the cassette had no answer for: the pane says so in these words (and what would
+# answer, above the cards), not the engine's line, which speaks of --record to the CLI.
+MISSED = "no recorded answer for this prompt"
+
+
+def _missed(result: RecordResult) -> bool:
+    return result.error_type == "CassetteMiss"
+
+
 class SampleOutput(VerticalScroll):
     DEFAULT_CSS = """
     SampleOutput {
@@ -41,6 +50,10 @@ class SampleOutput(VerticalScroll):
         self.comparison: PromptComparison | None = None
         self.note: str | None = None
         self.busy = False
+        self.unsaved = False  # the comparison is an unsaved edit against the saved prompt
+        # What would answer a prompt the cassette has no answer for, in the screen's words
+        # (it knows the keys): shown above the cards when a record missed.
+        self.miss_hint: Text | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="sample-status")
@@ -67,8 +80,10 @@ class SampleOutput(VerticalScroll):
             style=f"bold {self._colors.get('accent', '')}"))
 
     def show_results(self, results: Sequence[RecordResult],
-                     comparison: PromptComparison | None = None) -> None:
+                     comparison: PromptComparison | None = None, *,
+                     unsaved: bool = False) -> None:
         self.results, self.comparison, self.note, self.busy = list(results), comparison, None, False
+        self.unsaved = unsaved and comparison is not None
         self.remove_class("-busy")
         colors = self._colors
         passed = sum(1 for r in results if r.outcome is Outcome.LOADED)
@@ -83,8 +98,13 @@ class SampleOutput(VerticalScroll):
             f" · {fmt.money(cost)} · {tokens:,} tokens",
             (f" · {cached} cached" if cached else "", "dim"))
         parts: list[RenderableType] = [status]
+        missed = sum(1 for r in results if _missed(r))
+        if missed and self.miss_hint is not None:
+            parts.append(Text(""))
+            parts.append(self.miss_hint)
         changes = {}
-        if comparison is not None:
+        # Every record missed: "5 of 5 changed verdict" would only repeat the hint above.
+        if comparison is not None and missed < len(results):
             parts.append(self._comparison(comparison))
             changes = {row.record_id: row for row in comparison.rows}
         self.query_one("#sample-status", Static).update(Group(*parts))
@@ -98,9 +118,12 @@ class SampleOutput(VerticalScroll):
     def _comparison(self, comparison: PromptComparison) -> RenderableType:
         colors = self._colors
         changed = comparison.changed
-        head = Text.assemble(
-            ("saved ", "bold"), (fmt.short_hash(comparison.after_hash), "bold"),
-            f" (was {fmt.short_hash(comparison.before_hash)}): ")
+        if self.unsaved:
+            head = Text.assemble(("your edit", "bold"), " against the saved prompt: ")
+        else:
+            head = Text.assemble(
+                ("saved ", "bold"), (fmt.short_hash(comparison.after_hash), "bold"),
+                f" (was {fmt.short_hash(comparison.before_hash)}): ")
         if not changed:
             head.append(f"no record changed verdict ({len(comparison.rows)} compared)", "dim")
             head.append(" · d: outputs side by side", "dim")
@@ -108,12 +131,16 @@ class SampleOutput(VerticalScroll):
         head.append(f"{len(changed)} of {len(comparison.rows)} changed verdict", "bold")
         head.append(" · d: side by side", "dim")
         lines = [head]
+        after = {r.record.id: r for r in comparison.after_results}
         for row in changed:
             good = row.after and not row.before
+            result = after.get(row.record_id)
+            reason = MISSED if result is not None and _missed(result) else \
+                (row.after_reason or row.before_reason or "")
             line = Text.assemble(
                 "  ", (row.record_id, "bold"), "  ",
                 (row.label, colors.get("success" if good else "error", "")),
-                (f"  {fmt.one_line(row.after_reason or row.before_reason or '')}", "dim"))
+                (f"  {fmt.one_line(reason)}", "dim"))
             line.no_wrap, line.overflow = True, "ellipsis"
             lines.append(line)
         return Group(*lines)
@@ -134,7 +161,8 @@ class SampleOutput(VerticalScroll):
         parts: list[RenderableType] = [title, self._costs(result)]
         if not ok and result.reason:
             stage = f"{result.stage}: " if result.stage else ""
-            reason = Text(f"{stage}{result.reason}", style=colors.get("error", ""))
+            said = MISSED if _missed(result) else result.reason
+            reason = Text(f"{stage}{said}", style=colors.get("error", ""))
             if result.scores:
                 # The gate's reason repeats the scores' explanations, listed below: one line.
                 reason.no_wrap, reason.overflow = True, "ellipsis"

@@ -60,14 +60,17 @@ def test_every_binding_has_an_id() -> None:
     from loom_tui.screens.confirm import ConfirmScreen
     from loom_tui.screens.edit_output import EditOutputScreen
     from loom_tui.screens.estimate import EstimateScreen
+    from loom_tui.screens.model_switcher import ModelSwitcherScreen
     from loom_tui.screens.run import RunScreen
     from loom_tui.screens.set_secret import SetSecretScreen
+    from loom_tui.screens.variants import VariantsScreen
     from loom_tui.screens.workbench import WorkbenchScreen
     from loom_tui.widgets.paged_table import PagedTable
 
     owners = [LoomApp, PipelinesScreen, WorkbenchScreen, RunScreen, QuarantineScreen,
               HistoryScreen, CompareScreen, HelpScreen, ConfirmScreen, EditOutputScreen,
-              SecretsScreen, SetSecretScreen, EstimateScreen, PagedTable]
+              SecretsScreen, SetSecretScreen, EstimateScreen, PagedTable, VariantsScreen,
+              ModelSwitcherScreen]
     ids = []
     for owner in owners:
         for binding in owner.BINDINGS:
@@ -221,5 +224,72 @@ def test_stray_keys_in_a_real_terminal_leave_the_prompt_alone(tmp_path: Path,
         while not status.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert status.read_text().strip() == "0"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+
+
+def test_an_edit_and_a_variant_answer_in_a_real_terminal(tmp_path: Path, loom_home: Path) -> None:
+    """tmux, offline (the sample's replay cassette): open the sample, enter the editor and
+    type — the pane says what would answer an edit the demo has no answer for — then load a
+    prompt variant with v and see the outputs and verdicts change against the saved prompt."""
+    if shutil.which("tmux") is None:
+        if in_ci():
+            pytest.fail("tmux is missing (CI installs it)")
+        pytest.skip("tmux is not installed")
+    pipeline = copy_sample(tmp_path)
+    prompt = pipeline.parent / "prompts" / "classify.j2"
+    before = prompt.read_text()
+    status = tmp_path / "status"
+    session = f"loom-variant-{os.getpid()}"
+    command = (f"cd {shlex.quote(str(tmp_path))} && LOOM_HOME={shlex.quote(str(loom_home))} "
+               f"TERM=xterm-256color {shlex.quote(sys.executable)} -m loom_tui.cli . ; "
+               f"echo $? > {shlex.quote(str(status))}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "45",
+                    command], check=True, env=env)
+
+    def screen() -> str:
+        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                              capture_output=True, text=True).stdout
+
+    def until(*texts: str) -> str:
+        shown, deadline = "", time.monotonic() + 30
+        while not all(t in shown for t in texts) and time.monotonic() < deadline:
+            time.sleep(0.2)
+            shown = screen()
+        assert all(t in shown for t in texts), shown
+        return shown
+
+    def keys(*pressed: str) -> None:
+        for key in pressed:
+            subprocess.run(["tmux", "send-keys", "-t", session, key], check=True)
+            time.sleep(0.3)
+
+    try:
+        until("customer_sentiment")
+        keys("Enter")
+        saved = until("5 records · 5 pass · 0 fail", "replay/gpt-4o-mini")
+        assert "R003  ✓ pass" in saved
+        keys("i", "Home")  # the editor opens on line 1: type at its start
+        subprocess.run(["tmux", "send-keys", "-t", session, "-l", "Be brief. "], check=True)
+        missed = until("No recorded answer for this prompt", "0 pass · 5 fail")
+        assert "press m" in missed and "--record" not in missed
+        keys("Escape", "v")
+        until("Prompt variants", "Short summary")
+        keys("Down", "Enter")
+        changed = until("4 pass · 1 fail", "your edit against the saved prompt")
+        assert "R003  pass→fail" in changed and "R003  ✗ fail" in changed, changed
+        assert changed != saved
+        assert prompt.read_text() == before  # loaded as an unsaved edit
+        keys("q")
+        until("Unsaved prompt")
+        keys("Tab", "Enter")  # the safe answer has the focus: Tab to "Leave", then Enter
+        until("Rescan")
+        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
+        deadline = time.monotonic() + 30
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert status.read_text().strip() == "0"
+        assert prompt.read_text() == before
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)

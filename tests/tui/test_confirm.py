@@ -7,10 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from loom_tui.app import LoomApp
-from loom_tui.screens import estimate as estimate_screen
 from loom_tui.screens.confirm import ChoiceScreen, ConfirmScreen
 from loom_tui.screens.estimate import EstimateScreen
 from loom_tui.screens.pipelines import PipelinesScreen
@@ -144,8 +142,9 @@ async def test_f5_run_saved_prompt_leaves_the_edits(tmp_path: Path, llm_server) 
 
 
 async def test_a_big_run_shows_its_estimate_first(tmp_path: Path, llm_server,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(estimate_screen, "CONFIRM_ABOVE_RECORDS", 10)
+                                                  loom_home: Path) -> None:
+    # The thresholds are Loom's config (workbench.confirm_run_above): 30 records is big here.
+    (loom_home / "config.yaml").write_text("workbench:\n  confirm_run_above:\n    records: 10\n")
     write_pipeline(tmp_path / "p", rows=rows(30), base_url=llm_server.base_url,
                    budget={"max_cost_usd": 2.5})
     app = LoomApp(tmp_path, debounce_s=0.05)

@@ -77,6 +77,25 @@ async def test_three_approvals_in_a_row_each_move_on(tmp_path: Path, quarantined
                        and table.cursor == 4, what="discarded, moved on")
 
 
+async def test_the_quarantine_detail_shows_the_record_whole(tmp_path: Path, quarantined) -> None:
+    """As the workbench's inspector does: every input field, the prompt it was sent, the raw
+    answer, the output, every score."""
+    app = LoomApp(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        screen = await open_quarantine(app, pilot, 5)
+        detail = screen.query_one("#q-detail")
+        await wait_for(pilot, lambda: detail.actions is not None, what="the detail")
+        row = detail.row
+        shown = text_of(detail.query_one("#detail-text"), 200)
+        for field, value in row.input.items():
+            assert f"{field}" in shown and str(value) in shown
+        assert "── rendered prompt ──" in shown and "── user ──" in shown
+        assert row.messages and row.messages[-1]["content"].splitlines()[0] in shown
+        assert "── raw answer ──" in shown and row.raw_output in shown
+        assert "── output ──" in shown and "── scores ──" in shown
+        assert all(score["evaluator"] in shown for score in row.scores)
+
+
 async def test_edit_and_approve_runs_the_evaluators_first(tmp_path: Path, quarantined) -> None:
     path = quarantined
     app = LoomApp(tmp_path)

@@ -116,15 +116,15 @@ def test_workbench_template_error(snap_compare, size: tuple[int, int], workspace
 
 def test_workbench_after_save_shows_changed_verdicts(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
     pipeline = copy_sample(workspace_folder)
-    prompt = (pipeline.parent / "prompts" / "classify.j2").read_text()
-    # The edited prompt is not in the demo cassette: replay has no answer, so every sample
-    # record fails under it — a pass→fail A/B, all from cached or local answers.
-    warm_cache(pipeline, [None, prompt + EDITED])
+    # A variant the demo cassette has answers for: stricter about neutral, R004's "loud, but
+    # worth it" reads as mixed — a pass→fail A/B, all from recorded answers.
+    variant = (pipeline.parent / "prompts" / "variants" / "strict_neutral.j2").read_text()
+    warm_cache(pipeline, [None])
 
     async def saved(pilot) -> None:
         await open_workbench(pilot)
         screen = pilot.app.screen
-        screen.query_one(PromptEditor).load_text(prompt + EDITED)
+        screen.query_one(PromptEditor).load_text(variant)
         await pilot.pause()
         await pilot.press("ctrl+s")
         await wait_for(pilot, lambda: screen.query_one(SampleOutput).comparison is not None,
@@ -457,3 +457,62 @@ def test_history_empty(snap_compare, size: tuple[int, int], workspace_folder: Pa
         await settle(pilot)
 
     assert snap_compare(LoomApp(workspace_folder), terminal_size=size, run_before=shown)
+
+
+def test_workbench_no_recorded_answer(snap_compare, size: tuple[int, int],
+                                      workspace_folder: Path) -> None:
+    """An edit the demo's cassette has no answer for: the pane says what would answer it."""
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+
+    async def missed(pilot) -> None:
+        await open_workbench(pilot)
+        screen = pilot.app.screen
+        editor = screen.query_one(PromptEditor)
+        editor.load_text(editor.text + EDITED)
+        output = screen.query_one(SampleOutput)
+        await wait_for(pilot, lambda: output.prompt_text == editor.text and not output.busy,
+                       what="the edit's sample")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
+                        run_before=missed)
+
+
+def test_model_switcher(snap_compare, size: tuple[int, int], workspace_folder: Path,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """m: provider openai, its known models, and no key (the null keyring, no variable)."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+
+    async def switching(pilot) -> None:
+        from textual.widgets import Select
+
+        await open_workbench(pilot)
+        await pilot.press("m")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "ModelSwitcherScreen",
+                       what="the switcher")
+        switcher = pilot.app.screen
+        switcher.query_one("#switcher-provider", Select).value = "openai"
+        await wait_for(pilot, lambda: switcher.key is not None
+                       and switcher.key.name == "OPENAI_API_KEY", what="the key")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
+                        run_before=switching)
+
+
+def test_prompt_variants(snap_compare, size: tuple[int, int], workspace_folder: Path) -> None:
+    pipeline = copy_sample(workspace_folder)
+    warm_cache(pipeline, [None])
+
+    async def listed(pilot) -> None:
+        await open_workbench(pilot)
+        await pilot.press("v")
+        await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "VariantsScreen",
+                       what="the variants")
+        await settle(pilot)
+
+    assert snap_compare(LoomApp(workspace_folder, debounce_s=0.05), terminal_size=size,
+                        run_before=listed)

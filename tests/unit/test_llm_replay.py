@@ -57,8 +57,11 @@ async def test_a_miss_is_one_line_naming_the_cassette_and_the_key(tmp_path):
     with pytest.raises(CassetteMiss) as caught:
         await replay.complete(unknown)
     assert str(caught.value) == (f"no recorded answer in reviews.jsonl for this request "
-                                 f"(key {unknown.key()[:12]}); record one with --record")
+                                 f"(key {unknown.key()[:12]}); record one with --record "
+                                 f"FILE against a real provider")
     assert caught.value.retryable is False
+    # Typed, with what a UI needs to say it in its own words.
+    assert caught.value.cassette == cassette and caught.value.key == unknown.key()
 
 
 async def test_every_field_of_the_request_is_part_of_the_key(tmp_path):
