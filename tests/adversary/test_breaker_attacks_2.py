@@ -112,3 +112,31 @@ def test_a_down_endpoint_sending_a_long_retry_after_on_503_stops_in_bounded_time
             pytest.fail(f"the run had not stopped after {time.monotonic() - started:.0f} s "
                         f"({server.requests} requests)")
     assert code == 1, err
+
+
+def test_a_judge_endpoint_refusing_every_call_with_one_400_quarantines_nothing(tmp_path):
+    """Guarantee 1: "one 4xx repeated" stops the run with nothing quarantined for it. The
+    transform's endpoint answers every call; the LLM judge's calls all get the same
+    `400 Invalid request: route misconfigured` (the judge's endpoint has never answered one).
+    The breaker opens on the third (failed, exit 1), but the two records whose judge got the
+    first two 400s are QUARANTINED at evaluate: processing.py `_endpoint_answered` is
+    `breaker.successes > 0`, counted over every stage, so the transform's successes make the
+    judge's 400 "the record's own" (processing.py `provider_cause`)."""
+    import json
+
+    from tests.adversary.hostile import prompt_text
+
+    def handler(n, body):
+        if "Classify this review" in prompt_text(body):
+            return ok(reply("positive"))
+        return openai_error(400, "Invalid request: route misconfigured", "invalid_request_error")
+
+    with Hostile(handler) as server:
+        pipeline = write_pipeline(
+            tmp_path / "p", rows=rows(20), base_url=server.base_url,
+            transform={"concurrency": 1, "max_retries": 1},
+            evaluate={"evaluators": [{"name": "judged", "type": "custom_criteria",
+                                      "criteria": "Accurate sentiment"}]})
+        code, summary, err = loom("--run", str(pipeline), "--json")
+    assert (code, summary["status"]) == (1, "failed"), (code, err)
+    assert summary["records"]["quarantined"] == 0, json.dumps(summary["records"])
