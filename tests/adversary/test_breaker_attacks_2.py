@@ -140,3 +140,25 @@ def test_a_judge_endpoint_refusing_every_call_with_one_400_quarantines_nothing(t
         code, summary, err = loom("--run", str(pipeline), "--json")
     assert (code, summary["status"]) == (1, "failed"), (code, err)
     assert summary["records"]["quarantined"] == 0, json.dumps(summary["records"])
+
+
+def test_an_endpoint_answering_every_call_with_empty_content_quarantines_nothing(tmp_path):
+    """Guarantee 1 ("200 answers that are not answers"): calls that keep failing the same way
+    stop the run within a few calls with nothing quarantined for it. A server whose every 200
+    carries `"content": ""` (a broken chat template, a proxy that drops the text) is the
+    endpoint's failure exactly as `"content": null` is: with null Loom opens the breaker
+    after 3 calls (6 requests, 0 quarantined). With "" every one of the 20 records is sent,
+    repaired once (a second paid call) and QUARANTINED ("output invalid after one repair: not
+    JSON (Expecting value): ''"): 40 requests, 20 records needing a person, nothing for
+    --resume."""
+    def handler(n, body):
+        return ok("")
+
+    with Hostile(handler) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=rows(20), base_url=server.base_url,
+                                  transform={"concurrency": 1, "max_retries": 1})
+        code, summary, err = loom("--run", str(pipeline), "--json")
+        requests = server.requests
+    assert code == 1, err
+    assert summary["records"]["quarantined"] == 0, (summary["records"], summary["status_reason"])
+    assert requests <= 8, f"{requests} requests"
