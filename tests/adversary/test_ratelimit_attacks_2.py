@@ -41,3 +41,39 @@ def test_a_used_up_limit_on_a_200_is_bounded_by_max_wait_s(tmp_path):
             pytest.fail(f"the run had not ended after {time.monotonic() - started:.0f} s "
                         f"with max_wait_s 2 ({server.requests} requests)")
     assert summary is not None and summary["records"]["quarantined"] == 0, (code, err)
+
+
+def test_a_used_up_limit_holds_calls_already_queued_for_a_slot(tmp_path):
+    """Guarantee 2 / README "Limits": an answer that says a limit is used up
+    (`x-ratelimit-remaining-requests: 0`) holds new calls until it resets, before any 429. A
+    server allowing one request per 3 s says so on each answer (remaining 0, reset 3s) and
+    answers 429 to a request that comes early. At concurrency 1 the calls of the next records
+    have already passed the hold check in client.py `attempt()` (`pause = limits.resume_at -
+    before` is read before `concurrency.acquire()`) while they waited for the slot, so they
+    are sent the moment the slot frees, right after the answer that said the limit is used
+    up: the server has to refuse them with 429s."""
+    import threading
+
+    lock = threading.Lock()
+    state = {"next_ok": 0.0, "throttled": 0}
+
+    def handler(n, body):
+        with lock:
+            now = time.monotonic()
+            if now < state["next_ok"]:
+                state["throttled"] += 1
+                wait = state["next_ok"] - now
+                return 429, {"retry-after": f"{wait:.3f}"}, {
+                    "error": {"message": "Rate limit reached for requests", "type": "requests",
+                              "code": "rate_limit_exceeded"}}
+            state["next_ok"] = now + 3.0
+        return 200, {"x-ratelimit-limit-requests": "1", "x-ratelimit-remaining-requests": "0",
+                     "x-ratelimit-reset-requests": "3s"}, ok(reply("positive"))[2]
+
+    with Hostile(handler) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=rows(4), base_url=server.base_url,
+                                  transform={"concurrency": 1, "max_retries": 1})
+        code, summary, err = loom("--run", str(pipeline), "--json", timeout=60)
+    assert (code, summary["records"]["loaded"]) == (0, 4), (code, err)
+    assert state["throttled"] == 0, \
+        f"{state['throttled']} requests sent while the server had said its limit was used up"
