@@ -748,6 +748,8 @@ class Engine:
                 if stop.is_set():
                     return
 
+        waiters: set[asyncio.Task[None]] = set()
+
         async def process() -> None:
             while True:
                 record = await work.get()
@@ -762,8 +764,22 @@ class Engine:
                     # The budget refused a call: stop reading, let the records in flight
                     # finish, load what passed, and end the run partial.
                     controller.stop(budget.exceeded, RunStatus.PARTIAL)
+                verdict = processor.awaiting.pop(record.ordinal, None)
+                if verdict is not None:
+                    # Refused with a 4xx the next calls tell apart: the record stays in flight
+                    # (skipped if the breaker opens on that 4xx), the worker moves on.
+                    waiter = asyncio.create_task(decided(record, result, verdict),
+                                                 name="loom-awaiting-verdict")
+                    waiters.add(waiter)
+                    waiter.add_done_callback(waiters.discard)
+                    continue
                 await done.put(result)
                 # Only once the result is queued does the record stop being the worker's.
+                del in_flight[record.ordinal]
+
+        async def decided(record: Record, result: RecordResult, verdict: asyncio.Future[bool]) -> None:
+            if await verdict:
+                await done.put(result)
                 del in_flight[record.ordinal]
 
         async def tick() -> None:
@@ -792,10 +808,15 @@ class Engine:
                         raise task.exception()  # type: ignore[misc]
                 if collector in finished:
                     raise LoomError("the loader stopped before the workers finished")
+            # No call is left to tell whether the records refused with a 4xx were refused for
+            # themselves: they were (the breaker would have opened).
+            processor.transformer.client.breaker.decide_all()
+            if waiters:
+                await asyncio.gather(*list(waiters))
             await done.put(None)
             await collector
         finally:
-            await _cancel_all([ticker, *stages, collector])
+            await _cancel_all([ticker, *stages, collector, *list(waiters)])
             # Records read but not finished when a failure stopped the run: skipped, with why.
             self._drain(work, done)
 

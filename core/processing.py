@@ -7,6 +7,8 @@ a pipeline's prompts, model client and evaluators together.
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +86,16 @@ def budget_cause(exc: BaseException) -> BudgetExceeded | None:
     return None
 
 
+def request_cause(exc: BaseException) -> ProviderError | None:
+    """The 4xx behind `exc` that may be the record's own or the endpoint's (FailureClass.REQUEST)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ProviderError):
+            return seen if classify(seen) is FailureClass.REQUEST else None
+        seen = seen.__cause__
+    return None
+
+
 # The error_type of a record skipped because its provider failed (resumable).
 PROVIDER_FAILURE = "ProviderFailure"
 
@@ -95,10 +107,20 @@ class RecordProcessor:
         self.transformer = transformer
         self.evaluators = evaluators
         self.evaluate_spec = evaluate_spec
+        # record ordinal -> whether its quarantine stands: a record refused with a 4xx that the
+        # next calls may show to be the endpoint's waits for them (CircuitBreaker.park).
+        self.awaiting: dict[int, asyncio.Future[bool]] = {}
 
     @property
     def _endpoint_answered(self) -> bool:
         return self.transformer.client.breaker.successes > 0
+
+    def _park(self, record: Record, exc: BaseException) -> None:
+        cause = request_cause(exc)
+        if cause is not None:
+            verdict = self.transformer.client.breaker.park(cause)
+            if verdict is not None:
+                self.awaiting[record.ordinal] = verdict
 
     def _stop_if_fatal(self, exc: BaseException) -> None:
         cause = fatal_cause(exc)
@@ -139,6 +161,7 @@ class RecordProcessor:
                 return RecordResult(record, Outcome.SKIPPED, Stage.TRANSFORM,
                                     f"not processed: {failure}", PROVIDER_FAILURE,
                                     transform=exc.partial)
+            self._park(record, exc)
             return RecordResult(record, Outcome.QUARANTINED, Stage.TRANSFORM, str(exc),
                                 exc.error_type, transform=exc.partial)
         scores = []
@@ -162,6 +185,7 @@ class RecordProcessor:
                                         scores=scores + ([failed] if failed is not None else []))
                 if failed is not None:
                     scores.append(failed)
+                self._park(record, exc)
                 return RecordResult(record, Outcome.QUARANTINED, Stage.EVALUATE,
                                     f"{evaluator.name}: {exc}", type(exc).__name__,
                                     transform=transformed, scores=scores)

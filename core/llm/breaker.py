@@ -22,7 +22,7 @@ import asyncio
 from dataclasses import dataclass
 
 from core.errors import ProviderError
-from core.llm.failures import FailureClass, classify, signature
+from core.llm.failures import FailureClass, classify, same_failure, signature
 
 DEFAULT_FAILURES = 3
 
@@ -63,6 +63,10 @@ class CircuitBreaker:
         self.successes = 0  # calls the endpoints answered: a later 4xx is a record's own
         self._unsettled: dict[str, int] = {}  # calls retrying after the endpoint failed them
         self._settled: dict[str, asyncio.Event] = {}
+        # Records refused with a 4xx that is the record's own or the endpoint's, wait for the
+        # next call of their stage to tell: a success (or another failure) says the record's,
+        # the breaker opening on that 4xx says the endpoint's (core.processing).
+        self._parked: dict[str, list[asyncio.Future[bool]]] = {}
 
     def check(self) -> None:
         """Raise CircuitOpen when the breaker is open."""
@@ -101,6 +105,27 @@ class CircuitBreaker:
     def succeeded(self, stage: str = "transform") -> None:
         self._streaks.pop(stage, None)
         self.successes += 1
+        self._decide(stage, True)
+
+    def park(self, error: ProviderError) -> "asyncio.Future[bool] | None":
+        """For a call that failed with an ambiguous 4xx (FailureClass.REQUEST): a future that
+        is True once the failure proves the record's own, False when it opened the breaker."""
+        stage = getattr(error, "breaker_stage", None)
+        if stage is None or self.trip is not None:
+            return None
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._parked.setdefault(stage, []).append(future)
+        return future
+
+    def decide_all(self) -> None:
+        """No call is left to tell (the input is done): the parked failures are the records'."""
+        for stage in list(self._parked):
+            self._decide(stage, True)
+
+    def _decide(self, stage: str, records_own: bool) -> None:
+        for future in self._parked.pop(stage, []):
+            if not future.done():
+                future.set_result(records_own)
 
     def failed(self, error: ProviderError, stage: str = "transform") -> FailureClass:
         """Count a call that failed for good; returns its class."""
@@ -113,10 +138,17 @@ class CircuitBreaker:
             return failure  # the record's own, or a wait: says nothing about the endpoint
         key = (failure, failure.value if failure.fatal else signature(error))
         streak, count = self._streaks.get(stage, (None, 0))
-        count = count + 1 if key == streak else 1
+        same = streak is not None and streak[0] == key[0] and same_failure(streak[1], key[1])
+        count = count + 1 if same else 1
+        if not same:
+            self._decide(stage, True)  # another failure: the parked ones were the records'
         self._streaks[stage] = (key, count)
+        if failure is FailureClass.REQUEST:
+            error.breaker_stage = stage  # type: ignore[attr-defined]  # for park()
         if self.trip is None and (count >= self.failures or failure is FailureClass.AUTH):
             self.trip = Trip(failure, error.status, error.message, count)
             for event in self._settled.values():
                 event.set()  # calls waiting to be admitted now fail at once
+            for parked in list(self._parked):
+                self._decide(parked, False)
         return failure

@@ -225,7 +225,7 @@ class LLMClient:
         async def attempt() -> LLMResponse:
             nonlocal queued, priced, sent
             before = self._clock()
-            pause = limits.resume_at - before
+            pause = self._hold(limits.resume_at - before, limits.waiting_for)
             if pause > 0:
                 await (self._wait(pause) if self._sleep is asyncio.sleep else self._sleep(pause))
                 stats.paused_s += pause
@@ -236,6 +236,20 @@ class LLMClient:
                 stats.rate_wait_s += await limits.tokens.take(estimate)
             concurrency = limits.concurrency
             ticket = await concurrency.acquire()
+            # A limit used up (or a Retry-After) while this call waited for its slot holds it
+            # too: the pause is read again once the slot is ours.
+            try:
+                pause = self._hold(limits.resume_at - self._clock(), limits.waiting_for)
+            except ProviderError:
+                concurrency.release()
+                raise
+            if pause > 0:
+                try:
+                    await (self._wait(pause) if self._sleep is asyncio.sleep else self._sleep(pause))
+                except BaseException:
+                    concurrency.release()
+                    raise
+                stats.paused_s += pause
             queued += self._clock() - before
             reserved = 0.0
             cost: float | None = None
@@ -331,6 +345,17 @@ class LLMClient:
         if key is not None and self._cache is not None:
             await self._store(key, request, response)
         return response, call
+
+    def _hold(self, pause: float, why: str | None) -> float:
+        """The pause a server's limit asks of every call, or a refusal when it is longer than a
+        call may wait in all (transform.rate_limit.max_wait_s): the record is skipped, for
+        --resume, rather than waiting minutes to be sent into a limit still used up."""
+        if pause > self._policy.max_throttle_wait_s:
+            raise ProviderError(
+                f"rate limited: {why or 'the limit'} holds calls for {pause:.0f} s more, past "
+                f"transform.rate_limit.max_wait_s ({self._policy.max_throttle_wait_s:g} s)",
+                retryable=False, status=429)
+        return pause
 
     def _cached_call(self, request: LLMRequest, response: LLMResponse, latency: float) -> LLMCall:
         # No call was made: no tokens were spent and nothing is billed. What the answer cost

@@ -117,8 +117,26 @@ def classify(error: ProviderError) -> FailureClass:
 
 def signature(error: ProviderError) -> str:
     """The failure without what varies per call (numbers, ids, the attempt count), so that the
-    same failure on two records compares equal."""
+    same failure on two records compares equal (and `same_failure` tells near ones apart)."""
     text = re.sub(r"\(gave up after \d+ attempts?\)", "", error.message)
     # Any word holding a digit (a request id req_1a2b…, a count, a port) varies per call.
     text = re.sub(r"[\w.-]*\d[\w.-]*", "#", text)
-    return f"{error.status}:{' '.join(text.split())[:200]}"
+    # A load balancer answers 500, 502 and 503 in turn for one outage: a 5xx is a 5xx.
+    status = "5xx" if error.status is not None and error.status >= 500 else error.status
+    return f"{status}:{' '.join(text.split())[:200]}"
+
+
+def same_failure(a: str, b: str) -> bool:
+    """Whether two signatures are one failure: equal, or the same words but for a few that vary
+    per call without a digit in them (a pod `inference-xkzqp`, a host name)."""
+    if a == b:
+        return True
+    status_a, _, text_a = a.partition(":")
+    status_b, _, text_b = b.partition(":")
+    if status_a != status_b:
+        return False
+    words_a, words_b = text_a.split(), text_b.split()
+    if len(words_a) != len(words_b) or len(words_a) < 3:
+        return False
+    differ = sum(1 for x, y in zip(words_a, words_b) if x != y)
+    return differ <= max(1, len(words_a) // 5)

@@ -139,6 +139,11 @@ class OpenAIProvider(RequestShaper):
             arguments = (calls[0].get("function") or {}).get("arguments")
             if isinstance(arguments, str):
                 content = arguments
+        if isinstance(content, str) and not content.strip() and \
+                choice.get("finish_reason") != "length" and not message.get("refusal"):
+            # An empty answer that was not cut off is no answer: the endpoint's failure, tried
+            # again and counted by the breaker, not a record to repair and quarantine.
+            content = None
         if not isinstance(content, str):
             refusal = message.get("refusal")
             if refusal:

@@ -78,7 +78,12 @@ async def call_with_retries(
                         retryable=True, status=error.status, retry_after=error.retry_after,
                         param=error.param, code=error.code,
                     ) from error
-                wait = policy.delay(failures, error, rand)
+                # A down endpoint may ask for an hour (503 with Retry-After: 3600): its hint is
+                # honoured within the time a call may wait in all, as for rate limits, so a run
+                # that cannot work fails in minutes, not in max_retries hours.
+                wait = min(policy.delay(failures, error, rand),
+                           max(0.0, policy.max_throttle_wait_s - throttled_s))
+                throttled_s += wait
             if on_retry is not None:
                 on_retry(error, wait)
             await sleep(wait)
