@@ -651,6 +651,14 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
     def must_exist(key: tuple[Any, ...], relative: str, what: str) -> Path:
         resolved = loaded.resolve(relative)
         if not resolved.is_file():
+            if resolved.exists():
+                # /dev/zero, a folder, a FIFO: "not found" would send the user looking for it
+                kind = "a folder" if resolved.is_dir() else "not a regular file"
+                message = f"{what} {relative} is {kind}; name a file"
+                if key in overridden:
+                    raise PipelineError(message, key=f"--set {_dotted(key)}")
+                raise PipelineError(message, file=shown, line=_line_for(lines, key),
+                                    key=_dotted(key))
             raise missing(key, relative, what)
         return resolved
 
