@@ -353,7 +353,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
                                              "destination": result.destination,
                                              "message": result.message}) + "\n")
             else:
-                out_console().print(result.message, highlight=False)
+                out_console().print(printable(str(result.message)), highlight=False)
             return 0
         if args.command == "quarantine":
             if args.action == "list":
@@ -453,11 +453,11 @@ async def _validate(args: argparse.Namespace) -> int:
             shown = "" if args.no_data else (
                 f" · prompt rendered for {rendered} record{'s' if rendered != 1 else ''}, "
                 f"no model call")
-            out.print(styled(("ok", "green"), f" {loaded.spec.name} ({path}): "
-                             f"{redact_uri(loaded.spec.extract.source)} → "
-                             f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
-                             f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                             f"{redact_uri(loaded.spec.load.destination)}{shown}"),
+            out.print(styled(("ok", "green"), printable(
+                f" {loaded.spec.name} ({path}): {redact_uri(loaded.spec.extract.source)} → "
+                f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
+                f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
+                f"{redact_uri(loaded.spec.load.destination)}{shown}")),
                       highlight=False, soft_wrap=True)
         except LoomError as exc:
             sys.stderr.write(f"error: {one_line(str(exc))}\n")
@@ -826,7 +826,7 @@ async def _quarantine_act(workspace: Workspace, args: argparse.Namespace) -> int
         for result in results:
             style = "green" if result.loaded or result.status == "discarded" else "yellow"
             out.print(styled(f"{result.quarantine_id}: ", (str(result.status), style),
-                             f" {result.message}"), highlight=False)
+                             printable(f" {result.message}")), highlight=False)
     # Nothing done for some records (still failing, nothing to approve, held by another
     # action): say so in the code. A record already as asked (approved twice) is done.
     return 0 if all(r.done for r in results) else 1

@@ -141,7 +141,7 @@ class ProgressReporter:
             self.console.print(styled(("warning:", "yellow"), " ", printable(event.message)),
                                highlight=False, soft_wrap=True)
         elif isinstance(event, RunResumed):
-            self.console.print(resumed_line(event), highlight=False, soft_wrap=True)
+            self.console.print(printable(resumed_line(event)), highlight=False, soft_wrap=True)
         if not self.show:
             if self.interval_s is not None:
                 self._machine(event)
