@@ -48,6 +48,9 @@ def load_output_schema(loaded: LoadedSpec) -> dict[str, Any] | None:
         except (OSError, ValueError) as exc:  # YamlError is a ValueError
             raise PipelineError(f"cannot read schema {path.name}: {exc}".splitlines()[0],
                                 file=str(loaded.path), key="transform.output_schema") from None
+        except RecursionError:  # json.loads recurses once per nesting level
+            raise PipelineError(f"cannot read schema {path.name}: nested too deep",
+                                file=str(loaded.path), key="transform.output_schema") from None
     if schema is None:
         return None
     if not isinstance(schema, dict):

@@ -358,6 +358,8 @@ def read_schema_file(path: Path, key: str) -> Any:
     except json.JSONDecodeError as exc:
         raise PipelineError(f"schema file {path.name} is not valid JSON: {exc.msg} "
                             f"(line {exc.lineno}, column {exc.colno})", key=key) from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise PipelineError(f"schema file {path.name} is nested too deep", key=key) from None
     except YamlError as exc:
         where = f" (line {exc.line})" if exc.line else ""
         problem = exc.message.removeprefix("YAML syntax error: ")

@@ -62,6 +62,10 @@ def test_a_deep_yaml_schema_file_is_one_line(tmp_path: Path) -> None:
     path.write_text("[" * 50_000 + "]" * 50_000, encoding="utf-8")
     with pytest.raises(PipelineError, match="levels deep"):
         read_schema_file(path, "evaluate.evaluators.0.schema")
+    path = tmp_path / "schema.json"
+    path.write_text("[" * 50_000 + "]" * 50_000, encoding="utf-8")
+    with pytest.raises(PipelineError, match="nested too deep"):
+        read_schema_file(path, "evaluate.evaluators.0.schema")
 
 
 def test_a_non_finite_bound_is_refused(pipeline: Path) -> None:
