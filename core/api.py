@@ -43,6 +43,7 @@ from core.spec import LoadedSpec, load_spec
 from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
                         Store)
 from core.store.models import MonitoringAlert
+from core.safe_yaml import YamlError, load_yaml
 from core.variants import PromptVariant, prompt_variants
 
 # What a UI needs from the engine, importable from this one module (the workbench imports
@@ -713,8 +714,8 @@ class Workspace:
 
         path = loom_home() / "config.yaml"
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else {}
-        except (OSError, yaml.YAMLError) as exc:
+            raw = load_yaml(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        except (OSError, UnicodeDecodeError, YamlError) as exc:
             raise ConfigError(f"{path}: cannot read it: {exc}") from None
         raw = raw if isinstance(raw, dict) else {}
         workbench = raw.get("workbench")
@@ -774,9 +775,9 @@ def _write_atomically(path: Path, text: str) -> None:
 
 def _declared_name(path: Path) -> str:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):
             return raw["name"]
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, YamlError):
         pass
     return path.parent.name if path.name.startswith("pipeline.") else path.stem

@@ -37,6 +37,7 @@ from core.estimate import DEFAULT_SAMPLE
 from core.reporting import (STATUS_STYLE, ProgressReporter, estimate_table, make_console, money,
                             seconds, styled, summary_table)
 from core.sharding import Shard, ShardGroup
+from core.terminal_text import printable
 
 HEADLESS_COMMANDS = ("validate", "runs", "release", "quarantine", "secrets", "prices")
 
@@ -325,7 +326,7 @@ def _estimate(args: argparse.Namespace) -> int:
             sys.stdout.write(_json_out(result.to_json()) + "\n")
         else:
             for warning in result.warnings:
-                sys.stderr.write(f"warning: {warning}\n")
+                sys.stderr.write(f"warning: {one_line(str(warning))}\n")
             out_console().print(estimate_table(result))
         return 0
 
@@ -352,7 +353,7 @@ async def _dispatch(args: argparse.Namespace) -> int:
                                              "destination": result.destination,
                                              "message": result.message}) + "\n")
             else:
-                out_console().print(result.message, highlight=False)
+                out_console().print(printable(str(result.message)), highlight=False)
             return 0
         if args.command == "quarantine":
             if args.action == "list":
@@ -452,11 +453,11 @@ async def _validate(args: argparse.Namespace) -> int:
             shown = "" if args.no_data else (
                 f" · prompt rendered for {rendered} record{'s' if rendered != 1 else ''}, "
                 f"no model call")
-            out.print(styled(("ok", "green"), f" {loaded.spec.name} ({path}): "
-                             f"{redact_uri(loaded.spec.extract.source)} → "
-                             f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
-                             f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
-                             f"{redact_uri(loaded.spec.load.destination)}{shown}"),
+            out.print(styled(("ok", "green"), printable(
+                f" {loaded.spec.name} ({path}): {redact_uri(loaded.spec.extract.source)} → "
+                f"{loaded.spec.transform.provider}:{loaded.spec.transform.model} → "
+                f"{evaluators} evaluator{'s' if evaluators != 1 else ''} → "
+                f"{redact_uri(loaded.spec.load.destination)}{shown}")),
                       highlight=False, soft_wrap=True)
             _note_leftovers(loaded)
         except LoomError as exc:
@@ -620,10 +621,15 @@ async def _runs(workspace: Workspace, args: argparse.Namespace) -> int:
             listing.add_column(column, overflow="fold")
         for run_id, alert in raised:
             style = "red" if alert.severity == "error" else "yellow"
-            listing.add_row(Text(run_id), Text(str(alert.alert_type), style=style),
-                            Text(str(alert.message or "")))
+            listing.add_row(data_text(run_id), data_text(alert.alert_type, style=style),
+                            data_text(alert.message or ""))
         out_console().print(listing)
     return 0
+
+
+def data_text(value: Any, style: str = "") -> Text:
+    """A table cell or a line part from data: one line, nothing a terminal would obey."""
+    return Text(printable(str(value)), style=style)
 
 
 def _alert_count(alerts: list[Any]) -> Text:
@@ -659,7 +665,7 @@ def _run_row(table: Table, run: Any, label: str, alerts: list[Any],
     data = run_to_dict(run)
     style = STATUS_STYLE.get(run.status, "white")
     name = (labels or {}).get((run.pipeline_name, run.pipeline_path), run.pipeline_name)
-    table.add_row(Text(label), Text(str(name)), Text(str(run.status), style=style),
+    table.add_row(data_text(label), data_text(name), data_text(run.status, style=style),
                   run.started_at.strftime("%Y-%m-%d %H:%M") if run.started_at else "-",
                   str(run.loaded or 0), str(run.quarantined or 0), str(run.skipped or 0),
                   f"{data['rejection_rate']:.1%}", money(run.cost_usd),
@@ -674,8 +680,8 @@ def _group_rows(table: Table, group: ShardGroup, alerts: dict[str, list[Any]],
     style = STATUS_STYLE.get(group.status, "white")
     ran = group.shard_count - len(group.missing)
     name = _clip_middle(group.group, 40)  # `loom runs --json` has the whole id
-    table.add_row(styled((f"shard group {name}", "bold"), f" ({ran}/{group.shard_count} shards)"),
-                  Text(group.pipeline), Text(group.status, style=style),
+    table.add_row(styled((f"shard group {printable(name)}", "bold"), f" ({ran}/{group.shard_count} shards)"),
+                  data_text(group.pipeline), data_text(group.status, style=style),
                   group.started_at.strftime("%Y-%m-%d %H:%M"),
                   str(group.total("loaded")), str(group.total("quarantined")),
                   str(group.total("skipped")), f"{group.rejection_rate:.1%}",
@@ -763,7 +769,7 @@ async def _quarantine_list(workspace: Workspace, args: argparse.Namespace) -> in
     labels = await _pipeline_labels(store, {(row.pipeline_name, paths[row.run_id]) for row in rows})
     for row in rows:
         reason = (row.reason or "").replace("\n", " ")
-        table.add_row(*(Text("" if value is None else str(value)) for value in (
+        table.add_row(*(data_text("" if value is None else value) for value in (
             str(row.id), row.run_id, labels[(row.pipeline_name, paths[row.run_id])], row.record_id,
             row.stage, reason[:160] + ("…" if len(reason) > 160 else ""))))
     out_console().print(table)
@@ -784,10 +790,11 @@ async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> in
         return 0
     out = out_console()
     out.print(styled((f"quarantined record {row.id}", "bold"),
-                     f"  {row.pipeline_name} · run {row.run_id} · record {row.record_id} · ",
-                     (str(row.status), "yellow")), highlight=False)
-    out.print(styled(("stage", "dim"), f"   {row.stage}\n", ("reason", "dim"), f"  {row.reason}"),
-              highlight=False)
+                     printable(f"  {row.pipeline_name} · run {row.run_id} · record "
+                               f"{row.record_id} · "),
+                     (printable(str(row.status)), "yellow")), highlight=False)
+    out.print(styled(("stage", "dim"), f"   {printable(str(row.stage))}\n", ("reason", "dim"),
+                     f"  {printable(str(row.reason))}"), highlight=False)
     out.print(styled(("input", "dim")))
     out.print_json(json.dumps(row.input, default=str))
     out.print(styled(("output", "dim")))
@@ -800,13 +807,14 @@ async def _quarantine_show(workspace: Workspace, args: argparse.Namespace) -> in
         for column in ("evaluator", "score", "passed", "explanation"):
             table.add_column(column)
         for score in row.scores:
-            table.add_row(Text(str(score.get("evaluator", "?"))), f"{score.get('value', 0):.2f}",
+            table.add_row(data_text(score.get("evaluator", "?")), f"{score.get('value', 0):.2f}",
                           Text("yes") if score.get("passed") else Text("no", style="red"),
-                          Text(str(score.get("explanation", ""))))
+                          data_text(score.get("explanation", "")))
         out.print(table)
     for action in data["actions"]:
-        out.print(styled((str(action["at"]), "dim"), f" {action['action']} by "
-                         f"{action['actor'] or '?'}: {action['details']}"), highlight=False)
+        out.print(styled((str(action["at"]), "dim"), printable(
+            f" {action['action']} by {action['actor'] or '?'}: {action['details']}")),
+            highlight=False)
     return 0
 
 
@@ -834,7 +842,7 @@ async def _quarantine_act(workspace: Workspace, args: argparse.Namespace) -> int
         for result in results:
             style = "green" if result.loaded or result.status == "discarded" else "yellow"
             out.print(styled(f"{result.quarantine_id}: ", (str(result.status), style),
-                             f" {result.message}"), highlight=False)
+                             printable(f" {result.message}")), highlight=False)
     # Nothing done for some records (still failing, nothing to approve, held by another
     # action): say so in the code. A record already as asked (approved twice) is done.
     return 0 if all(r.done for r in results) else 1

@@ -27,10 +27,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import LoomError
+from core.safe_yaml import YamlError, load_yaml
 
 
 class ConfigError(LoomError):
@@ -38,7 +38,8 @@ class ConfigError(LoomError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a price or limit of 1e309 (infinity) or .nan would switch off the bound it sets: refused
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class StorageConfig(_Strict):
@@ -105,12 +106,13 @@ def load_config(home: Path | None = None) -> LoomConfig:
     if not path.is_file():
         return LoomConfig()
     try:
-        raw: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw: Any = load_yaml(path.read_text(encoding="utf-8")) or {}
         return LoomConfig.model_validate(raw)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: YAML syntax error: {getattr(exc, 'problem', exc)}") from None
+    except YamlError as exc:
+        line = f":{exc.line}" if exc.line else ""
+        raise ConfigError(f"{path}{line}: {exc.message}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}".splitlines()[0]) from None
     except ValidationError as exc:
         error = exc.errors()[0]
         key = ".".join(str(p) for p in error["loc"])

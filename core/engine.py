@@ -409,6 +409,7 @@ class Engine:
     async def _stop_calls_on_cancel(self, runtime: Runtime) -> None:
         await self.controller.cancelled.wait()
         runtime.client.stop()
+        runtime.prompts.stop()  # a render under way stops at its next check, not at its budget
 
     async def _run_pipeline(self, runtime: Runtime) -> RunSummary:
         spec = self.loaded.spec

@@ -7,16 +7,13 @@ that the quarantine and the history can say what really happened.
 
 from __future__ import annotations
 
-import re
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+from core.terminal_text import printable
 
 
 def one_line(text: str) -> str:
     """`text` with control characters escaped, so that an error is always one line even when it
-    quotes a key or a value someone typed."""
-    return _CONTROL.sub(lambda m: {"\n": "\\n", "\r": "\\r", "\t": "\\t"}.get(
-        m.group(), f"\\x{ord(m.group()):02x}"), text)
+    quotes a key or a value someone typed (C1, DEL and bidi controls too)."""
+    return printable(text)
 
 
 class LoomError(Exception):
@@ -130,6 +127,13 @@ class EvaluatorError(LoomError):
 
 class StoreError(LoomError):
     """The history store cannot be opened or written."""
+
+
+class StoreUrlError(StoreError):
+    """The history store's URL itself is wrong (LOOM_STORE_URL, storage.url): the user's to
+    fix, like a bad pipeline, so exit 2."""
+
+    exit_code = 2
 
 
 class ResumeError(LoomError):

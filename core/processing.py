@@ -34,7 +34,7 @@ from core.llm.ratelimit import LimitsRegistry
 from core.llm.tokens import TokenCounter
 from core.llm.replay import CassetteRecorder
 from core.prompt_cache import prefix_marker
-from core.prompts import PromptSet, load_prompts
+from core.prompts import PromptSet, RenderStopped, load_prompts
 from core.records import Outcome, Record, RecordResult, Stage
 from core.spec import EvaluateSpec, LoadedSpec, PipelineSpec
 from core.transform import Transformer, TransformFailed, load_output_schema
@@ -139,6 +139,8 @@ class RecordProcessor:
                                 "ExtractError")
         try:
             messages = await self.prompts.render_async(record.data)
+        except RenderStopped as exc:  # the run's stop, not the template's fault
+            return RecordResult(record, Outcome.SKIPPED, None, str(exc), None)
         except SecurityError as exc:
             raise FatalRunError(str(exc), exit_code=2) from exc
         except TemplateError as exc:

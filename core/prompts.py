@@ -36,7 +36,7 @@ from jinja2.utils import _PassArg
 from jinja2.sandbox import (MAX_RANGE, ImmutableSandboxedEnvironment,
                             SecurityError as JinjaSecurityError)
 
-from core.errors import PipelineError, RenderLimitError, SecurityError, TemplateError
+from core.errors import LoomError, PipelineError, RenderLimitError, SecurityError, TemplateError
 from core.spec import LoadedSpec
 
 
@@ -51,6 +51,10 @@ RENDER_MAX_CHARS = 16 << 20  # 16 Mi characters rendered
 _CHECK_EVERY = 1024  # range() steps between two clock checks
 
 
+class RenderStopped(LoomError):
+    """A render ended by the run's stop (ctrl+c, SIGTERM, the workbench, a budget)."""
+
+
 class _Budget:
     """The running render's limits (one per thread: renders run in worker threads)."""
 
@@ -59,6 +63,7 @@ class _Budget:
         self.timeout_s = timeout_s
         self.max_chars = max_chars
         self.cancelled = threading.Event()
+        self.stopped = False  # cancelled by the run's stop, not by the template's own fault
 
     def check(self) -> None:
         if self.cancelled.is_set():
@@ -292,6 +297,19 @@ class PromptSet:
     contexts: dict[str, ContextDoc]
     params: dict[str, Any] = field(default_factory=dict)
     _compiled: dict[str, jinja2.Template] = field(default_factory=dict, repr=False)
+    # The budgets of the renders under way, so that a stop reaches them at once (a render's
+    # own cancel is set only when its awaiting task ends, which a graceful stop waits for).
+    _active: set[_Budget] = field(default_factory=set, repr=False)
+    _stopped: bool = field(default=False, repr=False)
+
+    def stop(self) -> None:
+        """The run is stopping: every render under way stops at its next check, and no new
+        one starts; each raises RenderStopped (its record is skipped, not the prompt's
+        fault). Called from the event loop's thread."""
+        self._stopped = True
+        for budget in list(self._active):
+            budget.stopped = True
+            budget.cancelled.set()
 
     @property
     def prompt_hash(self) -> str:
@@ -344,6 +362,8 @@ class PromptSet:
         self._template("prompt", self.prompt_text)
         if self.system_text is not None:
             self._template("system", self.system_text)
+        if self._stopped:
+            raise RenderStopped("not processed: the run was stopping before its prompt rendered")
         budget = _Budget(timeout_s, max_chars)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[dict[str, str]]] = loop.create_future()
@@ -369,10 +389,17 @@ class PromptSet:
             except RuntimeError:
                 pass  # the loop is gone: nobody waits for this render any more
 
+        self._active.add(budget)
         _POOL.submit(work)
         try:
             return await future
+        except RenderLimitError:
+            if budget.stopped:
+                raise RenderStopped("not processed: the run stopped while its prompt "
+                                    "rendered") from None
+            raise
         finally:
+            self._active.discard(budget)
             budget.cancelled.set()  # done, failed or cancelled: a render left running stops
 
     def _render_one(self, which: str, text: str, variables: dict[str, Any]) -> str:

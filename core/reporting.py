@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.console import Console
+from rich.segment import Segment
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, ProgressColumn,
                            Task, TextColumn, TimeElapsedColumn)
 from rich.table import Table
 from rich.text import Text
 
 from core.errors import UsageError
+from core.terminal_text import printable, printable_layout
 from core.estimate import Estimate
 from core.records import saved_text
 from core.events import (Event, Progress, RunFinished, RunResumed, RunStarted, RunStatus, RunSummary,
@@ -34,9 +36,26 @@ STATUS_STYLE = {RunStatus.SUCCESS: "green", RunStatus.PARTIAL: "yellow", RunStat
                 RunStatus.CANCELLED: "magenta", RunStatus.RUNNING: "cyan"}
 
 
+class _NeutralisingConsole(Console):
+    """A console that neutralises escapes in every piece of text it draws.
+
+    The printers escape data themselves (core.terminal_text.printable: a newline in a record
+    id must not start a line); this is the backstop for whatever reaches a table, a progress
+    line or a summary without it. Only text segments are touched: Rich's own styles and its
+    cursor movements (control segments) are written as Rich makes them.
+    """
+
+    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
+        return super()._render_buffer(
+            segment if segment.control else Segment(printable_layout(segment.text),
+                                                    segment.style)
+            for segment in buffer)
+
+
 def make_console(*, stderr: bool = False, width: int | None = None) -> Console:
-    """The one way Loom makes a console: markup off, so no text is ever parsed as markup."""
-    return Console(stderr=stderr, width=width, markup=False)
+    """The one way Loom makes a console: markup off, so no text is ever parsed as markup, and
+    terminal escapes from data neutralised."""
+    return _NeutralisingConsole(stderr=stderr, width=width, markup=False)
 
 
 def styled(*parts: str | tuple[str, str] | Text) -> Text:
@@ -114,15 +133,15 @@ class ProgressReporter:
 
     def _plain(self, text: str) -> None:
         """One line for a log: no markup, no wrapping."""
-        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+        self.console.print(printable(text), markup=False, highlight=False, soft_wrap=True)
 
     def __call__(self, event: Event) -> None:
         if isinstance(event, RunWarning):
             # One line each, whatever the width: logs are grepped line by line.
-            self.console.print(styled(("warning:", "yellow"), " ", event.message),
+            self.console.print(styled(("warning:", "yellow"), " ", printable(event.message)),
                                highlight=False, soft_wrap=True)
         elif isinstance(event, RunResumed):
-            self.console.print(resumed_line(event), highlight=False, soft_wrap=True)
+            self.console.print(printable(resumed_line(event)), highlight=False, soft_wrap=True)
         if not self.show:
             if self.interval_s is not None:
                 self._machine(event)
@@ -240,11 +259,11 @@ def summary_table(summary: RunSummary) -> Table:
     table.add_column(style="dim", no_wrap=True)
     table.add_column()
     attempts = summary.extra.get("attempts")
-    table.add_row(Text(summary.pipeline, style="bold"), Text.assemble(
-        "run ", summary.run_id, " · ", (summary.status, f"bold {style}"),
+    table.add_row(Text(printable(summary.pipeline), style="bold"), Text.assemble(
+        "run ", printable(summary.run_id), " · ", (summary.status, f"bold {style}"),
         f" · {summary.duration_s:.1f} s", f" · {attempts} attempts" if attempts else ""))
     if summary.status_reason:
-        table.add_row("reason", Text(summary.status_reason, style=style))
+        table.add_row("reason", Text(printable(summary.status_reason), style=style))
     shard = summary.extra.get("shard")
     if shard:
         # Records of other shards are not this run's: the counts below are this shard's.
@@ -272,9 +291,9 @@ def summary_table(summary: RunSummary) -> Table:
     table.add_row("latency", f"p50 {seconds(summary.latency_p50_s)} · p95 "
                              f"{seconds(summary.latency_p95_s)} · p99 {seconds(summary.latency_p99_s)}")
     for warning in summary.warnings:
-        table.add_row("warning", Text(warning, style="yellow"))
+        table.add_row("warning", Text(printable(warning), style="yellow"))
     for alert in summary.extra.get("alerts", ()):
-        table.add_row("alert", Text(f"{alert['type']}: {alert['message']}",
+        table.add_row("alert", Text(printable(f"{alert['type']}: {alert['message']}"),
                                     style="red" if alert["severity"] == "error" else "yellow"))
     if summary.extra.get("held"):
         table.add_row("next", f"loom release {summary.run_id}   (publish the held records)")

@@ -15,17 +15,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.config import ModelPrice
 from core.connectors.registry import SINK_SCHEMES, SOURCE_SCHEMES, parse_uri, redact_tree
 from core.errors import PipelineError
 from core.llm.strict_schema import is_object_schema
+from core.safe_yaml import YamlError, load_yaml, load_yaml_with_lines
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=False)
+    # allow_inf_nan=False: `timeout_s: 1e309` reads as infinity, which would remove the bound
+    # the number is there to set; a non-finite number is refused like any other bad value.
+    model_config = ConfigDict(extra="forbid", frozen=False, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- extract / load
@@ -119,6 +121,19 @@ class LoadSpec(_ObjectStoreOptions):
             if not (path == "id" or path.split(".")[0] in ("input", "output")):
                 raise ValueError(f"{column}: {path!r} must be id, or start with input. or output.")
         return value
+
+    @model_validator(mode="after")
+    def _distinct_sqlite_columns(self) -> "LoadSpec":
+        # SQLite compares column names ignoring case: `Label` and `label` would be one column
+        # and every record would lose one of the two values.
+        if self.fields and parse_uri(self.destination).scheme == "sqlite":
+            seen: dict[str, str] = {}
+            for column in self.fields:
+                other = seen.setdefault(column.lower(), column)
+                if other != column:
+                    raise ValueError(f"fields: {other!r} and {column!r} are one column in "
+                                     f"SQLite (column names ignore case); rename one")
+        return self
 
     @property
     def key_columns(self) -> list[str]:
@@ -284,7 +299,7 @@ class JsonSchemaSpec(_EvaluatorBase):
     type: Literal["json_schema"]
     schema_: dict[str, Any] | str = Field(alias="schema")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class RangeSpec(_EvaluatorBase):
@@ -549,12 +564,9 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
         raise PipelineError(f"cannot read: {exc}", file=shown) from None
 
     try:
-        raw, lines = _parse_yaml(text, shown)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise PipelineError(f"YAML syntax error: {problem}", file=shown,
-                            line=mark.line + 1 if mark else None) from None
+        raw, lines = load_yaml_with_lines(text)
+    except YamlError as exc:
+        raise PipelineError(exc.message, file=shown, line=exc.line, key=exc.key) from None
     if not isinstance(raw, dict):
         raise PipelineError("a pipeline is a YAML mapping (name:, extract:, transform:, load:)",
                             file=shown, line=1)
@@ -579,8 +591,11 @@ def _apply_override(raw: dict[str, Any], item: str) -> tuple[Any, ...]:
     if not sep or not key.strip():
         raise PipelineError(f"--set {item!r}: expected KEY=VALUE, e.g. transform.model=gpt-4o")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else ""
-    except yaml.YAMLError:
+        parsed = load_yaml(value) if value.strip() else ""
+    except YamlError as exc:
+        if not exc.message.startswith("YAML syntax error"):
+            # a limit (depth, size, aliases, digits), not a plain word that is not YAML
+            raise PipelineError(f"--set {key.strip()}: {exc.message}") from None
         parsed = value
     parts = key.strip().split(".")
     node: Any = raw
@@ -639,6 +654,14 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
     def must_exist(key: tuple[Any, ...], relative: str, what: str) -> Path:
         resolved = loaded.resolve(relative)
         if not resolved.is_file():
+            if resolved.exists():
+                # /dev/zero, a folder, a FIFO: "not found" would send the user looking for it
+                kind = "a folder" if resolved.is_dir() else "not a regular file"
+                message = f"{what} {relative} is {kind}; name a file"
+                if key in overridden:
+                    raise PipelineError(message, key=f"--set {_dotted(key)}")
+                raise PipelineError(message, file=shown, line=_line_for(lines, key),
+                                    key=_dotted(key))
             raise missing(key, relative, what)
         return resolved
 
@@ -814,101 +837,6 @@ def _line_for(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> int |
             return lines[path]
         path = path[:-1]
     return None
-
-
-# Aliases (`*name`) may repeat what an anchor (`&name`) holds, but no more than this many nodes
-# in all: nine levels of nine aliases each (a "billion laughs") would be 387 million.
-MAX_YAML_NODES = 100_000
-
-
-def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[tuple[Any, ...], int]]:
-    """The pipeline YAML's value and the line each key path is written on, from one parse.
-
-    Raises PipelineError for a key written twice in one mapping (naming both lines: YAML
-    would keep the last silently) and for aliases that would expand to more than
-    MAX_YAML_NODES nodes; memory stays bounded (aliases are counted, never expanded).
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        if root is None:
-            return None, {}
-        lines = _key_lines(root, shown)
-        _check_expansion(root, shown)
-        return loader.construct_document(root), lines
-    finally:
-        loader.dispose()
-
-
-def _check_expansion(root: yaml.Node, shown: str) -> None:
-    """How many nodes the document would have with every alias expanded, counted once per
-    distinct node (memoised), so the count itself costs no more than the document's size."""
-    sizes: dict[int, int] = {}
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    while stack:  # post-order, iterative: children before their parent
-        node, expanded = stack.pop()
-        if id(node) in sizes:
-            continue
-        children = _children(node)
-        if expanded or not children:
-            total = 1
-            for child in children:
-                total += sizes.get(id(child), 1)
-                if total > MAX_YAML_NODES:
-                    raise PipelineError(
-                        f"the YAML's aliases (*name) expand to more than {MAX_YAML_NODES:,} "
-                        f"values; write the values out, or use fewer aliases",
-                        file=shown, line=node.start_mark.line + 1)
-            sizes[id(node)] = total
-            continue
-        stack.append((node, True))
-        for child in children:
-            if id(child) not in sizes:
-                stack.append((child, False))
-
-
-def _children(node: yaml.Node) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [part for pair in node.value for part in pair]
-    if isinstance(node, yaml.SequenceNode):
-        return list(node.value)
-    return []
-
-
-def _key_lines(root: yaml.Node, shown: str) -> dict[tuple[Any, ...], int]:
-    """Map each key path in the YAML to the (1-based) line it is written on. An alias is not
-    followed (its anchor's keys are mapped where the anchor is written), and a key written
-    twice in one mapping is an error naming both lines."""
-    lines: dict[tuple[Any, ...], int] = {}
-    seen: set[int] = set()
-    stack: list[tuple[yaml.Node, tuple[Any, ...]]] = [(root, ())]
-    while stack:
-        node, path = stack.pop()
-        if id(node) in seen:
-            continue  # an alias of a node already walked
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first: dict[Any, int] = {}
-            for key_node, value_node in node.value:
-                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
-                line = key_node.start_mark.line + 1
-                if key is not None and key != "<<":
-                    if key in first:
-                        dotted = ".".join(str(p) for p in path + (key,))
-                        raise PipelineError(
-                            f"the key is written twice, on line {first[key]} and line {line} "
-                            f"(YAML would keep the last silently); keep one",
-                            file=shown, line=line, key=dotted)
-                    first[key] = line
-                child = path + (key,)
-                lines[child] = line
-                stack.append((value_node, child))
-        elif isinstance(node, yaml.SequenceNode):
-            for index, item in enumerate(node.value):
-                child = path + (index,)
-                lines[child] = item.start_mark.line + 1
-                stack.append((item, child))
-    return lines
 
 
 def snapshot(loaded: LoadedSpec) -> dict[str, Any]:

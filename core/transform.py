@@ -14,7 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jsonschema
-import yaml
 
 from core.connectors.parsing import (MAX_NESTING, has_surrogates, not_json_constant, too_deep,
                                      value_problem, without_surrogates)
@@ -24,6 +23,7 @@ from core.llm.strict_schema import drop_filled_nulls, is_object_schema
 from core.llm.client import LLMClient
 from core.records import LLMCall, TransformResult
 from core.spec import LoadedSpec, TransformSpec
+from core.safe_yaml import load_yaml
 
 _FENCE = re.compile(r"^\s*```(?:json)?\s*\n(.*?)\n?```\s*$", re.DOTALL)
 
@@ -44,9 +44,12 @@ def load_output_schema(loaded: LoadedSpec) -> dict[str, Any] | None:
         path = loaded.resolve(schema)
         try:
             text = path.read_text(encoding="utf-8")
-            schema = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
+            schema = json.loads(text) if path.suffix == ".json" else load_yaml(text)
+        except (OSError, ValueError) as exc:  # YamlError is a ValueError
             raise PipelineError(f"cannot read schema {path.name}: {exc}".splitlines()[0],
+                                file=str(loaded.path), key="transform.output_schema") from None
+        except RecursionError:  # json.loads recurses once per nesting level
+            raise PipelineError(f"cannot read schema {path.name}: nested too deep",
                                 file=str(loaded.path), key="transform.output_schema") from None
     if schema is None:
         return None

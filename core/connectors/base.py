@@ -191,14 +191,29 @@ def build_row(loaded: "LoadedSpec", record: Record, output: Any) -> dict[str, An
 
 
 def rows_by_columns(rows: list[dict[str, Any]], key: list[str] | tuple[str, ...],
-                    where: str) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+                    where: str, fold: Callable[[str], str] | None = None,
+                    why: str = "") -> dict[tuple[str, ...], list[dict[str, Any]]]:
     """A database sink's batch, grouped by column set (one INSERT statement each), after
-    checking that every row has a value for each key column."""
+    checking that every row has a value for each key column.
+
+    `fold` is how the destination compares column names (SQLite ignores case): two keys of
+    one row that fold to the same name would be one column, and one value would be dropped
+    silently, so the row is refused (a LoadError: the batch is written row by row and only
+    this record is quarantined). `why` says, in the error, why they are one column.
+    """
     groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for row in rows:
         missing = [k for k in key if row.get(k) is None]
         if missing:
             raise LoadError(f"{where}: a row has no value for key {', '.join(map(repr, missing))}")
+        if fold is not None:
+            seen: dict[str, str] = {}
+            for name in row:
+                other = seen.setdefault(fold(name), name)
+                if other != name:
+                    raise LoadError(f"{where}: the keys {other!r} and {name!r} would be one "
+                                    f"column ({why or 'the same name here'}) and one value "
+                                    f"would be lost; rename one (fields: in load)")
         groups.setdefault(tuple(row), []).append(row)
     return groups
 

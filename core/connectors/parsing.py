@@ -370,8 +370,58 @@ def _from_first_significant(stream: IO[bytes]) -> tuple[bytes, IO[bytes]]:
     return b"", stream
 
 
+# yajl (ijson's fast C parser) stops at a number past 64 bits ("integer overflow") or past a
+# double ("numeric (floating point) overflow"), and cannot resume: valid JSON that Python reads.
+_YAJL_OVERFLOW = "overflow"
+_PYTHON_BACKEND = ijson.get_backend("python")
+
+
 def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Iterator[Row]:
-    """A top-level JSON array of objects, parsed incrementally with ijson."""
+    """A top-level JSON array of objects, parsed incrementally with ijson.
+
+    The fast (yajl) parser is used first; if it stops at a number it cannot hold, the file is
+    read again from the start with ijson's Python parser (which holds any int Python can) and
+    the elements already read are skipped, so no record after the big number is lost. A
+    stream that cannot be read again fails the source loudly instead.
+    """
+    parsed = 0
+    try:
+        for row in _json_rows(stream, ijson.basic_parse, name=name, where=where,
+                              encoding=encoding, skip=0):
+            parsed += 1
+            yield row
+        return
+    except _Overflow as overflow:
+        if not _rewind(stream):
+            raise ConnectorError(
+                f"json source {where}: element {overflow.index} holds a number too large for "
+                f"the JSON parser ({overflow.detail}) and the source cannot be read again; "
+                f"the records after it were not read") from None
+    yield from _json_rows(stream, _PYTHON_BACKEND.basic_parse, name=name, where=where,
+                          encoding=encoding, skip=parsed)
+
+
+class _Overflow(Exception):
+    def __init__(self, index: int, detail: str) -> None:
+        super().__init__(detail)
+        self.index = index
+        self.detail = detail
+
+
+def _rewind(stream: IO[bytes]) -> bool:
+    try:
+        if not stream.seekable():
+            return False
+        stream.seek(0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _json_rows(stream: IO[bytes], basic_parse: Any, *, name: str, where: str, encoding: str,
+               skip: int) -> Iterator[Row]:
+    """json_rows with one ijson parser; the first `skip` elements are parsed but not yielded.
+    Raises _Overflow when the fast parser stops at a number it cannot hold (and skip is 0)."""
     first, content = _from_first_significant(stream)
     if first != b"[":
         found = "an empty file" if not first else \
@@ -384,7 +434,10 @@ def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-
         readable = _Utf8Reader(io.TextIOWrapper(content, encoding=encoding))  # type: ignore[arg-type]
     index = 0
     try:
-        for value in _elements(ijson.basic_parse(readable, use_float=True)):
+        for value in _elements(basic_parse(readable, use_float=True)):
+            if index < skip:
+                index += 1
+                continue
             origin = f"{name}[{index}]"
             if value is _TOO_DEEP:
                 yield ({"_raw": f"(element {index}: not kept, {too_deep()})"}, origin,
@@ -397,7 +450,10 @@ def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-
                 yield ({"_raw": clip(raw)}, origin,
                        f"element {index} is not a JSON object (got {json_kind(value)})")
             index += 1
-    except (ijson.JSONError, UnicodeDecodeError) as exc:
+    except (ijson.JSONError, UnicodeDecodeError, ValueError) as exc:
+        # ValueError: the Python parser's int() refusing more than 4,300 digits
+        if basic_parse is not _PYTHON_BACKEND.basic_parse and _YAJL_OVERFLOW in first_line(exc):
+            raise _Overflow(index, first_line(exc)) from None
         # The parser cannot resume after an error: what follows is one unreadable record.
         yield (None, f"{name}[{index}]",
                f"invalid JSON at element {index}: {first_line(exc)}; "

@@ -435,7 +435,8 @@ class SqliteSink(Sink):
         conn = self._conn
         if conn is None:
             raise ConnectorError(f"{self._where()}: write() before open()")
-        groups = rows_by_columns(rows, self.key, self._where())
+        groups = rows_by_columns(rows, self.key, self._where(), fold=str.lower,
+                                 why="SQLite column names ignore case")
         added: dict[str, tuple[str, str]] = {}
         created = False
         shared = self.mode != "replace"  # other writers (parallel shards) share the table

@@ -23,7 +23,6 @@ import jinja2
 import jsonschema
 import referencing
 import referencing.exceptions
-import yaml
 from jinja2 import meta as jinja_meta
 from jinja2.sandbox import SecurityError as JinjaSecurityError
 from jsonschema.exceptions import best_match
@@ -33,6 +32,7 @@ from core.errors import EvaluatorError, PipelineError
 from core.evaluate.base import Evaluator
 from core.prompts import make_environment
 from core.records import Score, resolve_field
+from core.safe_yaml import YamlError, load_yaml
 from core.spec import (ContainsSpec, ExactMatchSpec, ExpressionSpec, JsonSchemaSpec, LengthSpec,
                        OneOfSpec, RangeSpec, RegexSpec)
 
@@ -354,14 +354,15 @@ def read_schema_file(path: Path, key: str) -> Any:
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except json.JSONDecodeError as exc:
         raise PipelineError(f"schema file {path.name} is not valid JSON: {exc.msg} "
                             f"(line {exc.lineno}, column {exc.colno})", key=key) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise PipelineError(f"schema file {path.name} is nested too deep", key=key) from None
+    except YamlError as exc:
+        where = f" (line {exc.line})" if exc.line else ""
+        problem = exc.message.removeprefix("YAML syntax error: ")
         raise PipelineError(f"schema file {path.name} is not valid YAML: {problem}{where}",
                             key=key) from None
 

@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from core.errors import StoreError
+from core.errors import StoreError, StoreUrlError
 
 # Execution option that makes a SQLite transaction start with BEGIN IMMEDIATE: the write lock
 # is taken up front, so a transaction never fails half-way on a lock it cannot upgrade, and a
@@ -143,15 +143,15 @@ class StoreTarget:
     def parse(cls, raw: str) -> "StoreTarget":
         try:
             url = make_url(raw)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # ValueError: a port that is not a number, `[::1`
             from core.connectors.registry import redact_uri
 
-            raise StoreError(f"history store URL {redact_uri(raw)!r} is not a database URL") from None
+            raise StoreUrlError(f"history store URL {redact_uri(raw)!r} is not a database URL") from None
         backend = url.get_backend_name()
         driver = _ASYNC_DRIVERS.get(url.drivername)  # a bare scheme gets the async driver
         if driver is None:
             if backend not in ("sqlite", "postgresql"):
-                raise StoreError(f"history store URL {url.render_as_string(hide_password=True)}: "
+                raise StoreUrlError(f"history store URL {url.render_as_string(hide_password=True)}: "
                                  f"unsupported database {backend!r} (use sqlite or postgresql)")
             driver = _ASYNC_DRIVERS[backend]
         display = url.render_as_string(hide_password=True)
@@ -160,7 +160,7 @@ class StoreTarget:
         if url.get_backend_name() == "sqlite":
             if url.database in (None, "", ":memory:"):
                 # One connection shared by every coroutine cannot keep transactions apart.
-                raise StoreError("the history store cannot be an in-memory SQLite database: "
+                raise StoreUrlError("the history store cannot be an in-memory SQLite database: "
                                  "give it a file (sqlite:///path/loom.db)")
             if not url.database.startswith("file:"):
                 path = Path(url.database).expanduser()
