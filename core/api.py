@@ -28,7 +28,7 @@ from core.credentials import KeyringSecrets, SecretResolver, placeholder_names
 from core.engine import Engine, Listener, RunController, RunOptions
 from core.estimate import Estimate, estimate as estimate_run
 from core.errors import LoomError, PipelineError, TemplateError, UsageError
-from core.events import Event, RunFinished, RunSummary
+from core.events import Event, RunSummary
 from core.preview import (IMPLICIT_KEYS, LOCAL_BASE_URL, PROVIDERS, KeyStatus, PreviewModel,
                           key_status)
 from core.processing import Runtime

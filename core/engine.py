@@ -397,7 +397,6 @@ class Engine:
                    f"({change}): records finished before keep what the earlier version made")
 
     async def _run(self, runtime: Runtime) -> RunSummary:
-        spec = self.loaded.spec
         self._runtime = runtime
         # A stop (ctrl+c, SIGTERM, the workbench) also ends the calls' waits for rate limits.
         stopper = asyncio.get_running_loop().create_task(self._stop_calls_on_cancel(runtime))
