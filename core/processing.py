@@ -243,7 +243,8 @@ class Runtime:
         schema = load_output_schema(loaded)
         adaptations = remembered_adaptations(cache, on_warning)
         provider = make_provider(spec.transform, resolved, api_key=spec.transform.api_key,
-                                 base_url=spec.transform.base_url, adaptations=adaptations)
+                                 base_url=spec.transform.base_url, adaptations=adaptations,
+                                 masker=resolver.masker)
         recorder = CassetteRecorder(record_path) if record_path else None
         ttl_days = config.cache.ttl_days
         pricing = Pricing.from_config(config).with_overrides(pipeline_prices(spec))
@@ -275,7 +276,7 @@ class Runtime:
                             base_url=provider.base_url)
         transformer = Transformer(spec.transform, client, schema, cache_prefix=prefix_marker(prompts))
         judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema,
-                             adaptations=adaptations)
+                             adaptations=adaptations, masker=resolver.masker)
         # A judge the pipeline gets wrong stops the run here, before any connection is opened
         # (httpx clients connect on first use, so the unused ones need no closing).
         evaluators = build_evaluators(loaded, llm=judges)
