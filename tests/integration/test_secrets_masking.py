@@ -1,0 +1,97 @@
+"""Siblings of tests/adversary/test_secret_attacks.py: the same masker must cover the
+Anthropic provider, a key escaped twice (inside the model's own JSON), the `--record`
+cassette, `loom runs --json`, and a judge's calls."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.adversary.hostile import ROOT
+from tests.adversary.test_secret_attacks import (ROWS, Echo, completion, dotnet_json,
+                                                 places_holding, run_json)
+from tests.pipelines import write_pipeline
+
+PLUS_KEY = "sk-ant-api03-Qm9vYmFy+ZW52aXJv+bm1lbnQ"
+
+
+def loom(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "loom_tui.cli", *args], cwd=ROOT,
+                          env=os.environ.copy(), capture_output=True, text=True, timeout=60)
+
+
+def test_an_anthropic_environment_key_escaped_in_a_401_is_masked_everywhere(tmp_path,
+                                                                            monkeypatch):
+    monkeypatch.setenv("ANTHROPIC_API_KEY", PLUS_KEY)
+
+    def handler(headers, raw):
+        return 401, dotnet_json({"type": "error", "error": {
+            "type": "authentication_error",
+            "message": "invalid x-api-key: " + headers.get("x-api-key", "")}})
+
+    with Echo(handler) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=ROWS, base_url=server.base_url,
+                                  prompt="Classify.\n{{ input.text }}\n",
+                                  transform={"provider": "anthropic", "api_key": None,
+                                             "model": "claude-haiku-4-5", "max_retries": 0},
+                                  evaluate={"evaluators": []})
+        code, out, err = run_json(pipeline)
+    assert code == 1, err
+    assert "invalid x-api-key" in out
+    runs = loom("runs", "--json")
+    home = Path(os.environ["LOOM_HOME"])
+    leaks = places_holding(PLUS_KEY, home, tmp_path / "p", out, err, runs.stdout, runs.stderr)
+    assert not leaks, f"the Anthropic key is in {leaks}"
+
+
+def test_a_key_escaped_inside_the_models_json_is_masked_in_the_output(tmp_path, monkeypatch):
+    """The model's content is itself JSON, and it writes `+` as \\u002B: the transport's
+    decoding leaves the escape, only parsing the answer reveals the key."""
+    secret = "sk-proj-Qm9vYmFy+ZW52aXJvbm1lbnQ+a2V5"
+    monkeypatch.setenv("OPENAI_API_KEY", secret)
+
+    def handler(headers, raw):
+        seen = headers.get("authorization", "").replace("+", "\\u002B")
+        content = '{"sentiment": "positive", "seen": "' + seen + '"}'
+        return 200, json.dumps(completion(content)).encode()
+
+    with Echo(handler) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=ROWS, base_url=server.base_url,
+                                  prompt="Classify.\n{{ input.text }}\n",
+                                  transform={"provider": "openai", "api_key": None},
+                                  evaluate={"evaluators": []})
+        code, out, err = run_json(pipeline)
+    assert code == 0, err
+    home = Path(os.environ["LOOM_HOME"])
+    written = (tmp_path / "p" / "out" / "results.jsonl").read_text()
+    assert "Bearer ***" in written
+    leaks = places_holding(secret, home, tmp_path / "p", out, err)
+    assert not leaks, f"the API key is stored in {leaks}"
+
+
+def test_a_literal_header_value_echoed_is_not_in_the_cassette(tmp_path):
+    secret = "sk-helicone-cassette-8d2f0e"
+
+    def handler(headers, raw):
+        token = headers.get("helicone-auth", "").split(" ", 1)[-1]
+        return 200, json.dumps(completion(json.dumps({"sentiment": "positive",
+                                                       "seen": token}))).encode()
+
+    with Echo(handler) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=ROWS, base_url=server.base_url,
+                                  prompt="Classify.\n{{ input.text }}\n",
+                                  transform={"headers": {"Helicone-Auth": f"Bearer {secret}"}},
+                                  evaluate={"evaluators": []})
+        cassette = tmp_path / "p" / "cassette.jsonl"
+        proc = subprocess.run([sys.executable, "-m", "loom_tui.cli", "--run", str(pipeline),
+                               "--json", "--record", str(cassette)], cwd=ROOT,
+                              env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert cassette.exists()
+    home = Path(os.environ["LOOM_HOME"])
+    leaks = places_holding(secret, home, tmp_path / "p", proc.stdout, proc.stderr,
+                           skip=(pipeline,))
+    assert not leaks, f"the header value is in {leaks}"
