@@ -95,3 +95,40 @@ def test_a_literal_header_value_echoed_is_not_in_the_cassette(tmp_path):
     leaks = places_holding(secret, home, tmp_path / "p", proc.stdout, proc.stderr,
                            skip=(pipeline,))
     assert not leaks, f"the header value is in {leaks}"
+
+
+def test_a_judge_with_its_own_endpoint_masks_every_secret_of_the_run(tmp_path, monkeypatch):
+    """A judge on an endpoint of its own (its api_key a ${NAME}) builds its own provider: it
+    masks with the run's masker like the transform's, so a secret only the transform sends
+    (a params value), quoted by the judge, is masked as well as the judge's own key."""
+    secret = "jdg-Qm9vYmFy+ZW52aXJvbm1lbnQ"
+    user = "eut-judged-5c1e9a7b3d"
+    monkeypatch.setenv("JUDGE_KEY", secret)
+    monkeypatch.setenv("END_USER_TOKEN", user)
+
+    def transform(headers, raw):
+        return 200, json.dumps(completion('{"sentiment": "positive"}')).encode()
+
+    def judge(headers, raw):
+        graded = {"score": 0.9, "confidence": 0.8,
+                  "explanation": f"accurate; user {user}; you sent "
+                                 + headers.get("authorization", ""),
+                  "criteria_met": ["accurate"], "criteria_not_met": []}
+        return 200, dotnet_json(completion(json.dumps(graded)))
+
+    with Echo(transform) as server, Echo(judge) as judging:
+        pipeline = write_pipeline(tmp_path / "p", rows=ROWS, base_url=server.base_url,
+                                  prompt="Classify.\n{{ input.text }}\n",
+                                  transform={"params": {"user": "${END_USER_TOKEN}"}},
+                                  evaluate={"evaluators": [
+                                      {"name": "judged", "type": "custom_criteria",
+                                       "threshold": 0.5, "criteria": "Accurate sentiment",
+                                       "base_url": judging.base_url,
+                                       "api_key": "${JUDGE_KEY}"}]})
+        code, out, err = run_json(pipeline)
+        assert judging.requests, "the judge was not asked"
+    assert code == 0, err
+    home = Path(os.environ["LOOM_HOME"])
+    for value in (secret, user):
+        leaks = places_holding(value, home, tmp_path / "p", out, err)
+        assert not leaks, f"{value} is in {leaks}"
