@@ -132,3 +132,29 @@ def test_a_judge_with_its_own_endpoint_masks_every_secret_of_the_run(tmp_path, m
     for value in (secret, user):
         leaks = places_holding(value, home, tmp_path / "p", out, err)
         assert not leaks, f"{value} is in {leaks}"
+
+
+async def test_a_workbench_sample_masks_a_resolved_secret_in_its_reasons(tmp_path, monkeypatch):
+    """The workbench's sample run (Workspace.run_sample) shows each record's reason: a 500
+    from a URL that carries `?key=${GATEWAY_KEY}` must not show the key."""
+    from core.api import Workspace
+
+    secret = "gwk-sample-7d1e0c5b9a3f"
+    monkeypatch.setenv("GATEWAY_KEY", secret)
+
+    def handler(headers, raw):
+        return 500, json.dumps({"error": {"message": "upstream exploded"}}).encode()
+
+    with Echo(handler) as server:
+        path = write_pipeline(tmp_path / "p", rows=ROWS,
+                              base_url=server.base_url + "?key=${GATEWAY_KEY}",
+                              prompt="Classify.\n{{ input.text }}\n",
+                              transform={"max_retries": 0}, evaluate={"evaluators": []})
+        async with Workspace(tmp_path) as workspace:
+            loaded = workspace.load(path)
+            records = await workspace.preview(loaded, limit=2)
+            warnings: list[str] = []
+            results = await workspace.run_sample(loaded, records, warnings=warnings)
+    reasons = [r.reason or "" for r in results]
+    assert any("HTTP 500" in reason for reason in reasons), reasons
+    assert not any(secret in text for text in (*reasons, *warnings)), reasons
