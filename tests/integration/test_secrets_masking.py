@@ -20,7 +20,8 @@ PLUS_KEY = "sk-ant-api03-Qm9vYmFy+ZW52aXJv+bm1lbnQ"
 
 def loom(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "loom_tui.cli", *args], cwd=ROOT,
-                          env=os.environ.copy(), capture_output=True, text=True, timeout=60)
+                          env=os.environ.copy(), capture_output=True, text=True, timeout=60,
+                          check=False)
 
 
 def test_an_anthropic_environment_key_escaped_in_a_401_is_masked_everywhere(tmp_path,
@@ -88,7 +89,8 @@ def test_a_literal_header_value_echoed_is_not_in_the_cassette(tmp_path):
         cassette = tmp_path / "p" / "cassette.jsonl"
         proc = subprocess.run([sys.executable, "-m", "loom_tui.cli", "--run", str(pipeline),
                                "--json", "--record", str(cassette)], cwd=ROOT,
-                              env=os.environ.copy(), capture_output=True, text=True, timeout=120)
+                              env=os.environ.copy(), capture_output=True, text=True, timeout=120,
+                              check=False)
     assert proc.returncode == 0, proc.stderr
     assert cassette.exists()
     home = Path(os.environ["LOOM_HOME"])
