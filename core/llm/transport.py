@@ -147,9 +147,10 @@ class Exchange:
     """Posts one JSON body and returns the parsed JSON answer, or raises ProviderError.
 
     The whole exchange is bounded by `timeout_s` (a server trickling a byte a second cannot
-    hold a call past it), the answer by MAX_RESPONSE_BYTES, and every secret the request
-    carries (the API key, the pipeline's header values) is masked in what comes back: an
-    endpoint that echoes the Authorization header puts it nowhere."""
+    hold a call past it), the answer by MAX_RESPONSE_BYTES, and every secret the run knows
+    (the API key, the header values, every resolved ${NAME}, the environment's provider keys:
+    core.secrets_mask) is masked in what comes back, in its bytes and again in every decoded
+    string: an endpoint that echoes the Authorization header, escaped or not, puts it nowhere."""
 
     def __init__(self, *, provider: str, pools: ConnectionPools, timeout_s: float,
                  secret: str | None, secrets: tuple[str, ...] = (),
