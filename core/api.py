@@ -358,7 +358,8 @@ class Workspace:
         resolver = SecretResolver(credentials=self.config.credentials)
         runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
                                 use_cache=use_cache, resolver=resolver,
-                                on_warning=warnings.append, prompt_text=prompt_text,
+                                on_warning=lambda message: warnings.append(resolver.redact(message)),
+                                prompt_text=prompt_text,
                                 concurrency=concurrency, budget_usd=None)
         try:
             results = list(await asyncio.gather(*(runtime.processor.process(r)
@@ -366,6 +367,8 @@ class Workspace:
         finally:
             await runtime.aclose()
         for result in results:
+            if result.reason:  # shown in the workbench: masked like a run's stored reasons
+                result.reason = resolver.redact(result.reason)
             if result.error_type == "TemplateError" and result.reason:
                 result.reason = plain_template_error(result.reason, runtime.prompts.prompt_text,
                                                      result.record.data, runtime.prompts)
@@ -628,10 +631,11 @@ class Workspace:
                 return EditCheck(f"does not match output_schema at {where}: {error.message}",
                                  [], None)
         warnings: list[str] = []
+        resolver = SecretResolver(credentials=self.config.credentials)
         runtime = Runtime.build(loaded, config=self.config, cache=await self.store(),
-                                use_cache=True,
-                                resolver=SecretResolver(credentials=self.config.credentials),
-                                on_warning=warnings.append, budget_usd=None)
+                                use_cache=True, resolver=resolver,
+                                on_warning=lambda message: warnings.append(resolver.redact(message)),
+                                budget_usd=None)
         scores = []
         try:
             for evaluator in runtime.processor.evaluators:
@@ -641,7 +645,8 @@ class Workspace:
                     failed = getattr(exc, "score", None)
                     if failed is not None:
                         scores.append(failed)
-                    return EditCheck(None, scores, None, f"{evaluator.name}: {exc}")
+                    return EditCheck(None, scores, None,
+                                     resolver.redact(f"{evaluator.name}: {exc}"))
         finally:
             await runtime.aclose()
         return EditCheck(None, scores, apply_gate(scores, loaded.spec.evaluate))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from core.errors import SecretError
+from core.secrets_mask import SecretMasker, environment_keys
 
 if TYPE_CHECKING:
     from core.config import CredentialsConfig
@@ -77,9 +78,9 @@ class SecretResolver:
         self._use_keyring = use_keyring
         self._keyring_broken: str | None = None
         self._values: dict[str, str] = {}
-        self._shown: set[str] = set()  # every form a value was handed out in (raw, URL-quoted)
-        self._redact_order: list[str] | None = None
-        self._redact_count = 0
+        # Every value handed out, and the provider keys of the environment (sent even when no
+        # ${NAME} names them): the run's one masker, shared with its LLM transport.
+        self.masker = SecretMasker(environment_keys())
         self._credentials = credentials
         self._aws: _AwsSecrets | None = None
 
@@ -102,7 +103,7 @@ class SecretResolver:
                 value = self._aws_client().secret_string(name, reference=name)
         if value is not None:
             self._values[name] = value
-            self._shown.add(value)
+            self.masker.add([value])
         return value
 
     def _from_keyring(self, name: str) -> str | None:
@@ -182,9 +183,7 @@ class SecretResolver:
             if value is None:
                 raise SecretError(f"{where}: {self._not_found(name)}")
             if match.start() < userinfo_end:
-                quoted = urllib.parse.quote(value, safe="")
-                self._shown.add(quoted)
-                return quoted
+                return urllib.parse.quote(value, safe="")  # the masker knows this form too
             return value
 
         return _PLACEHOLDER.sub(substitute, text)
@@ -213,26 +212,13 @@ class SecretResolver:
     # ------------------------------------------------------------ scrubbing
 
     def add_known(self, values: "set[str] | list[str]") -> None:
-        """Secret values this resolver did not hand out (literal keys, URI passwords) that
-        `redact` must hide all the same, as written and URL-quoted."""
-        from urllib.parse import quote
-
-        for value in values:
-            if value:
-                self._shown.add(value)
-                self._shown.add(quote(value, safe=""))
+        """Secret values this resolver did not hand out (literal keys, URI passwords, header
+        values) that `redact` must hide all the same."""
+        self.masker.add(values)
 
     def redact(self, text: str) -> str:
-        """`text` with every secret value this resolver handed out replaced by ***."""
-        if self._redact_order is None or self._redact_count != len(self._shown):
-            self._redact_count = len(self._shown)
-            # Longest first: a value that contains another is replaced whole.
-            self._redact_order = sorted((v for v in self._shown if len(v) >= 4), key=len,
-                                        reverse=True)
-        for value in self._redact_order:
-            if value in text:
-                text = text.replace(value, "***")
-        return text
+        """`text` with every known secret value replaced by *** (core.secrets_mask)."""
+        return self.masker.mask(text)
 
 
 class _AwsSecrets:

@@ -480,7 +480,8 @@ class Engine:
             await self._skip_unfinished(why)
             self._settle_unread(why)
             await self._flush_checkpoint()
-            await self.store.skip_passed(self.run_id, self._not_loaded, f"not loaded: {why}")
+            await self.store.skip_passed(self.run_id, self._not_loaded,
+                                         self.resolver.redact(f"not loaded: {why}"))
             self._not_loaded = []
             status, reason = self._judge(status, reason, error)
             if sink is not None:
@@ -903,6 +904,10 @@ class Engine:
         results, self._checkpoint = self._checkpoint, []
         refused, self._refused = self._refused, []
         replaced, self._replaced = self._replaced, []
+        # Every record's reason reaches the store here, whatever its outcome: masked here, so
+        # that no path that sets a reason (a skip, a refusal, a quarantine) can store a secret.
+        for result in (*results, *refused):
+            self._mask_reason(result)
         await self.store.checkpoint(self.run_id, self.loaded.spec.name, results, refused=refused,
                                     replaced=replaced)
 
@@ -987,15 +992,20 @@ class Engine:
         self.tally.count_result(result)
         self._settle(result)
 
+    def _mask_reason(self, result: RecordResult) -> None:
+        if result.reason:
+            result.reason = self.resolver.redact(result.reason)
+
     def _settle(self, result: RecordResult, *, count_only: bool = False) -> None:
-        """Count a record's final outcome, and say so."""
+        """Count a record's final outcome, and say so (its reason masked, whatever the
+        outcome: the event reaches listeners, --json and the workbench)."""
         tally = self.tally
+        self._mask_reason(result)
         if result.outcome is Outcome.LOADED:
             tally.loaded += 1
         elif result.outcome is Outcome.QUARANTINED:
             tally.quarantined += 1
             if result.reason:
-                result.reason = self.resolver.redact(result.reason)
                 tally.recent_errors.append(f"{result.record.id}: {result.reason}"[:300])
                 if tally.first_error is None:
                     tally.first_error = tally.recent_errors[-1]
@@ -1003,7 +1013,7 @@ class Engine:
             tally.skipped += 1
             if result.error_type == PROVIDER_FAILURE:
                 tally.provider_failures += 1
-                tally.last_provider_failure = self.resolver.redact(result.reason or "")
+                tally.last_provider_failure = result.reason or ""
         if not count_only:
             self._emit(RecordFinished(self.run_id, result))
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from core.config import LoomConfig
+from core.connectors.registry import literal_secrets
 from core.credentials import SecretResolver
 from core.errors import (BudgetExceeded, EvaluatorError, LoomError, ProviderError, SecretError,
                          SecurityError, TemplateError)
@@ -261,6 +262,10 @@ class Runtime:
         """`budget_usd`: the run's budget; by default the pipeline's budget.max_cost_usd
         (None: no budget, for sample runs that must not be stopped by one). `journal`: where a
         recorded run keeps its answers as they arrive (core.llm.answer_journal)."""
+        # Literal secrets written in the pipeline (api_key: sk-…, a header value, a URI's
+        # password) are masked in answers like resolved ones, whoever builds the runtime (a run,
+        # a workbench sample, a quarantine reprocess).
+        resolver.add_known(literal_secrets(loaded.raw))
         resolved = resolve_secrets(loaded, resolver)
         spec = resolved.spec
         prompts = load_prompts(loaded)
@@ -269,7 +274,8 @@ class Runtime:
         schema = load_output_schema(loaded)
         adaptations = remembered_adaptations(cache, on_warning)
         provider = make_provider(spec.transform, resolved, api_key=spec.transform.api_key,
-                                 base_url=spec.transform.base_url, adaptations=adaptations)
+                                 base_url=spec.transform.base_url, adaptations=adaptations,
+                                 masker=resolver.masker)
         recorder = CassetteRecorder(record_path) if record_path else None
         ttl_days = config.cache.ttl_days
         pricing = Pricing.from_config(config).with_overrides(pipeline_prices(spec))
@@ -299,9 +305,10 @@ class Runtime:
         TokenCounter.warm(spec.transform.model, provider.name)
         budget.check_priced(spec.transform.model, provider=provider.name,
                             base_url=provider.base_url)
-        transformer = Transformer(spec.transform, client, schema, cache_prefix=prefix_marker(prompts))
+        transformer = Transformer(spec.transform, client, schema, cache_prefix=prefix_marker(prompts),
+                                  masker=resolver.masker)
         judges = JudgeModels(run_client=client, resolved=resolved, prompts=prompts, schema=schema,
-                             adaptations=adaptations)
+                             adaptations=adaptations, masker=resolver.masker)
         # A judge the pipeline gets wrong stops the run here, before any connection is opened
         # (httpx clients connect on first use, so the unused ones need no closing).
         evaluators = build_evaluators(loaded, llm=judges)

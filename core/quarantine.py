@@ -140,8 +140,9 @@ class QuarantineDesk:
                 loaded = group[0][1]
                 warnings: list[str] = []
                 # A fresh answer: the cached one is what got the record quarantined.
+                resolver = SecretResolver()
                 runtime = Runtime.build(loaded, config=self.config, cache=self.store,
-                                        use_cache=False, resolver=SecretResolver(),
+                                        use_cache=False, resolver=resolver,
                                         on_warning=warnings.append)
                 try:
                     passed = []
@@ -150,7 +151,8 @@ class QuarantineDesk:
                         if answer["outcome"] == Outcome.LOADED.value:
                             passed.append((row, answer))
                             continue
-                        reason = answer.get("reason") or "still fails"
+                        # Stored with the record again: masked as a run masks its reasons.
+                        reason = resolver.redact(answer.get("reason") or "still fails")
                         await self.store.resolve_quarantined(
                             row.id, action="reprocess", status="open", actor=self.actor,
                             reason=reason, scores=answer["scores"], verdict=answer["verdict"],

@@ -22,6 +22,7 @@ from core.llm.base import CachePrefix, LLMRequest, LLMResponse, StructuredOutput
 from core.llm.strict_schema import drop_filled_nulls, is_object_schema
 from core.llm.client import LLMClient
 from core.records import LLMCall, TransformResult
+from core.secrets_mask import SecretMasker
 from core.spec import LoadedSpec, TransformSpec
 from core.safe_yaml import load_yaml
 
@@ -105,8 +106,12 @@ def truncation(response: LLMResponse, max_tokens: int | None) -> str | None:
 
 class Transformer:
     def __init__(self, spec: TransformSpec, client: LLMClient, schema: dict[str, Any] | None,
-                 *, cache_prefix: Callable[[list[dict[str, str]]], CachePrefix | None] | None = None) -> None:
+                 *, cache_prefix: Callable[[list[dict[str, str]]], CachePrefix | None] | None = None,
+                 masker: SecretMasker | None = None) -> None:
         self.spec = spec
+        # The run's masker: the answer's text was masked as it arrived, but JSON inside it may
+        # write a secret's characters as \\uXXXX escapes, which only decoding reveals.
+        self._masker = masker
         self.client = client
         self.schema = schema
         self.wants_json = spec.wants_json or schema is not None
@@ -197,6 +202,8 @@ class Transformer:
             return "empty answer (cut off at the token limit)"
         try:
             value = parse_json_answer(text)
+            if self._masker is not None:
+                value = self._masker.mask_tree(value)
         except ValueError as exc:
             snippet = text if len(text) <= 80 else text[:77] + "..."
             return f"not JSON ({exc.msg if hasattr(exc, 'msg') else exc}): {snippet!r}"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ConnectorError
+from core.secrets_mask import header_secrets
 
 if TYPE_CHECKING:
     from core.connectors.base import Sink, Source
@@ -112,20 +113,38 @@ def is_placeholder(value: str) -> bool:
     return bool(_PLACEHOLDER_ONLY.fullmatch(value.strip()))
 
 
-def redact_tree(value: Any, *, secret: bool = False) -> Any:
+# A `headers:` mapping (transform.headers, a judge's headers): every value is a credential by
+# nature (`Helicone-Auth`, `Ocp-Apim-Subscription-Key`, `X-Api-Key` ... no name rule can list
+# them all), so each is secret whatever its name.
+HEADERS_KEY = "headers"
+
+
+def _hidden(value: str, *, secret: bool, header: bool) -> bool:
+    """Whether a literal string is a secret to hide. A header value holding a ${NAME}
+    (`Bearer ${GATEWAY_KEY}`) stays as written: the placeholder shows which secret is sent, and
+    the rest is the scheme."""
+    if not value:
+        return False
+    if header:
+        return "${" not in value
+    return secret and not is_placeholder(value)
+
+
+def redact_tree(value: Any, *, secret: bool = False, header: bool = False) -> Any:
     """A copy of a YAML-shaped tree safe to store: the literal value under a secret-named key
-    (`api_key: sk-…`) is ***, a password written into a URI is ***, ${NAME} placeholders stay
-    (they are no secret, and show which one is used)."""
+    (`api_key: sk-…`) or in a `headers:` mapping is ***, a password written into a URI is ***,
+    ${NAME} placeholders stay (they are no secret, and show which one is used)."""
     if isinstance(value, str):
-        if secret and value and not is_placeholder(value):
+        if _hidden(value, secret=secret, header=header):
             return REDACTED
         return redact_uri(value) if "://" in value else value
     if isinstance(value, dict):
         return {key: redact_tree(item, secret=secret or (isinstance(key, str)
-                                                          and bool(SECRET_KEY.search(key))))
+                                                          and bool(SECRET_KEY.search(key))),
+                                 header=header or (key == HEADERS_KEY and isinstance(item, dict)))
                 for key, item in value.items()}
     if isinstance(value, list):
-        return [redact_tree(item, secret=secret) for item in value]
+        return [redact_tree(item, secret=secret, header=header) for item in value]
     return value
 
 
@@ -133,21 +152,22 @@ def literal_secrets(value: Any, *, secret: bool = False) -> set[str]:
     """Every literal secret value in a YAML-shaped tree (see redact_tree): for redacting them
     from any text that might quote them."""
     found: set[str] = set()
-    stack: list[tuple[Any, bool]] = [(value, secret)]
+    stack: list[tuple[Any, bool, bool]] = [(value, secret, False)]
     while stack:
-        item, hidden = stack.pop()
+        item, hidden, header = stack.pop()
         if isinstance(item, str):
-            if hidden and item and not is_placeholder(item):
-                found.add(item)
+            if _hidden(item, secret=hidden, header=header):
+                found.update(header_secrets({"": item}) if header else (item,))
             elif "://" in item:
                 password = uri_password(item)
                 if password:
                     found.add(password)
         elif isinstance(item, dict):
-            stack.extend((child, hidden or (isinstance(key, str) and bool(SECRET_KEY.search(key))))
+            stack.extend((child, hidden or (isinstance(key, str) and bool(SECRET_KEY.search(key))),
+                          header or (key == HEADERS_KEY and isinstance(child, dict)))
                          for key, child in item.items())
         elif isinstance(item, list):
-            stack.extend((child, hidden) for child in item)
+            stack.extend((child, hidden, header) for child in item)
     return found
 
 
@@ -157,9 +177,11 @@ def redact_override(item: str) -> str:
     key, sep, value = item.partition("=")
     if not sep:
         return item
-    last = key.strip().rsplit(".", 1)[-1]
-    if SECRET_KEY.search(last) and value.strip() and not is_placeholder(value):
+    parts = key.strip().split(".")
+    if SECRET_KEY.search(parts[-1]) and value.strip() and not is_placeholder(value):
         return f"{key}={REDACTED}"
+    if HEADERS_KEY in parts[:-1] and _hidden(value.strip(), secret=False, header=True):
+        return f"{key}={REDACTED}"  # a header's value (transform.headers.Helicone-Auth=…)
     return f"{key}={redact_uri(value.strip())}" if "://" in value else item
 
 

@@ -16,6 +16,7 @@ from core.errors import PipelineError
 from core.llm.client import LLMClient
 from core.llm.adaptation import Adaptations
 from core.llm.factory import make_provider
+from core.secrets_mask import SecretMasker
 from core.prompts import PromptSet
 from core.spec import JUDGE_SPECS, LoadedSpec
 
@@ -33,6 +34,7 @@ class JudgeModels:
     prompts: PromptSet | None = None  # for pairwise against_prompt: the run's system and context
     schema: dict[str, Any] | None = None  # the transform's output schema, ditto
     adaptations: Adaptations | None = None  # what models refused, shared with the run
+    masker: SecretMasker | None = None  # the run's: a judge's answers are masked like the run's
     _own: dict[tuple[Any, ...], LLMClient] = field(default_factory=dict)
 
     def client_for(self, spec: Any) -> tuple[LLMClient, str]:
@@ -56,7 +58,7 @@ class JudgeModels:
                 "cassette": cassette, "model": model})
             try:
                 made = make_provider(settings, self.resolved, api_key=api_key, base_url=base_url,
-                                     adaptations=self.adaptations)
+                                     adaptations=self.adaptations, masker=self.masker)
             except PipelineError as exc:
                 # The provider names the transform's key; here it is the judge's.
                 key = exc.key.rsplit(".", 1)[-1] if exc.key else None

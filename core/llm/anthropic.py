@@ -22,6 +22,7 @@ from core.llm.adaptation import Adaptations
 from core.llm.base import LLMRequest, LLMResponse, StructuredOutput, token_count
 from core.llm.shaping import CACHE_CONTROL, RequestShaper, cached_content, system_is_static
 from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint
+from core.secrets_mask import SecretMasker, header_secrets
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -38,7 +39,8 @@ class AnthropicProvider(RequestShaper):
                  timeout_s: float = 60.0, concurrency: int = 8,
                  headers: dict[str, str] | None = None,
                  structured_output: StructuredOutput | None = None,
-                 adaptations: Adaptations | None = None) -> None:
+                 adaptations: Adaptations | None = None,
+                 masker: SecretMasker | None = None) -> None:
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
         if not api_key:
             raise SecretError("provider anthropic needs an API key: set ANTHROPIC_API_KEY "
@@ -52,7 +54,8 @@ class AnthropicProvider(RequestShaper):
         self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s,
                                       headers=self.request_headers(own), url=self.url)
         self._exchange = Exchange(provider=self.name, pools=self._pools, timeout_s=timeout_s,
-                                  secret=api_key, secrets=tuple(self.extra_headers.values()))
+                                  secret=api_key, secrets=header_secrets(self.extra_headers),
+                                  masker=masker)
 
     # ------------------------------------------------------------ the body
 

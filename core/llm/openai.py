@@ -23,6 +23,7 @@ from core.llm.base import LLMRequest, LLMResponse, StructuredOutput, token_count
 from core.llm.capabilities import UNKNOWN, lookup
 from core.llm.shaping import CACHE_CONTROL, RequestShaper, cached_content, system_is_static
 from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint
+from core.secrets_mask import SecretMasker, header_secrets
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 TOOL_NAME = "output"
@@ -35,7 +36,8 @@ class OpenAIProvider(RequestShaper):
                  base_url: str | None = None, timeout_s: float = 60.0, concurrency: int = 8,
                  headers: dict[str, str] | None = None,
                  structured_output: StructuredOutput | None = None,
-                 adaptations: Adaptations | None = None) -> None:
+                 adaptations: Adaptations | None = None,
+                 masker: SecretMasker | None = None) -> None:
         if name not in ("openai", "openai_compatible"):
             raise ValueError(f"OpenAIProvider serves openai or openai_compatible, not {name!r}")
         self.name = name
@@ -59,7 +61,8 @@ class OpenAIProvider(RequestShaper):
         self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s,
                                       headers=self.request_headers(sent), url=self.url)
         self._exchange = Exchange(provider=name, pools=self._pools, timeout_s=timeout_s,
-                                  secret=api_key, secrets=tuple(self.extra_headers.values()))
+                                  secret=api_key, secrets=header_secrets(self.extra_headers),
+                                  masker=masker)
 
     # ------------------------------------------------------------ the body
 

@@ -27,6 +27,7 @@ import httpx
 
 from core.errors import PipelineError, ProviderError
 from core.llm.http11 import MAX_RESPONSE_BYTES, Http11Transport, ResponseTooLarge
+from core.secrets_mask import SecretMasker
 
 # Connections per pool. httpcore's pool (httpx's default transport) does work quadratic in its
 # connections on every request it adds or removes: measured against the loopback server at 64 in
@@ -146,19 +147,22 @@ class Exchange:
     """Posts one JSON body and returns the parsed JSON answer, or raises ProviderError.
 
     The whole exchange is bounded by `timeout_s` (a server trickling a byte a second cannot
-    hold a call past it), the answer by MAX_RESPONSE_BYTES, and every secret the request
-    carries (the API key, the pipeline's header values) is masked in what comes back: an
-    endpoint that echoes the Authorization header puts it nowhere."""
+    hold a call past it), the answer by MAX_RESPONSE_BYTES, and every secret the run knows
+    (the API key, the header values, every resolved ${NAME}, the environment's provider keys:
+    core.secrets_mask) is masked in what comes back, in its bytes and again in every decoded
+    string: an endpoint that echoes the Authorization header, escaped or not, puts it nowhere."""
 
     def __init__(self, *, provider: str, pools: ConnectionPools, timeout_s: float,
-                 secret: str | None, secrets: tuple[str, ...] = ()) -> None:
+                 secret: str | None, secrets: tuple[str, ...] = (),
+                 masker: SecretMasker | None = None) -> None:
         self.provider = provider
         self.pools = pools
         self.timeout_s = timeout_s
-        # Real keys are long; masking a toy value of a few letters would only garble text.
-        known = {value for value in (secret, *secrets) if value and len(value) >= 8}
-        self._secrets = sorted(known, key=len, reverse=True)  # a value holding another: whole
-        self._secret_bytes = [value.encode("utf-8") for value in self._secrets]
+        # The run's masker (every resolved ${NAME}, literal and environment key), so that an
+        # answer echoing any of them is masked before it is kept anywhere; the key and header
+        # values this exchange sends are added to it (one rule: core.secrets_mask).
+        self.masker = masker if masker is not None else SecretMasker()
+        self.masker.add([secret, *secrets])
         self._urls: dict[str, httpx.URL] = {}
 
     async def post_json(self, url: str, body: dict[str, Any], *, model: str) -> Reply:
@@ -184,9 +188,10 @@ class Exchange:
         status = response.status_code
         if status >= 400:
             raise self._status_error(where, url, response)
-        raw = self._masked(response.content)
+        raw = self.masker.mask_bytes(response.content)
         try:
-            parsed = json.loads(raw)
+            # Masked again once decoded: JSON may write a value's characters as \\uXXXX escapes.
+            parsed = self.masker.mask_tree(json.loads(raw))
         except (ValueError, RecursionError) as exc:
             # Not JSON, or nested past what any answer needs: worth another try.
             raise ProviderError(f"{where}: {url} answered with a body that is not JSON "
@@ -195,12 +200,6 @@ class Exchange:
             raise ProviderError(f"{where}: {url} answered with JSON that is not an object",
                                 retryable=True, status=status)
         return Reply(parsed, latency, response.headers)
-
-    def _masked(self, content: bytes) -> bytes:
-        for value in self._secret_bytes:
-            if value in content:
-                content = content.replace(value, b"***")
-        return content
 
     def _parsed(self, url: str) -> httpx.URL:
         # Parsing the same URL for every request is a measurable share of httpx's per-call CPU.
@@ -215,14 +214,11 @@ class Exchange:
                              retryable=True, status=200)
 
     def redact(self, text: str) -> str:
-        for value in self._secrets:
-            if value in text:
-                text = text.replace(value, "***")
-        return text
+        return self.masker.mask(text)
 
     def _status_error(self, where: str, url: str, response: httpx.Response) -> ProviderError:
         status = response.status_code
-        error = api_error(response, redact=self.redact)
+        error = api_error(response, masker=self.masker)
         detail = error.message
         retryable = should_retry(status, response.headers)
         if retryable and status == 429 and _out_of_quota(error):
@@ -288,14 +284,16 @@ class ApiError:
     code: str | None = None
 
 
-def api_error(response: httpx.Response, *, redact: Callable[[str], str] = lambda text: text) -> ApiError:
+def api_error(response: httpx.Response, *, masker: SecretMasker | None = None) -> ApiError:
     """The API's own words about the failure (OpenAI and Anthropic both send error.message;
     OpenAI names the parameter in error.param and the cause in error.code). Secrets are masked
-    before the text is cut, so that no part of one survives at the cut."""
-    text = redact(response.text)
+    before the text is cut, so that no part of one survives at the cut, and in every decoded
+    string too (JSON may escape a value's characters as \\uXXXX)."""
+    masker = masker if masker is not None else SecretMasker()
+    text = masker.mask(response.text)
     try:
-        body = json.loads(text)
-    except ValueError:
+        body = masker.mask_tree(json.loads(text))
+    except (ValueError, RecursionError):
         body = None
     message: Any = None
     param = code = None
