@@ -1,0 +1,141 @@
+"""Attacks on "loaded exactly once" and "paid at most once" across kill -9 and --resume, with
+real processes and a loopback OpenAI-style server of the test's own that counts what it
+receives."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from tests.adversary.hostile import ROOT, ok, prompt_text
+from tests.pipelines import reply, write_pipeline
+
+
+class SlowAcceptServer:
+    """An OpenAI-style server that closes every connection after its answer (so each call
+    needs a new one) and, while `slow` is set, accepts a connection only every `gap_s` with
+    a backlog of one: calls wait in connect(), not yet sent. Counts every request it read."""
+
+    def __init__(self, gap_s: float = 0.3) -> None:
+        self.requests = 0
+        self.slow = threading.Event()
+        self.slow.set()
+        self._lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length") or 0)
+                try:
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    body = {}
+                if length == 0 or not body:
+                    return
+                with outer._lock:
+                    outer.requests += 1
+                text = prompt_text(body)
+                _, _, payload = ok(text.split("reply: ", 1)[1].split("\n", 1)[0].strip())
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("content-type", "application/json")
+                    self.send_header("content-length", str(len(data)))
+                    self.send_header("connection", "close")
+                    self.end_headers()
+                    self.wfile.write(data)
+                except OSError:
+                    pass
+                self.close_connection = True
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 1
+            daemon_threads = True
+
+            def get_request(self) -> tuple[socket.socket, Any]:
+                if outer.slow.is_set():
+                    time.sleep(gap_s)
+                return super().get_request()
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                pass
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "SlowAcceptServer":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _loom(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "loom_tui.cli", *args], cwd=ROOT,
+                            env=os.environ.copy(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_calls_that_never_left_the_process_are_not_counted_as_made_and_repeated(tmp_path):
+    """Promise: "paid for at most once … `llm.calls` is every call the run made across its
+    attempts, `llm.calls_repeated` those made twice" (README, What Loom guarantees; the
+    resume example counts the calls in flight at the server).
+
+    Did: a server that needs a new connection per call and accepts one only every 0.3 s
+    (backlog 1), so of the 8 calls a run has in flight most are still in connect(): not one
+    byte of them has reached the server. kill -9 the run after the server has read 6
+    requests, let the server drain what it had, then `--resume` against a fast server, and
+    compare the summary with the requests the server read.
+
+    Happened: the summary counts every call the journal marked `sent` — written before the
+    request goes out (core/llm/client.py: `journal.sent(...)` then
+    `await self.provider.complete(request)`) — so calls that never left the killed process
+    are reported as made and as repeated: llm.calls and llm.calls_repeated exceed what the
+    server ever received."""
+    rows = [{"id": f"r{i}", "text": f"text {i}", "expected": "positive",
+             "reply": reply("positive")} for i in range(40)]
+    with SlowAcceptServer() as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=rows, base_url=server.base_url,
+                                  transform={"cache": False, "concurrency": 8, "timeout_s": 30})
+        proc = _loom("--run", str(pipeline), "--json")
+        deadline = time.monotonic() + 40
+        while server.requests < 6:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        server.slow.clear()
+        time.sleep(1.5)  # whatever had reached the server's backlog is read now
+        at_kill = server.requests
+        resumed = _loom("--run", str(pipeline), "--resume", "--json")
+        out, err = resumed.communicate(timeout=60)
+        assert resumed.returncode == 0, err[-2000:]
+        summary = json.loads(out.strip().splitlines()[-1])
+        received = server.requests
+    assert summary["records"]["loaded"] == 40
+    made_after = received - at_kill
+    assert summary["llm"]["calls_this_attempt"] == made_after
+    print(f"\nserver read {received} requests ({at_kill} before the resume); summary: "
+          f"calls {summary['llm']['calls']}, repeated {summary['llm']['calls_repeated']}")
+    assert summary["llm"]["calls"] == received, (
+        f"summary says {summary['llm']['calls']} calls "
+        f"({summary['llm']['calls_repeated']} repeated), the server received {received}")
+    assert summary["llm"]["calls_repeated"] == received - 40
