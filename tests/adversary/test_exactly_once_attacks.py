@@ -139,3 +139,54 @@ def test_calls_that_never_left_the_process_are_not_counted_as_made_and_repeated(
         f"summary says {summary['llm']['calls']} calls "
         f"({summary['llm']['calls_repeated']} repeated), the server received {received}")
     assert summary["llm"]["calls_repeated"] == received - 40
+
+
+def test_two_approvals_into_one_replace_file_at_once_keep_both_records(tmp_path, loom_home):
+    """Promise: "Quarantine actions load exactly once … of several at once (processes, the
+    workbench) one acts on each record" and "Runs writing one file at once each add their
+    rows (CSV, JSON Lines, JSON; append or replace)" (README, What Loom guarantees). An
+    approved record is loaded: it is at the destination.
+
+    Did: a `replace` JSON Lines run with 10 of 30 records quarantined. `loom quarantine
+    approve A` frozen (SIGSTOP, core.crashpoints) at `quarantine:committing`, holding the
+    destination's lock; meanwhile `loom quarantine approve B` (another record of the run)
+    starts, then A is let go (SIGCONT). Both say loaded.
+
+    Happened: the file ends with B's row but not A's: a replace file's approval copies the
+    file's rows (core/quarantine.py `_rewrite_without`, called before `prepare_commit` takes
+    the lock) and renames its copy over the file, so the second approval's copy, read
+    before the first one's rename, puts back the file without the first one's record —
+    which the store says is approved and loaded."""
+    from tests.adversary.test_quarantine_attacks import (Hostile as _H, answer, loom_proc,
+                                                         quarantined_run, statuses,
+                                                         stopped_at, written_ids)
+    with _H(answer) as server:
+        pipeline, run_id, ids = quarantined_run(tmp_path / "p", server.base_url, 30,
+                                                mode="replace")
+    before = written_ids(pipeline)
+    assert len(before) == 20
+    first, second = ids[0], ids[1]
+    held = stopped_at("quarantine:committing", loom_home, "quarantine", "approve", first,
+                      "--json")
+    out_dir = pipeline.parent / "out"
+    theirs = {p.name for p in out_dir.iterdir() if p.name.startswith(".results.jsonl.loom-")}
+    other = loom_proc("quarantine", "approve", second, "--json")
+    deadline = time.monotonic() + 40
+    # B has staged its copy of the file (the 20 rows and its own) and waits for A's lock.
+    while not any(p.name.startswith(".results.jsonl.loom-") and p.name not in theirs
+                  and p.stat().st_size > 0 for p in out_dir.iterdir()):
+        assert other.poll() is None, other.communicate()[1][-2000:]
+        assert time.monotonic() < deadline, "the second approval never staged its rows"
+        time.sleep(0.05)
+    time.sleep(1.0)
+    os.kill(held.pid, signal.SIGCONT)
+    out_a, err_a = held.communicate(timeout=60)
+    out_b, err_b = other.communicate(timeout=60)
+    assert held.returncode == 0 and other.returncode == 0, (err_a[-1000:], err_b[-1000:])
+    results = json.loads(out_a) + json.loads(out_b)
+    assert [r["loaded"] for r in results] == [True, True], results
+    assert statuses(loom_home, [first, second]) == ["approved", "approved"]
+    after = written_ids(pipeline)
+    added = sorted(set(after) - set(before))
+    print(f"\nrows before {len(before)}, after {sum(after.values())}; added {added}")
+    assert len(added) == 2, f"an approved record is not in the file: only {added} were added"
