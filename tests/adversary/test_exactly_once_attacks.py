@@ -190,3 +190,63 @@ def test_two_approvals_into_one_replace_file_at_once_keep_both_records(tmp_path,
     added = sorted(set(after) - set(before))
     print(f"\nrows before {len(before)}, after {sum(after.values())}; added {added}")
     assert len(added) == 2, f"an approved record is not in the file: only {added} were added"
+
+
+def test_records_approved_from_a_killed_replace_run_survive_its_resume(tmp_path, loom_home):
+    """Promise: "Every record ends in exactly one place" and "Quarantine actions load exactly
+    once" (an approved record is loaded and stays so); `--resume` of a `replace` run rebuilds
+    its destination, and a release, which does the same, keeps "records approved from the
+    run's quarantine before the release" (README, What Loom guarantees).
+
+    Did: a `replace` JSON Lines run, every third record quarantined, kill -9'd once five
+    records were quarantined; `loom quarantine approve` of those five (they are written to
+    the file: "loaded": true); then `loom --run … --resume`.
+
+    Happened: the resume swaps in a file of the run's passing records only: the five
+    approved records, still `approved` in the store, are in no destination any more (an
+    `append` destination keeps them; core/release.py `_write` adds approved records to the
+    file it swaps in, the resumed run's replace does not)."""
+    from tests.adversary.test_quarantine_attacks import (loom_run, source, statuses, store,
+                                                         written_ids)
+
+    def slow_answer(n: int, body: dict[str, Any]) -> Any:
+        time.sleep(0.03)
+        text = prompt_text(body)
+        return ok(text.split("reply: ", 1)[1].split("\n", 1)[0].strip())
+
+    from tests.adversary.hostile import Hostile
+    with Hostile(slow_answer) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=source(150), base_url=server.base_url,
+                                  transform={"cache": False, "concurrency": 2},
+                                  evaluate={"max_rejection_rate": 0.5},
+                                  load={"destination": "jsonl://out/results.jsonl",
+                                        "mode": "replace"})
+        proc = _loom("--run", str(pipeline), "--json")
+
+        def quarantined() -> list[tuple[Any, ...]]:
+            try:
+                return store(loom_home, "SELECT id, record_id FROM quarantined_records")
+            except Exception:
+                return []
+        deadline = time.monotonic() + 40
+        while len(quarantined()) < 5:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        rows = quarantined()
+        ids, records = [str(i) for i, _ in rows], [r for _, r in rows]
+        approved = loom_run("quarantine", "approve", *ids, "--json")
+        assert approved.returncode == 0, approved.stderr[-2000:]
+        assert all(r["loaded"] for r in json.loads(approved.stdout))
+        assert all(written_ids(pipeline)[r] == 1 for r in records)
+
+        resumed = loom_run("--run", str(pipeline), "--resume", "--json")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert statuses(loom_home, ids) == ["approved"] * len(ids)
+    written = written_ids(pipeline)
+    missing = [r for r in records if written[r] != 1]
+    print(f"\napproved {records}; after the resume the file has {sum(written.values())} rows, "
+          f"missing {missing}")
+    assert missing == [], f"approved records gone from the destination after --resume: {missing}"
