@@ -250,3 +250,52 @@ def test_records_approved_from_a_killed_replace_run_survive_its_resume(tmp_path,
     print(f"\napproved {records}; after the resume the file has {sum(written.values())} rows, "
           f"missing {missing}")
     assert missing == [], f"approved records gone from the destination after --resume: {missing}"
+
+
+def test_a_resume_of_records_with_one_prompt_counts_calls_nobody_made(tmp_path, loom_home):
+    """Promise: "`llm.calls` is every call the run made across its attempts,
+    `llm.calls_this_attempt` the resumed run's own, `llm.calls_repeated` those made twice";
+    and a run without the cache asks the model for each record (README: What Loom
+    guarantees; `--no-cache asks the model again`).
+
+    Did: 120 records whose prompts are identical (same text, same reply line), `cache:
+    false`, concurrency 8, against a keep-alive loopback server that counts requests;
+    kill -9 once the server has read 30; `--resume`.
+
+    Happened: the summary says more calls than the server ever received — by more than the
+    8 calls that can be in flight — and the server got fewer requests than there are
+    records: the run's journal is keyed by the request, so answers journaled for some
+    records are handed to other records with the same prompt on resume (core/llm/client.py
+    `journal.take(key)`), and each of those is counted as a call of the first attempt that
+    nobody made."""
+    from tests.adversary.hostile import Hostile
+
+    def slow_answer(n: int, body: dict[str, Any]) -> Any:
+        time.sleep(0.02)
+        text = prompt_text(body)
+        return ok(text.split("reply: ", 1)[1].split("\n", 1)[0].strip())
+
+    rows = [{"id": f"r{i}", "text": "same text", "expected": "positive",
+             "reply": reply("positive")} for i in range(120)]
+    with Hostile(slow_answer) as server:
+        pipeline = write_pipeline(tmp_path / "p", rows=rows, base_url=server.base_url,
+                                  transform={"cache": False, "concurrency": 8})
+        proc = _loom("--run", str(pipeline), "--json")
+        deadline = time.monotonic() + 40
+        while server.requests < 30:
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        time.sleep(0.2)
+        resumed = _loom("--run", str(pipeline), "--resume", "--json")
+        out, err = resumed.communicate(timeout=60)
+        assert resumed.returncode == 0, err[-2000:]
+        summary = json.loads(out.strip().splitlines()[-1])
+        received = server.requests
+    assert summary["records"]["loaded"] == 120
+    llm = summary["llm"]
+    print(f"\nserver received {received} requests; summary: {llm}")
+    assert llm["calls"] - received < 8, (
+        f"summary says {llm['calls']} calls, the server received {received}")
