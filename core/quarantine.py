@@ -354,6 +354,9 @@ class QuarantineDesk:
                     rows = [r for r, _ in kept.values()]
                     record_ids = [i for _, i in kept.values()]
                 if rewrite is not None:
+                    # Read under the destination's lock: another action or run committing
+                    # between this read and our rename would lose its rows.
+                    await sink.lock_destination()
                     await _rewrite_without(sink, target, rewrite,
                                            {str(r.get(rewrite)) for r in rows})
                 ledger = sink.resume_policy == "ledger"

@@ -358,6 +358,13 @@ class _FileSink(Sink):
             await self._lock_destination()
             return await asyncio.to_thread(self._serially, self._prepare_sync)
 
+    async def lock_destination(self) -> None:
+        """Take the destination's lock now (held until commit or abort), for a writer that reads
+        the destination before it stages its rows (a quarantine action rewriting a `replace`
+        file): what it read cannot change before its commit."""
+        async with self._lock:
+            await self._lock_destination()
+
     async def _lock_destination(self) -> None:
         try:
             await self._destination_lock.acquire(
