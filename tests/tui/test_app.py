@@ -3,15 +3,10 @@
 
 from __future__ import annotations
 
-import os
-import shlex
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 from textual.binding import Binding
 from textual.command import CommandList, CommandPalette
 
@@ -23,8 +18,8 @@ from loom_tui.screens.history import HistoryScreen
 from loom_tui.screens.pipelines import PipelinesScreen
 from loom_tui.screens.quarantine import QuarantineScreen
 from loom_tui.screens.secrets import SecretsScreen
-from tests.conftest import in_ci
 from tests.tui.conftest import ROOT, SIZE, copy_sample, text_of, wait_for
+from tests.tui.tmux import TmuxLoom
 
 
 async def test_sections_help_theme_and_quit(tmp_path: Path) -> None:
@@ -148,148 +143,56 @@ def test_loom_run_does_not_import_textual() -> None:
 
 def test_loom_opens_in_a_terminal_and_ctrl_q_exits_zero(tmp_path: Path, loom_home: Path) -> None:
     """The acceptance path in a real terminal (tmux): the sample is listed, ctrl+q exits 0."""
-    if shutil.which("tmux") is None:
-        if in_ci():
-            pytest.fail("tmux is missing (CI installs it)")
-        pytest.skip("tmux is not installed")
     copy_sample(tmp_path)
-    status = tmp_path / "status"
-    session = f"loom-test-{os.getpid()}"
-    command = (f"cd {shlex.quote(str(tmp_path))} && LOOM_HOME={shlex.quote(str(loom_home))} "
-               f"TERM=xterm-256color {shlex.quote(sys.executable)} -m loom_tui.cli . ; "
-               f"echo $? > {shlex.quote(str(status))}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "36",
-                    command], check=True, env=env)
-    try:
-        screen = ""
-        deadline = time.monotonic() + 30
-        while "customer_sentiment" not in screen and time.monotonic() < deadline:
-            time.sleep(0.2)
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
-                                    capture_output=True, text=True).stdout
-        assert "customer_sentiment" in screen and "valid" in screen, screen
-        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
-        deadline = time.monotonic() + 30
-        while not status.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert status.read_text().strip() == "0"
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+    with TmuxLoom(tmp_path, loom_home, name="loom-test") as loom:
+        screen = loom.until("customer_sentiment")
+        assert "valid" in screen, screen
+        assert loom.quit() == "0"
 
 
 def test_stray_keys_in_a_real_terminal_leave_the_prompt_alone(tmp_path: Path,
                                                              loom_home: Path) -> None:
     """tmux: Enter opens the sample, then the footer's keys and j/k/q as a newcomer presses
     them; the prompt stays as saved, q goes back, ctrl+q exits 0."""
-    if shutil.which("tmux") is None:
-        if in_ci():
-            pytest.fail("tmux is missing (CI installs it)")
-        pytest.skip("tmux is not installed")
     pipeline = copy_sample(tmp_path)
     prompt = pipeline.parent / "prompts" / "classify.j2"
     before = prompt.read_text()
-    status = tmp_path / "status"
-    session = f"loom-keys-{os.getpid()}"
-    command = (f"cd {shlex.quote(str(tmp_path))} && LOOM_HOME={shlex.quote(str(loom_home))} "
-               f"TERM=xterm-256color {shlex.quote(sys.executable)} -m loom_tui.cli . ; "
-               f"echo $? > {shlex.quote(str(status))}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "36",
-                    command], check=True, env=env)
-
-    def screen() -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
-                              capture_output=True, text=True).stdout
-
-    def until(text: str) -> str:
-        shown, deadline = "", time.monotonic() + 30
-        while text not in shown and time.monotonic() < deadline:
-            time.sleep(0.2)
-            shown = screen()
-        assert text in shown, shown
-        return shown
-
-    try:
-        until("customer_sentiment")
-        subprocess.run(["tmux", "send-keys", "-t", session, "Enter"], check=True)
-        until("5 records")
-        for key in ("Enter", "Escape", "j", "j", "+", "-", "k", "Tab", "j", "q"):
-            subprocess.run(["tmux", "send-keys", "-t", session, key], check=True)
-            time.sleep(0.3)
-        until("Rescan")  # back on the pipelines: its footer
+    with TmuxLoom(tmp_path, loom_home, name="loom-keys") as loom:
+        loom.until("customer_sentiment")
+        loom.keys("Enter")
+        loom.until("5 records")
+        loom.keys("Enter", "Escape", "j", "j", "+", "-", "k", "Tab", "j", "q")
+        loom.until("Rescan")  # back on the pipelines: its footer
         assert prompt.read_text() == before
-        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
-        deadline = time.monotonic() + 30
-        while not status.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert status.read_text().strip() == "0"
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
+        assert loom.quit() == "0"
 
 
 def test_an_edit_and_a_variant_answer_in_a_real_terminal(tmp_path: Path, loom_home: Path) -> None:
     """tmux, offline (the sample's replay cassette): open the sample, enter the editor and
     type — the pane says what would answer an edit the demo has no answer for — then load a
     prompt variant with v and see the outputs and verdicts change against the saved prompt."""
-    if shutil.which("tmux") is None:
-        if in_ci():
-            pytest.fail("tmux is missing (CI installs it)")
-        pytest.skip("tmux is not installed")
     pipeline = copy_sample(tmp_path)
     prompt = pipeline.parent / "prompts" / "classify.j2"
     before = prompt.read_text()
-    status = tmp_path / "status"
-    session = f"loom-variant-{os.getpid()}"
-    command = (f"cd {shlex.quote(str(tmp_path))} && LOOM_HOME={shlex.quote(str(loom_home))} "
-               f"TERM=xterm-256color {shlex.quote(sys.executable)} -m loom_tui.cli . ; "
-               f"echo $? > {shlex.quote(str(status))}")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "45",
-                    command], check=True, env=env)
-
-    def screen() -> str:
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
-                              capture_output=True, text=True).stdout
-
-    def until(*texts: str) -> str:
-        shown, deadline = "", time.monotonic() + 30
-        while not all(t in shown for t in texts) and time.monotonic() < deadline:
-            time.sleep(0.2)
-            shown = screen()
-        assert all(t in shown for t in texts), shown
-        return shown
-
-    def keys(*pressed: str) -> None:
-        for key in pressed:
-            subprocess.run(["tmux", "send-keys", "-t", session, key], check=True)
-            time.sleep(0.3)
-
-    try:
-        until("customer_sentiment")
-        keys("Enter")
-        saved = until("5 records · 5 pass · 0 fail", "replay/gpt-4o-mini")
+    with TmuxLoom(tmp_path, loom_home, size=(160, 45), name="loom-variant") as loom:
+        loom.until("customer_sentiment")
+        loom.keys("Enter")
+        saved = loom.until("5 records · 5 pass · 0 fail", "replay/gpt-4o-mini")
         assert "R003  ✓ pass" in saved
-        keys("i", "Home")  # the editor opens on line 1: type at its start
-        subprocess.run(["tmux", "send-keys", "-t", session, "-l", "Be brief. "], check=True)
-        missed = until("No recorded answer for this prompt", "0 pass · 5 fail")
+        loom.keys("i", "Home")  # the editor opens on line 1: type at its start
+        loom.type("Be brief. ")
+        missed = loom.until("No recorded answer for this prompt", "0 pass · 5 fail")
         assert "press m" in missed and "--record" not in missed
-        keys("Escape", "v")
-        until("Prompt variants", "Short summary")
-        keys("Down", "Enter")
-        changed = until("4 pass · 1 fail", "your edit against the saved prompt")
+        loom.keys("Escape", "v")
+        loom.until("Prompt variants", "Short summary")
+        loom.keys("Down", "Enter")
+        changed = loom.until("4 pass · 1 fail", "your edit against the saved prompt")
         assert "R003  pass→fail" in changed and "R003  ✗ fail" in changed, changed
         assert changed != saved
         assert prompt.read_text() == before  # loaded as an unsaved edit
-        keys("q")
-        until("Unsaved prompt")
-        keys("Tab", "Enter")  # the safe answer has the focus: Tab to "Leave", then Enter
-        until("Rescan")
-        subprocess.run(["tmux", "send-keys", "-t", session, "C-q"], check=True)
-        deadline = time.monotonic() + 30
-        while not status.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert status.read_text().strip() == "0"
+        loom.keys("q")
+        loom.until("Unsaved prompt")
+        loom.keys("Tab", "Enter")  # the safe answer has the focus: Tab to "Leave", then Enter
+        loom.until("Rescan")
+        assert loom.quit() == "0"
         assert prompt.read_text() == before
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], capture_output=True)
