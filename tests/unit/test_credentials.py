@@ -266,7 +266,11 @@ def test_secrets_set_at_a_terminal_asks_without_echo(file_keyring):
     def read_until(marker: bytes) -> None:
         nonlocal seen
         while marker not in seen:
-            ready, _, _ = select.select([master], [], [], 30)
+            # poll, not select: a worker that has run many tests may hold descriptors past
+            # select()'s 1024.
+            poller = select.poll()
+            poller.register(master, select.POLLIN)
+            ready = poller.poll(30_000)
             assert ready, f"no {marker!r} from the terminal: {seen!r}"
             try:
                 chunk = os.read(master, 1024)
