@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from core.errors import PipelineError, ProviderError
+from core.llm.base import request_sent
 from core.llm.http11 import MAX_RESPONSE_BYTES, Http11Transport, ResponseTooLarge
 from core.secrets_mask import SecretMasker
 
@@ -41,6 +42,19 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _DETAIL_CHARS = 300
 
 Send = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+SENDING_EVENT = ".send_request_headers.started"  # httpcore's trace event name, and ours
+
+
+def _sending_trace(on_sent: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpx `trace` extension calling `on_sent` as the request starts going out: httpx's
+    own transport (httpcore) and Loom's (core.llm.http11) both send that event."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith(SENDING_EVENT):
+            on_sent()
+
+    return trace
 
 
 def _bounded(client: httpx.AsyncClient) -> Send:
@@ -123,11 +137,15 @@ class ConnectionPools:
         else:
             yield self._senders[next(self._overflow)]
 
-    def request(self, url: httpx.URL, content: bytes) -> httpx.Request:
+    def request(self, url: httpx.URL, content: bytes, *,
+                on_sent: Callable[[], None] | None = None) -> httpx.Request:
         timeout = self.timeout
-        return httpx.Request("POST", url, headers=self.headers, content=content, extensions={
-            "timeout": {"connect": timeout.connect, "read": timeout.read,
-                        "write": timeout.write, "pool": timeout.pool}})
+        extensions: dict[str, Any] = {"timeout": {"connect": timeout.connect, "read": timeout.read,
+                                                  "write": timeout.write, "pool": timeout.pool}}
+        if on_sent is not None:
+            extensions["trace"] = _sending_trace(on_sent)
+        return httpx.Request("POST", url, headers=self.headers, content=content,
+                             extensions=extensions)
 
     async def aclose(self) -> None:
         for pool in self.pools:
@@ -168,7 +186,7 @@ class Exchange:
     async def post_json(self, url: str, body: dict[str, Any], *, model: str) -> Reply:
         where = f"{self.provider} {model}"
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        request = self.pools.request(self._parsed(url), content)
+        request = self.pools.request(self._parsed(url), content, on_sent=request_sent.get())
         started = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for (3.11 can drop a cancel that lands with a result).

@@ -95,7 +95,6 @@ def _loom(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.xfail(strict=True, reason="known, open: a call is journaled as sent before its request leaves the process (core/llm/client.py): a kill in that gap counts it as made and repeated")
 def test_calls_that_never_left_the_process_are_not_counted_as_made_and_repeated(tmp_path):
     """Promise: "paid for at most once … `llm.calls` is every call the run made across its
     attempts, `llm.calls_repeated` those made twice" (README, What Loom guarantees; the
@@ -258,7 +257,6 @@ def test_records_approved_from_a_killed_replace_run_survive_its_resume(tmp_path,
     assert missing == [], f"approved records gone from the destination after --resume: {missing}"
 
 
-@pytest.mark.xfail(strict=True, reason="known, open: the answer journal is keyed by request: on resume an answer another record already used is handed to a record with the same prompt (cache: false) and counted as a call")
 def test_a_resume_of_records_with_one_prompt_counts_calls_nobody_made(tmp_path, loom_home):
     """Promise: "`llm.calls` is every call the run made across its attempts,
     `llm.calls_this_attempt` the resumed run's own, `llm.calls_repeated` those made twice";

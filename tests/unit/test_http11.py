@@ -206,3 +206,34 @@ async def test_a_cancel_is_never_lost_whatever_the_moment_it_lands(llm_server):
             await response.aread()
         await transport.aclose()
     assert not lost, f"the cancel was lost after {lost} loop turns"
+
+
+@pytest.mark.parametrize("transport", ["loom", "httpx"])
+async def test_a_request_says_it_is_going_out_once_connected_and_only_then(llm_server, transport):
+    """The moment a call is made (core.llm.base.request_sent): both transports send the
+    `send_request_headers.started` trace event once the connection is open, and never for a
+    request whose connection could not be made."""
+    from core.llm.transport import ConnectionPools
+
+    pools = ConnectionPools(concurrency=1, timeout_s=5, headers={"content-type": "application/json"})
+    events: list[str] = []
+
+    def client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=Http11Transport() if transport == "loom"
+                                 else httpx.AsyncHTTPTransport())
+
+    async with client() as http:
+        answered = pools.request(httpx.URL(f"{llm_server.base_url}/chat/completions"),
+                                 BODY.encode(), on_sent=lambda: events.append("sent"))
+        response = await http.send(answered)
+        assert response.status_code == 200 and events == ["sent"]
+
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            port = unused.getsockname()[1]  # closed again: nothing listens there
+        refused = pools.request(httpx.URL(f"http://127.0.0.1:{port}/v1/chat/completions"),
+                                BODY.encode(), on_sent=lambda: events.append("refused sent"))
+        with pytest.raises(httpx.ConnectError):
+            await http.send(refused)
+    assert events == ["sent"]
+    await pools.aclose()
