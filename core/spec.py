@@ -154,6 +154,7 @@ class RateLimitSpec(_Strict):
 
 Provider = Literal["openai", "openai_compatible", "anthropic", "replay"]
 StructuredOutputMode = Literal["json_schema", "json_object_schema", "json_object", "tool", "prompt"]
+HttpTransportMode = Literal["loom", "httpx"]
 # Body keys that transform.params may not set: Loom writes them from the pipeline (the value:
 # the transform key that sets it instead).
 RESERVED_BODY_KEYS: dict[str, str | None] = {
@@ -195,6 +196,9 @@ class TransformSpec(_Strict):
     base_url: str | None = None
     timeout_s: float = Field(60.0, gt=0)
     max_retries: int = Field(4, ge=0, le=20)
+    # The HTTP transport: Loom's lean HTTP/1.1 one (core.llm.http11), or httpx's own
+    # (HTTP/1.1, knows proxies). Default: Loom's, httpx's when a proxy is set for the URL.
+    http_transport: HttpTransportMode | None = None
     cassette: str | None = None  # for provider: replay
     # The model's price in USD per 1M tokens ({input, output, cache_read, cache_write,
     # cache_write_1h}); wins over ~/.loom/config.yaml pricing: and the genai-prices data.

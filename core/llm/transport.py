@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -88,17 +89,32 @@ def proxied(url: str) -> bool:
     return not urllib.request.proxy_bypass(parsed.host)
 
 
+class HttpTransport(StrEnum):
+    """Which HTTP transport a provider's pools use (transform.http_transport)."""
+
+    LOOM = "loom"  # core.llm.http11: lean HTTP/1.1, no proxies
+    HTTPX = "httpx"  # httpx's own (httpcore): knows proxies
+
+
+# What `http_transport` unset means; the provider tests run once with each (tests/conftest.py).
+DEFAULT_HTTP_TRANSPORT = HttpTransport.LOOM
+
+
 class ConnectionPools:
     """Several connection pools of at most `pool_size` connections each, leased per request.
 
-    Each pool is Loom's lean HTTP/1.1 transport, or — when the environment sets a proxy for
-    `url` — an `httpx.AsyncClient` with httpx's own transport, which knows proxies.
+    Each pool is Loom's lean HTTP/1.1 transport, or an `httpx.AsyncClient` with httpx's own
+    transport: when asked for, and when the environment sets a proxy for `url` (Loom's
+    transport does not know proxies).
     """
 
     def __init__(self, *, concurrency: int, timeout_s: float, headers: dict[str, str],
-                 pool_size: int | None = None, url: str | None = None) -> None:
+                 pool_size: int | None = None, url: str | None = None,
+                 transport: HttpTransport | None = None) -> None:
         concurrency = max(1, concurrency)
-        self.uses_httpx_transport = url is not None and proxied(url)
+        chosen = transport or DEFAULT_HTTP_TRANSPORT
+        self.uses_httpx_transport = chosen is HttpTransport.HTTPX or (
+            url is not None and proxied(url))
         default_size = MAX_HTTPX_POOL_CONNECTIONS if self.uses_httpx_transport else MAX_POOL_CONNECTIONS
         per_pool = min(concurrency, pool_size or default_size)
         count = math.ceil(concurrency / per_pool)

@@ -237,3 +237,43 @@ async def test_a_request_says_it_is_going_out_once_connected_and_only_then(llm_s
             await http.send(refused)
     assert events == ["sent"]
     await pools.aclose()
+
+
+def client_context(authority=None):
+    import ssl
+
+    context = ssl.create_default_context()
+    if authority is not None:
+        authority.configure_trust(context)
+    return context
+
+
+async def test_tls_requests_share_one_verified_connection(https_server, certificate_authority):
+    """The branch every real OpenAI or Anthropic call takes: TLS, the certificate verified
+    against the trusted CAs, the connection kept alive and reused."""
+    transport = Http11Transport(ssl_context=client_context(certificate_authority))
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            response = await client.send(post(f"{https_server.base_url}/chat/completions"))
+            assert response.status_code == 200
+            assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"a": 1}
+        assert transport.open_connections == 1
+
+
+async def test_tls_refuses_a_certificate_it_cannot_verify(https_server, certificate_authority):
+    """A certificate from a CA the client does not trust, or for another host name: no request
+    is sent, the error says why, and no connection is left open."""
+    import trustme
+
+    untrusted = Http11Transport(ssl_context=client_context(trustme.CA()))
+    async with httpx.AsyncClient(transport=untrusted) as client:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.send(post(f"{https_server.base_url}/chat/completions"))
+    assert untrusted.open_connections == 0
+
+    trusting = Http11Transport(ssl_context=client_context(certificate_authority))
+    elsewhere = f"https://127.0.0.2:{https_server.port}/v1/chat/completions"  # not on the cert
+    async with httpx.AsyncClient(transport=trusting) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.send(post(elsewhere))
+    assert https_server.count == 0
