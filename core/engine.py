@@ -748,6 +748,9 @@ class Engine:
                     unqueued.popleft()
                 if stop.is_set():
                     return
+            # The source is read to its end: its count is known now, where the hint was a guess
+            # (a CSV's lines, one more than its records when a quoted value holds a newline).
+            self._total_hint = self.tally.extracted
 
         waiters: set[asyncio.Task[None]] = set()
 
