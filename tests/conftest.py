@@ -6,9 +6,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:  # the servers' modules are imported by the fixtures that start them
+    from tests.support.litellm_proxy import LiteLLMProxy
+    from tests.support.llama_server import LlamaServer
+    from tests.support.llm_server import LLMServer
+    from tests.support.postgres import Database, PostgresCluster
+    from tests.support.s3 import S3Server
 
 _PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
                  "LOOM_STORE_URL")

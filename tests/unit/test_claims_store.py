@@ -14,7 +14,7 @@ import pytest
 from core.claims import ClaimState, Holder, _start_time, host_name
 from core.records import Outcome, Stage
 from core.store import Store
-from tests.unit.test_store import backend, home, result, run_start, summary  # noqa: F401 (fixtures)
+from tests.unit.store_records import result, run_start, summary
 
 
 @pytest.fixture
