@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.claims import start_time
 from core.config import LoomConfig, load_config, loom_home
 from core.connectors.base import Sink, Source, build_row
 from core.connectors.registry import (literal_secrets, open_sink, open_source, redact_override,
@@ -1170,7 +1171,10 @@ class Engine:
     def _run_options(self) -> dict[str, Any]:
         return {"limit": self.options.limit, "use_cache": self.options.use_cache,
                 "record": str(self.options.record_path) if self.options.record_path else None,
+                # Who runs it, for a later --resume to tell whether it still does
+                # (core.resume.is_alive): the start time tells a reused pid from this process.
                 "pid": os.getpid(), "host": host_name(),
+                "process_started": start_time(os.getpid()),
                 # A literal secret in a --set (a URI's password, api_key=…) is never stored.
                 "overrides": [redact_override(item) for item in self.options.overrides],
                 **({"shard": self.options.shard.label} if self.options.shard else {})}
