@@ -34,6 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.approved import write_approved
 from core.claims import start_time
 from core.config import LoomConfig, load_config, loom_home
 from core.connectors.base import Sink, Source, build_row
@@ -1135,6 +1136,8 @@ class Engine:
                 self._warn(f"{redact_uri(self.loaded.spec.load.destination)}: {exc}")
             return status, error
         try:
+            if replace:
+                await self._keep_approved(sink)
             # Between the two, a crash leaves the question "did it publish?": the token answers
             # it when the run is resumed (core.resume.reconcile).
             token = await sink.prepare_commit()
@@ -1165,6 +1168,20 @@ class Engine:
             return RunStatus.FAILED, message
         await self.store.finish_commit(self.run_id)
         return status, error
+
+    async def _keep_approved(self, sink: Sink) -> None:
+        """A replace destination about to be swapped for this run's rows: add the records
+        approved from the run's quarantine meanwhile (while it ran, or after it was killed and
+        before this resume), which are in the destination now (core.approved)."""
+        store, run_id = self.store, self.run_id
+
+        async def written_by_run(record_ids: list[str]) -> set[str]:
+            # By now the run's `passed` rows are what the sink holds, with the `loaded` ones
+            # a resume wrote again (core.resume: RELOAD).
+            return await store.record_ids_with_outcome(run_id, record_ids,
+                                                       (PASSED, Outcome.LOADED.value))
+
+        await write_approved(store, run_id, self.loaded, sink, written_by_run=written_by_run)
 
     # ------------------------------------------------------------------ history
 
