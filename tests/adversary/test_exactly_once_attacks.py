@@ -15,8 +15,6 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import pytest
-
 from tests.adversary.hostile import ROOT, ok, prompt_text
 from tests.pipelines import reply, write_pipeline
 
