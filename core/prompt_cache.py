@@ -35,7 +35,7 @@ class _Probe:
         raise _RecordReached
 
     __getattr__ = __getitem__ = __iter__ = __str__ = __len__ = __bool__ = __contains__ = _stop
-    __eq__ = __lt__ = __gt__ = __le__ = __ge__ = _stop  # type: ignore[assignment]
+    __eq__ = __lt__ = __gt__ = __le__ = __ge__ = _stop
     __hash__ = None  # type: ignore[assignment]
 
 
