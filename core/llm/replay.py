@@ -45,7 +45,7 @@ def read_cassette(path: Path) -> dict[str, dict[str, Any]]:
             try:
                 item = json.loads(line)
             except ValueError as exc:
-                raise bad(number, f"not JSON ({exc.msg})") from None
+                raise bad(number, f"not JSON ({exc.msg if isinstance(exc, json.JSONDecodeError) else exc})") from None
             if not isinstance(item, dict):
                 raise bad(number, "each line is a JSON object")
             if not header_seen:
