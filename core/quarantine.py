@@ -176,7 +176,8 @@ class QuarantineDesk:
                 await self.store.resolve_quarantined(row.number, action="discard",
                                                      status="discarded", note=note,
                                                      actor=self.actor)
-                results[row.number] = ActionResult(row.number, "discard", "discarded", False, "discarded")
+                results[row.number] = ActionResult(row.number, "discard", "discarded", False,
+                                                   "discarded")
         return [results[i] for i in _unique(ids)]
 
     # ------------------------------------------------------------ claims

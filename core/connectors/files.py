@@ -26,7 +26,7 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import AsyncGenerator, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from core.connectors.parsing import (
     PARSERS,
     RAW_LIMIT,
     Row,
+    RowStream,
     check_encoding,
     drain_in_thread,
     first_line as _first_line,
@@ -142,7 +143,7 @@ class _FileSource(Source):
         except OSError as exc:
             raise self._cannot_read(exc) from None
 
-    def _iter_rows(self) -> Generator[Row, None, None]:
+    def _iter_rows(self) -> RowStream:
         """The file's rows, read synchronously (runs in a worker thread)."""
         with self._open_binary() as handle:
             yield from PARSERS[self.kind](handle, name=self.name, where=str(self.path),

@@ -40,7 +40,8 @@ _UTF8_BOM = codecs.BOM_UTF8
 _PROBE = 65536
 
 Row = tuple[dict[str, Any] | None, str, str | None]
-Parser = Callable[..., Generator[Row, None, None]]
+RowStream = Generator[Row, None, None]  # a parser's rows, closed when the reader stops
+Parser = Callable[..., RowStream]
 
 
 # ---------------------------------------------------------------- helpers
@@ -177,7 +178,7 @@ def _take(rows: Iterator[Row], count: int) -> list[Row]:
     return list(itertools.islice(rows, count))
 
 
-async def drain_in_thread(rows: Generator[Row, None, None], chunk: int) -> AsyncGenerator[Row, None]:
+async def drain_in_thread(rows: RowStream, chunk: int) -> AsyncGenerator[Row, None]:
     """Yield a synchronous parser's rows, reading `chunk` of them per worker-thread hop."""
     try:
         while True:
@@ -203,7 +204,7 @@ def _text(stream: IO[bytes], encoding: str, newline: str) -> io.TextIOWrapper:
 # ---------------------------------------------------------------- CSV
 
 
-def csv_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Generator[Row, None, None]:
+def csv_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> RowStream:
     """A CSV with a header row; values stay the strings they are. `name` starts each row's
     origin ("reviews.csv:17"), `where` names the source in errors."""
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
@@ -292,7 +293,7 @@ def _csv_header(values: list[str], where: str) -> list[str]:
 # ---------------------------------------------------------------- JSON Lines
 
 
-def jsonl_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Generator[Row, None, None]:
+def jsonl_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> RowStream:
     """One JSON object per line; blank lines are skipped."""
     loads = loads_checked
     # Only "\n" ends a line: a lone "\r" inside a value must not split a record.
@@ -376,7 +377,7 @@ _YAJL_OVERFLOW = "overflow"
 _PYTHON_BACKEND = ijson.get_backend("python")
 
 
-def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Generator[Row, None, None]:
+def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> RowStream:
     """A top-level JSON array of objects, parsed incrementally with ijson.
 
     The fast (yajl) parser is used first; if it stops at a number it cannot hold, the file is

@@ -401,8 +401,8 @@ def as_rate(price: Any) -> ModelRate:
     """A ModelRate from a ModelRate, a core.config.ModelPrice, or a mapping of the same keys."""
     if isinstance(price, ModelRate):
         return price
-    get: Callable[..., Any] = price.get if isinstance(price, Mapping) else lambda key, default=None: getattr(
-        price, key, default)
+    get: Callable[..., Any] = price.get if isinstance(price, Mapping) else \
+        lambda key, default=None: getattr(price, key, default)
 
     def number(key: str) -> float | None:
         value = get(key)

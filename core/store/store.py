@@ -238,7 +238,8 @@ class Store:
     # -- what models refused (core.llm.adaptation) ---------------------------------------------
 
     async def load_adaptations(self) -> list[tuple[tuple[str, str, str], Adaptation]]:
-        rows = await self._all(select(ModelAdaptationRow).order_by(col(ModelAdaptationRow.learned_at)))
+        rows = await self._all(select(ModelAdaptationRow)
+                               .order_by(col(ModelAdaptationRow.learned_at)))
         found = []
         for row in rows:
             try:
@@ -296,10 +297,12 @@ class Store:
 
     async def get_version(self, content_hash: str) -> tuple[str, str] | None:
         """(kind, content) of a saved text, or None."""
-        prompt = await self._first(select(PromptVersion).where(col(PromptVersion.hash) == content_hash))
+        prompt = await self._first(select(PromptVersion)
+                                   .where(col(PromptVersion.hash) == content_hash))
         if prompt is not None:
             return prompt.kind, prompt.content
-        context = await self._first(select(ContextVersion).where(col(ContextVersion.hash) == content_hash))
+        context = await self._first(select(ContextVersion)
+                                    .where(col(ContextVersion.hash) == content_hash))
         if context is not None:
             return "context", context.content
         return None
@@ -612,7 +615,8 @@ class Store:
                 select(_runs.c.attempts).where(_runs.c.run_id == run_id))).scalar_one()
             return int(attempts)
 
-    async def resume_rows(self, run_id: str, *, page: int = 5000) -> AsyncIterator[Sequence[Row[Any]]]:
+    async def resume_rows(self, run_id: str, *, page: int = 5000
+                          ) -> AsyncIterator[Sequence[Row[Any]]]:
         """A run's record rows for resuming it, a page at a time by row id: everything but
         the record's input and output (read later for the records that need them)."""
         c = _record_results.c
