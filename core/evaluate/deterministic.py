@@ -392,6 +392,7 @@ def compile_schema(schema: Any, ref_dir: Path, key: str) -> jsonschema.protocols
                 raise PipelineError(clip(f"$ref {ref!r}: {exc.detail}"), key=key) from None
             except (ValueError, referencing.exceptions.CannotDetermineSpecification) as exc:
                 raise PipelineError(clip(f"$ref {ref!r}: {exc}"), key=key) from None
+    # referencing's attrs class takes `retrieve` (its private field's alias): the stubs miss it.
     registry: referencing.Registry[Any] = referencing.Registry(retrieve=retrieve)  # type: ignore[call-arg]
     return validator_class(schema, registry=registry,
                            format_checker=validator_class.FORMAT_CHECKER)
@@ -454,7 +455,7 @@ class Range(FieldEvaluator):
         return self.make_score(1.0, f"{_number(number)} is within {self._bounds}")
 
 
-def _number(value: float) -> str:
+def _number(value: float | None) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 \
         else str(value)
 
@@ -462,7 +463,7 @@ def _number(value: float) -> str:
 def _bounds_text(low: float | None, high: float | None) -> str:
     if low is not None and high is not None:
         return f"[{_number(low)}, {_number(high)}]"
-    return f">= {_number(low)}" if low is not None else f"<= {_number(high)}"  # type: ignore[arg-type]
+    return f">= {_number(low)}" if low is not None else f"<= {_number(high)}"
 
 
 class Length(FieldEvaluator):
