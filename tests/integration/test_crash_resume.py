@@ -62,7 +62,7 @@ def crash_and_resume(tmp_path: Path, home: Path, server: LoopbackProcess, pipeli
     """Run, SIGKILL once `kill_after` records are checkpointed, resume; what was measured."""
     proc = start_loom("--run", str(pipeline), "--json")
     kill_when(proc, lambda: checkpointed(home) >= kill_after)
-    calls_before = server.requests
+    calls_before = server.received
     (run_id, status), = store_rows(home, "SELECT run_id, status FROM pipeline_runs")
     assert status == "running"  # the crash left it so: nobody could say otherwise
     (answered, paid), = store_rows(
@@ -76,7 +76,7 @@ def crash_and_resume(tmp_path: Path, home: Path, server: LoopbackProcess, pipeli
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming run {run_id} (attempt 2)" in resumed.stderr
     summary = json.loads(resumed.stdout)
-    total = server.requests
+    total = server.received
     measured = {"records": len(rows), "checkpointed_at_kill": answered,
                 "calls_at_kill": calls_before, "in_flight_at_kill": in_flight,
                 "calls_after_resume": total - calls_before, "total_calls": total}
@@ -85,7 +85,7 @@ def crash_and_resume(tmp_path: Path, home: Path, server: LoopbackProcess, pipeli
     # The acceptance bound, and exactly what makes it hold: the resumed run paid once for each
     # record neither the store nor the journal had an answer for, and for nothing else.
     llm = summary["llm"]
-    assert total == len(rows) + llm["calls_repeated"]
+    assert total == len(rows) + llm["calls_repeated"], (measured, llm)
     assert llm["calls_repeated"] <= CONCURRENCY
     assert llm["calls_this_attempt"] == total - calls_before
     # What can be in flight is bounded by the checkpoint, not by the run: the calls the client
@@ -97,7 +97,7 @@ def crash_and_resume(tmp_path: Path, home: Path, server: LoopbackProcess, pipeli
     expected_loaded = len(passing_ids(rows))
     assert records == {"extracted": len(rows), "loaded": expected_loaded,
                        "quarantined": len(rows) - expected_loaded, "skipped": 0}
-    assert llm["calls"] == total  # every call the run made, across the kill
+    assert llm["calls"] == total, (measured, llm)  # every call the run made, across the kill
     (status, attempts, extracted, loaded, quarantined, skipped), = store_rows(
         home, "SELECT status, attempts, extracted, loaded, quarantined, skipped "
               "FROM pipeline_runs WHERE run_id = ?", run_id)
@@ -244,18 +244,18 @@ def test_kill_9_with_answers_not_yet_checkpointed_pays_only_the_calls_in_flight(
         return done >= 200 and slow_server.requests - done >= CONCURRENCY + 4
 
     kill_when(proc, answered_but_not_checkpointed)
-    calls_before = slow_server.requests
+    calls_before = slow_server.received
     resumed = run_loom("--run", str(pipeline), "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
-    total = slow_server.requests
+    total = slow_server.received
     print(f"\n800 records: {calls_before} calls at the kill, {total} in all; summary {summary['llm']}")
     assert summary["status"] == "success"
     assert summary["records"]["loaded"] == len(passing_ids(rows))
     assert total <= len(rows) + CONCURRENCY
     # The truth about calls, across the crash: every call the server answered is counted, and
     # the resumed run's own are told apart.
-    assert summary["llm"]["calls"] == total
+    assert summary["llm"]["calls"] == total, summary["llm"]
     assert summary["llm"]["calls_this_attempt"] == total - calls_before
     assert summary["llm"]["calls_repeated"] == total - len(rows)
     written = [json.loads(line)["id"] for line in

@@ -67,6 +67,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
@@ -144,6 +145,7 @@ class LoopbackLLM:
         self.requests: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep_requests)
         self.headers: collections.deque[dict[str, str]] = collections.deque(maxlen=keep_requests)
         self._count: collections.Counter[str] = collections.Counter()
+        self.received = 0  # model requests whose head arrived, handled or not (_CountingServer)
         self.in_flight = 0
         self.max_in_flight = 0
         self._serial = 0
@@ -171,6 +173,7 @@ class LoopbackLLM:
         self.requests.clear()
         self.headers.clear()
         self._count.clear()
+        self.received = 0
         self.max_in_flight = self.in_flight
         if self._mode is not None:
             self._mode.clear()
@@ -196,7 +199,8 @@ class LoopbackLLM:
         if request.method == "GET" and path == STATS_PATH:
             # For a test driving this server as a separate process: what it has seen.
             return web.Response(body=json.dumps({
-                "requests": int(self.count), "per_path": self.count.per_path,
+                "requests": int(self.count), "received": self.received,
+                "per_path": self.count.per_path,
                 "in_flight": self.in_flight, "max_in_flight": self.max_in_flight}).encode(),
                 content_type=_JSON)
         if request.method != "POST" or path not in (OPENAI_PATH, ANTHROPIC_PATH):
@@ -413,9 +417,38 @@ def _reset_connection(request: web.BaseRequest) -> None:
     transport.abort()
 
 
+class _CountingHandler(RequestHandler):
+    """aiohttp's connection handler, counting each model request as its head is parsed."""
+
+    counted: LoopbackLLM
+
+    def data_received(self, data: bytes) -> None:
+        queue = self._messages  # parsed, not yet handled (aiohttp's own queue)
+        before = len(queue)
+        super().data_received(data)
+        for message, _ in list(queue)[before:]:
+            if message.method == "POST" and message.path in (OPENAI_PATH, ANTHROPIC_PATH):
+                self.counted.received += 1
+
+
+class _CountingServer(web.Server):
+    """aiohttp's server, counting requests as they arrive (`received`): a request whose client
+    is gone by the time it would be handled (killed right after sending it) is dropped by
+    aiohttp unhandled, but it reached the server, and the client counts it as made."""
+
+    def __init__(self, app: LoopbackLLM) -> None:
+        super().__init__(app.handle, handler_cancellation=True, access_log=None)
+        self._app = app
+
+    def __call__(self) -> RequestHandler:
+        handler = _CountingHandler(self, loop=self._loop, **self._kwargs)
+        handler.counted = self._app
+        return handler
+
+
 async def _serve(app: LoopbackLLM, host: str, port: int,
                  ssl_context: ssl.SSLContext | None = None) -> tuple[web.ServerRunner, int]:
-    server = web.Server(app.handle, handler_cancellation=True, access_log=None)
+    server = _CountingServer(app)
     runner = web.ServerRunner(server, shutdown_timeout=0.2)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

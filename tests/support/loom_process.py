@@ -43,7 +43,14 @@ class LoopbackProcess:
 
     @property
     def requests(self) -> int:
+        """Requests the server handled."""
         return int(self.stats()["requests"])
+
+    @property
+    def received(self) -> int:
+        """Requests that reached the server, handled or not: one whose client was killed
+        right after sending it is dropped by the server unhandled, yet it was made."""
+        return int(self.stats()["received"])
 
     def stop(self) -> None:
         self.proc.terminate()
