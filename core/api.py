@@ -38,7 +38,7 @@ from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
 from core.resume import ResumeRequest, find_resumable, is_resumable, resume_problem
-from core.sharding import Shard, ShardGroup
+from core.sharding import Shard, ShardGroup, history_entries, page_groups
 from core.spec import LoadedSpec, load_spec
 from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
                         Store)
@@ -487,18 +487,8 @@ class Workspace:
         also those past `limit`). Other runs come as they are (core.store.PipelineRun)."""
         store = await self.store()
         runs = await store.list_runs(pipeline=pipeline, limit=limit)
-        groups = await self.shard_groups(runs)
-        entries: list[Any] = []
-        shown: set[tuple[str, str]] = set()
-        for run in runs:
-            if run.shard_group is None:
-                entries.append(run)
-                continue
-            key = (run.pipeline_name, run.shard_group)
-            if key not in shown:
-                shown.add(key)
-                entries.append(groups[key])
-        return entries
+        groups = page_groups(runs)
+        return history_entries(runs, await store.shard_group_runs(groups) if groups else [])
 
     async def shard_groups(self, runs: Sequence[PipelineRun]) -> dict[tuple[str, str], ShardGroup]:
         """The shard groups these runs belong to, each whole (every run of the group, retries
