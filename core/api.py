@@ -38,7 +38,8 @@ from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
 from core.resume import ResumeRequest, find_resumable, is_resumable, resume_problem
-from core.sharding import Shard, ShardGroup, history_entries, page_groups
+from core.sharding import (Shard, ShardGroup, gather_groups, history_entries,
+                           page_groups)
 from core.spec import LoadedSpec, load_spec
 from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
                         Store)
@@ -495,17 +496,10 @@ class Workspace:
         and runs outside `runs` too), by (pipeline, group), in one query. For a page of
         history read with `runs(...)`: the workbench pages runs by keyset and gathers groups
         itself."""
-        wanted = {(run.pipeline_name, run.shard_group) for run in runs
-                  if run.shard_group is not None}
-        if not wanted:
+        groups = page_groups(runs)
+        if not groups:
             return {}
-        members: dict[tuple[str, str], list[Any]] = {}
-        store = await self.store()
-        for run in await store.shard_group_runs(sorted({group for _, group in wanted})):
-            key = (run.pipeline_name, run.shard_group)
-            if key in wanted:
-                members.setdefault(key, []).append(run)
-        return {key: ShardGroup.of(found) for key, found in members.items()}
+        return gather_groups(runs, await (await self.store()).shard_group_runs(groups))
 
     async def count_history(self, *, pipeline: str | None = None, status: str | None = None) -> int:
         """How many lines the history shows with shard groups gathered: each run that is not a

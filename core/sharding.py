@@ -252,17 +252,23 @@ class ShardGroup:
         return quarantined / (loaded + quarantined) if loaded + quarantined else 0.0
 
 
-def history_entries(runs: Sequence[Any], group_runs: Iterable[Any]) -> list[Any]:
-    """A page of history: `runs` (newest first) with the runs of each shard group gathered into
-    one `ShardGroup`, placed where its newest run is. `group_runs` is every run of the page's
-    groups (also those past the page), as the store's `shard_group_runs` gives them."""
+def gather_groups(runs: Sequence[Any], group_runs: Iterable[Any]
+                  ) -> dict[tuple[str, str], ShardGroup]:
+    """The shard groups `runs` belong to, each whole, by (pipeline, group). `group_runs` is every
+    run of those groups (also those not in `runs`), as the store's `shard_group_runs` gives them."""
     wanted = {(run.pipeline_name, run.shard_group) for run in runs if run.shard_group is not None}
     members: dict[tuple[str, str], list[Any]] = {}
     for run in group_runs:
         key = (run.pipeline_name, run.shard_group)
         if key in wanted:
             members.setdefault(key, []).append(run)
-    groups = {key: ShardGroup.of(found) for key, found in members.items()}
+    return {key: ShardGroup.of(found) for key, found in members.items()}
+
+
+def history_entries(runs: Sequence[Any], group_runs: Iterable[Any]) -> list[Any]:
+    """A page of history: `runs` (newest first) with the runs of each shard group gathered into
+    one `ShardGroup`, placed where its newest run is (`group_runs`: as for gather_groups)."""
+    groups = gather_groups(runs, group_runs)
     entries: list[Any] = []
     shown: set[tuple[str, str]] = set()
     for run in runs:
