@@ -208,7 +208,7 @@ def pipeline_labels(files: dict[str, list[str]], pipelines: set[tuple[str, str |
     labels = {}
     for name, path in pipelines:
         shared = len(files.get(name, [])) > 1 and path
-        labels[(name, path)] = f"{name} ({_short_path(path)})" if shared else name
+        labels[(name, path)] = f"{name} ({_short_path(path)})" if shared and path else name
     return labels
 
 
