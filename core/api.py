@@ -38,7 +38,8 @@ from core.quarantine import ActionResult, QuarantineDesk
 from core.prompts import content_hash, template_syntax_error
 from core.records import Record, RecordResult
 from core.resume import ResumeRequest, find_resumable, is_resumable, resume_problem
-from core.sharding import Shard, ShardGroup
+from core.sharding import (Shard, ShardGroup, gather_groups, history_entries,
+                           page_groups)
 from core.spec import LoadedSpec, load_spec
 from core.store import (EvaluationResult, PipelineRun, QuarantineAction, QuarantinedRecord,
                         Store)
@@ -487,35 +488,18 @@ class Workspace:
         also those past `limit`). Other runs come as they are (core.store.PipelineRun)."""
         store = await self.store()
         runs = await store.list_runs(pipeline=pipeline, limit=limit)
-        groups = await self.shard_groups(runs)
-        entries: list[Any] = []
-        shown: set[tuple[str, str]] = set()
-        for run in runs:
-            if run.shard_group is None:
-                entries.append(run)
-                continue
-            key = (run.pipeline_name, run.shard_group)
-            if key not in shown:
-                shown.add(key)
-                entries.append(groups[key])
-        return entries
+        groups = page_groups(runs)
+        return history_entries(runs, await store.shard_group_runs(groups) if groups else [])
 
     async def shard_groups(self, runs: Sequence[PipelineRun]) -> dict[tuple[str, str], ShardGroup]:
         """The shard groups these runs belong to, each whole (every run of the group, retries
         and runs outside `runs` too), by (pipeline, group), in one query. For a page of
         history read with `runs(...)`: the workbench pages runs by keyset and gathers groups
         itself."""
-        wanted = {(run.pipeline_name, run.shard_group) for run in runs
-                  if run.shard_group is not None}
-        if not wanted:
+        groups = page_groups(runs)
+        if not groups:
             return {}
-        members: dict[tuple[str, str], list[Any]] = {}
-        store = await self.store()
-        for run in await store.shard_group_runs(sorted({group for _, group in wanted})):
-            key = (run.pipeline_name, run.shard_group)
-            if key in wanted:
-                members.setdefault(key, []).append(run)
-        return {key: ShardGroup.of(found) for key, found in members.items()}
+        return gather_groups(runs, await (await self.store()).shard_group_runs(groups))
 
     async def count_history(self, *, pipeline: str | None = None, status: str | None = None) -> int:
         """How many lines the history shows with shard groups gathered: each run that is not a
@@ -715,7 +699,8 @@ class Workspace:
     def remember_theme(self, theme: str) -> None:
         """Keep the workbench's theme in `$LOOM_HOME/config.yaml` (workbench.theme), leaving
         every other setting in the file as it is."""
-        from core.config import ConfigError, loom_home
+        from core.config import ConfigError
+        from core.home import loom_home
 
         path = loom_home() / "config.yaml"
         try:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from core.errors import LoomError
+from core.home import CONFIG_FILE, default_store_url, loom_home
 from core.safe_yaml import YamlError, load_yaml
 
 
@@ -96,13 +97,9 @@ class LoomConfig(_Strict):
     workbench: WorkbenchConfig = Field(default_factory=WorkbenchConfig)
 
 
-def loom_home() -> Path:
-    return Path(os.environ.get("LOOM_HOME") or Path.home() / ".loom").expanduser()
-
-
 def load_config(home: Path | None = None) -> LoomConfig:
     home = home or loom_home()
-    path = home / "config.yaml"
+    path = home / CONFIG_FILE
     if not path.is_file():
         return LoomConfig()
     try:
@@ -128,7 +125,7 @@ def store_url(config: LoomConfig, home: Path | None = None) -> str:
     from_env = os.environ.get("LOOM_STORE_URL")
     url = from_env or config.storage.url
     if not url:
-        return f"sqlite:///{(home or loom_home()) / 'loom.db'}"
+        return default_store_url(home)
     if "${" not in url:
         return url
     from core.credentials import SecretResolver

@@ -36,7 +36,8 @@ from typing import Any
 
 from core.approved import write_approved
 from core.claims import host_name, start_time
-from core.config import LoomConfig, load_config, loom_home
+from core.config import LoomConfig, load_config
+from core.home import loom_home
 from core.connectors.base import Sink, Source, build_row
 from core.connectors.registry import (literal_secrets, open_sink, open_source, redact_override,
                                       redact_tree, redact_uri)

@@ -12,16 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from core.records import RecordResult, TokenTotals
-
-
-class RunStatus:
-    RUNNING = "running"
-    SUCCESS = "success"
-    PARTIAL = "partial"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    FINISHED = (SUCCESS, PARTIAL, FAILED, CANCELLED)
+from core.run_status import RunStatus as RunStatus  # named here too, where it always was
 
 
 EXIT_CODES = {RunStatus.SUCCESS: 0, RunStatus.FAILED: 1, RunStatus.CANCELLED: 1,

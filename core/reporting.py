@@ -15,53 +15,26 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal
 
 from rich.console import Console
-from rich.segment import Segment
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, ProgressColumn,
                            Task, TextColumn, TimeElapsedColumn)
 from rich.table import Table
 from rich.text import Text
 
 from core.errors import UsageError
-from core.terminal_text import printable, printable_layout
-from core.estimate import Estimate
+from core.terminal_text import printable
+# The console and the formatters live in core.console (a listing needs them without the rest);
+# named here too, where the run's printers have always found them.
+from core.console import STATUS_STYLE, make_console, money, seconds, styled
 from core.records import saved_text
-from core.events import (Event, Progress, RunFinished, RunResumed, RunStarted, RunStatus, RunSummary,
+from core.events import (Event, Progress, RunFinished, RunResumed, RunStarted, RunSummary,
                          RunWarning)
 
-STATUS_STYLE = {RunStatus.SUCCESS: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red",
-                RunStatus.CANCELLED: "magenta", RunStatus.RUNNING: "cyan"}
-
-
-class _NeutralisingConsole(Console):
-    """A console that neutralises escapes in every piece of text it draws.
-
-    The printers escape data themselves (core.terminal_text.printable: a newline in a record
-    id must not start a line); this is the backstop for whatever reaches a table, a progress
-    line or a summary without it. Only text segments are touched: Rich's own styles and its
-    cursor movements (control segments) are written as Rich makes them.
-    """
-
-    def _render_buffer(self, buffer: Iterable[Segment]) -> str:
-        return super()._render_buffer(
-            segment if segment.control else Segment(printable_layout(segment.text),
-                                                    segment.style)
-            for segment in buffer)
-
-
-def make_console(*, stderr: bool = False, width: int | None = None) -> Console:
-    """The one way Loom makes a console: markup off, so no text is ever parsed as markup, and
-    terminal escapes from data neutralised."""
-    return _NeutralisingConsole(stderr=stderr, width=width, markup=False)
-
-
-def styled(*parts: str | tuple[str, str] | Text) -> Text:
-    """Loom's own styling around data: `styled(("ok", "green"), " ", name)`; plain strings are
-    text as written, never markup."""
-    return Text.assemble(*parts)
+if TYPE_CHECKING:
+    from core.estimate import Estimate
 
 
 class _TextField(ProgressColumn):
@@ -74,20 +47,6 @@ class _TextField(ProgressColumn):
     def render(self, task: Task) -> Text:
         value = task.fields.get(self.name, "")
         return value if isinstance(value, Text) else Text(str(value))
-
-
-def money(value: float | None) -> str:
-    if value is None:
-        return "unknown"
-    if value == 0:
-        return "$0"
-    return f"${value:.4f}" if value >= 0.01 else f"${value:.6f}"
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value * 1000:.0f} ms" if value < 1 else f"{value:.2f} s"
 
 
 PROGRESS_INTERVAL_ENV = "LOOM_PROGRESS_INTERVAL_S"

@@ -20,14 +20,14 @@ import copy
 import hashlib
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core.connectors.registry import parse_uri
 from core.errors import UsageError
-from core.events import RunStatus
+from core.run_status import RunStatus
 
 if TYPE_CHECKING:
     from core.records import Record
@@ -251,3 +251,38 @@ class ShardGroup:
     def rejection_rate(self) -> float:
         loaded, quarantined = self.total("loaded"), self.total("quarantined")
         return quarantined / (loaded + quarantined) if loaded + quarantined else 0.0
+
+
+def gather_groups(runs: Sequence[Any], group_runs: Iterable[Any]
+                  ) -> dict[tuple[str, str], ShardGroup]:
+    """The shard groups `runs` belong to, each whole, by (pipeline, group). `group_runs` is every
+    run of those groups (also those not in `runs`), as the store's `shard_group_runs` gives them."""
+    wanted = {(run.pipeline_name, run.shard_group) for run in runs if run.shard_group is not None}
+    members: dict[tuple[str, str], list[Any]] = {}
+    for run in group_runs:
+        key = (run.pipeline_name, run.shard_group)
+        if key in wanted:
+            members.setdefault(key, []).append(run)
+    return {key: ShardGroup.of(found) for key, found in members.items()}
+
+
+def history_entries(runs: Sequence[Any], group_runs: Iterable[Any]) -> list[Any]:
+    """A page of history: `runs` (newest first) with the runs of each shard group gathered into
+    one `ShardGroup`, placed where its newest run is (`group_runs`: as for gather_groups)."""
+    groups = gather_groups(runs, group_runs)
+    entries: list[Any] = []
+    shown: set[tuple[str, str]] = set()
+    for run in runs:
+        if run.shard_group is None:
+            entries.append(run)
+            continue
+        key = (run.pipeline_name, run.shard_group)
+        if key not in shown:
+            shown.add(key)
+            entries.append(groups[key])
+    return entries
+
+
+def page_groups(runs: Sequence[Any]) -> list[str]:
+    """The shard groups a page of runs touches, for `shard_group_runs`."""
+    return sorted({run.shard_group for run in runs if run.shard_group is not None})

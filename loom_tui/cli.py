@@ -1,7 +1,8 @@
 """The `loom` console script: `loom [FOLDER]` opens the workbench; everything else (`--run`,
-`validate`, `runs`, `quarantine`) is the headless command line in core.cli.
+`init`, `validate`, `runs`, `quarantine`, …) is the headless command line in core.cli.
 
-Textual is imported only when the workbench opens, so `loom --run` in cron stays light.
+Textual is imported only when the workbench opens, so `loom --run` in cron stays light; core.cli
+itself imports only its parser until a command runs (tests/test_layout.py checks both).
 """
 
 from __future__ import annotations

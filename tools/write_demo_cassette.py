@@ -2,6 +2,7 @@
 
     .venv/bin/python tools/write_demo_cassette.py                      # every sample
     .venv/bin/python tools/write_demo_cassette.py sample_pipelines/review_summaries
+    .venv/bin/python tools/write_demo_cassette.py core/starter         # `loom init`'s pipeline
 
 The samples run offline with `provider: replay`, whose answers are keyed by the exact request,
 a judge's included. When a sample's prompt, context, data, judge criteria or model settings
@@ -40,7 +41,8 @@ from core.transform import Transformer, load_output_schema  # noqa: E402
 from core.variants import prompt_variants  # noqa: E402
 
 SAMPLES = [ROOT / "sample_pipelines" / "customer_sentiment",
-           ROOT / "sample_pipelines" / "review_summaries"]
+           ROOT / "sample_pipelines" / "review_summaries",
+           ROOT / "core" / "starter"]  # what `loom init` writes (core.scaffold)
 
 
 class DemoAnswers(Provider):

@@ -51,7 +51,8 @@ from core.api import Workspace
 from core.engine import RunController, RunOptions
 from core.errors import LoomError
 from core.events import Event, Progress, RunFinished, RunStarted, RunStatus, RunSummary, RunWarning
-from core.reporting import money, plain_progress_line, progress_interval, progress_stage
+from core.console import money
+from core.reporting import plain_progress_line, progress_interval, progress_stage
 from core.sharding import Shard
 
 PROGRESS_LOG_INTERVAL_S = 30.0  # a line now and then in the task log, not four a second

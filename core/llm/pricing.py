@@ -234,7 +234,7 @@ class Pricing:
     def from_config(cls, config: "LoomConfig", home: Path | None = None) -> "Pricing":
         """Config overrides over the price data in use: `$LOOM_HOME/prices.json` when
         `loom prices --refresh` wrote one, else the data bundled with genai-prices."""
-        from core.config import loom_home
+        from core.home import loom_home
 
         fetched = load_fetched_snapshot((home or loom_home()) / PRICES_FILE)
         return cls(overrides=config.pricing, data=fetched if fetched is not None else True)

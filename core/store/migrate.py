@@ -20,13 +20,13 @@ from sqlalchemy.exc import DBAPIError
 
 from core.errors import StoreError
 from core.store.engine import WRITE, StoreTarget
+from core.store.revision import SCHEMA_HEAD
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# The newest revision in migrations/versions; tests/unit/test_store.py keeps the two in step.
-SCHEMA_HEAD = "0009"
+__all__ = ["SCHEMA_HEAD", "alembic_config", "head_revision", "migrate", "new_revision"]
 
 # Any fixed number: PostgreSQL sessions migrating the same database queue on this lock.
 _PG_MIGRATION_LOCK = 0x4C6F6F6D  # "Loom"

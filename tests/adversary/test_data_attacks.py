@@ -84,7 +84,7 @@ def test_a_record_id_with_terminal_escapes_reaches_the_terminal_raw(tmp_path):
     `loom quarantine show 1` prints the id raw in its header line: a forged `error: FAKE LINE`
     line, an ESC[2J that clears the screen and an OSC that sets the terminal's title;
     `loom quarantine list` prints the ESC sequences raw in the record column
-    (core/cli.py:770, the header built from row.record_id as plain text)."""
+    (core/cli/quarantine.py, the header built from row.record_id as plain text)."""
     folder = tmp_path / "p"
     folder.mkdir()
     evil = "x\nerror: FAKE LINE\x1b[2J\x1b]0;title\x07"

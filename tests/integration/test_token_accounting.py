@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from core import cli
+from core.cli.history import run_to_dict
 from tests.pipelines import LOOPBACK_PRICE, reply, write_pipeline
 
 LABELS = ["positive", "negative", "neutral"]
@@ -130,7 +131,7 @@ async def test_a_store_at_0005_gains_the_token_columns_and_keeps_its_data(tmp_pa
         assert run.savings_usd is None
         (row,) = await store.record_results("old")
         assert (row.input_tokens, row.cache_read_tokens, row.prompt_cache_saved_usd) == (100, 0, 0.0)
-        assert cli.run_to_dict(run)["tokens"] == {"input": 100, "output": 10, "cache_read": 0,
+        assert run_to_dict(run)["tokens"] == {"input": 100, "output": 10, "cache_read": 0,
                                                   "cache_write": 0, "reasoning": 0}
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT version_num FROM alembic_version").fetchone() == (SCHEMA_HEAD,)
