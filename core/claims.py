@@ -43,7 +43,16 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
-def _start_time(pid: int) -> str:
+def process_alive(pid: int, started: str) -> bool:
+    """Whether the process `pid` of this machine, started at `started` (see start_time; ""
+    when unknown), is still there: a pid that is gone, or that now belongs to a process
+    started at another time (a reused pid), is not."""
+    if not pid_alive(pid):
+        return False
+    return not started or start_time(pid) in ("", started)
+
+
+def start_time(pid: int) -> str:
     """The process's start time (clock ticks since boot, /proc/PID/stat field 22), "" when
     the system does not say: what tells a reused pid from the process that held the claim."""
     try:
@@ -57,12 +66,12 @@ def _start_time(pid: int) -> str:
 class Holder:
     pid: int
     host: str
-    started: str  # see _start_time
+    started: str  # see start_time
 
     @classmethod
     def me(cls) -> "Holder":
         pid = os.getpid()
-        return cls(pid, host_name(), _start_time(pid))
+        return cls(pid, host_name(), start_time(pid))
 
     @property
     def key(self) -> str:
@@ -82,9 +91,7 @@ class Holder:
 
     def alive(self, claimed_at: datetime | None, now: datetime | None = None) -> bool:
         if self.host == host_name():
-            if not pid_alive(self.pid):
-                return False
-            return not self.started or _start_time(self.pid) in ("", self.started)
+            return process_alive(self.pid, self.started)
         if claimed_at is None:
             return False
         now = now or datetime.now(timezone.utc)

@@ -34,6 +34,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from core.approved import write_approved
+from core.claims import start_time
 from core.config import LoomConfig, load_config, loom_home
 from core.connectors.base import Sink, Source, build_row
 from core.connectors.registry import (literal_secrets, open_sink, open_source, redact_override,
@@ -748,6 +750,9 @@ class Engine:
                     unqueued.popleft()
                 if stop.is_set():
                     return
+            # The source is read to its end: its count is known now, where the hint was a guess
+            # (a CSV's lines, one more than its records when a quoted value holds a newline).
+            self._total_hint = self.tally.extracted
 
         waiters: set[asyncio.Task[None]] = set()
 
@@ -1131,6 +1136,8 @@ class Engine:
                 self._warn(f"{redact_uri(self.loaded.spec.load.destination)}: {exc}")
             return status, error
         try:
+            if replace:
+                await self._keep_approved(sink)
             # Between the two, a crash leaves the question "did it publish?": the token answers
             # it when the run is resumed (core.resume.reconcile).
             token = await sink.prepare_commit()
@@ -1162,12 +1169,29 @@ class Engine:
         await self.store.finish_commit(self.run_id)
         return status, error
 
+    async def _keep_approved(self, sink: Sink) -> None:
+        """A replace destination about to be swapped for this run's rows: add the records
+        approved from the run's quarantine meanwhile (while it ran, or after it was killed and
+        before this resume), which are in the destination now (core.approved)."""
+        store, run_id = self.store, self.run_id
+
+        async def written_by_run(record_ids: list[str]) -> set[str]:
+            # By now the run's `passed` rows are what the sink holds, with the `loaded` ones
+            # a resume wrote again (core.resume: RELOAD).
+            return await store.record_ids_with_outcome(run_id, record_ids,
+                                                       (PASSED, Outcome.LOADED.value))
+
+        await write_approved(store, run_id, self.loaded, sink, written_by_run=written_by_run)
+
     # ------------------------------------------------------------------ history
 
     def _run_options(self) -> dict[str, Any]:
         return {"limit": self.options.limit, "use_cache": self.options.use_cache,
                 "record": str(self.options.record_path) if self.options.record_path else None,
+                # Who runs it, for a later --resume to tell whether it still does
+                # (core.resume.is_alive): the start time tells a reused pid from this process.
                 "pid": os.getpid(), "host": host_name(),
+                "process_started": start_time(os.getpid()),
                 # A literal secret in a --set (a URI's password, api_key=…) is never stored.
                 "overrides": [redact_override(item) for item in self.options.overrides],
                 **({"shard": self.options.shard.label} if self.options.shard else {})}

@@ -257,8 +257,8 @@ SUMMARY_FIELDS: dict[str, str] = {
     "llm": "How the model calls went.",
     "llm.calls": "Every call the run made, across a resume's attempts.",
     "llm.calls_this_attempt": "The calls this process made.",
-    "llm.calls_repeated": "Calls under way when an earlier attempt died, so made again (one still "
-                          "connecting at a kill is counted though it never reached the provider).",
+    "llm.calls_repeated": "Calls made twice: in flight when an earlier attempt died (one still "
+                          "connecting at a kill never reached the provider and is not counted).",
     "llm.cache_hits": "Answers taken from Loom's response cache, no call made.",
     "llm.retries": "Retries of any kind (timeouts, 5xx, connection errors, malformed bodies).",
     "llm.throttled": "429 answers.",

@@ -26,7 +26,7 @@ from core.evaluate.registry import build_evaluators
 from core.llm.budget import Budget
 from core.llm.client import LLMClient
 from core.llm.adaptation import Adaptations
-from core.llm.answer_journal import AnswerJournal
+from core.llm.answer_journal import AnswerJournal, record_scope
 from core.llm.breaker import CircuitBreaker, CircuitOpen
 from core.llm.failures import FailureClass, classify
 from core.llm.factory import make_provider
@@ -135,6 +135,14 @@ class RecordProcessor:
 
     async def process(self, record: Record) -> RecordResult:
         """The record's fate before loading: outcome LOADED here means "passed the gate"."""
+        # The calls made from here are this record's, in the run's answer journal.
+        scope = record_scope.set(f"{record.ordinal}:{record.id}")
+        try:
+            return await self._process(record)
+        finally:
+            record_scope.reset(scope)
+
+    async def _process(self, record: Record) -> RecordResult:
         if record.extract_error is not None:
             return RecordResult(record, Outcome.QUARANTINED, Stage.EXTRACT, record.extract_error,
                                 "ExtractError")

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+from core.approved import write_approved
 from core.connectors.base import build_row
 from core.connectors.registry import open_sink, redact_uri
 from core.claims import ClaimState, Holder
@@ -184,6 +185,7 @@ class _Publish:
     async def _write(self, sink: Any) -> None:
         loaded, store = self.loaded, self.store
         batch_size = loaded.spec.load.batch_size
+        written: set[str] = set()  # the run's own record ids, now in the sink
         for start in range(0, len(self.row_ids), batch_size):
             rows = await store.stored_results(self.row_ids[start:start + batch_size])
             rows.sort(key=lambda row: row.id)
@@ -191,17 +193,16 @@ class _Publish:
                 [build_row(loaded, Record(id=row.record_id, data=row.input or {},
                                           ordinal=row.ordinal), row.output) for row in rows],
                 [row.record_id for row in rows])
+            written.update(row.record_id for row in rows)
             await store.renew_release(self.run_id, self.holder)
+
+        async def written_by_run(record_ids: list[str]) -> set[str]:
+            return written.intersection(record_ids)
+
+        async def renew() -> None:
+            await store.renew_release(self.run_id, self.holder)
+
         # Approved since the run (core.quarantine): they are in the destination now, and a
         # release that replaced it without them would lose them.
-        for status in ("approved", "reprocessed"):
-            after = None
-            while page := await store.list_quarantine(run_id=self.run_id, status=status,
-                                                      limit=batch_size, after_id=after):
-                after = page[-1].id
-                kept = [row for row in page if row.final_output is not None]
-                await sink.write_records(
-                    [build_row(loaded, Record(id=row.record_id, data=row.input or {},
-                                              ordinal=row.ordinal), row.final_output)
-                     for row in kept], [row.record_id for row in kept])
-                self.approved += len(kept)
+        self.approved = await write_approved(store, self.run_id, loaded, sink,
+                                             written_by_run=written_by_run, after_batch=renew)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from core.claims import describe, holder_alive, host_name, pid_alive as _pid_alive
+from core.claims import describe, holder_alive, host_name, process_alive
 from core.errors import ResumeError
 from core.events import RunStatus
 from core.records import Outcome
@@ -65,13 +65,17 @@ def heartbeat_age(run: PipelineRun, now: datetime | None = None) -> float:
 
 
 def is_alive(run: PipelineRun, now: datetime | None = None) -> bool:
-    """Whether a `running` run still has a process working on it: its pid is alive on this
-    machine and its heartbeat is fresh (on another machine: the heartbeat alone)."""
+    """Whether a `running` run still has a process working on it: its process is alive on
+    this machine (its pid, started when the run's process did: a reused pid is not it) and
+    its heartbeat is fresh (on another machine: the heartbeat alone)."""
     if run.status != RunStatus.RUNNING:
         return False
     options = run.options or {}
     pid, host = options.get("pid"), options.get("host")
-    if isinstance(pid, int) and host == host_name() and not _pid_alive(pid):
+    # Runs recorded before the start time was kept have none: their pid alone says it.
+    started = options.get("process_started")
+    started = started if isinstance(started, str) else ""
+    if isinstance(pid, int) and host == host_name() and not process_alive(pid, started):
         return False
     return heartbeat_age(run, now) < STALE_AFTER_S
 

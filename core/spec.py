@@ -201,6 +201,7 @@ class RateLimitSpec(_Strict):
 
 Provider = Literal["openai", "openai_compatible", "anthropic", "replay"]
 StructuredOutputMode = Literal["json_schema", "json_object_schema", "json_object", "tool", "prompt"]
+HttpTransportMode = Literal["loom", "httpx"]
 # Body keys that transform.params may not set: Loom writes them from the pipeline (the value:
 # the transform key that sets it instead).
 RESERVED_BODY_KEYS: dict[str, str | None] = {
@@ -274,6 +275,11 @@ class TransformSpec(_Strict):
     max_retries: int = Field(4, ge=0, le=20, description="Retries on timeouts, 5xx, connection "
                              "errors and malformed bodies (429s are waited out up to "
                              "rate_limit.max_wait_s instead).")
+    # The HTTP transport: Loom's lean HTTP/1.1 one (core.llm.http11), or httpx's own
+    # (HTTP/1.1, knows proxies). Default: Loom's, httpx's when a proxy is set for the URL.
+    http_transport: HttpTransportMode | None = Field(
+        None, description="loom (Loom's lean HTTP/1.1 transport) | httpx (httpx's own, which "
+        "knows proxies); default: Loom's, httpx's when a proxy is set for the URL.")
     cassette: str | None = Field(None, description="provider replay: the cassette file "
                                  "(JSON Lines) to serve answers from.")
     # The model's price in USD per 1M tokens ({input, output, cache_read, cache_write,

@@ -28,7 +28,7 @@ class PromptVariant:
     title: str  # as people read it: Strict neutral
     description: str  # the leading `{#- variant: … -#}` comment, or ""
     path: Path
-    text: str
+    text: str  # the prompt: the file without its description line
 
 
 def prompt_variants(prompt_path: Path) -> list[PromptVariant]:
@@ -47,6 +47,9 @@ def prompt_variants(prompt_path: Path) -> list[PromptVariant]:
             continue
         match = _DESCRIPTION.match(text)
         description = " ".join(match.group("text").split()) if match else ""
+        # The description is about the file, not part of the prompt: a variant saved as the
+        # prompt must not carry it (it renders to nothing either way).
+        body = text[match.end():].lstrip("\r\n") if match else text
         found.append(PromptVariant(path.stem, path.stem.replace("_", " ").replace("-", " ")
-                                   .capitalize(), description, path, text))
+                                   .capitalize(), description, path, body))
     return found

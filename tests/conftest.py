@@ -6,9 +6,16 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+
+if TYPE_CHECKING:  # the servers' modules are imported by the fixtures that start them
+    from tests.support.litellm_proxy import LiteLLMProxy
+    from tests.support.llama_server import LlamaServer
+    from tests.support.llm_server import LLMServer
+    from tests.support.postgres import Database, PostgresCluster
+    from tests.support.s3 import S3Server
 
 _PROVIDER_ENV = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL",
                  "LOOM_STORE_URL")
@@ -38,12 +45,43 @@ def loom_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Monk
     return home
 
 
+@pytest.fixture(params=["loom", "httpx"])
+def http_transport(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The provider tests run once on each HTTP transport (transform.http_transport): Loom's
+    own and httpx's, which a proxy or the setting selects."""
+    from core.llm import transport
+    from core.llm.transport import HttpTransport
+
+    monkeypatch.setattr(transport, "DEFAULT_HTTP_TRANSPORT", HttpTransport(request.param))
+    return str(request.param)
+
+
 @pytest.fixture
 def llm_server() -> Iterator["LLMServer"]:
     from tests.support.llm_server import LLMServer
 
     # Strict: it refuses what the real OpenAI and Anthropic APIs refuse (tests/support/llm_rules.py).
     with LLMServer(latency_s=0.0, seed=7, strict=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def certificate_authority() -> Any:
+    import trustme
+
+    return trustme.CA()
+
+
+@pytest.fixture
+def https_server(certificate_authority: Any) -> Iterator["LLMServer"]:
+    """The loopback server over TLS, with a certificate for 127.0.0.1 from a CA of the test's."""
+    import ssl
+
+    from tests.support.llm_server import LLMServer
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    certificate_authority.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    with LLMServer(latency_s=0.0, seed=5, ssl_context=context) as server:
         yield server
 
 

@@ -3,11 +3,12 @@
 A record's result reaches the history store in the engine's next checkpoint, ~100 ms after its
 answer (core.engine). A process killed in between loses answers it was billed for, and
 `--resume` paid for them again (800 records at concurrency 8, killed: 817 requests). So each
-call is journaled as it happens, in a file of the run's own: a line when it is sent and a line
-with the answer when it arrives, before the record goes on to be parsed, evaluated and
-checkpointed. A resumed run takes its earlier attempts' answers from the journal instead of
-asking again, and counts the calls that were sent but never answered (in flight at the crash:
-made, maybe billed, and made again).
+call is journaled as it happens, in a file of the run's own: a line when it is sent (its first
+bytes going out on an open connection: core.llm.base.request_sent) and a line with the answer
+when it arrives, before the record goes on to be parsed, evaluated and checkpointed. Answers
+are kept per record (`record_scope`). A resumed run takes its earlier attempts' answers from
+the journal instead of asking again, and counts the calls that were sent but never answered
+(in flight at the crash: made, maybe billed, and made again).
 
 Each line is one `write(2)` on a file opened for appending — a few microseconds on the event
 loop, no thread hop, no transaction. The journal survives the process (the kernel has the
@@ -28,6 +29,7 @@ import logging
 import os
 import secrets
 from collections import deque
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,16 @@ class EarlierAttempts:
     answers: int  # answered, not checkpointed: served from the journal, not paid again
     unanswered: int  # sent, never answered (in flight at the crash): paid again when redone
     unanswered_reserved_usd: float  # what the budget reserved for those, their cost unknown
+
+
+# The record whose calls are being made (set by core.processing for each record). Answers are
+# the record's own: records with one prompt each get their own answer (`cache: false` asks the
+# model for each), and a record done before the crash leaves its answers to nobody.
+record_scope: ContextVar[str] = ContextVar("loom_journal_record", default="")
+
+
+def _scoped(key: str) -> str:
+    return f"{record_scope.get()}|{key}"
 
 
 def journal_path(home: Path, run_id: str) -> Path:
@@ -108,7 +120,9 @@ class AnswerJournal:
     # -- a resumed run's reads -------------------------------------------------------------
 
     def take(self, key: str) -> JournaledAnswer | None:
-        """An earlier attempt's answer to this request, once per answer it was given."""
+        """An earlier attempt's answer to this request for the record being processed, once
+        per answer it was given."""
+        key = _scoped(key)
         waiting = self._answers.get(key)
         if not waiting:
             return None
@@ -120,16 +134,23 @@ class AnswerJournal:
     # -- this attempt's writes ---------------------------------------------------------------
 
     def sent(self, key: str, reserved: float) -> str:
-        """A call is about to be sent; returns its id for `answered` or `ended`."""
-        self._count += 1
-        call_id = f"{self._token}.{self._count}"
-        self._write({"sent": call_id, "key": key, "reserved": reserved})
+        """A call is going out; returns its id for `answered` or `ended`."""
+        call_id = self._next_id()
+        self._write({"sent": call_id, "key": _scoped(key), "reserved": reserved})
         return call_id
 
-    def answered(self, call_id: str, key: str, response: LLMResponse, call: LLMCall) -> None:
-        self._write({"answered": call_id, "key": key, "response": response.to_dict(),
+    def answered(self, call_id: str | None, key: str, response: LLMResponse,
+                 call: LLMCall) -> None:
+        """The call was answered. `call_id` None: a provider that never said it sent (not
+        HTTP), whose answer is kept all the same."""
+        self._write({"answered": call_id or self._next_id(), "key": _scoped(key),
+                     "response": response.to_dict(),
                      # Its fields are plain values: no deep copy (dataclasses.asdict is 60 µs).
                      "call": {name: getattr(call, name) for name in _CALL_FIELD_NAMES}})
+
+    def _next_id(self) -> str:
+        self._count += 1
+        return f"{self._token}.{self._count}"
 
     def ended(self, call_id: str) -> None:
         """The call ended without an answer it was billed for (it failed, or was refused)."""

@@ -21,7 +21,7 @@ from core.llm import strict_schema
 from core.llm.adaptation import Adaptations
 from core.llm.base import LLMRequest, LLMResponse, StructuredOutput, token_count
 from core.llm.shaping import CACHE_CONTROL, RequestShaper, cached_content, system_is_static
-from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint
+from core.llm.transport import ConnectionPools, Exchange, HttpTransport, checked_base_url, endpoint
 from core.secrets_mask import SecretMasker, header_secrets
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -40,7 +40,8 @@ class AnthropicProvider(RequestShaper):
                  headers: dict[str, str] | None = None,
                  structured_output: StructuredOutput | None = None,
                  adaptations: Adaptations | None = None,
-                 masker: SecretMasker | None = None) -> None:
+                 masker: SecretMasker | None = None,
+                 http_transport: HttpTransport | None = None) -> None:
         api_key = api_key or os.environ.get("ANTHROPIC_API_KEY") or None
         if not api_key:
             raise SecretError("provider anthropic needs an API key: set ANTHROPIC_API_KEY "
@@ -52,7 +53,8 @@ class AnthropicProvider(RequestShaper):
         super().__init__(adaptations=adaptations, headers=headers, structured_output=structured_output)
         own = {"accept": "application/json", "x-api-key": api_key, "anthropic-version": API_VERSION}
         self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s,
-                                      headers=self.request_headers(own), url=self.url)
+                                      headers=self.request_headers(own), url=self.url,
+                                      transport=http_transport)
         self._exchange = Exchange(provider=self.name, pools=self._pools, timeout_s=timeout_s,
                                   secret=api_key, secrets=header_secrets(self.extra_headers),
                                   masker=masker)

@@ -3,6 +3,7 @@
 A provider makes exactly one HTTP exchange per `complete` call and raises `ProviderError`
 (with `retryable`, `status` and `retry_after`) when it fails; retries, caching, rate limits and
 pricing live above it in `core.llm.client`, so every provider gets them the same way.
+A provider calls the `request_sent` hook, when one is set, as its request starts going out.
 """
 
 from __future__ import annotations
@@ -10,9 +11,19 @@ from __future__ import annotations
 import abc
 import hashlib
 import json
+from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
+
+
+# Set by the client around one call (core.llm.client): a provider calls it once the connection
+# is open and the request's first bytes are about to be written to it, the moment a call is
+# made (the HTTP providers through their transport: core.llm.transport). A call still
+# connecting when the process dies never reached the server and is not counted as made.
+request_sent: ContextVar[Callable[[], None] | None] = ContextVar("loom_request_sent",
+                                                                 default=None)
 
 
 class StructuredOutput(StrEnum):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ from typing import Any
 
 from core.errors import BudgetExceeded, ProviderError, StoreError
 from core.llm.answer_journal import AnswerJournal
-from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache
+from core.llm.base import LLMRequest, LLMResponse, Provider, ResponseCache, request_sent
 from core.llm.breaker import CircuitBreaker, RunStopping
 from core.llm.budget import DEFAULT_OUTPUT_CEILING, Budget
 from core.llm.pricing import SOURCE_GATEWAY, Pricing, Quote, TokenUsage
@@ -220,7 +221,14 @@ class LLMClient:
             return tokens_in + tokens_out
 
         journal = self.journal if key is not None else None
-        sent: str | None = None  # the journal's id of the attempt being made
+        sent: str | None = None  # the journal's id of the attempt being made, once it is sent
+
+        def mark_sent(reserved: float) -> None:
+            # Journaled as the request starts going out on an open connection (the transport
+            # calls this), not before: a call still connecting at a crash was never made.
+            nonlocal sent
+            if sent is None and journal is not None and key is not None:
+                sent = journal.sent(key, reserved)
 
         async def attempt() -> LLMResponse:
             nonlocal queued, priced, sent
@@ -258,8 +266,9 @@ class LLMClient:
                 # only the calls in flight are admitted on estimates.
                 if budget is not None:
                     reserved = budget.reserve(model, counted.tokens, estimate_out, **where)
+                sending = None
                 if journal is not None:
-                    sent = journal.sent(key, reserved)
+                    sending = request_sent.set(functools.partial(mark_sent, reserved))
                 try:
                     response = await self.provider.complete(request)
                 except ProviderError as error:
@@ -272,6 +281,9 @@ class LLMClient:
                     if limits.tokens is not None:
                         limits.tokens.adjust(estimate)  # a failed call used none of its tokens
                     raise
+                finally:
+                    if sending is not None:
+                        request_sent.reset(sending)
                 priced = self._price(request, response)
                 cost = priced.cost
                 if budget is not None:
@@ -336,9 +348,9 @@ class LLMClient:
             reasoning_tokens=response.reasoning_tokens, cost_source=priced.source,
             reported_cost_usd=response.reported_cost_usd, prompt_cache_saved_usd=priced.saved,
         )
-        if journal is not None and sent is not None:
+        if journal is not None and key is not None:
             # Kept before anything else happens to the answer: from here a crash does not
-            # make the run pay for it again.
+            # make the run pay for it again. (A provider that is not HTTP never says it sent.)
             journal.answered(sent, key, response, call)
         if self.recorder is not None:
             self.recorder.record(request, response)

@@ -7,6 +7,7 @@ from core.llm.anthropic import AnthropicProvider
 from core.llm.base import Provider, StructuredOutput
 from core.llm.openai import OpenAIProvider
 from core.llm.replay import ReplayProvider
+from core.llm.transport import HttpTransport
 from core.secrets_mask import SecretMasker
 from core.spec import LoadedSpec, TransformSpec
 
@@ -29,15 +30,16 @@ def make_provider(spec: TransformSpec, loaded: LoadedSpec, *, api_key: str | Non
         return ReplayProvider(loaded.resolve(spec.cassette))
     headers = {name: value for name, value in spec.headers.items() if "${" not in value}
     structured = StructuredOutput(spec.structured_output) if spec.structured_output else None
+    transport = HttpTransport(spec.http_transport) if spec.http_transport else None
     if spec.provider == "anthropic":
         return AnthropicProvider(api_key=api_key, base_url=base_url, timeout_s=spec.timeout_s,
                                  concurrency=spec.concurrency, headers=headers,
                                  structured_output=structured, adaptations=adaptations,
-                          masker=masker)
+                                 masker=masker, http_transport=transport)
     return OpenAIProvider(name=spec.provider, api_key=api_key, base_url=base_url,
                           timeout_s=spec.timeout_s, concurrency=spec.concurrency, headers=headers,
                           structured_output=structured, adaptations=adaptations,
-                          masker=masker)
+                          masker=masker, http_transport=transport)
 
 
 def _literal(value: str | None) -> str | None:

@@ -137,6 +137,10 @@ class _Connection:
         if protocol.error is not None or self.transport.is_closing():
             raise httpx.WriteError("the connection closed before the request was sent",
                                    request=request)
+        trace = request.extensions.get("trace")
+        if trace is not None:
+            # The event httpcore sends at this point (core.llm.transport.request_sent).
+            await trace("http11.send_request_headers.started", {"request": request})
         self.transport.write(out)  # type: ignore[arg-type]
         if protocol.paused:
             protocol.drain_waiter = asyncio.get_running_loop().create_future()

@@ -22,7 +22,7 @@ from core.llm.adaptation import Adaptations
 from core.llm.base import LLMRequest, LLMResponse, StructuredOutput, token_count
 from core.llm.capabilities import UNKNOWN, lookup
 from core.llm.shaping import CACHE_CONTROL, RequestShaper, cached_content, system_is_static
-from core.llm.transport import ConnectionPools, Exchange, checked_base_url, endpoint
+from core.llm.transport import ConnectionPools, Exchange, HttpTransport, checked_base_url, endpoint
 from core.secrets_mask import SecretMasker, header_secrets
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -37,7 +37,8 @@ class OpenAIProvider(RequestShaper):
                  headers: dict[str, str] | None = None,
                  structured_output: StructuredOutput | None = None,
                  adaptations: Adaptations | None = None,
-                 masker: SecretMasker | None = None) -> None:
+                 masker: SecretMasker | None = None,
+                 http_transport: HttpTransport | None = None) -> None:
         if name not in ("openai", "openai_compatible"):
             raise ValueError(f"OpenAIProvider serves openai or openai_compatible, not {name!r}")
         self.name = name
@@ -59,7 +60,8 @@ class OpenAIProvider(RequestShaper):
             sent["authorization"] = f"Bearer {api_key}"
         super().__init__(adaptations=adaptations, headers=headers, structured_output=structured_output)
         self._pools = ConnectionPools(concurrency=concurrency, timeout_s=timeout_s,
-                                      headers=self.request_headers(sent), url=self.url)
+                                      headers=self.request_headers(sent), url=self.url,
+                                      transport=http_transport)
         self._exchange = Exchange(provider=name, pools=self._pools, timeout_s=timeout_s,
                                   secret=api_key, secrets=header_secrets(self.extra_headers),
                                   masker=masker)

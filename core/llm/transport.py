@@ -21,11 +21,13 @@ import urllib.request
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from enum import StrEnum
 from typing import Any
 
 import httpx
 
 from core.errors import PipelineError, ProviderError
+from core.llm.base import request_sent
 from core.llm.http11 import MAX_RESPONSE_BYTES, Http11Transport, ResponseTooLarge
 from core.secrets_mask import SecretMasker
 
@@ -41,6 +43,19 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429})
 _DETAIL_CHARS = 300
 
 Send = Callable[[httpx.Request], Awaitable[httpx.Response]]
+
+SENDING_EVENT = ".send_request_headers.started"  # httpcore's trace event name, and ours
+
+
+def _sending_trace(on_sent: Callable[[], None]) -> Callable[[str, dict[str, Any]], Awaitable[None]]:
+    """An httpx `trace` extension calling `on_sent` as the request starts going out: httpx's
+    own transport (httpcore) and Loom's (core.llm.http11) both send that event."""
+
+    async def trace(event: str, info: dict[str, Any]) -> None:
+        if event.endswith(SENDING_EVENT):
+            on_sent()
+
+    return trace
 
 
 def _bounded(client: httpx.AsyncClient) -> Send:
@@ -74,17 +89,32 @@ def proxied(url: str) -> bool:
     return not urllib.request.proxy_bypass(parsed.host)
 
 
+class HttpTransport(StrEnum):
+    """Which HTTP transport a provider's pools use (transform.http_transport)."""
+
+    LOOM = "loom"  # core.llm.http11: lean HTTP/1.1, no proxies
+    HTTPX = "httpx"  # httpx's own (httpcore): knows proxies
+
+
+# What `http_transport` unset means; the provider tests run once with each (tests/conftest.py).
+DEFAULT_HTTP_TRANSPORT = HttpTransport.LOOM
+
+
 class ConnectionPools:
     """Several connection pools of at most `pool_size` connections each, leased per request.
 
-    Each pool is Loom's lean HTTP/1.1 transport, or — when the environment sets a proxy for
-    `url` — an `httpx.AsyncClient` with httpx's own transport, which knows proxies.
+    Each pool is Loom's lean HTTP/1.1 transport, or an `httpx.AsyncClient` with httpx's own
+    transport: when asked for, and when the environment sets a proxy for `url` (Loom's
+    transport does not know proxies).
     """
 
     def __init__(self, *, concurrency: int, timeout_s: float, headers: dict[str, str],
-                 pool_size: int | None = None, url: str | None = None) -> None:
+                 pool_size: int | None = None, url: str | None = None,
+                 transport: HttpTransport | None = None) -> None:
         concurrency = max(1, concurrency)
-        self.uses_httpx_transport = url is not None and proxied(url)
+        chosen = transport or DEFAULT_HTTP_TRANSPORT
+        self.uses_httpx_transport = chosen is HttpTransport.HTTPX or (
+            url is not None and proxied(url))
         default_size = MAX_HTTPX_POOL_CONNECTIONS if self.uses_httpx_transport else MAX_POOL_CONNECTIONS
         per_pool = min(concurrency, pool_size or default_size)
         count = math.ceil(concurrency / per_pool)
@@ -123,11 +153,15 @@ class ConnectionPools:
         else:
             yield self._senders[next(self._overflow)]
 
-    def request(self, url: httpx.URL, content: bytes) -> httpx.Request:
+    def request(self, url: httpx.URL, content: bytes, *,
+                on_sent: Callable[[], None] | None = None) -> httpx.Request:
         timeout = self.timeout
-        return httpx.Request("POST", url, headers=self.headers, content=content, extensions={
-            "timeout": {"connect": timeout.connect, "read": timeout.read,
-                        "write": timeout.write, "pool": timeout.pool}})
+        extensions: dict[str, Any] = {"timeout": {"connect": timeout.connect, "read": timeout.read,
+                                                  "write": timeout.write, "pool": timeout.pool}}
+        if on_sent is not None:
+            extensions["trace"] = _sending_trace(on_sent)
+        return httpx.Request("POST", url, headers=self.headers, content=content,
+                             extensions=extensions)
 
     async def aclose(self) -> None:
         for pool in self.pools:
@@ -168,7 +202,7 @@ class Exchange:
     async def post_json(self, url: str, body: dict[str, Any], *, model: str) -> Reply:
         where = f"{self.provider} {model}"
         content = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-        request = self.pools.request(self._parsed(url), content)
+        request = self.pools.request(self._parsed(url), content, on_sent=request_sent.get())
         started = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for (3.11 can drop a cancel that lands with a result).

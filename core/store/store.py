@@ -634,6 +634,17 @@ class Store:
                 _record_results.c.id.in_(list(row_ids[start:start + _IN_CHUNK])))))
         return found
 
+    async def record_ids_with_outcome(self, run_id: str, record_ids: Sequence[str],
+                                      outcomes: Sequence[str]) -> set[str]:
+        """Which of these record ids have a row of the run with one of `outcomes`."""
+        c = _record_results.c
+        found: set[str] = set()
+        for start in range(0, len(record_ids), _IN_CHUNK):
+            found.update(await self._all(select(c.record_id).where(
+                (c.run_id == run_id) & c.outcome.in_(list(outcomes))
+                & c.record_id.in_(list(record_ids[start:start + _IN_CHUNK])))))
+        return found
+
     async def set_outcomes(self, row_ids: Sequence[int], outcome: str, *,
                            stage: str | None = None, reason: str | None = None) -> None:
         """Set the outcome of record rows by id (and their stage and reason, when given)."""

@@ -65,3 +65,14 @@ SECTIONS: tuple[Section, ...] = (
     Section("secrets", "Secrets", "f6", "Secrets in the keyring, by name: set, delete",
             _secrets),
 )
+
+
+def section_key(screen: Screen[object], mode: str) -> str:
+    """The key that opens a section now, as hints name it: `workbench.keymap`'s remaps are
+    in the screen's active bindings (the section keys are priority bindings of the app)."""
+    binding_id = f"section.{mode}"
+    for active in screen.active_bindings.values():
+        if active.binding.id == binding_id:
+            return screen.app.get_key_display(active.binding)
+    section = next(section for section in SECTIONS if section.mode == mode)
+    return screen.app.get_key_display(section.binding)

@@ -16,6 +16,7 @@ from textual.widgets import Button, Input, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from core.api import LOCAL_BASE_URL, KeyStatus, LoadedSpec, PreviewModel
+from loom_tui.screens import section_key
 from loom_tui.messages import KeyChecked
 
 PIPELINE = "@pipeline"  # dismissed with this: back to the pipeline's own provider and model
@@ -128,7 +129,7 @@ class ModelSwitcherScreen(ModalScreen[PreviewModel | str | None]):
             return Text.assemble((KEY_LABEL, "dim"), (f"✓ {status.name}",
                                                     f"bold {colors.get('success', '')}"),
                                  f" found in the {status.found_in}")
-        f6 = _key_of(self.app, "secrets")
+        f6 = section_key(self, "secrets")
         return Text.assemble((KEY_LABEL, "dim"), (f"✗ {status.name} is not set",
                                                 f"bold {colors.get('warning', '')}"),
                              f": {f6} stores it in the keyring (or export it), then come back")
@@ -205,9 +206,3 @@ def _default_model(provider: str, known: list[str]) -> str:
             return wanted
     return known[0]
 
-
-def _key_of(app: object, mode: str) -> str:
-    for section in getattr(app, "sections", ()):
-        if section.mode == mode:
-            return app.get_key_display(section.binding)  # type: ignore[attr-defined]
-    return "F6"

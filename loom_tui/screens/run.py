@@ -30,6 +30,7 @@ from core.events import (Progress, RecordFinished, RunFinished, RunResumed, RunS
                          RunSummary, RunWarning)
 from core.records import Outcome, RecordResult
 from loom_tui import format as fmt
+from loom_tui.screens import section_key
 from loom_tui.messages import (RunBegan, RunCouldNotStart, RunEnded, RunProgressed, RunWarned,
                                RunWasResumed)
 from loom_tui.screens.base import LoomScreen
@@ -254,7 +255,7 @@ class RunScreen(LoomScreen):
         pane.border_title = "Could not run"
         colors = self.app.theme_variables
         what = Text(event.error, style=colors.get("error", ""))
-        fix = _what_to_do(event.error)
+        fix = _what_to_do(event.error, section_key(self, "secrets"))
         self.query_one("#run-summary-text", Static).update(
             Group(what, Text(""), Text(fix, style="bold")) if fix else what)
         self.refresh_bindings()
@@ -481,7 +482,7 @@ def _sort_problem(result: RecordResult, errors: deque[str], rejections: deque[st
         rejections.append(line)
 
 
-def _what_to_do(error: str) -> str | None:
+def _what_to_do(error: str, secrets_key: str) -> str | None:
     """The next step for a run that could not start, when the error says what is missing."""
     import re
 
@@ -489,6 +490,6 @@ def _what_to_do(error: str) -> str | None:
                         r"PASSWORD|SECRET))\b", error)
     if missing and ("not set" in error or "missing" in error or "no " in error):
         name = missing.group(1) or missing.group(2)
-        return (f"F6 opens Secrets: store {name} there (n), then run again. Or export {name} "
+        return (f"{secrets_key} opens Secrets: store {name} there (n), then run again. Or export {name} "
                 "before starting loom.")
     return None

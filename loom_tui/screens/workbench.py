@@ -24,6 +24,7 @@ from textual.timer import Timer
 from core.api import LoadedSpec, PreviewModel, PromptComparison, PromptVariant, RenderResult
 from core.records import Record
 from loom_tui import format as fmt
+from loom_tui.screens import section_key
 from loom_tui.messages import (PageWanted, PipelineOpened, PreviewModelLoaded, PromptEdited,
                                PromptRendered, PromptSaved, RecordsFetched, SampleEvaluated,
                                SampleFailed, SampleRequested, VariantsListed, VerdictsCompared)
@@ -593,8 +594,7 @@ class WorkbenchScreen(LoomScreen):
         return text
 
     def _secrets_key(self) -> str:
-        section = next((s for s in self.loom.sections if s.mode == "secrets"), None)
-        return self._key(section.binding.id or "") if section is not None else "F6"
+        return section_key(self, "secrets")
 
     def _key(self, binding_id: str) -> str:
         """The key a binding has now: the active bindings carry `workbench.keymap`'s remaps."""

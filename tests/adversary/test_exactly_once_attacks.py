@@ -13,10 +13,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.adversary.hostile import ROOT, ok, prompt_text
 from tests.pipelines import reply, write_pipeline
@@ -95,7 +92,6 @@ def _loom(*args: str) -> subprocess.Popen[str]:
                             stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.xfail(strict=True, reason="known, open: a call is journaled as sent before its request leaves the process (core/llm/client.py): a kill in that gap counts it as made and repeated")
 def test_calls_that_never_left_the_process_are_not_counted_as_made_and_repeated(tmp_path):
     """Promise: "paid for at most once … `llm.calls` is every call the run made across its
     attempts, `llm.calls_repeated` those made twice" (docs/explanation/guarantees.md; the
@@ -197,7 +193,6 @@ def test_two_approvals_into_one_replace_file_at_once_keep_both_records(tmp_path,
     assert len(added) == 2, f"an approved record is not in the file: only {added} were added"
 
 
-@pytest.mark.xfail(strict=True, reason="known, open: a resumed replace run swaps in only its own passing records; approved records of the run are not added as `loom release` adds them")
 def test_records_approved_from_a_killed_replace_run_survive_its_resume(tmp_path, loom_home):
     """Promise: "Every record ends in exactly one place" and "Quarantine actions load exactly
     once" (an approved record is loaded and stays so); `--resume` of a `replace` run rebuilds
@@ -211,7 +206,11 @@ def test_records_approved_from_a_killed_replace_run_survive_its_resume(tmp_path,
     Happened: the resume swaps in a file of the run's passing records only: the five
     approved records, still `approved` in the store, are in no destination any more (an
     `append` destination keeps them; core/release.py `_write` adds approved records to the
-    file it swaps in, the resumed run's replace does not)."""
+    file it swaps in, the resumed run's replace does not).
+
+    Fixed: every rebuild of a run's replace destination writes the records approved from its
+    quarantine (core/approved.py `write_approved`, used by the engine's commit and by
+    release)."""
     from tests.adversary.test_quarantine_attacks import (loom_run, source, statuses, store,
                                                          written_ids)
 
@@ -258,7 +257,6 @@ def test_records_approved_from_a_killed_replace_run_survive_its_resume(tmp_path,
     assert missing == [], f"approved records gone from the destination after --resume: {missing}"
 
 
-@pytest.mark.xfail(strict=True, reason="known, open: the answer journal is keyed by request: on resume an answer another record already used is handed to a record with the same prompt (cache: false) and counted as a call")
 def test_a_resume_of_records_with_one_prompt_counts_calls_nobody_made(tmp_path, loom_home):
     """Promise: "`llm.calls` is every call the run made across its attempts,
     `llm.calls_this_attempt` the resumed run's own, `llm.calls_repeated` those made twice";

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.adversary.hostile import ROOT, loom
+from tests.adversary.hostile import ROOT
 from tests.pipelines import write_pipeline
 
 # (status, body bytes) from (request headers, request body bytes)

@@ -153,3 +153,14 @@ async def test_progress_reports_the_adaptive_concurrency(tmp_path: Path, llm_ser
     assert summary.throttled == 8 and summary.concurrency_min == 4
     assert last.concurrency == summary.concurrency_final
     assert 4 <= summary.concurrency_final <= 8
+
+
+async def test_progress_ends_at_the_records_the_source_held(tmp_path: Path, llm_server) -> None:
+    """A CSV's line count is only a hint (a quoted value may hold newlines): once the source
+    is read to its end, progress counts against the records it held (was 5/15 at the end)."""
+    many_lines = [dict(row, text=f"line one\nline two\nof {row['id']}") for row in rows(5)]
+    path = write_pipeline(tmp_path / "p", rows=many_lines, base_url=llm_server.base_url)
+    async with Workspace(tmp_path) as workspace:
+        events = [event async for event in workspace.run(workspace.load(path))]
+    last = [e for e in events if isinstance(e, Progress)][-1]
+    assert last.total_hint == 5 == last.loaded + last.quarantined  # the lines' guess: 15

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.pipelines import reply, write_pipeline
+from tests.pipelines import write_pipeline
 from tests.support.loom_process import LoopbackProcess, kill_when, run_loom, start_loom, store_rows
 
 LABELS = ["positive", "negative", "neutral"]

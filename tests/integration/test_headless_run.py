@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from pathlib import Path
 
 import pytest
 
 from core import cli
-from tests.pipelines import read_jsonl, reply, write_csv, write_pipeline
+from tests.pipelines import read_jsonl, reply, write_pipeline
 
 LABELS = ["positive", "negative", "neutral"]
 

@@ -8,7 +8,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 from core import cli
 from core.api import Workspace, pipeline_key

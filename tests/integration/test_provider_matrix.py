@@ -27,7 +27,8 @@ from tests.support.llm_server import ANTHROPIC_PATH, OPENAI_PATH
 
 # The first test to use a server pays for its start (a minute or more for LiteLLM on a busy
 # machine); each run then goes through a real HTTP proxy.
-pytestmark = pytest.mark.timeout(600)
+# Once on each HTTP transport (tests/conftest.py `http_transport`).
+pytestmark = [pytest.mark.timeout(600), pytest.mark.usefixtures("http_transport")]
 
 LABELS = ["positive", "negative", "neutral"]
 COUNT = 6

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from core import cli
-from tests.pipelines import reply, write_csv, write_pipeline
+from tests.pipelines import reply, write_pipeline
 from tests.support.postgres import ROLE_PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -21,6 +21,7 @@ import pytest
 
 from core import cli
 from core.api import Workspace
+from core.claims import start_time
 from core.engine import RunController, RunOptions
 from core.events import Progress, RunFinished, RunResumed
 from core.resume import STALE_AFTER_S, host_name
@@ -236,8 +237,10 @@ def test_nothing_to_resume_and_usage_errors_are_one_line_exit_2(tmp_path, llm_se
         assert exited.value.code == 2 and message in capsys.readouterr().err
 
 
-async def _a_running_run(pipeline: Path, *, pid: int, host: str, age_s: float) -> str:
-    """A `running` row as a live (or dead) process would have left it."""
+async def _a_running_run(pipeline: Path, *, pid: int, host: str, age_s: float,
+                         process_started: str | None = None) -> str:
+    """A `running` row as a live (or dead) process would have left it (`process_started`: the
+    process's start time the run noted; None: a run from before Loom noted it)."""
     async with await Store.open() as store:
         await store.record_pipeline("test_pipeline", "1", "", {}, str(pipeline))
         started = utcnow() - timedelta(seconds=age_s)
@@ -246,7 +249,10 @@ async def _a_running_run(pipeline: Path, *, pid: int, host: str, age_s: float) -
             run_id=run_id, pipeline="test_pipeline", pipeline_version="1",
             pipeline_path=str(pipeline), started_at=started, config={}, model="gpt-4o-mini",
             provider="openai_compatible", prompt_hash="x", system_hash=None, context_hashes={},
-            params={}, options={"pid": pid, "host": host}, source="csv://reviews.csv",
+            params={}, options={"pid": pid, "host": host,
+                                **({"process_started": process_started}
+                                   if process_started is not None else {})},
+            source="csv://reviews.csv",
             destination="jsonl://out/results.jsonl"))
     return run_id
 
@@ -279,6 +285,41 @@ async def test_dead_runs_are_found_by_pid_here_and_by_heartbeat_elsewhere(tmp_pa
         assert unfinished == {here_dead, elsewhere_stale}
         fresh = await workspace.get_run(elsewhere_fresh)
         assert "is still running (pid 2 on another-machine" in workspace.resume_problem(fresh)
+
+
+async def test_a_run_whose_pid_now_belongs_to_another_process_is_resumed_at_once(
+        tmp_path, llm_server):
+    """A run killed moments ago (its heartbeat fresh) whose pid the system gave to another
+    process since: the start time the run noted is not that process's, so the run is dead and
+    resumable now, not once its heartbeat is STALE_AFTER_S old."""
+    path = write_pipeline(tmp_path / "p", rows=rows(5), base_url=llm_server.base_url)
+    mine = start_time(os.getpid())
+    assert mine, "the system does not say when a process started"
+    reused = await _a_running_run(path, pid=os.getpid(), host=host_name(), age_s=1,
+                                  process_started=str(int(mine) + 1))
+    async with Workspace(tmp_path) as workspace:
+        run = await workspace.get_run(reused)
+        assert workspace.resume_problem(run) is None
+        assert {r.run_id for r in await workspace.unfinished_runs()} == {reused}
+    live = await _a_running_run(path, pid=os.getppid(), host=host_name(), age_s=1,
+                                process_started=start_time(os.getppid()))
+    async with Workspace(tmp_path) as workspace:
+        run = await workspace.get_run(live)
+        assert "is still running" in (workspace.resume_problem(run) or "")
+        assert {r.run_id for r in await workspace.unfinished_runs()} == {reused}
+
+
+async def test_a_resumed_run_notes_its_process_start_time(tmp_path, llm_server):
+    path = write_pipeline(tmp_path / "p", rows=rows(3), base_url=llm_server.base_url)
+    async with Workspace(path.parent) as workspace:
+        summary = None
+        async for event in workspace.run(workspace.load(path, []), RunOptions()):
+            if isinstance(event, RunFinished):
+                summary = event.summary
+        assert summary is not None
+        run = await workspace.get_run(summary.run_id)
+    assert run.options["pid"] == os.getpid()
+    assert run.options["process_started"] == start_time(os.getpid())
 
 
 async def test_two_resumers_of_one_run_cannot_both_claim_it(tmp_path, llm_server):

@@ -57,6 +57,7 @@ import random
 import re
 import signal
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -412,14 +413,15 @@ def _reset_connection(request: web.BaseRequest) -> None:
     transport.abort()
 
 
-async def _serve(app: LoopbackLLM, host: str, port: int) -> tuple[web.ServerRunner, int]:
+async def _serve(app: LoopbackLLM, host: str, port: int,
+                 ssl_context: ssl.SSLContext | None = None) -> tuple[web.ServerRunner, int]:
     server = web.Server(app.handle, handler_cancellation=True, access_log=None)
     runner = web.ServerRunner(server, shutdown_timeout=0.2)
     await runner.setup()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    site = web.SockSite(runner, sock, backlog=1024)
+    site = web.SockSite(runner, sock, backlog=1024, ssl_context=ssl_context)
     await site.start()
     return runner, sock.getsockname()[1]
 
@@ -430,12 +432,15 @@ class LLMServer(LoopbackLLM):
     def __init__(self, *, latency_s: float = 0.0, seed: int = 1, responder: Responder | None = None,
                  api_key: str | None = None, host: str = "127.0.0.1", port: int = 0,
                  keep_requests: int = 10_000, strict: bool = False,
-                 prompt_cache: bool | None = None, reasoning_spends_budget_below: int = 0) -> None:
+                 prompt_cache: bool | None = None, reasoning_spends_budget_below: int = 0,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        """`ssl_context`: serve HTTPS with it (tests/unit/test_http11.py makes one with trustme)."""
         super().__init__(latency_s=latency_s, seed=seed, responder=responder, api_key=api_key,
                          keep_requests=keep_requests, strict=strict, prompt_cache=prompt_cache,
                          reasoning_spends_budget_below=reasoning_spends_budget_below)
         self.host = host
         self.port = port
+        self.ssl_context = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
@@ -443,7 +448,8 @@ class LLMServer(LoopbackLLM):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -470,7 +476,8 @@ class LLMServer(LoopbackLLM):
         self._loop = loop
         runner = None
         try:
-            runner, self.port = loop.run_until_complete(_serve(self, self.host, self.port))
+            runner, self.port = loop.run_until_complete(_serve(self, self.host, self.port,
+                                                                   self.ssl_context))
         except BaseException as exc:  # noqa: BLE001 - reported to start()
             self._failure = exc
             self._ready.set()

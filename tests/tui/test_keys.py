@@ -77,7 +77,7 @@ async def test_stray_keys_never_change_the_prompt(tmp_path: Path, llm_server) ->
 
 
 async def test_editing_is_a_mode_and_the_footer_follows_it(tmp_path: Path, llm_server) -> None:
-    path = write_pipeline(tmp_path / "p", rows=rows(3), base_url=llm_server.base_url)
+    write_pipeline(tmp_path / "p", rows=rows(3), base_url=llm_server.base_url)
     app = LoomApp(tmp_path, debounce_s=0.05)
     async with app.run_test(size=SMALL) as pilot:
         screen = await open_from_the_list(app, pilot)

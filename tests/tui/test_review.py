@@ -67,8 +67,9 @@ async def test_three_approvals_in_a_row_each_move_on(tmp_path: Path, quarantined
         for i, record_id in enumerate(order[:3]):
             assert table.highlighted.item.record_id == record_id
             await pilot.press("a")
-            await wait_for(pilot, lambda: status_of(screen, record_id) == "approved"
-                           and table.cursor == i + 1, what=f"{record_id} approved, moved on")
+            await wait_for(pilot, lambda record_id=record_id, i=i: status_of(screen, record_id)
+                           == "approved" and table.cursor == i + 1,
+                           what=f"{record_id} approved, moved on")
         assert table.highlighted.item.record_id == order[3]
         await pilot.press("d")
         await wait_for(pilot, lambda: app.screen is not screen, what="the question")

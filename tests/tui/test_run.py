@@ -104,7 +104,7 @@ async def test_an_error_that_prevents_the_run_is_one_line(tmp_path: Path, llm_se
         # It stops there, and says what to do.
         assert not screen.query_one("#run-bar").display
         shown = " ".join(text_of(screen.query_one("#run-summary-text"), 200).split())
-        assert "F6 opens Secrets: store LOOM_TEST_MISSING_KEY there" in shown, shown
+        assert "f6 opens Secrets: store LOOM_TEST_MISSING_KEY there" in shown, shown
         await pilot.press("escape")
         assert not isinstance(app.screen, RunScreen)
 
@@ -127,3 +127,18 @@ async def test_quitting_during_a_run_exits_zero_and_records_it(tmp_path: Path, l
         run = await workspace.get_run(run_id)
         assert run.status == "cancelled"
         assert run.extracted == run.loaded + run.quarantined + run.skipped
+
+
+async def test_the_next_step_names_the_secrets_key_as_remapped(tmp_path: Path, loom_home: Path,
+                                                               llm_server) -> None:
+    """A hint that names a key names the one the user has (workbench.keymap), not F6."""
+    (loom_home / "config.yaml").write_text("workbench:\n  keymap: {section.secrets: ctrl+k}\n")
+    path = write_pipeline(tmp_path / "p", rows=rows(3), base_url=llm_server.base_url,
+                          transform={"api_key": "${LOOM_TEST_MISSING_KEY}"})
+    app = LoomApp(tmp_path)
+    async with app.run_test(size=SIZE) as pilot:
+        app.start_run(path)
+        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
+                       and app.screen.failure is not None, what="the failure")
+        shown = " ".join(text_of(app.screen.query_one("#run-summary-text"), 200).split())
+        assert "^k opens Secrets: store LOOM_TEST_MISSING_KEY there" in shown, shown

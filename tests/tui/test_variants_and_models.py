@@ -57,8 +57,10 @@ async def test_v_loads_a_variant_that_answers_offline_with_its_diff(tmp_path: Pa
         assert listed == ["short_summary", "strict_neutral", "taxonomy_rubric"]
         await pilot.press("down", "enter")  # the first variant, under "the saved prompt"
         await wait_for(pilot, lambda: app.screen is screen, what="back in the workbench")
-        variant = (pipeline.parent / "prompts" / "variants" / "short_summary.j2").read_text()
-        assert screen.query_one(PromptEditor).text == variant
+        whole = (pipeline.parent / "prompts" / "variants" / "short_summary.j2").read_text()
+        # The prompt the variant is, without its description line (a save must not keep it).
+        variant = whole.split("-#}", 1)[1].lstrip("\n")
+        assert whole.startswith("{#- variant:") and screen.query_one(PromptEditor).text == variant
         assert screen.dirty and "unsaved" in str(screen.query_one("#prompt-pane").border_subtitle)
         output = screen.query_one(SampleOutput)
         # Recorded answers: outputs change for every record, and R003's summary is too short.

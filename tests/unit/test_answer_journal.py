@@ -71,3 +71,58 @@ def test_a_journal_that_cannot_be_written_lets_the_run_go_on(tmp_path):
     journal = AnswerJournal.open(blocked / "journal" / "run.jsonl")
     journal.sent("k", 0.0)  # no exception: the run goes on without it
     assert journal.failed is not None and "NotADirectoryError" in journal.failed
+
+
+async def test_each_record_takes_its_own_answers_even_with_one_prompt(tmp_path, llm_server):
+    """Records with the same prompt (`cache: false` asks the model for each): a resume hands
+    each record only what was answered for it, and nothing of a record done before the crash."""
+    from core.llm.answer_journal import record_scope
+
+    path = journal_path(tmp_path, "run-3")
+    first = AnswerJournal.open(path)
+    async with client_for(llm_server, first) as client:
+        for record in ("1:a", "2:b"):
+            scope = record_scope.set(record)
+            await client.complete(request())
+            record_scope.reset(scope)
+    first.close()
+    assert llm_server.count == 2
+
+    again = AnswerJournal.open(path)
+    async with client_for(llm_server, again) as client:
+        scope = record_scope.set("2:b")  # 1:a was checkpointed: not done again
+        _, call = await client.complete(request())
+        assert call.replayed and llm_server.count == 2
+        _, call = await client.complete(request())  # b's one answer is taken: asked again
+        assert not call.replayed and llm_server.count == 3
+        record_scope.reset(scope)
+        scope = record_scope.set("3:c")  # a record never asked before: 1:a's answer is not its
+        _, call = await client.complete(request())
+        assert not call.replayed and llm_server.count == 4
+        record_scope.reset(scope)
+    again.close()
+
+
+async def test_a_call_that_never_connected_is_not_journaled_as_sent(tmp_path):
+    """A request still connecting when the process dies never reached the server: the journal
+    says `sent` only once the transport starts writing it (core.llm.base.request_sent)."""
+    import socket
+
+    from core.errors import ProviderError
+    from core.llm.retry import RetryPolicy
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+
+    class Nowhere:
+        base_url = f"http://127.0.0.1:{port}/v1"
+
+    path = journal_path(tmp_path, "run-4")
+    journal = AnswerJournal.open(path)
+    async with client_for(Nowhere, journal, retry_policy=RetryPolicy(max_retries=0)) as client:
+        with pytest.raises(ProviderError):
+            await client.complete(request())
+    journal.close()
+    assert not path.exists() or "sent" not in path.read_text()
+    assert AnswerJournal.open(path).earlier.unanswered == 0

@@ -11,10 +11,10 @@ from collections import Counter
 
 import pytest
 
-from core.claims import ClaimState, Holder, _start_time, host_name
+from core.claims import ClaimState, Holder, host_name, start_time
 from core.records import Outcome, Stage
 from core.store import Store
-from tests.unit.test_store import backend, home, result, run_start, summary  # noqa: F401 (fixtures)
+from tests.unit.store_records import result, run_start, summary
 
 
 @pytest.fixture
@@ -22,7 +22,7 @@ def live_holders():
     """Holder keys of live processes (sleepers), as other `loom` processes would be."""
     sleepers = [subprocess.Popen(["sleep", "120"]) for _ in range(4)]
     try:
-        yield [Holder(p.pid, host_name(), _start_time(p.pid)).key for p in sleepers]
+        yield [Holder(p.pid, host_name(), start_time(p.pid)).key for p in sleepers]
     finally:
         for proc in sleepers:
             proc.kill()

@@ -206,3 +206,74 @@ async def test_a_cancel_is_never_lost_whatever_the_moment_it_lands(llm_server):
             await response.aread()
         await transport.aclose()
     assert not lost, f"the cancel was lost after {lost} loop turns"
+
+
+@pytest.mark.parametrize("transport", ["loom", "httpx"])
+async def test_a_request_says_it_is_going_out_once_connected_and_only_then(llm_server, transport):
+    """The moment a call is made (core.llm.base.request_sent): both transports send the
+    `send_request_headers.started` trace event once the connection is open, and never for a
+    request whose connection could not be made."""
+    from core.llm.transport import ConnectionPools
+
+    pools = ConnectionPools(concurrency=1, timeout_s=5, headers={"content-type": "application/json"})
+    events: list[str] = []
+
+    def client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=Http11Transport() if transport == "loom"
+                                 else httpx.AsyncHTTPTransport())
+
+    async with client() as http:
+        answered = pools.request(httpx.URL(f"{llm_server.base_url}/chat/completions"),
+                                 BODY.encode(), on_sent=lambda: events.append("sent"))
+        response = await http.send(answered)
+        assert response.status_code == 200 and events == ["sent"]
+
+        with socket.socket() as unused:
+            unused.bind(("127.0.0.1", 0))
+            port = unused.getsockname()[1]  # closed again: nothing listens there
+        refused = pools.request(httpx.URL(f"http://127.0.0.1:{port}/v1/chat/completions"),
+                                BODY.encode(), on_sent=lambda: events.append("refused sent"))
+        with pytest.raises(httpx.ConnectError):
+            await http.send(refused)
+    assert events == ["sent"]
+    await pools.aclose()
+
+
+def client_context(authority=None):
+    import ssl
+
+    context = ssl.create_default_context()
+    if authority is not None:
+        authority.configure_trust(context)
+    return context
+
+
+async def test_tls_requests_share_one_verified_connection(https_server, certificate_authority):
+    """The branch every real OpenAI or Anthropic call takes: TLS, the certificate verified
+    against the trusted CAs, the connection kept alive and reused."""
+    transport = Http11Transport(ssl_context=client_context(certificate_authority))
+    async with httpx.AsyncClient(transport=transport) as client:
+        for _ in range(3):
+            response = await client.send(post(f"{https_server.base_url}/chat/completions"))
+            assert response.status_code == 200
+            assert json.loads(response.json()["choices"][0]["message"]["content"]) == {"a": 1}
+        assert transport.open_connections == 1
+
+
+async def test_tls_refuses_a_certificate_it_cannot_verify(https_server, certificate_authority):
+    """A certificate from a CA the client does not trust, or for another host name: no request
+    is sent, the error says why, and no connection is left open."""
+    import trustme
+
+    untrusted = Http11Transport(ssl_context=client_context(trustme.CA()))
+    async with httpx.AsyncClient(transport=untrusted) as client:
+        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+            await client.send(post(f"{https_server.base_url}/chat/completions"))
+    assert untrusted.open_connections == 0
+
+    trusting = Http11Transport(ssl_context=client_context(certificate_authority))
+    elsewhere = f"https://127.0.0.2:{https_server.port}/v1/chat/completions"  # not on the cert
+    async with httpx.AsyncClient(transport=trusting) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.send(post(elsewhere))
+    assert https_server.count == 0

@@ -9,7 +9,6 @@ import pytest
 
 from core.errors import PipelineError
 from core.evaluate.judges import JudgeFailed
-from core.llm.anthropic import TOOL_NAME
 from core.records import Outcome, Record, Stage
 from core.spec import load_spec
 from core.store import Store

@@ -13,6 +13,9 @@ from core.llm.client import LLMClient
 from core.llm.pricing import Pricing
 from tests.support.llm_server import LLMServer
 
+# Once on each HTTP transport (tests/conftest.py `http_transport`).
+pytestmark = pytest.mark.usefixtures("http_transport")
+
 
 @pytest.fixture
 def llm_server():

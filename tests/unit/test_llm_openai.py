@@ -12,8 +12,12 @@ import pytest
 from core.errors import PipelineError, ProviderError, SecretError
 from core.llm.base import LLMRequest
 from core.llm.openai import DEFAULT_BASE_URL, OpenAIProvider
-from core.llm.transport import MAX_HTTPX_POOL_CONNECTIONS, MAX_POOL_CONNECTIONS, ConnectionPools
+from core.llm.transport import (MAX_HTTPX_POOL_CONNECTIONS, MAX_POOL_CONNECTIONS, ConnectionPools,
+                                 HttpTransport)
 from tests.support.llm_server import LLMServer
+
+# Once on each HTTP transport (tests/conftest.py `http_transport`).
+pytestmark = pytest.mark.usefixtures("http_transport")
 
 
 @pytest.fixture
@@ -212,8 +216,8 @@ async def test_openai_compatible_needs_a_base_url_and_no_key(llm_server, monkeyp
 
 
 async def test_connection_pools_stay_small_and_requests_go_to_free_ones():
-    one = ConnectionPools(concurrency=3, timeout_s=1, headers={})
-    many = ConnectionPools(concurrency=100, timeout_s=1, headers={})
+    one = ConnectionPools(concurrency=3, timeout_s=1, headers={}, transport=HttpTransport.LOOM)
+    many = ConnectionPools(concurrency=100, timeout_s=1, headers={}, transport=HttpTransport.LOOM)
     try:
         assert len(one.pools) == 1 and one.pool_size == 3
         assert len(many.pools) == 4  # ceil(100 / 32)
@@ -235,8 +239,10 @@ async def test_connection_pools_stay_small_and_requests_go_to_free_ones():
 async def test_a_proxy_in_the_environment_gets_httpx_own_transport(monkeypatch):
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("NO_PROXY", "internal.example")
-    proxied = ConnectionPools(concurrency=10, timeout_s=1, headers={}, url="https://api.openai.com/v1")
-    direct = ConnectionPools(concurrency=10, timeout_s=1, headers={}, url="https://internal.example/v1")
+    proxied = ConnectionPools(concurrency=10, timeout_s=1, headers={}, url="https://api.openai.com/v1",
+                              transport=HttpTransport.LOOM)
+    direct = ConnectionPools(concurrency=10, timeout_s=1, headers={}, url="https://internal.example/v1",
+                             transport=HttpTransport.LOOM)
     try:
         assert proxied.uses_httpx_transport and not direct.uses_httpx_transport
         assert proxied.pool_size == MAX_HTTPX_POOL_CONNECTIONS == 4 and len(proxied.pools) == 3
@@ -244,6 +250,47 @@ async def test_a_proxy_in_the_environment_gets_httpx_own_transport(monkeypatch):
     finally:
         await proxied.aclose()
         await direct.aclose()
+
+
+async def test_the_pipeline_chooses_httpx_own_transport(tmp_path):
+    """transform.http_transport: httpx gives the provider httpx's transport, proxy or not."""
+    from core.llm.factory import make_provider
+    from core.spec import load_spec
+    from tests.pipelines import write_pipeline
+
+    pipeline = write_pipeline(tmp_path, rows=[{"id": "1", "text": "t"}],
+                              base_url="http://127.0.0.1:9/v1", transform={"http_transport": "httpx"})
+    loaded = load_spec(pipeline)
+    made = make_provider(loaded.spec.transform, loaded, api_key=None, base_url=None)
+    try:
+        assert made._pools.uses_httpx_transport
+        assert all(isinstance(pool, httpx.AsyncClient) for pool in made._pools.pools)
+    finally:
+        await made.aclose()
+
+
+async def test_a_call_over_tls_verifies_the_server(https_server, certificate_authority,
+                                                   tmp_path, monkeypatch, http_transport):
+    """TLS through the provider, on each transport: the CAs it trusts (SSL_CERT_FILE here,
+    certifi's bundle by default) verify the server; a server they do not vouch for is a
+    retryable connection failure that names the reason, and nothing is sent."""
+    bundle = tmp_path / "ca.pem"
+    certificate_authority.cert_pem.write_to_path(str(bundle))
+    monkeypatch.setenv("SSL_CERT_FILE", str(bundle))
+    trusted = OpenAIProvider(name="openai_compatible", base_url=https_server.base_url)
+    try:
+        response = await trusted.complete(request())
+        assert response.text and https_server.count == 1
+    finally:
+        await trusted.aclose()
+    monkeypatch.delenv("SSL_CERT_FILE")
+    untrusted = OpenAIProvider(name="openai_compatible", base_url=https_server.base_url)
+    try:
+        with pytest.raises(ProviderError, match="CERTIFICATE_VERIFY_FAILED") as caught:
+            await untrusted.complete(request())
+        assert caught.value.retryable and https_server.count == 1
+    finally:
+        await untrusted.aclose()
 
 
 @pytest.mark.parametrize("url", ["localhost:8000/v1", "ftp://example.com/v1", "http://"])

@@ -33,6 +33,8 @@ def test_variants_are_the_files_beside_the_prompt(tmp_path: Path) -> None:
     found = prompt_variants(prompt)
     assert [(v.name, v.title, v.description) for v in found] == [
         ("a_first", "A first", "says what it changes"), ("b_second", "B second", "")]
+    # The prompt a variant is (what the editor loads and a save writes): not its description.
+    assert [v.text for v in found] == ["first {{ input.text }}", "plain {{ input.text }}"]
     assert prompt_variants(tmp_path / "elsewhere" / "p.j2") == []
 
 
@@ -44,9 +46,10 @@ def test_a_variants_description_renders_to_nothing() -> None:
 
     record = Record(id="R1", data={"product": "kettle", "text": "Fine."}, ordinal=0)
     for variant in workspace.prompt_variants(loaded):
-        body = variant.text.split("-#}", 1)[1]
-        assert workspace.render(loaded, record, variant.text).messages == \
-            workspace.render(loaded, record, body.lstrip()).messages
+        whole = variant.path.read_text(encoding="utf-8")
+        assert whole.startswith("{#- variant:") and not variant.text.startswith("{#")
+        assert workspace.render(loaded, record, whole).messages == \
+            workspace.render(loaded, record, variant.text).messages
 
 
 def test_the_preview_model_as_overrides() -> None:

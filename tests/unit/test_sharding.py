@@ -179,7 +179,7 @@ async def test_a_store_from_before_shard_groups_upgrades_in_place(tmp_path) -> N
     from core.sharding import Shard as S
     from core.store import Store
     from core.store.migrate import alembic_config
-    from tests.unit.test_store import run_start
+    from tests.unit.store_records import run_start
 
     path = tmp_path / "loom.db"
     store = await Store.open(f"sqlite:///{path}")

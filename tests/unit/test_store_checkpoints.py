@@ -14,7 +14,7 @@ from core.events import RunStatus
 from core.records import Outcome, Stage
 from core.store import PASSED, Store
 from core.store.migrate import SCHEMA_HEAD
-from tests.unit.test_store import backend, home, result, run_start, store, summary  # noqa: F401
+from tests.unit.store_records import result, run_start, summary
 
 COMPARED = ("record_id", "ordinal", "outcome", "stage", "reason", "error_type", "input", "output",
             "scores", "verdict", "input_tokens", "output_tokens", "cost_usd", "latency_s",
