@@ -271,13 +271,13 @@ class Workspace:
         try:
             return RenderResult(prompts.render(record.data))
         except TemplateError as exc:
-            line = None
+            error_line = None
             if exc.detail.startswith("line "):
                 head = exc.detail[5:].split(":", 1)[0]
-                line = int(head) if head.isdigit() else None
+                error_line = int(head) if head.isdigit() else None
             text = prompt_text if prompt_text is not None else prompts.prompt_text
             return RenderResult(None, plain_template_error(exc.detail, text, record.data,
-                                                           prompts), line)
+                                                           prompts), error_line)
 
     def prompt_source(self, loaded: LoadedSpec) -> PromptSource:
         """The prompt file the pipeline names, as it is on disk now."""
@@ -393,11 +393,11 @@ class Workspace:
                   controller: RunController | None = None) -> AsyncIterator[Event]:
         """Run a pipeline, yielding its events as they happen; ends after RunFinished.
         Errors that prevent the run (a missing secret) are raised from the iterator."""
-        queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        queue: asyncio.Queue[Event | BaseException | _Done] = asyncio.Queue()
         task = asyncio.create_task(self.run_to_end(loaded, options, listeners=[queue.put_nowait],
                                                    controller=controller))
         task.add_done_callback(lambda t: queue.put_nowait(
-            t.exception() if not t.cancelled() and t.exception() else _Done()))
+            (t.exception() or _Done()) if not t.cancelled() else _Done()))
         try:
             while True:
                 item = await queue.get()
@@ -782,7 +782,7 @@ def _declared_name(path: Path) -> str:
     try:
         raw = load_yaml(path.read_text(encoding="utf-8"))
         if isinstance(raw, dict) and isinstance(raw.get("name"), str):
-            return raw["name"]
+            return str(raw["name"])
     except (OSError, UnicodeDecodeError, YamlError):
         pass
     return path.parent.name if path.name.startswith("pipeline.") else path.stem

@@ -84,8 +84,8 @@ async def _latest_approval_by_record(store: "Store", run_id: str) -> dict[str, i
     async for page in _approved_pages(store, run_id, 1000):
         for row in page:
             when = _aware(row.resolved_at)
-            if row.record_id not in latest or (when, row.id) > latest[row.record_id]:
-                latest[row.record_id] = (when, row.id)
+            if row.record_id not in latest or (when, row.number) > latest[row.record_id]:
+                latest[row.record_id] = (when, row.number)
     return {record_id: quarantine_id for record_id, (_, quarantine_id) in latest.items()}
 
 

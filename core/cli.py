@@ -647,7 +647,7 @@ async def _pipeline_labels(store: Any, pipelines: set[tuple[str, str | None]]
     labels = {}
     for name, path in pipelines:
         shared = len(files.get(name, [])) > 1 and path
-        labels[(name, path)] = f"{name} ({_short_path(path)})" if shared else name
+        labels[(name, path)] = f"{name} ({_short_path(path)})" if shared and path else name
     return labels
 
 

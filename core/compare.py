@@ -95,7 +95,7 @@ class ComparedValue:
 
     @property
     def differs(self) -> bool:
-        return self.a != self.b
+        return bool(self.a != self.b)
 
 
 @dataclass(frozen=True)

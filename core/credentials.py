@@ -261,7 +261,7 @@ class _AwsSecrets:
         except BotoCoreError as exc:
             raise SecretError(f"secret {reference}: cannot reach AWS Secrets Manager: "
                               f"{_first_line(exc)}") from None
-        text = answer.get("SecretString")
+        text: str | None = answer.get("SecretString")
         if text is None and answer.get("SecretBinary") is not None:
             try:
                 text = bytes(answer["SecretBinary"]).decode("utf-8")

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from core.approved import write_approved
-from core.claims import start_time
+from core.claims import host_name, start_time
 from core.config import LoomConfig, load_config, loom_home
 from core.connectors.base import Sink, Source, build_row
 from core.connectors.registry import (literal_secrets, open_sink, open_source, redact_override,
@@ -49,7 +49,7 @@ from core.monitoring import monitor_run
 from core.processing import PROVIDER_FAILURE, FatalRunError, Runtime
 from core.records import EvaluatorStats, Outcome, Record, RecordResult, Stage, TransformResult, Verdict
 from core.resume import (DONE, DUPLICATE_ID, LOAD, PROCESS, RELOAD, ResumeIndex, ResumeRequest,
-                         host_name, pipeline_change, reconcile)
+                         pipeline_change, reconcile)
 from core.sharding import Shard, bind_destination
 from core.spec import LoadedSpec, snapshot
 from core.stats import Quantiles
@@ -687,7 +687,8 @@ class Engine:
                 wanted.append(entry.pk)
         if not wanted:
             return {}
-        return {row.id: _result_from_row(row) for row in await self.store.stored_results(wanted)}
+        return {row.id: _result_from_row(row) for row in await self.store.stored_results(wanted)
+                if row.id is not None}  # stored rows all have an id
 
     async def _pump(self, runtime: Runtime, source: Source, sink: Sink) -> None:
         spec = self.loaded.spec

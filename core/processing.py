@@ -227,7 +227,7 @@ def resolve_secrets(loaded: LoadedSpec, resolver: SecretResolver) -> LoadedSpec:
     # a webhook secret missing on a developer's machine must not stop a run.
     monitoring = raw.get("monitoring")
     notify = monitoring.get("notify") if isinstance(monitoring, dict) else None
-    if notify is not None:
+    if notify is not None and isinstance(monitoring, dict):
         raw["monitoring"] = {k: v for k, v in monitoring.items() if k != "notify"}
     resolved = resolver.resolve_tree(raw)
     if notify is not None:

@@ -35,8 +35,8 @@ class _Probe:
         raise _RecordReached
 
     __getattr__ = __getitem__ = __iter__ = __str__ = __len__ = __bool__ = __contains__ = _stop
-    __eq__ = __lt__ = __gt__ = __le__ = __ge__ = _stop  # type: ignore[assignment]
-    __hash__ = None  # type: ignore[assignment]
+    __eq__ = __lt__ = __gt__ = __le__ = __ge__ = _stop
+    __hash__ = None  # type: ignore[assignment]  # unhashable, Python's way: typeshed wants a method
 
 
 def static_prefix(prompts: PromptSet) -> tuple[int, str] | None:

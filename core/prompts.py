@@ -33,8 +33,8 @@ from typing import Any
 import jinja2
 from jinja2 import StrictUndefined
 from jinja2.utils import _PassArg
-from jinja2.sandbox import (MAX_RANGE, ImmutableSandboxedEnvironment,
-                            SecurityError as JinjaSecurityError)
+from jinja2.exceptions import SecurityError as JinjaSecurityError
+from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 
 from core.errors import LoomError, PipelineError, RenderLimitError, SecurityError, TemplateError
 from core.spec import LoadedSpec

@@ -25,7 +25,8 @@ from typing import Any
 import jsonschema
 
 from core.config import LoomConfig
-from core.connectors.base import build_row, id_column
+from core.connectors.base import Sink, build_row, id_column
+from core.connectors.files import _FileSink
 from core.connectors.registry import open_sink, redact_uri
 from core.claims import Claim, ClaimState, Holder
 from core.credentials import SecretResolver
@@ -101,13 +102,13 @@ class QuarantineDesk:
             ready = []
             for row in rows:
                 if row.output is None:
-                    results[row.id] = ActionResult(row.id, "approve", row.status, False,
+                    results[row.number] = ActionResult(row.number, "approve", row.status, False,
                                                    "nothing to approve: the record has no output "
                                                    "(edit it, or reprocess it)")
                 else:
                     ready.append((row, row.output))
             for row, message in await self._load(claim_id, ready, "approve", note):
-                results[row.id] = message
+                results[row.number] = message
         return [results[i] for i in _unique(ids)]
 
     async def approve_edited(self, quarantine_id: int, output: Any, *,
@@ -125,7 +126,7 @@ class QuarantineDesk:
                     jsonschema.validators.validator_for(schema)(schema).iter_errors(output))
                 if error is not None:
                     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                    return ActionResult(row.id, "edit", row.status, False,
+                    return ActionResult(row.number, "edit", row.status, False,
                                         f"the edited output does not match output_schema at "
                                         f"{where}: {error.message}")
             (_, result), = await self._load(claim_id, [(row, output)], "edit", note,
@@ -154,16 +155,16 @@ class QuarantineDesk:
                         # Stored with the record again: masked as a run masks its reasons.
                         reason = resolver.redact(answer.get("reason") or "still fails")
                         await self.store.resolve_quarantined(
-                            row.id, action="reprocess", status="open", actor=self.actor,
+                            row.number, action="reprocess", status="open", actor=self.actor,
                             reason=reason, scores=answer["scores"], verdict=answer["verdict"],
                             details={**answer["details"], "stage": answer.get("stage")})
-                        results[row.id] = ActionResult(row.id, "reprocess", "open", False,
+                        results[row.number] = ActionResult(row.number, "reprocess", "open", False,
                                                        f"still quarantined: {reason}")
                     for row, message in await self._load(
                             claim_id, [(row, answer["output"]) for row, answer in passed],
                             "reprocess", None, loaded=loaded,
-                            extra={row.id: answer for row, answer in passed}):
-                        results[row.id] = message
+                            extra={row.number: answer for row, answer in passed}):
+                        results[row.number] = message
                 finally:
                     await runtime.aclose()
         return [results[i] for i in _unique(ids)]
@@ -172,10 +173,11 @@ class QuarantineDesk:
         results: dict[int, ActionResult] = {}
         async with self._claimed(ids, "discard", results) as (_, rows):
             for row in rows:
-                await self.store.resolve_quarantined(row.id, action="discard",
+                await self.store.resolve_quarantined(row.number, action="discard",
                                                      status="discarded", note=note,
                                                      actor=self.actor)
-                results[row.id] = ActionResult(row.id, "discard", "discarded", False, "discarded")
+                results[row.number] = ActionResult(row.number, "discard", "discarded", False,
+                                                   "discarded")
         return [results[i] for i in _unique(ids)]
 
     # ------------------------------------------------------------ claims
@@ -212,7 +214,7 @@ class QuarantineDesk:
                     rows.append(row)
             await self._prepare(rows + [row for row, _ in taken])
             rows.extend(await self._settle(taken, action, claim_id, results))
-            rows.sort(key=lambda row: wanted.index(row.id))
+            rows.sort(key=lambda row: wanted.index(row.number))
             yield claim_id, rows
         finally:
             with contextlib.suppress(Exception):
@@ -246,8 +248,8 @@ class QuarantineDesk:
                         await sink.abort()
             except LoomError as exc:
                 for row, _ in group:  # the claim stays: the next action asks again
-                    self._began.add(row.id)
-                    results[row.id] = ActionResult(row.id, action, row.status, False,
+                    self._began.add(row.number)
+                    results[row.number] = ActionResult(row.number, action, row.status, False,
                                                    f"not settled: an interrupted action may "
                                                    f"have loaded it, and {exc}")
                 continue
@@ -258,20 +260,20 @@ class QuarantineDesk:
                 dead_action = str(claim.status)
                 status = _STATUS[dead_action]
                 await self.store.resolve_quarantined(
-                    row.id, action=dead_action, status=status, final_output=row.claim_output,
+                    row.number, action=dead_action, status=status, final_output=row.claim_output,
                     actor=self.actor, details={"destination": destination,
                                                "settled": "loaded by an interrupted action"},
                     **_judged(row.answer if dead_action == "reprocess" else None, row))
                 loaded = status in _DONE[action]
-                results[row.id] = ActionResult(
-                    row.id, action, status, loaded,
+                results[row.number] = ActionResult(
+                    row.number, action, status, loaded,
                     f"{status}: loaded into {redact_uri(destination)} by an interrupted "
                     f"{dead_action} (not written again)" if loaded else
                     f"already {status} (by an interrupted {dead_action}); nothing done")
         if again:
-            await self.store.restart_claim([row.id for row in again], self.holder, claim_id,
+            await self.store.restart_claim([row.number for row in again], self.holder, claim_id,
                                            action)
-            again = [row for row in [await self.store.get_quarantined(r.id) for r in again]
+            again = [row for row in [await self.store.get_quarantined(r.number) for r in again]
                      if row is not None]
         return again
 
@@ -293,7 +295,7 @@ class QuarantineDesk:
             "verdict": outcome.verdict.to_dict() if outcome.verdict is not None else None,
             "details": {"cost_usd": sum_costs([c.cost_usd for c in outcome.calls]),
                         "prompt_hash": prompt_hash, "model": model}}
-        await self.store.save_answer(row.id, self.holder, answer)
+        await self.store.save_answer(row.number, self.holder, answer)
         crash_point("quarantine:answered")
         return answer
 
@@ -310,7 +312,7 @@ class QuarantineDesk:
                 continue
             run = await self.store.get_run(row.run_id)
             if run is None:
-                raise LoomError(f"run {row.run_id} of quarantined record {row.id} is gone")
+                raise LoomError(f"run {row.run_id} of quarantined record {row.number} is gone")
             self._loaded[row.run_id] = run_pipeline(run)
 
     async def _load(self, claim_id: str, items: list[tuple[QuarantinedRecord, Any]], action: str,
@@ -335,8 +337,8 @@ class QuarantineDesk:
         for key, group in groups.items():
             spec = specs[key]
             destination = spec.spec.load.destination
-            ids = [row.id for row, _ in group]
-            await self.store.stage_claim({row.id: output for row, output in group}, self.holder)
+            ids = [row.number for row, _ in group]
+            await self.store.stage_claim({row.number: output for row, output in group}, self.holder)
             sink = None
             token: str | None = None
             try:
@@ -350,12 +352,14 @@ class QuarantineDesk:
                 if target is not spec or rewrite is not None:
                     # One row per id: of two outputs for one record id, the last stands.
                     column = rewrite or _key_column(spec)
+                    assert column is not None  # _identity_target refused a target without one
                     kept = {str(r.get(column)): (r, i) for r, i in zip(rows, record_ids)}
                     rows = [r for r, _ in kept.values()]
                     record_ids = [i for _, i in kept.values()]
                 if rewrite is not None:
                     # Read under the destination's lock: another action or run committing
                     # between this read and our rename would lose its rows.
+                    assert isinstance(sink, _FileSink)  # only files are rewritten (see above)
                     await sink.lock_destination()
                     await _rewrite_without(sink, target, rewrite,
                                            {str(r.get(rewrite)) for r in rows})
@@ -380,22 +384,22 @@ class QuarantineDesk:
                     with contextlib.suppress(Exception):
                         await sink.abort()
                 failed = [row for row, _ in group if row.record_id not in landed]
-                await self.store.drop_claims([row.id for row in failed], self.holder)
-                self._began.difference_update(row.id for row in failed)
+                await self.store.drop_claims([row.number for row in failed], self.holder)
+                self._began.difference_update(row.number for row in failed)
                 for row in failed:
-                    out.append((row, ActionResult(row.id, action, row.status, False,
+                    out.append((row, ActionResult(row.number, action, row.status, False,
                                                   f"not loaded: {exc}")))
                 group = [(row, output) for row, output in group if row.record_id in landed]
                 if not group:
                     continue
             for row, output in group:
                 await self.store.resolve_quarantined(
-                    row.id, action=action, status=status, final_output=output, note=note,
-                    actor=self.actor, details={**((extra or {}).get(row.id, {}).get("details")
+                    row.number, action=action, status=status, final_output=output, note=note,
+                    actor=self.actor, details={**((extra or {}).get(row.number, {}).get("details")
                                                   or {}), "destination": destination},
-                    **_judged((extra or {}).get(row.id), row))
-                self._began.discard(row.id)
-                out.append((row, ActionResult(row.id, action, status, True,
+                    **_judged((extra or {}).get(row.number), row))
+                self._began.discard(row.number)
+                out.append((row, ActionResult(row.number, action, status, True,
                                               f"loaded into {redact_uri(destination)}")))
             if sink is not None and sink.resume_policy == "ledger":
                 # The store holds the outcome: the sink may forget its ledger rows.
@@ -422,7 +426,7 @@ def _judged(answer: dict[str, Any] | None, row: QuarantinedRecord) -> dict[str, 
             "reason": row.reason}
 
 
-async def _landed(sink: Any, token: str | None, record_ids: list[str]) -> set[str]:
+async def _landed(sink: Sink, token: str | None, record_ids: list[str]) -> set[str]:
     """Which of these records an earlier attempt under the sink's name put at the
     destination: all when its publish went through (`token`), those in its load ledger, or
     none (a "rewrite" sink's earlier parts are withdrawn, to be written again)."""
@@ -482,7 +486,7 @@ def _identity_target(loaded: LoadedSpec) -> tuple[LoadedSpec, str | None]:
                     f"place; nothing was loaded (run the pipeline again to include it)")
 
 
-async def _rewrite_without(sink: Any, loaded: LoadedSpec, key: str, ids: set[str]) -> None:
+async def _rewrite_without(sink: _FileSink, loaded: LoadedSpec, key: str, ids: set[str]) -> None:
     """A `replace` file destination, staged anew: every row it holds but those with `ids`."""
     path = Path(sink.path)
     if not path.is_file():

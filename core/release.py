@@ -188,7 +188,7 @@ class _Publish:
         written: set[str] = set()  # the run's own record ids, now in the sink
         for start in range(0, len(self.row_ids), batch_size):
             rows = await store.stored_results(self.row_ids[start:start + batch_size])
-            rows.sort(key=lambda row: row.id)
+            rows.sort(key=lambda row: row.id or 0)  # stored rows all have an id
             await sink.write_records(
                 [build_row(loaded, Record(id=row.record_id, data=row.input or {},
                                           ordinal=row.ordinal), row.output) for row in rows],

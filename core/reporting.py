@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 from rich.segment import Segment
@@ -116,7 +116,7 @@ class ProgressReporter:
     """An event listener: a rich progress bar on stderr at a terminal, else plain lines."""
 
     def __init__(self, console: Console | None = None, *, show_progress: bool | None = None,
-                 interval_s: float | None | str = "env",
+                 interval_s: float | None | Literal["env"] = "env",
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.console = console or make_console(stderr=True)
         self.show = self.console.is_terminal if show_progress is None else show_progress

@@ -43,18 +43,19 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._depth = 0
 
-    def compose_node(self, parent: Any, index: Any) -> Any:  # type: ignore[override]
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
         self._depth += 1
         try:
             if self._depth > MAX_YAML_DEPTH:
-                mark = self.peek_event().start_mark
+                # types-PyYAML leaves Parser.peek_event unannotated (it returns an Event).
+                mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
                 raise YamlError(f"the YAML nests more than {MAX_YAML_DEPTH} levels deep",
                                 line=mark.line + 1)
             return super().compose_node(parent, index)
         finally:
             self._depth -= 1
 
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:  # type: ignore[override]
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         digits = sum(ch.isdigit() for ch in str(node.value))
         if digits > MAX_INT_DIGITS:
             raise YamlError(f"an integer of {digits:,} digits (at most {MAX_INT_DIGITS:,})",

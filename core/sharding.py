@@ -233,7 +233,8 @@ class ShardGroup:
 
     @property
     def started_at(self) -> datetime:
-        return min(run.started_at for run in self.counted)
+        started: datetime = min(run.started_at for run in self.counted)
+        return started
 
     @property
     def finished_at(self) -> datetime | None:

@@ -822,8 +822,8 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
 
     context = spec.transform.context
     for index, (name, relative) in enumerate(spec.transform.context_files().items()):
-        key = ("transform", "context", name if isinstance(context, dict) else index)
-        must_exist(key, relative, "context file")
+        context_key = ("transform", "context", name if isinstance(context, dict) else index)
+        must_exist(context_key, relative, "context file")
 
     if isinstance(spec.transform.output_schema, str):
         must_exist(("transform", "output_schema"), spec.transform.output_schema, "schema file")
@@ -837,10 +837,10 @@ def _check_files(loaded: LoadedSpec, lines: dict[tuple[Any, ...], int], shown: s
                 relative = getattr(evaluator, key, None)
                 if relative is None:
                     continue
-                where = ("evaluate", "evaluators", index, key)
-                template_path = must_exist(where, relative, "prompt file")
-                check_template_syntax(template_path, file=shown, line=_line_for(lines, where),
-                                      key=_dotted(where))
+                at = ("evaluate", "evaluators", index, key)
+                template_path = must_exist(at, relative, "prompt file")
+                check_template_syntax(template_path, file=shown, line=_line_for(lines, at),
+                                      key=_dotted(at))
             if evaluator.cassette:
                 must_exist(("evaluate", "evaluators", index, "cassette"), evaluator.cassette,
                            "cassette")
@@ -993,4 +993,5 @@ def snapshot(loaded: LoadedSpec) -> dict[str, Any]:
     A password written into a connection URI itself (rather than as ${NAME}) is masked, and so
     is the literal value of every secret-named key (`api_key: sk-…`, a webhook, a token).
     """
-    return redact_tree(loaded.raw)
+    redacted: dict[str, Any] = redact_tree(loaded.raw)
+    return redacted

@@ -11,7 +11,7 @@ import abc
 import hashlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from core.errors import ConnectorError, LoadError
@@ -41,7 +41,7 @@ class Source(abc.ABC):
         self.id_field = self.spec.id_field
 
     @abc.abstractmethod
-    def _rows(self) -> AsyncIterator[tuple[dict[str, Any] | None, str, str | None]]:
+    def _rows(self) -> AsyncGenerator[tuple[dict[str, Any] | None, str, str | None], None]:
         """Yield (row, origin, error) per row, in source order.
 
         `origin` says where the row came from ("reviews.csv:17"). A row the source could not

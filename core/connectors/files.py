@@ -26,7 +26,7 @@ import os
 import re
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +39,7 @@ from core.connectors.parsing import (
     PARSERS,
     RAW_LIMIT,
     Row,
+    RowStream,
     check_encoding,
     drain_in_thread,
     first_line as _first_line,
@@ -142,13 +143,13 @@ class _FileSource(Source):
         except OSError as exc:
             raise self._cannot_read(exc) from None
 
-    def _iter_rows(self) -> Iterator[Row]:
+    def _iter_rows(self) -> RowStream:
         """The file's rows, read synchronously (runs in a worker thread)."""
         with self._open_binary() as handle:
             yield from PARSERS[self.kind](handle, name=self.name, where=str(self.path),
                                           encoding=self.encoding)
 
-    async def _rows(self) -> AsyncIterator[Row]:
+    async def _rows(self) -> AsyncGenerator[Row, None]:
         rows = drain_in_thread(self._iter_rows(), self._chunk)
         try:
             async for item in rows:
@@ -414,7 +415,7 @@ class _FileSink(Sink):
                     return False
                 digest.update(chunk)
                 remaining -= len(chunk)
-        return digest.hexdigest() == mark["sha256"]
+        return digest.hexdigest() == str(mark["sha256"])
 
     def _complete(self) -> None:
         if self._ready is not None:

@@ -19,7 +19,7 @@ import io
 import itertools
 import json
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from typing import IO, Any
 
 import ijson
@@ -40,7 +40,8 @@ _UTF8_BOM = codecs.BOM_UTF8
 _PROBE = 65536
 
 Row = tuple[dict[str, Any] | None, str, str | None]
-Parser = Callable[..., Iterator[Row]]
+RowStream = Generator[Row, None, None]  # a parser's rows, closed when the reader stops
+Parser = Callable[..., RowStream]
 
 
 # ---------------------------------------------------------------- helpers
@@ -177,7 +178,7 @@ def _take(rows: Iterator[Row], count: int) -> list[Row]:
     return list(itertools.islice(rows, count))
 
 
-async def drain_in_thread(rows: Iterator[Row], chunk: int) -> AsyncIterator[Row]:
+async def drain_in_thread(rows: RowStream, chunk: int) -> AsyncGenerator[Row, None]:
     """Yield a synchronous parser's rows, reading `chunk` of them per worker-thread hop."""
     try:
         while True:
@@ -195,7 +196,7 @@ async def drain_in_thread(rows: Iterator[Row], chunk: int) -> AsyncIterator[Row]
 
 def _text(stream: IO[bytes], encoding: str, newline: str) -> io.TextIOWrapper:
     # A BOM is not part of the first column's name: utf-8-sig drops it when present.
-    return io.TextIOWrapper(stream,  # type: ignore[arg-type]
+    return io.TextIOWrapper(stream,
                             encoding="utf-8-sig" if is_utf8(encoding) else encoding,
                             errors="surrogateescape", newline=newline)
 
@@ -203,7 +204,7 @@ def _text(stream: IO[bytes], encoding: str, newline: str) -> io.TextIOWrapper:
 # ---------------------------------------------------------------- CSV
 
 
-def csv_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Iterator[Row]:
+def csv_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> RowStream:
     """A CSV with a header row; values stay the strings they are. `name` starts each row's
     origin ("reviews.csv:17"), `where` names the source in errors."""
     if csv.field_size_limit() < _CSV_FIELD_LIMIT:
@@ -292,7 +293,7 @@ def _csv_header(values: list[str], where: str) -> list[str]:
 # ---------------------------------------------------------------- JSON Lines
 
 
-def jsonl_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Iterator[Row]:
+def jsonl_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> RowStream:
     """One JSON object per line; blank lines are skipped."""
     loads = loads_checked
     # Only "\n" ends a line: a lone "\r" inside a value must not split a record.
@@ -376,7 +377,7 @@ _YAJL_OVERFLOW = "overflow"
 _PYTHON_BACKEND = ijson.get_backend("python")
 
 
-def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> Iterator[Row]:
+def json_rows(stream: IO[bytes], *, name: str, where: str, encoding: str = "utf-8") -> RowStream:
     """A top-level JSON array of objects, parsed incrementally with ijson.
 
     The fast (yajl) parser is used first; if it stops at a number it cannot hold, the file is
@@ -431,7 +432,7 @@ def _json_rows(stream: IO[bytes], basic_parse: Any, *, name: str, where: str, en
     if is_utf8(encoding):
         readable: Any = content
     else:
-        readable = _Utf8Reader(io.TextIOWrapper(content, encoding=encoding))  # type: ignore[arg-type]
+        readable = _Utf8Reader(io.TextIOWrapper(content, encoding=encoding))
     index = 0
     try:
         for value in _elements(basic_parse(readable, use_float=True)):

@@ -26,7 +26,7 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -36,8 +36,13 @@ from core.connectors.sql_params import render_sql
 from core.errors import ConnectorError, LoadError
 
 if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
     from core.connectors.registry import ParsedURI
     from core.spec import LoadedSpec
+
+    # A connection of its own, or one lent by the pool (a proxy with every Connection method).
+    _Connection = asyncpg.Connection | PoolConnectionProxy
 
 CONNECT_TIMEOUT_S = 15.0
 MAX_POOL = 32
@@ -87,7 +92,7 @@ async def _connect(uri: "ParsedURI", what: str) -> asyncpg.Connection:
     return connection
 
 
-async def _json_codecs(connection: asyncpg.Connection) -> None:
+async def _json_codecs(connection: _Connection) -> None:
     # json and jsonb columns read as Python objects, not as their text.
     for name in _JSON_TYPES:
         await connection.set_type_codec(name, encoder=json.dumps, decoder=json.loads,
@@ -198,7 +203,7 @@ class PostgresSource(Source):
                                      f"{value!r} cannot be one (in {self.uri.display})") from None
         return arguments
 
-    async def _rows(self) -> AsyncIterator[tuple[dict[str, Any] | None, str, str | None]]:
+    async def _rows(self) -> AsyncGenerator[tuple[dict[str, Any] | None, str, str | None], None]:
         connection = await _connect(self.uri, "postgres source")
         try:
             # Read-only: extracting can never modify the source, whatever the query says.
@@ -375,7 +380,7 @@ class PostgresSink(Sink):
     # -- catalog
 
     @staticmethod
-    async def _relation(connection: asyncpg.Connection, quoted: str) -> tuple[int, str] | None:
+    async def _relation(connection: _Connection, quoted: str) -> tuple[int, str] | None:
         row = await connection.fetchrow(
             "SELECT c.oid, c.relkind::text AS relkind FROM pg_catalog.pg_class c "
             "WHERE c.oid = to_regclass($1)",
@@ -383,13 +388,13 @@ class PostgresSink(Sink):
         return (int(row["oid"]), str(row["relkind"])) if row else None
 
     @staticmethod
-    async def _columns_of(connection: asyncpg.Connection, oid: int) -> dict[str, str]:
+    async def _columns_of(connection: _Connection, oid: int) -> dict[str, str]:
         rows = await connection.fetch(
             "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_catalog.pg_attribute "
             "WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped ORDER BY attnum", oid)
         return {row["attname"]: row["type"] for row in rows}
 
-    async def _table_columns(self, connection: asyncpg.Connection,
+    async def _table_columns(self, connection: _Connection,
                              quoted: str) -> dict[str, str] | None:
         relation = await self._relation(connection, quoted)
         return None if relation is None else await self._columns_of(connection, relation[0])
@@ -413,7 +418,7 @@ class PostgresSink(Sink):
             await self._close()
             raise ConnectorError(f"{self._where()}: {describe(exc)}") from exc
 
-    async def _inspect(self, connection: asyncpg.Connection) -> None:
+    async def _inspect(self, connection: _Connection) -> None:
         if self.schema is not None and not await connection.fetchval(
                 "SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1", self.schema):
             raise ConnectorError(f"{self._where()}: schema {self.schema!r} does not exist")
@@ -435,7 +440,7 @@ class PostgresSink(Sink):
         if self.mode == "upsert" and relation is not None:
             await self._prepare_upsert_target(connection, relation[0])
 
-    async def _prepare_upsert_target(self, connection: asyncpg.Connection, oid: int) -> None:
+    async def _prepare_upsert_target(self, connection: _Connection, oid: int) -> None:
         """An existing table gets the key columns and a unique index on them, if it lacks them."""
         assert self._columns is not None
         for column in self.key:
@@ -459,7 +464,7 @@ class PostgresSink(Sink):
                 f"{self._where()}: cannot upsert on key ({', '.join(self.key)}): the table already "
                 f"holds rows with the same key; remove the duplicates or choose another key") from None
 
-    async def _has_unique_key(self, connection: asyncpg.Connection, oid: int) -> bool:
+    async def _has_unique_key(self, connection: _Connection, oid: int) -> bool:
         rows = await connection.fetch(
             "SELECT array(SELECT a.attname FROM unnest(i.indkey) AS k(n) "
             "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n) AS names "
@@ -491,7 +496,7 @@ class PostgresSink(Sink):
                                      f"{describe(exc)}") from exc
             return found
 
-    async def _note_in_ledger(self, connection: asyncpg.Connection, record_ids: list[str]) -> None:
+    async def _note_in_ledger(self, connection: _Connection, record_ids: list[str]) -> None:
         """Inside the batch's transaction: the batch's record ids, for a resumed run."""
         if not self._ledger_ready and await connection.fetchval(
                 "SELECT to_regclass($1)", self._ledger) is None:
@@ -539,7 +544,7 @@ class PostgresSink(Sink):
             for names in groups:
                 self._written.update(dict.fromkeys(names))
 
-    async def _ensure_columns(self, connection: asyncpg.Connection,
+    async def _ensure_columns(self, connection: _Connection,
                               rows: list[dict[str, Any]]) -> dict[str, str]:
         """The write table's columns after creating it or adding the batch's new columns."""
         known = self._columns
@@ -576,7 +581,7 @@ class PostgresSink(Sink):
                     found[name] = pg_type(value)
         return {name: sql_type or "text" for name, sql_type in found.items()}
 
-    async def _create(self, connection: asyncpg.Connection, shape: dict[str, str]) -> None:
+    async def _create(self, connection: _Connection, shape: dict[str, str]) -> None:
         keys = set(self.key)
         definitions = [f"{quote_column(name)} {sql_type}" + (" NOT NULL" if name in keys else "")
                        for name, sql_type in shape.items()]
@@ -640,7 +645,7 @@ class PostgresSink(Sink):
         except _DB_ERRORS:
             pass
 
-    async def _swap_in_scratch(self, connection: asyncpg.Connection) -> None:
+    async def _swap_in_scratch(self, connection: _Connection) -> None:
         """In one transaction: empty (or create) the target, copy the scratch rows in, drop it."""
         # Two replaces of one table at once: without this, the second one's DELETE skips the
         # rows the first one is inserting (READ COMMITTED) and the table ends with both runs'

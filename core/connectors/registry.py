@@ -209,9 +209,11 @@ def _load(table: dict[str, str], scheme: str) -> Any:
 def open_source(loaded: "LoadedSpec", uri: str | None = None) -> "Source":
     """The source for a pipeline's extract section (`uri`: the resolved, secret-bearing form)."""
     parsed = parse_uri(uri or loaded.spec.extract.source)
-    return _load(_SOURCES, parsed.scheme)(loaded, parsed)
+    source: Source = _load(_SOURCES, parsed.scheme)(loaded, parsed)
+    return source
 
 
 def open_sink(loaded: "LoadedSpec", uri: str | None = None) -> "Sink":
     parsed = parse_uri(uri or loaded.spec.load.destination)
-    return _load(_SINKS, parsed.scheme)(loaded, parsed)
+    sink: Sink = _load(_SINKS, parsed.scheme)(loaded, parsed)
+    return sink

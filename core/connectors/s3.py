@@ -25,7 +25,7 @@ import contextlib
 import io
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import aioboto3
@@ -180,7 +180,7 @@ class S3Source(Source):
             raise ConnectorError(f"s3 source {self._where()}: cannot list: "
                                  f"{describe_error(exc)}") from exc
 
-    async def _rows(self) -> AsyncIterator[Row]:
+    async def _rows(self) -> AsyncGenerator[Row, None]:
         client = await self._objects.start()
         try:
             async for key in self._keys(client):
@@ -190,7 +190,7 @@ class S3Source(Source):
         finally:
             await self._objects.close()
 
-    async def _object_rows(self, client: Any, key: str, kind: str) -> AsyncIterator[Row]:
+    async def _object_rows(self, client: Any, key: str, kind: str) -> AsyncGenerator[Row, None]:
         where = self._where(key)
         try:
             response = await client.get_object(Bucket=self.bucket, Key=key)

@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 import jinja2
 from jinja2 import StrictUndefined, pass_context
+from jinja2.exceptions import SecurityError as JinjaSecurityError
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError as JinjaSecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from core.errors import SecurityError, TemplateError
 

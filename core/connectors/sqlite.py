@@ -21,7 +21,7 @@ import sqlite3
 import threading
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,7 +155,7 @@ class SqliteSource(Source):
             await connection.close()
         return int(row[0]) if row else None
 
-    async def _rows(self) -> AsyncIterator[tuple[dict[str, Any] | None, str, str | None]]:
+    async def _rows(self) -> AsyncGenerator[tuple[dict[str, Any] | None, str, str | None], None]:
         connection = await self._connect()
         try:
             cursor = await self._execute(connection)

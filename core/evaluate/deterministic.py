@@ -24,7 +24,7 @@ import jsonschema
 import referencing
 import referencing.exceptions
 from jinja2 import meta as jinja_meta
-from jinja2.sandbox import SecurityError as JinjaSecurityError
+from jinja2.exceptions import SecurityError as JinjaSecurityError
 from jsonschema.exceptions import best_match
 from referencing.jsonschema import DRAFT202012, specification_with
 
@@ -213,9 +213,11 @@ class ExactMatch(FieldEvaluator):
             expected_keys = value_keys(expected, self.ignore_case, self.normalize_whitespace)
         else:
             expected = self.spec.value
+            # ExactMatchSpec has exactly one of reference_field and value.
+            assert self._expected_keys is not None
             expected_keys = self._expected_keys
         found_keys = value_keys(value, self.ignore_case, self.normalize_whitespace)
-        if keys_match(found_keys, expected_keys):  # type: ignore[arg-type]
+        if keys_match(found_keys, expected_keys):
             return self.make_score(1.0, clip(f"{show(value)} matches {show(expected)}{self._options}"))
         return self.make_score(0.0, clip(f"expected {show(expected)}, found {show(value)}{self._options}"))
 
@@ -350,7 +352,8 @@ def read_schema_file(path: Path, key: str) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise PipelineError(f"cannot read schema file {path}: {exc.strerror or exc}", key=key) from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise PipelineError(f"cannot read schema file {path}: {reason}", key=key) from None
     try:
         if path.suffix.lower() == ".json":
             return json.loads(text)
@@ -375,7 +378,8 @@ def compile_schema(schema: Any, ref_dir: Path, key: str) -> jsonschema.protocols
     validator_class = jsonschema.validators.validator_for(
         schema, default=jsonschema.Draft202012Validator)
     try:
-        validator_class.check_schema(schema)
+        # types-jsonschema takes a dict only; a boolean schema is valid JSON Schema too.
+        validator_class.check_schema(schema)  # type: ignore[arg-type]
     except jsonschema.SchemaError as exc:
         path = exc.json_path if exc.path else "$"
         raise PipelineError(clip(f"invalid JSON schema at {path}: {exc.message}"), key=key) from None
@@ -388,6 +392,7 @@ def compile_schema(schema: Any, ref_dir: Path, key: str) -> jsonschema.protocols
                 raise PipelineError(clip(f"$ref {ref!r}: {exc.detail}"), key=key) from None
             except (ValueError, referencing.exceptions.CannotDetermineSpecification) as exc:
                 raise PipelineError(clip(f"$ref {ref!r}: {exc}"), key=key) from None
+    # referencing's attrs class takes `retrieve` (its private field's alias): the stubs miss it.
     registry: referencing.Registry[Any] = referencing.Registry(retrieve=retrieve)  # type: ignore[call-arg]
     return validator_class(schema, registry=registry,
                            format_checker=validator_class.FORMAT_CHECKER)
@@ -450,7 +455,7 @@ class Range(FieldEvaluator):
         return self.make_score(1.0, f"{_number(number)} is within {self._bounds}")
 
 
-def _number(value: float) -> str:
+def _number(value: float | None) -> str:
     return str(int(value)) if isinstance(value, float) and value.is_integer() and abs(value) < 1e15 \
         else str(value)
 
@@ -458,7 +463,7 @@ def _number(value: float) -> str:
 def _bounds_text(low: float | None, high: float | None) -> str:
     if low is not None and high is not None:
         return f"[{_number(low)}, {_number(high)}]"
-    return f">= {_number(low)}" if low is not None else f"<= {_number(high)}"  # type: ignore[arg-type]
+    return f">= {_number(low)}" if low is not None else f"<= {_number(high)}"
 
 
 class Length(FieldEvaluator):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import jinja2
 import jsonschema
-from jinja2.sandbox import SecurityError as JinjaSecurityError
+from jinja2.exceptions import SecurityError as JinjaSecurityError
 
 from core.errors import (EvaluatorError, LoomError, PipelineError, RenderLimitError, SecurityError,
                          TemplateError)
@@ -229,6 +229,7 @@ class Judge(Evaluator):
             response = await self._call(messages, calls, max_tokens=limit)
         answer, problem = self._check(response)
         if problem is None:
+            assert answer is not None  # _check returns an answer or a problem
             return answer
         repair = messages + [
             {"role": "assistant", "content": response.text},
@@ -239,6 +240,7 @@ class Judge(Evaluator):
         response = await self._call(repair, calls, max_tokens=limit)
         answer, second = self._check(response)
         if second is None:
+            assert answer is not None
             return answer
         cut = truncation(response, limit)
         message = f"judge reply {cut}" if cut else f"judge reply invalid after one repair: {second}"

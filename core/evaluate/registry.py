@@ -22,10 +22,9 @@ from core.evaluate.judges import JUDGES
 from core.records import Score
 from core.spec import LoadedSpec
 
-EVALUATORS: dict[str, type[Evaluator]] = {
-    cls.type: cls
-    for cls in (ExactMatch, OneOf, Regex, Contains, JsonSchema, Range, Length, Expression, *JUDGES)
-}
+_CLASSES: tuple[type[Evaluator], ...] = (ExactMatch, OneOf, Regex, Contains, JsonSchema, Range,
+                                         Length, Expression, *JUDGES)
+EVALUATORS: dict[str, type[Evaluator]] = {cls.type: cls for cls in _CLASSES}
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 try:
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 except ImportError:  # pragma: no cover - Airflow 3.0 kept them in airflow.exceptions
-    from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef]
+    # no-redef where Airflow is installed; the dev environment (CI's mypy) has none: unused there.
+    from airflow.exceptions import AirflowException, AirflowFailException  # type: ignore[no-redef, unused-ignore]
 
 from core.api import Workspace
 from core.engine import RunController, RunOptions
@@ -202,7 +203,8 @@ class LoomPipelineOperator(BaseOperator):
         thread.join()
         if "error" in outcome:
             raise outcome["error"]
-        return outcome["summary"]
+        summary: RunSummary = outcome["summary"]
+        return summary
 
     async def _run(self, path: Path, overrides: list[str], store_url: str | None,
                    shard: Shard | None) -> RunSummary:

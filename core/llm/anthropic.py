@@ -126,11 +126,11 @@ class AnthropicProvider(RequestShaper):
                                         retryable=False, status=200)
                 if stop != "max_tokens":  # cut off before any text: the transform says so
                     raise self._exchange.malformed(request.model, self.url, "a text or tool_use block")
-            text = "".join(parts)
+            text = "".join(p for p in parts if isinstance(p, str))  # all are (checked above)
             if not text.strip() and stop not in ("max_tokens", "refusal"):
                 # Text blocks with nothing in them are no answer: the endpoint's failure.
                 raise self._exchange.malformed(request.model, self.url, "a text or tool_use block")
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        usage = data["usage"] if isinstance(data.get("usage"), dict) else {}
         cached = token_count(usage, "cache_read_input_tokens")
         written = token_count(usage, "cache_creation_input_tokens")
         # cache_creation splits the writes by lifetime; without it every write is a 5-minute one.

@@ -272,7 +272,7 @@ class LLMClient:
                 try:
                     response = await self.provider.complete(request)
                 except ProviderError as error:
-                    if sent is not None:
+                    if sent is not None and journal is not None:  # (sent implies journal)
                         journal.ended(sent)  # nothing answered: not a call to count as repeated
                         sent = None
                     if error.status == 429:

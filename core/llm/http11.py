@@ -131,8 +131,8 @@ class _Connection:
         out = h.send(h11.Request(method=request.method, target=request.url.raw_path,
                                  headers=request.headers.raw))
         if body:
-            out += h.send(h11.Data(data=body))  # type: ignore[operator]
-        out += h.send(h11.EndOfMessage())  # type: ignore[operator]
+            out += h.send(h11.Data(data=body))
+        out += h.send(h11.EndOfMessage())
         protocol = self.protocol
         if protocol.error is not None or self.transport.is_closing():
             raise httpx.WriteError("the connection closed before the request was sent",
@@ -141,7 +141,7 @@ class _Connection:
         if trace is not None:
             # The event httpcore sends at this point (core.llm.transport.request_sent).
             await trace("http11.send_request_headers.started", {"request": request})
-        self.transport.write(out)  # type: ignore[arg-type]
+        self.transport.write(out)
         if protocol.paused:
             protocol.drain_waiter = asyncio.get_running_loop().create_future()
             try:
@@ -239,7 +239,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
         return self._open
 
     def _timeouts(self, request: httpx.Request) -> dict[str, Any]:
-        given = request.extensions.get("timeout")
+        given: dict[str, Any] | None = request.extensions.get("timeout")
         if given:
             return given
         t = self._timeout
@@ -324,7 +324,7 @@ class Http11Transport(httpx.AsyncBaseTransport):
                                      f"{exc.strerror or exc if isinstance(exc, OSError) else exc}",
                                      request=request) from exc
         self._open += 1
-        return _Connection(transport, protocol)  # type: ignore[arg-type]
+        return _Connection(transport, protocol)
 
     async def aclose(self) -> None:
         self._closed = True

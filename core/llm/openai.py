@@ -30,7 +30,7 @@ TOOL_NAME = "output"
 
 
 class OpenAIProvider(RequestShaper):
-    vendors = ("openai", "anthropic")  # a gateway may serve either under its own name
+    vendors: tuple[str, ...] = ("openai", "anthropic")  # a gateway may serve either under its own name
 
     def __init__(self, *, name: str = "openai", api_key: str | None = None,
                  base_url: str | None = None, timeout_s: float = 60.0, concurrency: int = 8,
@@ -159,7 +159,7 @@ class OpenAIProvider(RequestShaper):
                 content = ""  # cut off before any text: the transform names the truncation
             else:
                 raise self._exchange.malformed(request.model, self.url, "message content")
-        usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+        usage = data["usage"] if isinstance(data.get("usage"), dict) else {}
         prompt_details = usage.get("prompt_tokens_details")
         completion_details = usage.get("completion_tokens_details")
         # OpenAI reports cache reads in prompt_tokens_details; gateways that translate from

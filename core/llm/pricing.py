@@ -31,7 +31,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import Decimal
@@ -131,8 +131,9 @@ class Quote:
         u = usage.clamped()
         if tiers:
             # A tier is a cliff: past its threshold every token of that kind costs the tier price.
-            rate = ModelRate(**{key: _tiered(getattr(rate, key), tiers.get(key), u.input)
-                                for key in _PRICE_KEYS})
+            tiered: dict[str, Any] = {key: _tiered(getattr(rate, key), tiers.get(key), u.input)
+                                      for key in _PRICE_KEYS}
+            rate = ModelRate(**tiered)
         return rate.cost(u)
 
     def saving(self, usage: TokenUsage, *, context: Mapping[str, str] | None = None) -> float:
@@ -400,8 +401,8 @@ def as_rate(price: Any) -> ModelRate:
     """A ModelRate from a ModelRate, a core.config.ModelPrice, or a mapping of the same keys."""
     if isinstance(price, ModelRate):
         return price
-    get = price.get if isinstance(price, Mapping) else lambda key, default=None: getattr(
-        price, key, default)
+    get: Callable[..., Any] = price.get if isinstance(price, Mapping) else \
+        lambda key, default=None: getattr(price, key, default)
 
     def number(key: str) -> float | None:
         value = get(key)

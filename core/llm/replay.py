@@ -44,8 +44,9 @@ def read_cassette(path: Path) -> dict[str, dict[str, Any]]:
                 continue
             try:
                 item = json.loads(line)
-            except ValueError as exc:
-                raise bad(number, f"not JSON ({exc.msg})") from None
+            except ValueError as exc:  # a JSONDecodeError, or an integer past the digit limit
+                why = exc.msg if isinstance(exc, json.JSONDecodeError) else exc
+                raise bad(number, f"not JSON ({why})") from None
             if not isinstance(item, dict):
                 raise bad(number, "each line is a JSON object")
             if not header_seen:

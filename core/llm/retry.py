@@ -34,7 +34,7 @@ class RetryPolicy:
         """Seconds to wait before retry number `retry` (1 for the first retry)."""
         # Full jitter: a uniformly random wait below the exponential ceiling, so many workers
         # that failed together do not come back together.
-        ceiling = min(self.cap_s, self.base_s * (2 ** (retry - 1)))
+        ceiling: float = min(self.cap_s, self.base_s * (2 ** (retry - 1)))
         wait = rand() * ceiling
         if error.retry_after is not None:
             wait = max(wait, min(error.retry_after, self.max_retry_after_s))

@@ -273,6 +273,13 @@ class QuarantinedRecord(SQLModel, table=True):
     # the model answered does not pay again ({"output", "outcome", "scores", "verdict", ...}).
     answer: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
 
+    @property
+    def number(self) -> int:
+        """`id` of a record read from the store, which always has one (None before insert)."""
+        if self.id is None:
+            raise ValueError("a quarantined record not yet stored has no number")
+        return self.id
+
 
 class QuarantineAction(SQLModel, table=True):
     """One thing someone did to a quarantined record, and when."""

@@ -17,14 +17,15 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import (ColumnElement, Table, bindparam, case, func, insert, literal, or_, select,
-                        update)
+from sqlalchemy import (ColumnElement, Row, Table, bindparam, case, func, insert, literal, or_,
+                        select, update)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.sql import Select
+from sqlmodel import SQLModel, col
 
 from core.agreement import JudgeAgreement, judge_decisions
 from core.claims import Claim, ClaimState, describe, holder_alive
@@ -54,6 +55,8 @@ from core.store.models import (
     utcnow,
 )
 
+_M = TypeVar("_M")  # what a one-entity select returns: a table model
+
 QUARANTINE_STATUSES = ("open", "approved", "reprocessed", "discarded")
 VERSION_KINDS = ("prompt", "system", "context", "judge")
 LINEAGE_KEYS = frozenset({"source", "query", "destination", "table_name", "records_in",
@@ -76,18 +79,26 @@ PASSED = "passed"
 _NO_CLAIM: dict[str, Any] = {"claim_id": None, "claim_holder": None, "claimed_at": None,
                              "claim_action": None, "claim_output": None, "commit_token": None}
 
-_runs: Table = PipelineRun.__table__  # type: ignore[assignment]
-_pipelines: Table = Pipeline.__table__  # type: ignore[assignment]
-_record_results: Table = RecordResultRow.__table__  # type: ignore[assignment]
-_evaluations: Table = EvaluationResult.__table__  # type: ignore[assignment]
-_quarantine: Table = QuarantinedRecord.__table__  # type: ignore[assignment]
-_actions: Table = QuarantineAction.__table__  # type: ignore[assignment]
-_prompts: Table = PromptVersion.__table__  # type: ignore[assignment]
-_contexts: Table = ContextVersion.__table__  # type: ignore[assignment]
-_cache: Table = LLMCacheEntry.__table__  # type: ignore[assignment]
-_lineage: Table = Lineage.__table__  # type: ignore[assignment]
-_alerts: Table = MonitoringAlert.__table__  # type: ignore[assignment]
-_agreements: Table = JudgeAgreementRow.__table__  # type: ignore[assignment]
+
+def _table(model: type[SQLModel]) -> Table:
+    """The Core table of a table model (SQLModel's classes declare no `__table__` to a checker)."""
+    table = getattr(model, "__table__")
+    assert isinstance(table, Table)
+    return table
+
+
+_runs = _table(PipelineRun)
+_pipelines = _table(Pipeline)
+_record_results = _table(RecordResultRow)
+_evaluations = _table(EvaluationResult)
+_quarantine = _table(QuarantinedRecord)
+_actions = _table(QuarantineAction)
+_prompts = _table(PromptVersion)
+_contexts = _table(ContextVersion)
+_cache = _table(LLMCacheEntry)
+_lineage = _table(Lineage)
+_alerts = _table(MonitoringAlert)
+_agreements = _table(JudgeAgreementRow)
 
 # A record that passed was not written: the run stopped first.
 _SKIP_PASSED = update(_record_results).where(
@@ -194,7 +205,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise self._target.error("write to", exc) from exc
 
-    async def _all(self, statement: Select[Any]) -> list[Any]:
+    async def _all(self, statement: Select[_M]) -> list[_M]:
         try:
             async with self._sessions() as session:
                 return list((await session.scalars(statement)).all())
@@ -209,7 +220,7 @@ class Store:
         except SQLAlchemyError as exc:
             raise self._target.error("read", exc) from exc
 
-    async def _first(self, statement: Select[Any]) -> Any:
+    async def _first(self, statement: Select[_M]) -> _M | None:
         rows = await self._all(statement.limit(1))
         return rows[0] if rows else None
 
@@ -227,7 +238,8 @@ class Store:
     # -- what models refused (core.llm.adaptation) ---------------------------------------------
 
     async def load_adaptations(self) -> list[tuple[tuple[str, str, str], Adaptation]]:
-        rows = await self._all(select(ModelAdaptationRow).order_by(ModelAdaptationRow.learned_at))
+        rows = await self._all(select(ModelAdaptationRow)
+                               .order_by(col(ModelAdaptationRow.learned_at)))
         found = []
         for row in rows:
             try:
@@ -244,7 +256,7 @@ class Store:
                   "reason": adaptation.reason[:500], "learned_at": utcnow()}
         async with self._write() as conn:
             await conn.execute(self._upsert(
-                ModelAdaptationRow.__table__, values,  # type: ignore[arg-type]
+                _table(ModelAdaptationRow), values,
                 ["provider", "base_url", "model", "kind", "value"], ["reason", "learned_at"]))
 
     # -- pipelines and versions ----------------------------------------------------------------
@@ -285,10 +297,12 @@ class Store:
 
     async def get_version(self, content_hash: str) -> tuple[str, str] | None:
         """(kind, content) of a saved text, or None."""
-        prompt = await self._first(select(PromptVersion).where(PromptVersion.hash == content_hash))
+        prompt = await self._first(select(PromptVersion)
+                                   .where(col(PromptVersion.hash) == content_hash))
         if prompt is not None:
             return prompt.kind, prompt.content
-        context = await self._first(select(ContextVersion).where(ContextVersion.hash == content_hash))
+        context = await self._first(select(ContextVersion)
+                                    .where(col(ContextVersion.hash) == content_hash))
         if context is not None:
             return "context", context.content
         return None
@@ -298,7 +312,7 @@ class Store:
     async def start_run(self, run: RunStart) -> None:
         """Record a run as `running`, with its configuration snapshot."""
         description = run.config.get("description") if isinstance(run.config, dict) else None
-        values = {
+        values: dict[str, Any] = {
             "run_id": run.run_id, "pipeline_name": run.pipeline,
             "pipeline_version": str(run.pipeline_version), "pipeline_path": run.pipeline_path,
             "started_at": run.started_at, "updated_at": run.started_at,
@@ -601,7 +615,8 @@ class Store:
                 select(_runs.c.attempts).where(_runs.c.run_id == run_id))).scalar_one()
             return int(attempts)
 
-    async def resume_rows(self, run_id: str, *, page: int = 5000) -> AsyncIterator[list[Any]]:
+    async def resume_rows(self, run_id: str, *, page: int = 5000
+                          ) -> AsyncIterator[Sequence[Row[Any]]]:
         """A run's record rows for resuming it, a page at a time by row id: everything but
         the record's input and output (read later for the records that need them)."""
         c = _record_results.c
@@ -674,7 +689,7 @@ class Store:
             & (_runs.c.skipped > 0),
             (_runs.c.status == RunStatus.FAILED) & (_runs.c.attempts > 1)))
         if pipeline is not None:
-            statement = statement.where(PipelineRun.pipeline_name == pipeline)
+            statement = statement.where(col(PipelineRun.pipeline_name) == pipeline)
         if path is not None:  # the pipeline is its file too: a copy's runs are not this one's
             statement = statement.where(_runs.c.pipeline_path == path)
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
@@ -742,7 +757,7 @@ class Store:
             "reasoning_tokens": summary.reasoning_tokens,
             "savings_usd": dict(summary.savings_usd),
         }
-        stats = [{
+        stats: list[dict[str, Any]] = [{
             "run_id": summary.run_id, "evaluator": s.evaluator, "type": s.type,
             "threshold": s.threshold, "weight": s.weight, "count": s.count, "passed": s.passed,
             "errors": s.errors, "mean": s.mean, "std": s.std, "min": s.min, "max": s.max,
@@ -811,7 +826,7 @@ class Store:
             return []
         statement = select(PipelineRun).where(_runs.c.shard_group.in_(sorted(set(groups))))
         if pipeline is not None:
-            statement = statement.where(PipelineRun.pipeline_name == pipeline)
+            statement = statement.where(col(PipelineRun.pipeline_name) == pipeline)
         statement = statement.order_by(_runs.c.started_at.desc(), _runs.c.run_id.desc())
         return await self._all(statement)
 
@@ -839,7 +854,7 @@ class Store:
 
     async def get_run(self, run_id: str) -> PipelineRun | None:
         """A run by its id or by a prefix of it that matches one run only."""
-        run = await self._first(select(PipelineRun).where(PipelineRun.run_id == run_id))
+        run = await self._first(select(PipelineRun).where(col(PipelineRun.run_id) == run_id))
         if run is not None or not run_id:
             return run
         # substr, not LIKE: exact case on both SQLite and PostgreSQL, no escaping.
@@ -887,7 +902,7 @@ class Store:
         """A pipeline's newest runs in `statuses` that started before `before`: the window a
         run is compared with."""
         statement = select(PipelineRun).where(
-            PipelineRun.pipeline_name == pipeline, _runs.c.status.in_(list(statuses)),
+            col(PipelineRun.pipeline_name) == pipeline, _runs.c.status.in_(list(statuses)),
             _runs.c.started_at <= before)
         if exclude_run_id is not None:
             # Runs of the same file as that run: a copy with the same name is another pipeline.
@@ -910,20 +925,20 @@ class Store:
 
     async def evaluation_results(self, run_id: str) -> list[EvaluationResult]:
         return await self._all(select(EvaluationResult)
-                               .where(EvaluationResult.run_id == run_id)
+                               .where(col(EvaluationResult.run_id) == run_id)
                                .order_by(_evaluations.c.id))
 
     async def record_results(self, run_id: str, *, after_ordinal: int | None = None,
                              limit: int = 100) -> list[RecordResultRow]:
         """A run's records in source order; page with `after_ordinal=last.ordinal`."""
-        statement = select(RecordResultRow).where(RecordResultRow.run_id == run_id)
+        statement = select(RecordResultRow).where(col(RecordResultRow.run_id) == run_id)
         if after_ordinal is not None:
             statement = statement.where(_record_results.c.ordinal > after_ordinal)
         return await self._all(statement.order_by(_record_results.c.ordinal,
                                                   _record_results.c.id).limit(limit))
 
     async def lineage(self, run_id: str) -> list[Lineage]:
-        return await self._all(select(Lineage).where(Lineage.run_id == run_id)
+        return await self._all(select(Lineage).where(col(Lineage.run_id) == run_id)
                                .order_by(_lineage.c.id))
 
     # -- quarantine ----------------------------------------------------------------------------
@@ -973,7 +988,7 @@ class Store:
 
     async def get_quarantined(self, quarantine_id: int) -> QuarantinedRecord | None:
         return await self._first(select(QuarantinedRecord)
-                                 .where(QuarantinedRecord.id == quarantine_id))
+                                 .where(col(QuarantinedRecord.id) == quarantine_id))
 
     async def resolve_quarantined(self, quarantine_id: int, *, action: str, status: str,
                                   final_output: Any = None, note: str | None = None,
@@ -1058,12 +1073,12 @@ class Store:
     async def judge_decisions(self, quarantine_id: int) -> list[JudgeAgreementRow]:
         """The judges' verdicts on one resolved record, against the person's."""
         return await self._all(select(JudgeAgreementRow)
-                               .where(JudgeAgreementRow.quarantine_id == quarantine_id)
+                               .where(col(JudgeAgreementRow.quarantine_id) == quarantine_id)
                                .order_by(_agreements.c.id))
 
     async def quarantine_actions(self, quarantine_id: int) -> list[QuarantineAction]:
         return await self._all(select(QuarantineAction)
-                               .where(QuarantineAction.quarantine_id == quarantine_id)
+                               .where(col(QuarantineAction.quarantine_id) == quarantine_id)
                                .order_by(_actions.c.id))
 
     # -- claims: a release holds its run, an action its records (core.claims) ------------------
@@ -1335,7 +1350,7 @@ class Store:
     async def cache_entry(self, key: str) -> LLMCacheEntry | None:
         """The whole cache row (hits, expiry), for inspection."""
         await self.cache_flush()
-        return await self._first(select(LLMCacheEntry).where(LLMCacheEntry.key == key))
+        return await self._first(select(LLMCacheEntry).where(col(LLMCacheEntry.key) == key))
 
     async def _flush_cache(self, conn: AsyncConnection) -> None:
         """Inside a write transaction: waiting entries first, then hit counts."""
@@ -1376,16 +1391,18 @@ class Store:
                   "notification_channel": notification_channel, "notification_sent": False}
         async with self._write() as conn:
             result = await conn.execute(insert(_alerts), values)
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None  # a single-row INSERT always has its primary key
+            return int(key[0])
 
     async def list_alerts(self, *, run_id: str | None = None, pipeline: str | None = None,
                           unacknowledged: bool = False, limit: int = 100) -> list[MonitoringAlert]:
         """Alerts, newest first."""
         statement = select(MonitoringAlert)
         if run_id is not None:
-            statement = statement.where(MonitoringAlert.run_id == run_id)
+            statement = statement.where(col(MonitoringAlert.run_id) == run_id)
         if pipeline is not None:
-            statement = statement.where(MonitoringAlert.pipeline_name == pipeline)
+            statement = statement.where(col(MonitoringAlert.pipeline_name) == pipeline)
         if unacknowledged:
             statement = statement.where(_alerts.c.acknowledged.is_(False))
         statement = statement.order_by(_alerts.c.triggered_at.desc(), _alerts.c.id.desc())
@@ -1400,7 +1417,8 @@ class Store:
                                .where(_alerts.c.run_id.in_(list(run_ids)))
                                .order_by(_alerts.c.id))
         for row in rows:
-            found[row.run_id].append(row)
+            if row.run_id is not None:  # always: NULL is in no IN (...)
+                found[row.run_id].append(row)
         return found
 
     async def mark_alerts_notified(self, alert_ids: Sequence[int]) -> None:

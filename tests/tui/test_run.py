@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from core.api import Workspace
 from loom_tui.app import LoomApp
 from loom_tui.messages import RunEnded, RunProgressed
@@ -90,7 +92,12 @@ async def test_cancel_stops_cleanly_and_the_run_is_recorded_cancelled(tmp_path: 
         assert (await workspace.get_run(summary.run_id)).status == "cancelled"
 
 
-async def test_an_error_that_prevents_the_run_is_one_line(tmp_path: Path, llm_server) -> None:
+@pytest.mark.parametrize(("keymap", "secrets_key"), [(None, "f6"), ("{section.secrets: ctrl+k}", "^k")])
+async def test_an_error_that_prevents_the_run_is_one_line(tmp_path: Path, loom_home: Path, llm_server,
+                                                          keymap: str | None, secrets_key: str) -> None:
+    # The next step names the Secrets key the user has (workbench.keymap), not F6.
+    if keymap is not None:
+        (loom_home / "config.yaml").write_text(f"workbench:\n  keymap: {keymap}\n")
     path = write_pipeline(tmp_path / "p", rows=rows(3), base_url=llm_server.base_url,
                           transform={"api_key": "${LOOM_TEST_MISSING_KEY}"})
     app = LoomApp(tmp_path)
@@ -104,7 +111,7 @@ async def test_an_error_that_prevents_the_run_is_one_line(tmp_path: Path, llm_se
         # It stops there, and says what to do.
         assert not screen.query_one("#run-bar").display
         shown = " ".join(text_of(screen.query_one("#run-summary-text"), 200).split())
-        assert "f6 opens Secrets: store LOOM_TEST_MISSING_KEY there" in shown, shown
+        assert f"{secrets_key} opens Secrets: store LOOM_TEST_MISSING_KEY there" in shown, shown
         await pilot.press("escape")
         assert not isinstance(app.screen, RunScreen)
 
@@ -128,17 +135,3 @@ async def test_quitting_during_a_run_exits_zero_and_records_it(tmp_path: Path, l
         assert run.status == "cancelled"
         assert run.extracted == run.loaded + run.quarantined + run.skipped
 
-
-async def test_the_next_step_names_the_secrets_key_as_remapped(tmp_path: Path, loom_home: Path,
-                                                               llm_server) -> None:
-    """A hint that names a key names the one the user has (workbench.keymap), not F6."""
-    (loom_home / "config.yaml").write_text("workbench:\n  keymap: {section.secrets: ctrl+k}\n")
-    path = write_pipeline(tmp_path / "p", rows=rows(3), base_url=llm_server.base_url,
-                          transform={"api_key": "${LOOM_TEST_MISSING_KEY}"})
-    app = LoomApp(tmp_path)
-    async with app.run_test(size=SIZE) as pilot:
-        app.start_run(path)
-        await wait_for(pilot, lambda: isinstance(app.screen, RunScreen)
-                       and app.screen.failure is not None, what="the failure")
-        shown = " ".join(text_of(app.screen.query_one("#run-summary-text"), 200).split())
-        assert "^k opens Secrets: store LOOM_TEST_MISSING_KEY there" in shown, shown

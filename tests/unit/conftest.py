@@ -26,19 +26,21 @@ def backend(request: pytest.FixtureRequest, home: Path, monkeypatch: pytest.Monk
     return request.param
 
 
-@pytest.fixture
-async def store(backend: str) -> AsyncIterator[Store]:
+async def _opened() -> AsyncIterator[Store]:
     store = await Store.open()
     try:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def store(backend: str) -> AsyncIterator[Store]:
+    async for opened in _opened():
+        yield opened
 
 
 @pytest.fixture
 async def sqlite_store(home: Path) -> AsyncIterator[Store]:
-    store = await Store.open()
-    try:
-        yield store
-    finally:
-        await store.close()
+    async for opened in _opened():
+        yield opened

@@ -6,7 +6,7 @@ Loom runs migrations itself (core.store.migrate): the connection arrives in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 from alembic import context
@@ -14,8 +14,11 @@ from sqlmodel.sql.sqltypes import AutoString
 
 from core.store.models import UTCDateTime, metadata
 
+if TYPE_CHECKING:
+    from alembic.autogenerate.api import AutogenContext
 
-def render_item(type_: str, obj: Any, autogen_context: Any) -> str | bool:
+
+def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
     """Write column types as plain SQLAlchemy, so a migration never imports today's models."""
     if type_ != "type":
         return False

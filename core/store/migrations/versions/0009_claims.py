@@ -16,6 +16,7 @@ COLUMNs, all NULL: no table copy, no row changes.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
@@ -27,10 +28,11 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 _JSON = sa.JSON().with_variant(JSONB(), "postgresql")
-_QUARANTINE = (("claim_id", sa.String()), ("claim_holder", sa.Text()),
-               ("claimed_at", sa.DateTime(timezone=True)), ("claim_action", sa.String()),
-               ("claim_output", _JSON), ("commit_token", sa.Text()), ("answer", _JSON))
-_RUNS = (("claim_holder", sa.Text()), ("claimed_at", sa.DateTime(timezone=True)))
+_Columns = tuple[tuple[str, sa.types.TypeEngine[Any]], ...]
+_QUARANTINE: _Columns = (("claim_id", sa.String()), ("claim_holder", sa.Text()),
+                         ("claimed_at", sa.DateTime(timezone=True)), ("claim_action", sa.String()),
+                         ("claim_output", _JSON), ("commit_token", sa.Text()), ("answer", _JSON))
+_RUNS: _Columns = (("claim_holder", sa.Text()), ("claimed_at", sa.DateTime(timezone=True)))
 
 
 def upgrade() -> None:
