@@ -63,12 +63,16 @@ class ModelPrice(_Strict):
     """A model's price in USD per 1M tokens (`pricing:` here, `transform.price` and a judge's
     `price` in a pipeline). Cache prices not given cost as ordinary input."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cache_read: float | None = Field(None, ge=0)  # prompt-cache reads
-    cache_write: float | None = Field(None, ge=0)  # 5-minute cache writes
-    cache_write_1h: float | None = Field(None, ge=0)  # 1-hour cache writes (None: as cache_write)
-    cached_input: float | None = Field(None, ge=0)  # the older name of cache_read
+    input: float = Field(ge=0, description="USD per 1M input tokens.")
+    output: float = Field(ge=0, description="USD per 1M output tokens.")
+    cache_read: float | None = Field(None, ge=0,  # prompt-cache reads
+                                     description="USD per 1M prompt-cache read tokens.")
+    cache_write: float | None = Field(None, ge=0,  # 5-minute cache writes
+                                      description="USD per 1M 5-minute cache write tokens.")
+    cache_write_1h: float | None = Field(  # 1-hour cache writes (None: as cache_write)
+        None, ge=0, description="USD per 1M 1-hour cache write tokens; default: as cache_write.")
+    cached_input: float | None = Field(None, ge=0,  # the older name of cache_read
+                                       description="The older name of cache_read.")
 
 
 class ConfirmRunAbove(_Strict):

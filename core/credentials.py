@@ -37,7 +37,7 @@ _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-/:#]*")
 # What `loom secrets set` accepts: an environment-variable-like name.
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
 _HEADLESS_HINT = ("on a headless machine install keyrings.alt or set PYTHON_KEYRING_BACKEND "
-                  "(see the README)")
+                  "(see docs/how-to/secrets.md)")
 
 
 def has_placeholder(text: str) -> bool:
@@ -352,7 +352,7 @@ class KeyringSecrets:
         if not stored:
             raise SecretError(
                 f"secret {name}: the keyring backend {self.backend()} did not keep it; install "
-                "keyrings.alt or set PYTHON_KEYRING_BACKEND (see the README's Secrets section)")
+                "keyrings.alt or set PYTHON_KEYRING_BACKEND (see docs/how-to/secrets.md)")
 
     def delete(self, name: str) -> None:
         self.check_name(name)

@@ -212,3 +212,68 @@ class RunSummary:
 @dataclass(frozen=True, slots=True)
 class RunFinished(Event):
     summary: RunSummary
+
+
+# The `--json` summary's fields (RunSummary.to_json() and the keys the engine adds to `extra`),
+# documented here beside the code that writes them: tools/generate_references.py writes
+# docs/reference/json-output.md from this, and a test fails when a key is written and not listed
+# here (or listed and never written). A key ending in [] describes each element of a list.
+SUMMARY_FIELDS: dict[str, str] = {
+    "run_id": "The run's id (a unique prefix is enough for every command that takes one).",
+    "status": "success, partial, failed or cancelled.",
+    "records": "The run's records; extracted = loaded + quarantined + skipped.",
+    "records.extracted": "Records read from the source (a shard run: its shard's records).",
+    "records.loaded": "Records written to the destination.",
+    "records.quarantined": "Records that failed a stage and wait in the quarantine.",
+    "records.skipped": "Records not processed to the end (a stop, a budget, a provider that kept "
+                       "failing, a held replace run's passing records); `--resume` processes them.",
+    "cost_usd": "What the run cost in USD; null when a model it called has no known price.",
+    "cost_by_stage": "Cost by stage: `transform`, and `evaluate` for what the LLM judges cost.",
+    "tokens": "Tokens over every call of the run.",
+    "tokens.input": "Input tokens: the whole prompt.",
+    "tokens.output": "Output tokens.",
+    "tokens.cache_read": "Of input: read from the provider's prompt cache.",
+    "tokens.cache_write": "Of input: written to the provider's prompt cache.",
+    "tokens.reasoning": "Of output: spent on reasoning.",
+    "cost_saved_usd": "What the cost levers saved together; null when none was at work.",
+    "savings_usd": "What each cost lever saved, by lever (`prompt_cache`).",
+    "duration_s": "Wall-clock seconds.",
+    "latency_s": "Per-call latency quantiles in seconds (null when no call was made).",
+    "latency_s.p50": "Median.",
+    "latency_s.p95": "95th percentile.",
+    "latency_s.p99": "99th percentile.",
+    "status_reason": "Why the run ended as it did (a budget, the rejection rate, a failure); null "
+                     "for a plain success.",
+    "cost_by_model": "Cost by model name.",
+    "llm": "How the model calls went.",
+    "llm.calls": "Every call the run made, across a resume's attempts.",
+    "llm.calls_this_attempt": "The calls this process made.",
+    "llm.calls_repeated": "Calls made twice: in flight when an earlier attempt died (one still "
+                          "connecting at a kill never reached the provider and is not counted).",
+    "llm.cache_hits": "Answers taken from Loom's response cache, no call made.",
+    "llm.retries": "Retries of any kind (timeouts, 5xx, connection errors, malformed bodies).",
+    "llm.throttled": "429 answers.",
+    "llm.concurrency": "Requests in flight.",
+    "llm.concurrency.configured": "As `transform.concurrency` says.",
+    "llm.concurrency.min": "The lowest the adaptive limit went (it halves on a 429).",
+    "llm.concurrency.final": "Where it ended.",
+    "budget_usd": "`budget.max_cost_usd`, or null.",
+    "alerts": "The run's monitoring alerts (an empty list when there are none).",
+    "alerts[].id": "The alert's id in the store.",
+    "alerts[].type": "score_degradation, cost_spike, latency_sla or rejection_rate.",
+    "alerts[].severity": "warning or error.",
+    "alerts[].message": "What was found, in one line.",
+    "alerts[].threshold": "The configured bound.",
+    "alerts[].actual": "The value the run had.",
+    "alerts[].details": "The numbers behind the check.",
+    "alerts[].notified": "Whether the alert was posted (monitoring.notify).",
+    "shard": "Only for a shard run (`--shard I/N`).",
+    "shard.index": "I, numbered from 0.",
+    "shard.count": "N.",
+    "shard.group": "The shard group's id (`--shard-group`).",
+    "attempts": "Only for a resumed run: how many starts it took.",
+    "duplicate_ids": "Only when the source had them: records whose id an earlier record had.",
+    "held": "Only for a replace run that ended partial: passing records kept back for "
+            "`loom release RUN_ID`.",
+    "calls_repeated": "Only when an attempt died with calls in flight: as `llm.calls_repeated`.",
+}

@@ -46,25 +46,46 @@ class _ObjectStoreOptions(_Strict):
     """How to reach an s3:// bucket; each default comes from the AWS chain (environment,
     ~/.aws, instance role) and AWS_ENDPOINT_URL_S3."""
 
-    endpoint_url: str | None = None
-    region: str | None = None
-    aws_access_key_id: str | None = None  # usually ${NAME} placeholders
-    aws_secret_access_key: str | None = None
-    aws_session_token: str | None = None
+    endpoint_url: str | None = Field(
+        None, description="s3 only: the S3 API endpoint (MinIO, R2, ...); default "
+        "AWS_ENDPOINT_URL_S3, else AWS.")
+    region: str | None = Field(None, description="s3 only: the bucket's region; default from "
+                               "the AWS chain.")
+    aws_access_key_id: str | None = Field(  # usually ${NAME} placeholders
+        None, description="s3 only: write it as ${NAME}; default from the AWS chain "
+        "(environment, profile, instance role).")
+    aws_secret_access_key: str | None = Field(
+        None, description="s3 only: write it as ${NAME}; default from the AWS chain.")
+    aws_session_token: str | None = Field(None, description="s3 only, optional: write it as "
+                                          "${NAME}; default from the AWS chain.")
 
 
 class ExtractSpec(_ObjectStoreOptions):
-    source: str
-    query: str | None = None
-    table: str | None = None
-    id_field: str | None = None
-    batch_size: int = Field(100, ge=1, le=100_000)
-    limit: int | None = Field(None, ge=0)
-    encoding: str = "utf-8"
-    format: Literal["csv", "jsonl", "json"] | None = None  # for object stores; default: by suffix
+    """Where the records come from (`extract:`)."""
+
+    source: str = Field(description="A URI: csv://, jsonl://, json:// (a path relative to the "
+                        "pipeline's folder; csv:///data/x.csv is absolute), sqlite://file.db, "
+                        "postgres://user:${PG_PASSWORD}@host:5432/db or s3://bucket/prefix/.")
+    query: str | None = Field(None, description="sqlite, postgres: the SELECT to read (or "
+                              "table:); every {{ ... }} in it is a bound parameter, never "
+                              "pasted into the SQL.")
+    table: str | None = Field(None, description="sqlite, postgres: the table to read (or "
+                              "query:).")
+    id_field: str | None = Field(None, description="The field that is the record's id; "
+                                 "without it, a stable hash of the row.")
+    batch_size: int = Field(100, ge=1, le=100_000, description="Records read at a time.")
+    limit: int | None = Field(None, ge=0, description="Read at most this many records (also "
+                              "--limit).")
+    encoding: str = Field("utf-8", description="The encoding of text files.")
+    format: Literal["csv", "jsonl", "json"] | None = Field(  # for object stores; default: by suffix
+        None, description="s3 only: how to parse every object; default: by each object's "
+        "suffix (.csv, .jsonl/.ndjson, .json).")
     # A record whose id an earlier record of the source already had: `quarantine` it (the
     # first one wins), or `keep_last` (the last one wins; the source is read twice to know it).
-    on_duplicate_id: Literal["quarantine", "keep_last"] = "quarantine"
+    on_duplicate_id: Literal["quarantine", "keep_last"] = Field(
+        "quarantine", description="A record whose id an earlier record already had: "
+        "quarantine it (the first one wins), or keep_last (the last one wins; the source is "
+        "read twice to know it).")
 
     @field_validator("source")
     @classmethod
@@ -77,24 +98,43 @@ class ExtractSpec(_ObjectStoreOptions):
 
 
 class LoadSpec(_ObjectStoreOptions):
-    destination: str
-    table: str | None = None
-    mode: Literal["append", "replace", "upsert"] = "append"
-    key: str | list[str] | None = None
+    """Where the records that pass go (`load:`)."""
+
+    destination: str = Field(description="A URI: csv://, jsonl://, json://, sqlite://file.db, "
+                             "postgres://... or s3://bucket/prefix/; {shard} in it is the "
+                             "shard's index.")
+    table: str | None = Field(None, description="sqlite, postgres: the table to write "
+                              "(always quoted as an identifier; schema.table allowed).")
+    mode: Literal["append", "replace", "upsert"] = Field(
+        "append", description="append adds rows; replace swaps the destination's contents at "
+        "commit; upsert (sqlite, postgres) inserts or updates by key.")
+    key: str | list[str] | None = Field(None, description="upsert: the key column(s); "
+                                        "default: the id column.")
     # Which columns to write, each a dotted path into input.* or output.*; default: the record
     # id and the output's top-level fields.
-    fields: dict[str, str] | None = None
+    fields: dict[str, str] | None = Field(
+        None, description="Column -> id, input.* or output.*; default: the record id and the "
+        "output's top-level fields.")
     # Column name -> SQL type for a table Loom creates (postgres); other columns are typed by
     # their first value.
-    columns: dict[str, str] | None = None
-    batch_size: int = Field(100, ge=1, le=100_000)
+    columns: dict[str, str] | None = Field(
+        None, description="postgres: column -> SQL type for a table Loom creates (e.g. "
+        "numeric(4,3), jsonb); other columns are typed by their first value.")
+    batch_size: int = Field(100, ge=1, le=100_000, description="Passing records written at a "
+                            "time.")
     # mode replace: what a run that ends `partial` (max_rejection_rate, a budget stop) does to
     # the destination. hold (default): nothing, the passing records wait in the store for
     # `loom release RUN_ID`; publish: swap them in as a successful run would.
-    on_partial: Literal["hold", "publish"] = "hold"
+    on_partial: Literal["hold", "publish"] = Field(
+        "hold", description="mode replace, a run that ends partial: hold leaves the "
+        "destination as it was and the passing records wait for `loom release RUN_ID`; "
+        "publish swaps them in as a successful run would.")
     # A file destination another run is committing to: how long this run's commit waits for it
     # (the wait is only for the other commit's copy and rename, not for its whole run).
-    lock_timeout_s: float = Field(120.0, gt=0, le=86_400)
+    lock_timeout_s: float = Field(120.0, gt=0, le=86_400, description="File destinations: "
+                                  "how long a commit waits while another run commits to the "
+                                  "same file (then the run fails, its records kept for "
+                                  "--resume).")
 
     @field_validator("columns")
     @classmethod
@@ -146,10 +186,17 @@ class LoadSpec(_ObjectStoreOptions):
 
 
 class RateLimitSpec(_Strict):
-    requests_per_minute: float | None = Field(None, gt=0)
-    tokens_per_minute: float | None = Field(None, gt=0)
+    """Client-side rate limits, spread over the minute (`transform.rate_limit`)."""
+
+    requests_per_minute: float | None = Field(None, gt=0, description="Requests a minute, at "
+                                              "most.")
+    tokens_per_minute: float | None = Field(None, gt=0, description="Tokens a minute, at most "
+                                            "(a call counts its prompt estimate plus its "
+                                            "max_tokens, corrected by the real usage).")
     # How long one call may wait out rate limits (429s) in all before its record is skipped.
-    max_wait_s: float = Field(600.0, gt=0)
+    max_wait_s: float = Field(600.0, gt=0, description="How long one call may wait out rate "
+                              "limits (429s) in all before its record is skipped (--resume "
+                              "picks it up).")
 
 
 Provider = Literal["openai", "openai_compatible", "anthropic", "replay"]
@@ -167,42 +214,79 @@ RESERVED_BODY_KEYS: dict[str, str | None] = {
 
 
 class TransformSpec(_Strict):
-    prompt: str
-    system: str | None = None  # an optional system prompt file, rendered like the prompt
-    context: list[str] | dict[str, str] = Field(default_factory=list)
-    provider: Provider = "openai"
-    model: str
+    """The prompt, the model and how to call it (`transform:`)."""
+
+    prompt: str = Field(description="The prompt file: Jinja2, sandboxed; {{ input.x }}, "
+                        "{{ context.name }}, {{ params.x }}.")
+    system: str | None = Field(  # an optional system prompt file, rendered like the prompt
+        None, description="An optional system prompt file, rendered like the prompt.")
+    context: list[str] | dict[str, str] = Field(
+        default_factory=list, description="Context files: a list (context/taxonomy.md is "
+        "{{ context.taxonomy }}) or a mapping {name: file}.")
+    provider: Provider = Field("openai", description="openai | openai_compatible (needs "
+                               "base_url) | anthropic | replay (needs cassette).")
+    model: str = Field(description="The model's name at the provider.")
     # Sampling parameters are sent only when set (current reasoning models refuse them).
-    temperature: float | None = Field(None, ge=0, le=2)
-    max_tokens: int | None = Field(None, ge=1)
-    top_p: float | None = Field(None, gt=0, le=1)
-    seed: int | None = None
-    output_schema: dict[str, Any] | str | None = None
-    response_format: Literal["json", "text"] | None = None  # default: json with a schema
+    temperature: float | None = Field(None, ge=0, le=2, description="Sent only when set, and "
+                                      "never to a model that takes no sampling parameters.")
+    max_tokens: int | None = Field(None, ge=1, description="The answer's token limit; sent as "
+                                   "max_completion_tokens where the model wants that name.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Sent only when set, like "
+                                "temperature.")
+    seed: int | None = Field(None, description="Sent only when set.")
+    output_schema: dict[str, Any] | str | None = Field(
+        None, description="A JSON Schema (inline, or a file) the answer must match; its root "
+        "must be an object. Sent as the provider's structured output and checked locally.")
+    response_format: Literal["json", "text"] | None = Field(  # default: json with a schema
+        None, description="json | text; default json when there is an output_schema. A text "
+        "answer becomes the output {\"text\": ...}.")
     # How the request asks for JSON; default: the provider's strongest for the model
     # (OpenAI strict json_schema, Anthropic output_config, else a forced tool).
-    structured_output: StructuredOutputMode | None = None
+    structured_output: StructuredOutputMode | None = Field(
+        None, description="How the request asks for JSON; default: the strongest the "
+        "provider and model take (OpenAI strict json_schema, Anthropic output_config, else a "
+        "forced tool).")
     # Merged into the request body as given (reasoning_effort, service_tier, ...); ${NAME} works.
-    params: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="Merged into the request body as given "
+        "(reasoning_effort, service_tier, ...); ${NAME} works. Keys Loom sets itself are "
+        "refused.")
     # Sent with every request (an Azure api-key, OpenAI-Project, a gateway's header); ${NAME} works.
-    headers: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="Sent with every request (an Azure api-key, "
+        "OpenAI-Project, a gateway's header); ${NAME} works; every value is masked as a secret.")
     # Anthropic: mark the prompt's static prefix (system prompt, context) for the provider's
     # prompt cache, so records after the first read it at the cache price.
-    prompt_cache: bool = True
-    concurrency: int = Field(8, ge=1, le=1024)
-    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec)
-    cache: bool = True
-    api_key: str | None = None
-    base_url: str | None = None
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(4, ge=0, le=20)
+    prompt_cache: bool = Field(True, description="Anthropic: mark the prompt's static prefix "
+                               "for the provider's prompt cache, so records after the first "
+                               "read it at the cache price.")
+    concurrency: int = Field(8, ge=1, le=1024, description="Calls in flight, at most (429s "
+                             "lower it for a while).")
+    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec,
+                                      description="Optional client-side rate limits.")
+    cache: bool = Field(True, description="Reuse answers already paid for (--no-cache skips "
+                        "reading them).")
+    api_key: str | None = Field(None, description="Write it as ${NAME} (keyring, environment, "
+                                "AWS Secrets Manager); default: the provider's usual variable "
+                                "(OPENAI_API_KEY, ANTHROPIC_API_KEY).")
+    base_url: str | None = Field(None, description="The API's base URL "
+                                 "(https://api.openai.com/v1); needed by openai_compatible.")
+    timeout_s: float = Field(60.0, gt=0, description="Per request.")
+    max_retries: int = Field(4, ge=0, le=20, description="Retries on timeouts, 5xx, connection "
+                             "errors and malformed bodies (429s are waited out up to "
+                             "rate_limit.max_wait_s instead).")
     # The HTTP transport: Loom's lean HTTP/1.1 one (core.llm.http11), or httpx's own
     # (HTTP/1.1, knows proxies). Default: Loom's, httpx's when a proxy is set for the URL.
-    http_transport: HttpTransportMode | None = None
-    cassette: str | None = None  # for provider: replay
+    http_transport: HttpTransportMode | None = Field(
+        None, description="loom (Loom's lean HTTP/1.1 transport) | httpx (httpx's own, which "
+        "knows proxies); default: Loom's, httpx's when a proxy is set for the URL.")
+    cassette: str | None = Field(None, description="provider replay: the cassette file "
+                                 "(JSON Lines) to serve answers from.")
     # The model's price in USD per 1M tokens ({input, output, cache_read, cache_write,
     # cache_write_1h}); wins over ~/.loom/config.yaml pricing: and the genai-prices data.
-    price: ModelPrice | None = None
+    price: ModelPrice | None = Field(None, description="The model's price in USD per 1M "
+                                     "tokens; wins over config.yaml pricing: and the "
+                                     "genai-prices data.")
 
     @field_validator("params")
     @classmethod
@@ -239,10 +323,13 @@ class TransformSpec(_Strict):
 
 
 class _EvaluatorBase(_Strict):
-    name: str | None = None
-    field: str = "output"
-    threshold: float = Field(1.0, ge=0, le=1)
-    weight: float = Field(1.0, ge=0)
+    name: str | None = Field(None, description="The evaluator's name in scores and reasons; "
+                             "default: its type (two evaluators need two names).")
+    field: str = Field("output", description="What it checks: a dotted path starting with "
+                       "input. or output. (output: the whole output).")
+    threshold: float = Field(1.0, ge=0, le=1, description="The score (0 to 1) at or above "
+                             "which it passes.")
+    weight: float = Field(1.0, ge=0, description="Its weight under quality_gate: weighted.")
 
     @field_validator("field")
     @classmethod
@@ -257,11 +344,13 @@ class _EvaluatorBase(_Strict):
 
 
 class ExactMatchSpec(_EvaluatorBase):
-    type: Literal["exact_match"]
-    reference_field: str | None = None
-    value: Any = None
-    ignore_case: bool = False
-    normalize_whitespace: bool = False
+    type: Literal["exact_match"] = Field(description="The field equals reference_field or "
+                                         "value.")
+    reference_field: str | None = Field(None, description="The record field to compare with "
+                                        "(input.* or output.*); or value.")
+    value: Any = Field(None, description="A literal to compare with; or reference_field.")
+    ignore_case: bool = Field(False, description="Compare ignoring upper and lower case.")
+    normalize_whitespace: bool = Field(False, description="Compare with runs of whitespace as one space, trimmed.")
 
     @model_validator(mode="after")
     def _one_reference(self) -> "ExactMatchSpec":
@@ -271,16 +360,16 @@ class ExactMatchSpec(_EvaluatorBase):
 
 
 class OneOfSpec(_EvaluatorBase):
-    type: Literal["one_of"]
-    values: list[Any] = Field(min_length=1)
-    ignore_case: bool = False
+    type: Literal["one_of"] = Field(description="The field is one of values.")
+    values: list[Any] = Field(min_length=1, description="The allowed values.")
+    ignore_case: bool = Field(False, description="Compare ignoring upper and lower case.")
 
 
 class RegexSpec(_EvaluatorBase):
-    type: Literal["regex"]
-    pattern: str
-    full_match: bool = False
-    ignore_case: bool = False
+    type: Literal["regex"] = Field(description="The field matches pattern.")
+    pattern: str = Field(description="A Python regular expression.")
+    full_match: bool = Field(False, description="The whole field must match, not a part.")
+    ignore_case: bool = Field(False, description="Compare ignoring upper and lower case.")
 
     @field_validator("pattern")
     @classmethod
@@ -293,23 +382,25 @@ class RegexSpec(_EvaluatorBase):
 
 
 class ContainsSpec(_EvaluatorBase):
-    type: Literal["contains"]
-    values: list[str] = Field(min_length=1)
-    mode: Literal["all", "any", "none"] = "all"
-    ignore_case: bool = False
+    type: Literal["contains"] = Field(description="The field contains values.")
+    values: list[str] = Field(min_length=1, description="The texts to look for.")
+    mode: Literal["all", "any", "none"] = Field("all", description="all (score: the share "
+                                                "found) | any | none.")
+    ignore_case: bool = Field(False, description="Compare ignoring upper and lower case.")
 
 
 class JsonSchemaSpec(_EvaluatorBase):
-    type: Literal["json_schema"]
-    schema_: dict[str, Any] | str = Field(alias="schema")
+    type: Literal["json_schema"] = Field(description="The field validates against schema.")
+    schema_: dict[str, Any] | str = Field(alias="schema", description="A JSON Schema, inline "
+                                          "or a file.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
 
 
 class RangeSpec(_EvaluatorBase):
-    type: Literal["range"]
-    min: float | None = None
-    max: float | None = None
+    type: Literal["range"] = Field(description="A number within min and max.")
+    min: float | None = Field(None, description="The lowest value that passes.")
+    max: float | None = Field(None, description="The highest value that passes.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "RangeSpec":
@@ -321,10 +412,11 @@ class RangeSpec(_EvaluatorBase):
 
 
 class LengthSpec(_EvaluatorBase):
-    type: Literal["length"]
-    min: int | None = Field(None, ge=0)
-    max: int | None = Field(None, ge=0)
-    unit: Literal["chars", "words", "items"] = "chars"
+    type: Literal["length"] = Field(description="The field's length within min and max.")
+    min: int | None = Field(None, ge=0, description="The shortest length that passes.")
+    max: int | None = Field(None, ge=0, description="The longest length that passes.")
+    unit: Literal["chars", "words", "items"] = Field("chars", description="What the length "
+                                                     "counts.")
 
     @model_validator(mode="after")
     def _bounds(self) -> "LengthSpec":
@@ -336,8 +428,9 @@ class LengthSpec(_EvaluatorBase):
 
 
 class ExpressionSpec(_EvaluatorBase):
-    type: Literal["expression"]
-    expr: str
+    type: Literal["expression"] = Field(description="A sandboxed Jinja2 expression.")
+    expr: str = Field(description="A Jinja2 expression over input, output and params: true or "
+                      "false, or a number in [0, 1].")
 
 
 # ---------------------------------------------------------------- LLM judges
@@ -355,21 +448,29 @@ class _JudgeBase(_EvaluatorBase):
     expensive transform). A judge on the transform's provider inherits its base_url, api_key
     and cassette; a judge on another provider never does (the key would reach another server)."""
 
-    threshold: float = Field(0.7, ge=0, le=1)
-    provider: Provider | None = None
-    model: str | None = None
-    base_url: str | None = None
-    api_key: str | None = None
-    cassette: str | None = None  # for provider: replay
-    temperature: float | None = Field(None, ge=0, le=2)  # sent only when set
-    max_tokens: int | None = Field(None, ge=1)
+    threshold: float = Field(0.7, ge=0, le=1, description="The score (0 to 1) at or above "
+                             "which it passes.")
+    provider: Provider | None = Field(None, description="The judge's provider; default: the "
+                                      "transform's.")
+    model: str | None = Field(None, description="The judge's model; default: the transform's.")
+    base_url: str | None = Field(None, description="Inherited from the transform only on the "
+                                 "transform's provider.")
+    api_key: str | None = Field(None, description="Write it as ${NAME}; inherited from the "
+                                "transform only on the transform's provider.")
+    cassette: str | None = Field(None, description="provider replay: the judge's cassette.")
+    temperature: float | None = Field(None, ge=0, le=2,  # sent only when set
+                                      description="Sent only when set.")
+    max_tokens: int | None = Field(None, ge=1, description="The judge's answer token limit.")
     # The record the output was made from, shown to the judge for context; null leaves it out.
-    input_field: str | None = "input"
+    input_field: str | None = Field("input", description="The record the output was made "
+                                    "from, shown to the judge for context; null leaves it out.")
     # A template replacing the packaged judge prompt (same variables, same answer schema).
-    prompt: str | None = None
+    prompt: str | None = Field(None, description="A template file replacing the packaged "
+                               "judge prompt (same variables, same answer schema).")
     # The judge model's price in USD per 1M tokens, as transform.price (else the transform's
     # price when the judge uses the transform's model).
-    price: ModelPrice | None = None
+    price: ModelPrice | None = Field(None, description="The judge model's price in USD per 1M "
+                                     "tokens, as transform.price.")
 
     @field_validator("input_field", "reference_field", "source_field", "query_field",
                      check_fields=False)
@@ -379,45 +480,61 @@ class _JudgeBase(_EvaluatorBase):
 
 
 class CustomCriteriaSpec(_JudgeBase):
-    type: Literal["custom_criteria"]
-    criteria: str = Field(min_length=1)
+    type: Literal["custom_criteria"] = Field(description="LLM judge: how well the output "
+                                             "meets criteria.")
+    criteria: str = Field(min_length=1, description="What a good output is, in words.")
 
 
 class SemanticSpec(_JudgeBase):
-    type: Literal["semantic"]
-    reference_field: str
+    type: Literal["semantic"] = Field(description="LLM judge: similarity in meaning to a "
+                                      "reference.")
+    reference_field: str = Field(description="The reference to compare with (input.* or "
+                                 "output.*).")
 
 
 class FactualitySpec(_JudgeBase):
-    type: Literal["factuality"]
-    reference_field: str | None = None  # the facts to check against; else the input and common knowledge
+    type: Literal["factuality"] = Field(description="LLM judge: the share of the output's "
+                                        "claims that are supported.")
+    reference_field: str | None = Field(  # the facts to check against; else the input and common knowledge
+        None, description="The facts to check against; else the input and common knowledge.")
 
 
 class GroundednessSpec(_JudgeBase):
-    type: Literal["groundedness"]
-    source_field: str  # a document, or a list of documents
+    type: Literal["groundedness"] = Field(description="LLM judge: the share of the output's "
+                                          "statements grounded in source documents.")
+    source_field: str = Field(  # a document, or a list of documents
+        description="The source documents: a text, or a list of texts.")
 
 
 class RelevanceSpec(_JudgeBase):
-    type: Literal["relevance"]
-    query_field: str
+    type: Literal["relevance"] = Field(description="LLM judge: whether the output addresses "
+                                       "the query.")
+    query_field: str = Field(description="The query the output should address.")
 
 
 class InstructionFollowingSpec(_JudgeBase):
-    type: Literal["instruction_following"]
-    criteria: str = Field(min_length=1)  # the instructions the output must follow
+    type: Literal["instruction_following"] = Field(description="LLM judge: whether the "
+                                                   "output follows the instructions.")
+    criteria: str = Field(min_length=1,  # the instructions the output must follow
+                          description="The instructions the output must follow.")
 
 
 class PairwiseSpec(_JudgeBase):
     """This output against a reference in the record or another prompt version's output.
     Score 1 when this output wins, 0.5 for a tie, 0 when it loses."""
 
-    type: Literal["pairwise"]
-    threshold: float = Field(0.5, ge=0, le=1)
-    reference_field: str | None = None
-    against_prompt: str | None = None  # another prompt file, run with the transform's settings
-    criteria: str | None = None  # what "better" means; default: serves the input better
-    allow_tie: bool = True
+    type: Literal["pairwise"] = Field(description="LLM judge: this output against another; 1 "
+                                      "win, 0.5 tie, 0 loss.")
+    threshold: float = Field(0.5, ge=0, le=1, description="The score at or above which it "
+                             "passes.")
+    reference_field: str | None = Field(None, description="The other answer, in the record; or "
+                                        "against_prompt.")
+    against_prompt: str | None = Field(  # another prompt file, run with the transform's settings
+        None, description="Another prompt file, run with the transform's model and settings; "
+        "or reference_field.")
+    criteria: str | None = Field(  # what "better" means; default: serves the input better
+        None, description="What better means; default: serves the input better.")
+    allow_tie: bool = Field(True, description="Whether the judge may call a tie.")
 
     @model_validator(mode="after")
     def _one_opponent(self) -> "PairwiseSpec":
@@ -441,10 +558,18 @@ Gate = Literal["all_pass", "majority_pass", "any_pass", "weighted"]
 
 
 class EvaluateSpec(_Strict):
-    evaluators: list[EvaluatorSpec] = Field(default_factory=list)
-    quality_gate: Gate = "all_pass"
-    gate_threshold: float | None = Field(None, ge=0, le=1)
-    max_rejection_rate: float | None = Field(None, ge=0, le=1)
+    """How outputs are judged and which pass (`evaluate:`)."""
+
+    evaluators: list[EvaluatorSpec] = Field(default_factory=list, description="The checks "
+                                            "each output gets, by type.")
+    quality_gate: Gate = Field("all_pass", description="all_pass | majority_pass (more than "
+                               "half) | any_pass | weighted (with gate_threshold).")
+    gate_threshold: float | None = Field(None, ge=0, le=1, description="weighted: a record "
+                                         "passes when sum(value x weight) / sum(weight) is at "
+                                         "least this.")
+    max_rejection_rate: float | None = Field(None, ge=0, le=1, description="Above it the run "
+                                             "ends partial (exit 3); passing records still "
+                                             "load (replace: held, see load.on_partial).")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EvaluateSpec":
@@ -462,39 +587,58 @@ class EvaluateSpec(_Strict):
 
 
 class BudgetSpec(_Strict):
-    max_cost_usd: float | None = Field(None, ge=0)
+    """What a run may spend (`budget:`)."""
+
+    max_cost_usd: float | None = Field(None, ge=0, description="Stop before spending more "
+                                       "(the run ends partial, exit 3).")
 
 
 class CircuitBreakerSpec(_Strict):
     """When a run stops because its calls keep failing the same way (core.llm.breaker)."""
 
-    failures: int = Field(3, ge=1, le=1000)  # calls in a row failing the same way
+    failures: int = Field(3, ge=1, le=1000,  # calls in a row failing the same way
+                          description="Calls in a row failing the same way before the run "
+                          "stops (a refused key stops it at once).")
 
 
 class NotifySpec(_Strict):
-    slack_webhook: str | None = None  # ${SLACK_WEBHOOK}: resolved when there is something to post
-    timeout_s: float = Field(10.0, gt=0)
+    slack_webhook: str | None = Field(  # ${SLACK_WEBHOOK}: resolved when there is something to post
+        None, description="A Slack incoming webhook, as ${SLACK_WEBHOOK}: resolved only when "
+        "there is an alert to post.")
+    timeout_s: float = Field(10.0, gt=0, description="How long a post may take.")
 
 
 class MonitoringSpec(_Strict):
     """Checks made after each run against the pipeline's recent runs (core.monitoring)."""
 
-    latency_p95_s: float | None = Field(None, gt=0)
-    min_mean_score: float | None = Field(None, ge=0, le=1)
+    latency_p95_s: float | None = Field(None, gt=0, description="Alert when the run's p95 "
+                                        "latency is above this.")
+    min_mean_score: float | None = Field(None, ge=0, le=1, description="Alert when an "
+                                         "evaluator's mean score is below this.")
     # An evaluator whose mean falls more than this share below its trailing mean.
-    score_drop: float | None = Field(None, gt=0, lt=1)
-    cost_spike_factor: float | None = Field(None, gt=1)
-    cost_basis: Literal["per_record", "per_run"] = "per_record"
-    window: int = Field(10, ge=1, le=1000)  # recent successful or partial runs to compare with
-    min_history: int = Field(3, ge=1)  # runs needed in the window before comparing with it
-    notify: NotifySpec | None = None
+    score_drop: float | None = Field(None, gt=0, lt=1, description="Alert when an evaluator's "
+                                     "mean falls more than this share below its trailing mean.")
+    cost_spike_factor: float | None = Field(None, gt=1, description="Alert when the cost is "
+                                            "above this many times the trailing mean.")
+    cost_basis: Literal["per_record", "per_run"] = Field(
+        "per_record", description="What cost_spike_factor compares: cost per record or per run.")
+    window: int = Field(10, ge=1, le=1000,  # recent successful or partial runs to compare with
+                        description="The trailing window: the last N successful or partial "
+                        "runs.")
+    min_history: int = Field(3, ge=1,  # runs needed in the window before comparing with it
+                             description="Runs the window needs before comparing with it.")
+    notify: NotifySpec | None = Field(None, description="Where to post alerts.")
 
 
 class PipelineSpec(_Strict):
-    name: str = Field(max_length=200)
-    version: str = "1"
-    description: str = ""
-    params: dict[str, Any] = Field(default_factory=dict)
+    """A Loom pipeline (pipeline.yaml). Relative paths resolve against the pipeline file's
+    folder; unknown keys are errors."""
+
+    name: str = Field(max_length=200, description="Letters, digits, _ . and -.")
+    version: str = Field("1", description="The pipeline's version, as text.")
+    description: str = Field("", description="What the pipeline does.")
+    params: dict[str, Any] = Field(default_factory=dict, description="{{ params.x }} in prompts "
+                                   "and SQL queries; --set params.x=... overrides one.")
     extract: ExtractSpec
     transform: TransformSpec
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec)

@@ -1,6 +1,7 @@
 """The architecture's rules, checked: core never imports Textual or the TUI (statically, by the
 import contracts, and at run time); each command imports only what it needs, so the command line
-starts fast; the README's test command is what CI runs."""
+starts fast; the README's test command is what CI runs, and the docs' Getting started shows the
+README's set-up commands."""
 
 from __future__ import annotations
 
@@ -99,3 +100,13 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     command = next(line.strip() for line in ci.splitlines() if "pytest" in line and "pip install" in line)
     assert command in readme
+
+
+def test_getting_started_shows_the_readmes_set_up_commands() -> None:
+    # The docs' Getting started repeats the README's two set-up commands: both stay CI's.
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    guide = (ROOT / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    commands = [line for line in readme.splitlines() if line.startswith("python3 -m venv")]
+    assert len(commands) == 2
+    for command in commands:
+        assert command in guide

@@ -36,8 +36,8 @@ COLUMNS = (
 # Backends that take a value without keeping it: "stored" would be a lie.
 KEEPS_NOTHING = {"keyring.backends.null.Keyring"}
 FIX = ("pip install keyrings.alt, then export "
-       "PYTHON_KEYRING_BACKEND=keyrings.alt.file.PlaintextKeyring and start loom again (README, "
-       "Secrets) — or export each secret as an environment variable: runs read the environment "
+       "PYTHON_KEYRING_BACKEND=keyrings.alt.file.PlaintextKeyring and start loom again (docs/how-to/"
+       "secrets.md) — or export each secret as an environment variable: runs read the environment "
        "when the keyring is unusable.")
 
 

@@ -1,4 +1,4 @@
-"""Attacks on "a user error is one line, never a traceback" and on the YAML limits the README
+"""Attacks on "a user error is one line, never a traceback" and on the YAML limits docs/explanation/guarantees.md
 documents (aliases expand to at most 100,000 values)."""
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_a_hostile_set_value_is_one_line(tmp_path, value):
 
 
 def test_a_set_value_whose_aliases_expand_past_the_limit_is_refused(tmp_path):
-    """Promise 1 (README: "YAML aliases may expand to at most 100,000 values (a "billion
+    """Promise 1 (docs/explanation/guarantees.md: "YAML aliases may expand to at most 100,000 values (a "billion
     laughs" is one line, in bounded memory)"). A 286-byte `--set transform.params={a0: &a0
     [1,…×10], a1: &a1 [*a0 ×10], … a5}` expands to 1,111,110 values (nine levels would be a
     billion, and each request body is the params serialised in full): `loom validate`

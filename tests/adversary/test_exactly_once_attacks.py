@@ -94,7 +94,7 @@ def _loom(*args: str) -> subprocess.Popen[str]:
 
 def test_calls_that_never_left_the_process_are_not_counted_as_made_and_repeated(tmp_path):
     """Promise: "paid for at most once … `llm.calls` is every call the run made across its
-    attempts, `llm.calls_repeated` those made twice" (README, What Loom guarantees; the
+    attempts, `llm.calls_repeated` those made twice" (docs/explanation/guarantees.md; the
     resume example counts the calls in flight at the server).
 
     Did: a server that needs a new connection per call and accepts one only every 0.3 s
@@ -143,7 +143,7 @@ def test_calls_that_never_left_the_process_are_not_counted_as_made_and_repeated(
 def test_two_approvals_into_one_replace_file_at_once_keep_both_records(tmp_path, loom_home):
     """Promise: "Quarantine actions load exactly once … of several at once (processes, the
     workbench) one acts on each record" and "Runs writing one file at once each add their
-    rows (CSV, JSON Lines, JSON; append or replace)" (README, What Loom guarantees). An
+    rows (CSV, JSON Lines, JSON; append or replace)" (docs/explanation/guarantees.md). An
     approved record is loaded: it is at the destination.
 
     Did: a `replace` JSON Lines run with 10 of 30 records quarantined. `loom quarantine
@@ -197,7 +197,7 @@ def test_records_approved_from_a_killed_replace_run_survive_its_resume(tmp_path,
     """Promise: "Every record ends in exactly one place" and "Quarantine actions load exactly
     once" (an approved record is loaded and stays so); `--resume` of a `replace` run rebuilds
     its destination, and a release, which does the same, keeps "records approved from the
-    run's quarantine before the release" (README, What Loom guarantees).
+    run's quarantine before the release" (docs/explanation/guarantees.md).
 
     Did: a `replace` JSON Lines run, every third record quarantined, kill -9'd once five
     records were quarantined; `loom quarantine approve` of those five (they are written to
@@ -260,7 +260,7 @@ def test_records_approved_from_a_killed_replace_run_survive_its_resume(tmp_path,
 def test_a_resume_of_records_with_one_prompt_counts_calls_nobody_made(tmp_path, loom_home):
     """Promise: "`llm.calls` is every call the run made across its attempts,
     `llm.calls_this_attempt` the resumed run's own, `llm.calls_repeated` those made twice";
-    and a run without the cache asks the model for each record (README: What Loom
+    and a run without the cache asks the model for each record (docs/explanation/guarantees.md: What Loom
     guarantees; `--no-cache asks the model again`).
 
     Did: 120 records whose prompts are identical (same text, same reply line), `cache:

@@ -44,7 +44,7 @@ def test_a_used_up_limit_on_a_200_is_bounded_by_max_wait_s(tmp_path):
 
 
 def test_a_used_up_limit_holds_calls_already_queued_for_a_slot(tmp_path):
-    """Guarantee 2 / README "Limits": an answer that says a limit is used up
+    """Guarantee 2 / docs/how-to/cost-and-limits.md "Limits": an answer that says a limit is used up
     (`x-ratelimit-remaining-requests: 0`) holds new calls until it resets, before any 429. A
     server allowing one request per 3 s says so on each answer (remaining 0, reset 3s) and
     answers 429 to a request that comes early. At concurrency 1 the calls of the next records

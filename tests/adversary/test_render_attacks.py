@@ -29,7 +29,7 @@ def run_started(home: Path) -> bool:
 
 
 def test_sigterm_does_not_stop_a_template_spinning_in_a_loop(tmp_path):
-    """Promise 1 (README: "loops that run past 10 s stop the run with one line and exit 2 ... A
+    """Promise 1 (docs/explanation/guarantees.md: "loops that run past 10 s stop the run with one line and exit 2 ... A
     cancel or SIGTERM stops a render at its next check"). A prompt of two nested empty loops
     (10**10 turns). Once the run is in the store, SIGTERM: Loom prints "stopping: finishing
     records in flight", but the render goes on until its 10 s budget is spent (seen: exit 7 s

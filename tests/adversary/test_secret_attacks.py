@@ -103,7 +103,7 @@ def run_json(pipeline: Path) -> tuple[int, str, str]:
 
 
 def test_a_literal_gateway_header_value_is_stored_in_the_history_store(tmp_path):
-    """Promise 2 ("header values in transform.headers" are secrets; README: literal secrets are
+    """Promise 2 ("header values in transform.headers" are secrets; docs/explanation/guarantees.md: literal secrets are
     *** in everything Loom stores). A pipeline sends its gateway key as a literal header,
     `headers: {Helicone-Auth: "Bearer sk-helicone-..."}` (Helicone's own header name; Azure
     APIM's `Ocp-Apim-Subscription-Key` does the same). The value is sent, and Loom treats it as
@@ -158,7 +158,7 @@ def test_an_environment_key_the_server_echoes_json_escaped_reaches_the_output(tm
 
 def test_an_environment_key_json_escaped_in_a_401_reaches_the_json_summary(tmp_path,
                                                                            monkeypatch):
-    """Promise 2 (README: every value is masked in errors and the --json summary). The same
+    """Promise 2 (docs/how-to/secrets.md: every value is masked in errors and the --json summary). The same
     gateway refuses the key with 401 and quotes it, JSON-escaped as System.Text.Json writes
     `+` (`Incorrect API key provided: Bearer sk-...\\u002B...`). api_error masks the
     response's raw text, then decodes it (core/llm/transport.py:295-297), so the message holds
@@ -186,7 +186,7 @@ def test_an_environment_key_json_escaped_in_a_401_reaches_the_json_summary(tmp_p
 
 def test_a_resolved_secret_in_base_url_is_stored_in_skipped_records_reasons(tmp_path,
                                                                            monkeypatch):
-    """Promise 2 (README: "every resolved value is masked in errors, warnings, the
+    """Promise 2 (docs/how-to/secrets.md: "every resolved value is masked in errors, warnings, the
     quarantine"). A gateway that takes its key in the query string,
     `base_url: http://…/v1?key=${GATEWAY_KEY}` (as Azure's `?api-version=` shows the query is
     kept), answers 500. The run fails and its --json is clean, but each skipped record's
@@ -213,7 +213,7 @@ def test_a_resolved_secret_in_base_url_is_stored_in_skipped_records_reasons(tmp_
 
 
 def test_a_resolved_secret_the_model_echoes_is_kept_in_the_quarantine(tmp_path, monkeypatch):
-    """Promise 2 (README: every resolved value is masked in … the quarantine). A pipeline sends
+    """Promise 2 (docs/how-to/secrets.md: every resolved value is masked in … the quarantine). A pipeline sends
     a secret in the body, `params: {user: ${END_USER_TOKEN}}`; the model's answer (not JSON)
     quotes the request it got. The record is quarantined, its raw answer stored as it came:
     quarantined_records.raw_output (and `loom quarantine show`) hold the resolved value. The

@@ -13,7 +13,7 @@ from tests.pipelines import reply, write_pipeline
 
 
 def test_sigterm_while_rate_limited_stops_the_run(tmp_path):
-    """Guarantees 1/3 and the README's "ctrl+c (or SIGTERM) stops a run cleanly: records in
+    """Guarantees 1/3 and docs/reference/exit-codes.md's "ctrl+c (or SIGTERM) stops a run cleanly: records in
     flight finish, the rest are skipped ... recorded as cancelled". When the provider answers
     429 `retry-after: 10`, a SIGTERM does not stop the run: the records waiting out the rate
     limit keep waiting and asking again for up to rate_limit.max_wait_s (600 s) each, and the

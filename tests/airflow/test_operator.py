@@ -1,6 +1,6 @@
 """LoomPipelineOperator in real Airflow DAG runs (`dag.test()`), against the loopback LLM server.
 
-These need the `airflow` extra, which the main virtualenv does not have: the README's test
+These need the `airflow` extra, which the main virtualenv does not have: the documented test
 command deselects them (`-m "not airflow"` in pyproject's addopts), and `.ci/run` runs them in a
 virtualenv of their own (`pytest -m airflow`). Each DAG runs in a fresh process whose
 AIRFLOW_HOME is a scratch folder with a SQLite metadata database.

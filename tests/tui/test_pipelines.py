@@ -20,14 +20,17 @@ def rows(app: LoomApp) -> dict[str, tuple]:
 
 async def test_pipelines_are_listed_valid_or_not(tmp_path: Path) -> None:
     copy_sample(tmp_path)
-    write_invalid(tmp_path)
+    broken = write_invalid(tmp_path)
+    line = next(number for number, text in enumerate(broken.read_text().splitlines(), 1)
+                if text.startswith("  promt:"))
     app = LoomApp(tmp_path)
     async with app.run_test(size=SIZE) as pilot:
         await wait_for(pilot, lambda: len(rows(app)) == 2, what="two pipelines")
         listed = rows(app)
         assert listed["customer_sentiment"][2] == "✓ valid"
         assert listed["customer_sentiment"][3] == "never"
-        assert "line 16: transform.promt: unknown key (did you mean 'prompt'?)" in \
+        assert line == 17  # the sample's `prompt:` line, after its schema and comment lines
+        assert f"line {line}: transform.promt: unknown key (did you mean 'prompt'?)" in \
             listed["broken_pipeline"][2]
         # The invalid one does not open: its error is shown instead.
         table = app.screen.query_one(PagedTable)
