@@ -135,8 +135,9 @@ class RecordProcessor:
 
     async def process(self, record: Record) -> RecordResult:
         """The record's fate before loading: outcome LOADED here means "passed the gate"."""
-        # The calls made from here are this record's, in the run's answer journal.
-        scope = record_scope.set(f"{record.ordinal}:{record.id}")
+        # The calls made from here are this record's, in the run's answer journal: by id, not
+        # position, so that a source read in another order on resume finds them.
+        scope = record_scope.set(record.id)
         try:
             return await self._process(record)
         finally:

@@ -7,9 +7,11 @@ and the `_SUCCESS` must not interleave with the replace's deletions: both commit
 `PREFIX_loom.lock` (readers skip "_" names), created with `If-None-Match: *`, which S3 (and
 S3-compatible stores that support conditional writes) grants to one writer only.
 
-An object, unlike an flock, outlives a killed holder: a lock older than `STALE_AFTER_S` (by
-the store's own clock: its Last-Modified against its Date header) is taken over with
-`If-Match` on its ETag, so that of several waiters one wins.
+An object, unlike an flock, outlives a killed holder. It is taken over, with `If-Match` on its
+ETag so that of several waiters one wins, when its holder is known dead — the same run (a
+resume of the run whose killed attempt left it: one process runs a run at a time), or a process
+of this machine that is gone (pid and start time, as claims tell) — or else once it is older
+than `STALE_AFTER_S` (by the store's own clock: its Last-Modified against its Date header).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -26,12 +27,24 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from core.claims import host_name, process_alive, start_time
 from core.errors import DestinationBusy, one_line
 
 # A commit takes seconds (a replace deletes a page of keys a request); a lock this old is a
 # dead run's.
 STALE_AFTER_S = 300.0
 LOCK_NAME = "_loom.lock"
+
+
+def _dead(info: dict[str, Any], run_id: str) -> bool:
+    """Whether the lock's holder is known to be gone: an earlier attempt of this very run, or
+    a process of this machine that is no longer there."""
+    if info.get("run_id") == run_id:
+        return True
+    pid = info.get("pid")
+    if info.get("host") != host_name() or not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    return not process_alive(pid, str(info.get("started") or ""))
 
 
 def _code(exc: ClientError) -> str:
@@ -55,7 +68,8 @@ class ObjectCommitLock:
 
     async def acquire(self, *, run_id: str, timeout_s: float, what: str,
                       on_wait: Callable[[str], None]) -> None:
-        body = json.dumps({"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+        body = json.dumps({"run_id": run_id, "pid": os.getpid(), "host": host_name(),
+                           "started": start_time(os.getpid()),
                            "since": datetime.now(timezone.utc).isoformat(timespec="seconds")})
         deadline = time.monotonic() + timeout_s
         told = False
@@ -63,11 +77,12 @@ class ObjectCommitLock:
         while True:
             if await self._put(body, IfNoneMatch="*"):
                 return
-            holder, etag, age = await self._holder()
+            holder, etag, age, info = await self._holder()
             if etag is None:
                 await asyncio.sleep(0.01)  # released between our two requests: again
                 continue
-            if age is not None and age > STALE_AFTER_S and await self._put(body, IfMatch=etag):
+            dead = _dead(info, run_id) or (age is not None and age > STALE_AFTER_S)
+            if dead and await self._put(body, IfMatch=etag):
                 return  # a dead run's lock, taken over
             if not told:
                 told = True
@@ -98,14 +113,15 @@ class ObjectCommitLock:
         self._etag = answer.get("ETag")
         return True
 
-    async def _holder(self) -> tuple[str, str | None, float | None]:
-        """(who holds it, as one line; its ETag, None when there is no lock; its age in s)."""
+    async def _holder(self) -> tuple[str, str | None, float | None, dict[str, Any]]:
+        """(who holds it, as one line; its ETag, None when there is no lock; its age in s;
+        what its body says)."""
         try:
             answer = await self.client.get_object(Bucket=self.bucket, Key=self.key)
             raw = await answer["Body"].read()
         except ClientError as exc:
             if _code(exc) in ("NoSuchKey", "404", "NotFound"):
-                return "nobody", None, None
+                return "nobody", None, None, {}
             raise
         age = None
         date = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
@@ -123,7 +139,7 @@ class ObjectCommitLock:
             info = {}
         holder = (f"run {info.get('run_id', '?')} (pid {info.get('pid', '?')} on "
                   f"{info.get('host', '?')})" if info else "another writer")
-        return one_line(holder)[:200], answer.get("ETag"), age
+        return one_line(holder)[:200], answer.get("ETag"), age, info
 
     async def release(self) -> None:
         if self._etag is None:

@@ -314,26 +314,37 @@ class S3Sink(Sink):
                 await lock.acquire(run_id=str(self.run_id), timeout_s=self.spec.lock_timeout_s,
                                    what=f"s3 destination {self._where()}", on_wait=self.notify)
                 try:
-                    if self.spec.mode == "replace":
-                        await self._delete_under(client, self.prefix, keep=self._run_prefix,
-                                                 spare=lock.key)
-                    else:
+                    if self.spec.mode != "replace":
                         await self._check_parts(client)
                     await client.put_object(Bucket=self.bucket,
                                             Key=f"{self._run_prefix}_SUCCESS", Body=b"")
+                    if self.spec.mode == "replace":
+                        # Published first, then the others go: a crash in between leaves the
+                        # old rows beside the new (a resume's commit deletes them), never none.
+                        await self._delete_under(client, self.prefix, keep=self._run_prefix,
+                                                 spare=lock.key)
                 finally:
                     await lock.release()
             except DestinationBusy:
-                # Nothing published: the run's parts go (as abort would, the client is closing);
-                # --resume writes them all again.
+                # Nothing published by this commit: the run's parts go (as abort would, the
+                # client is closing) and --resume writes them all again — unless an earlier
+                # attempt of the run published this folder already.
                 with contextlib.suppress(ClientError, BotoCoreError):
-                    await self._delete_under(client, self._run_prefix)
+                    if not await self._published(client):
+                        await self._delete_under(client, self._run_prefix)
                 raise
             except (ClientError, BotoCoreError) as exc:
                 raise ConnectorError(f"s3 destination {self._where()}: cannot commit: "
                                      f"{describe_error(exc)}") from exc
             finally:
                 await self._objects.close()
+
+    async def _published(self, client: Any) -> bool:
+        try:
+            await client.head_object(Bucket=self.bucket, Key=f"{self._run_prefix}_SUCCESS")
+        except ClientError:
+            return False
+        return True
 
     async def _check_parts(self, client: Any) -> None:
         """Every part this run wrote is still there (a replace by another run deletes them)."""

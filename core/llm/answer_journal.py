@@ -78,9 +78,11 @@ class AnswerJournal:
     """One run's journal. `open` reads what earlier attempts wrote and appends after it."""
 
     def __init__(self, path: Path, answers: dict[str, deque[JournaledAnswer]],
-                 earlier: EarlierAttempts) -> None:
+                 earlier: EarlierAttempts,
+                 shared: dict[str, JournaledAnswer] | None = None) -> None:
         self.path = path
         self._answers = answers
+        self._shared = shared or {}
         self.earlier = earlier
         self._fd: int | None = None
         # Ids unique across attempts: this process's token and a counter.
@@ -91,6 +93,7 @@ class AnswerJournal:
     @classmethod
     def open(cls, path: Path) -> "AnswerJournal":
         answers: dict[str, deque[JournaledAnswer]] = {}
+        shared: dict[str, JournaledAnswer] = {}  # by request alone, whichever record it was
         sent: dict[str, float] = {}
         answered = 0
         try:
@@ -107,6 +110,7 @@ class AnswerJournal:
                         answer = _answer(entry) if "answered" in entry else None
                         if answer is not None:
                             answers.setdefault(str(entry["key"]), deque()).append(answer)
+                            shared[str(entry["key"]).rpartition("|")[2]] = answer
                             answered += 1
         except FileNotFoundError:
             pass
@@ -115,7 +119,7 @@ class AnswerJournal:
             _log.warning("answer journal %s not read: %s", path, exc)
         earlier = EarlierAttempts(answers=answered, unanswered=len(sent),
                                   unanswered_reserved_usd=sum(sent.values()))
-        return cls(path, answers, earlier)
+        return cls(path, answers, earlier, shared)
 
     # -- a resumed run's reads -------------------------------------------------------------
 
@@ -130,6 +134,12 @@ class AnswerJournal:
         if not waiting:
             del self._answers[key]
         return answer
+
+    def shared(self, key: str) -> JournaledAnswer | None:
+        """An answer an earlier attempt was given to this request for any record: what the
+        response cache would have answered (`cache: true`) had its write not died with the
+        process. Not taken: every record with the request may read it."""
+        return self._shared.get(key)
 
     # -- this attempt's writes ---------------------------------------------------------------
 
@@ -182,6 +192,7 @@ class AnswerJournal:
         """The run ended: the store holds everything the journal did."""
         self.close()
         self._answers.clear()
+        self._shared.clear()
         try:
             self.path.unlink()
         except FileNotFoundError:

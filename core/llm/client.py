@@ -149,6 +149,12 @@ class LLMClient:
                 if self.budget is not None and kept.call.cost_usd:
                     self.budget.spent += kept.call.cost_usd
                 return kept.response, dataclasses.replace(kept.call, replayed=True)
+            if self._read_cache and self._cache is not None:
+                shared = journal.shared(key)
+                if shared is not None:
+                    # Another record's answer to this request, paid once by the killed
+                    # attempt: a cache hit, as it would have been had the run not died.
+                    return shared.response, self._cached_call(request, shared.response, 0.0)
         if self._cache is None:
             return await self._call(request, key)
         started = self._clock()

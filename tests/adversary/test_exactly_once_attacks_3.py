@@ -214,9 +214,6 @@ def _ids_in_jsonl(path: Path) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="an answer shared by identical prompts (cache: true) is "
-                   "journaled only for the record that led the call; after a kill the resume "
-                   "pays for it again")
 def test_cache_shared_answer_is_not_paid_again_after_a_kill(tmp_path, loom_home):
     """Promise: "an answer that had arrived is never paid again, checkpointed or not"; with
     `cache: true` identical requests share one call (README, What Loom guarantees; the
@@ -896,9 +893,6 @@ def _s3_published_ids(s3: Any, prefix: str = "reviews/") -> list[str]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="an S3 commit lock left by the run's own killed attempt "
-                   "(dead pid, same host, same run id) blocks its --resume until it is 300 s old; "
-                   "the failed resume then deletes the rows the killed attempt had published")
 @pytest.mark.parametrize("mode", ["append", "replace"])
 def test_s3_kill_after_success_before_the_lock_is_released(tmp_path, loom_home, s3, mode):
     """Promise: loaded exactly once per record id into S3 across kill -9 and `--resume`;
@@ -950,9 +944,6 @@ def test_s3_kill_after_success_before_the_lock_is_released(tmp_path, loom_home, 
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="an S3 replace deletes the published folders before it "
-                   "writes its _SUCCESS: killed in between, the prefix has neither the old rows "
-                   "nor the new")
 def test_s3_replace_killed_mid_commit_keeps_the_old_rows_or_the_new(tmp_path, loom_home, s3):
     """Promise: "Never half-written: a destination has the run's rows or it does not (...
     S3 readers wait for _SUCCESS)" and "A good destination is never damaged" (a `replace` run
@@ -995,10 +986,7 @@ def test_s3_replace_killed_mid_commit_keeps_the_old_rows_or_the_new(tmp_path, lo
 
 @pytest.mark.parametrize("change", [
     "shrink", "grow",
-    pytest.param("reorder", marks=pytest.mark.xfail(
-        strict=True, reason="the journal scopes answers by the record's ordinal and id: a source "
-        "read in another order on resume orphans the journaled answers, which are paid again "
-        "and not counted"))])
+    "reorder"])
 def test_source_changed_between_kill_and_resume_keeps_every_record_in_one_place(
         tmp_path, loom_home, change):
     """Promise: "Every record ends in exactly one place, and a run's counts say so across its
