@@ -307,6 +307,7 @@ class Engine:
         self._attempt = 1
         self._prior_duration = 0.0
         self._journal: AnswerJournal | None = None
+        self._abandoned = 0  # calls cancelled in flight as this attempt stopped
 
     # ------------------------------------------------------------------ events
 
@@ -500,6 +501,12 @@ class Engine:
         self._report_duplicates()
 
         journal = self._journal
+        if journal is not None and journal.abandoned:
+            # Calls cancelled in flight as the run stopped: made, and made again by a resume
+            # (which counts them as repeated, from the run's row: calls_abandoned).
+            self._abandoned = journal.abandoned
+            self.tally.llm_calls += self._abandoned
+            self.tally.calls_this_attempt += self._abandoned
         if journal is not None and journal.failed is not None and status != RunStatus.FAILED:
             self._warn(f"answer journal {journal.path} not written ({journal.failed}): had the "
                        f"run crashed, --resume would have paid again for up to ~100 ms of answers")
@@ -538,8 +545,15 @@ class Engine:
         # Calls an earlier attempt sent and died before hearing back from: made, maybe billed,
         # and made again now. Counted as calls (their cost is unknown: the budget takes what it
         # had reserved for them). Those of attempts before the last clean end are in the row.
-        earlier = self._journal.earlier if self._journal is not None else None
-        repeated = int((request.run.extra or {}).get("calls_repeated") or 0)
+        journal = self._journal
+        if journal is not None and request.run.finished_at is not None:
+            # The run ended and recorded its end (every attempt clears finished_at as it
+            # starts): all the journal holds predates that end, counted in the row already —
+            # a journal left behind by a kill while it was being deleted.
+            journal.forget()
+        earlier = journal.earlier if journal is not None else None
+        stored = request.run.extra or {}
+        repeated = int(stored.get("calls_repeated") or 0) + int(stored.get("calls_abandoned") or 0)
         if earlier is not None:
             repeated += earlier.unanswered
             runtime.budget.spent += earlier.unanswered_reserved_usd
@@ -1322,6 +1336,8 @@ class Engine:
             extra["held"] = self._held
         if self.tally.calls_repeated:
             extra["calls_repeated"] = self.tally.calls_repeated  # kept in the run's row
+        if self._abandoned:
+            extra["calls_abandoned"] = self._abandoned
         return extra
 
 

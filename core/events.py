@@ -276,4 +276,7 @@ SUMMARY_FIELDS: dict[str, str] = {
     "held": "Only for a replace run that ended partial: passing records kept back for "
             "`loom release RUN_ID`.",
     "calls_repeated": "Only when an attempt died with calls in flight: as `llm.calls_repeated`.",
+    "calls_abandoned": "Only when the run stopped with calls in flight (its breaker, a cancel): "
+                       "those calls, counted in `llm.calls`; a `--resume` makes them again and "
+                       "counts them in `llm.calls_repeated`.",
 }

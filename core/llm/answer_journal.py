@@ -88,6 +88,7 @@ class AnswerJournal:
         # Ids unique across attempts: this process's token and a counter.
         self._token = secrets.token_hex(4)
         self._count = 0
+        self._open: set[str] = set()  # sent by this process, not answered or ended yet
         self.failed: str | None = None  # why the journal stopped being written, once it has
 
     @classmethod
@@ -147,12 +148,15 @@ class AnswerJournal:
         """A call is going out; returns its id for `answered` or `ended`."""
         call_id = self._next_id()
         self._write({"sent": call_id, "key": _scoped(key), "reserved": reserved})
+        self._open.add(call_id)
         return call_id
 
     def answered(self, call_id: str | None, key: str, response: LLMResponse,
                  call: LLMCall) -> None:
         """The call was answered. `call_id` None: a provider that never said it sent (not
         HTTP), whose answer is kept all the same."""
+        if call_id is not None:
+            self._open.discard(call_id)
         self._write({"answered": call_id or self._next_id(), "key": _scoped(key),
                      "response": response.to_dict(),
                      # Its fields are plain values: no deep copy (dataclasses.asdict is 60 µs).
@@ -164,7 +168,14 @@ class AnswerJournal:
 
     def ended(self, call_id: str) -> None:
         """The call ended without an answer it was billed for (it failed, or was refused)."""
+        self._open.discard(call_id)
         self._write({"ended": call_id})
+
+    @property
+    def abandoned(self) -> int:
+        """Calls this process sent and never heard the end of: cancelled in flight (a run
+        stopping at once, by its breaker or a cancel). Made, maybe billed, answers not kept."""
+        return len(self._open)
 
     def _write(self, entry: dict[str, Any]) -> None:
         if self.failed is not None:
@@ -187,6 +198,13 @@ class AnswerJournal:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+    def forget(self) -> None:
+        """What earlier attempts wrote is settled: none of it is read, and the file starts
+        again with this attempt's lines."""
+        self.discard()
+        self._shared.clear()
+        self.earlier = EarlierAttempts(answers=0, unanswered=0, unanswered_reserved_usd=0.0)
 
     def discard(self) -> None:
         """The run ended: the store holds everything the journal did."""
