@@ -23,6 +23,7 @@ from core.agreement import JudgeAgreement
 from core.compare import (ComparedValue, PromptComparison, RunComparison, VerdictChange,
                           compare_runs, compare_verdicts)
 from core.config import LoomConfig, load_config, store_url
+from core.console import money
 from core.connectors.registry import REDACTED, open_source
 from core.credentials import KeyringSecrets, SecretResolver, placeholder_names
 from core.engine import Engine, Listener, RunController, RunOptions
@@ -50,6 +51,7 @@ from core.variants import PromptVariant, prompt_variants
 # What a UI needs from the engine, importable from this one module (the workbench imports
 # nothing else from core but the events and the record types).
 __all__ = [
+    "money",
     "ActionResult", "ComparedValue", "EvaluationResult", "LoadedSpec", "LoomError",
     "PipelineEntry", "PipelineRun", "PromptComparison", "PromptSource", "QuarantineAction",
     "QuarantinedRecord", "RenderResult", "RunComparison", "RunController", "RunOptions",

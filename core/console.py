@@ -52,6 +52,7 @@ def styled(*parts: str | tuple[str, str] | Text) -> Text:
 
 
 def money(value: float | None) -> str:
+    """Never a made-up price: an unknown cost says so (the workbench writes costs with it too)."""
     if value is None:
         return "unknown"
     if value == 0:

@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from core.api import LoomError
+from core.api import money as money  # one way to write a cost, the command line's too
 
 # Theme variables that colour a run or record status.
 STATUS_COLOR = {
@@ -17,15 +18,6 @@ STATUS_COLOR = {
     "running": "accent", "open": "warning", "approved": "success", "reprocessed": "success",
     "discarded": "secondary",
 }
-
-
-def money(value: float | None) -> str:
-    """Never a made-up price: an unknown cost says so."""
-    if value is None:
-        return "unknown"
-    if value == 0:
-        return "$0"
-    return f"${value:.4f}" if value >= 0.01 else f"${value:.6f}"
 
 
 def latency(value: float | None) -> str:
