@@ -69,10 +69,11 @@ def test_every_key_of_the_json_summary_is_documented() -> None:
 
     engine = (ROOT / "core" / "engine.py").read_text(encoding="utf-8")
     extra_keys = set(re.findall(r'extra\["(\w+)"\]', engine)) | {"alerts"}
-    assert extra_keys >= {"shard", "attempts", "duplicate_ids", "held", "calls_repeated"}
+    assert extra_keys >= {"shard", "attempts", "duplicate_ids", "held", "calls_repeated",
+                          "calls_abandoned"}
     alert = Alert("cost_spike", "warning", "m", 2.0, 3.0, {"mean": 1.0}, id=1).to_dict()
     extra = {"shard": Shard(0, 2, "g").to_json(), "attempts": 2, "duplicate_ids": 1,
-             "held": 3, "calls_repeated": 1, "alerts": [alert]}
+             "held": 3, "calls_repeated": 1, "calls_abandoned": 1, "alerts": [alert]}
     assert set(extra) == extra_keys
     summary = RunSummary(
         run_id="r", pipeline="p", status="success", status_reason=None, extracted=1, loaded=1,
