@@ -230,7 +230,10 @@ def test_cache_shared_answer_is_not_paid_again_after_a_kill(tmp_path, loom_home)
     that record takes it from the journal (`LLMClient.complete` returns before `_lead`, so
     the answer is neither put in the cache nor shared with the waiters), the response cache
     entry was never flushed (core/store/store.py `cache_put` batches for 2 s), and the other
-    19 records make a new call: the arrived answer is paid again (calls_repeated 0)."""
+    19 records make a new call: the arrived answer is paid again (calls_repeated 0).
+
+    Fixed: under `cache: true` a resume takes the journaled answer of any record with the
+    request, as a cache hit (AnswerJournal.shared)."""
     rows = _rows(20, same=True)
     with Counting(delay_s=0.3) as server:
         pipeline = write_pipeline(tmp_path / "p", rows=rows, base_url=server.base_url,
@@ -415,7 +418,10 @@ def test_kill_while_deleting_the_journal_does_not_count_repeats_twice(tmp_path, 
     holds their `sent` lines (core/engine.py `_reconcile`: `repeated = extra calls_repeated +
     earlier.unanswered`; the run's end records the row before `self._journal.discard()`);
     and attempt 2's own calls that the breaker cancelled (sent, refused or never read, no
-    `ended` line) are counted as made and repeated too."""
+    `ended` line) are counted as made and repeated too.
+
+    Fixed: a resume of a run whose end was recorded forgets the journal that end left behind;
+    calls cancelled at attempt 2's stop are counted once, as calls_abandoned."""
     rows = _rows(30)
     refuse = threading.Event()
 
@@ -520,7 +526,10 @@ def test_breaker_stop_with_calls_in_flight_counts_every_call_once(tmp_path, loom
     writes no `ended`, and no LLMCall is made), the run's row counts none of them, and
     core/engine.py (the run's end) discards the journal that held their `sent` lines: the
     resume cannot know they were made. (A SIGTERM lets calls in flight finish and is
-    counted right: test_sigterm_with_calls_in_flight_counts_every_call_once.)"""
+    counted right: test_sigterm_with_calls_in_flight_counts_every_call_once.)
+
+    Fixed: the journal knows the calls this process left open; the run's end counts them
+    (calls_abandoned) and a resume counts them as repeated."""
     rows = _rows(40)
     failing = threading.Event()
     failing.set()
@@ -917,7 +926,10 @@ def test_s3_kill_after_success_before_the_lock_is_released(tmp_path, loom_home, 
     and core/connectors/s3.py `S3Sink.commit` deletes its run folder: the 20 rows that were
     published before the resume are gone — for replace, the prefix publishes nothing at all
     (the earlier 5 were replaced by the killed attempt). A second `--resume` within 5
-    minutes fails the same way."""
+    minutes fails the same way.
+
+    Fixed: the lock of the run's own dead attempt (or of a gone process of this machine) is
+    taken over at once, and a failed commit never deletes a published run folder."""
     s3.client().create_bucket(Bucket="lake")
     with Counting() as server:
         early = write_pipeline(tmp_path / "early", rows=[dict(r, id=f"old{i}") for i, r in
@@ -962,7 +974,9 @@ def test_s3_replace_killed_mid_commit_keeps_the_old_rows_or_the_new(tmp_path, lo
     `S3Sink.commit`: `_delete_under(client, self.prefix, keep=self._run_prefix, ...)` then
     `put_object(..._SUCCESS)`). The good destination's 5 rows are destroyed by a run that
     never published. (Its `--resume` within 300 s then also meets the dead attempt's lock:
-    test_s3_kill_after_success_before_the_lock_is_released.)"""
+    test_s3_kill_after_success_before_the_lock_is_released.)
+
+    Fixed: a replace publishes its folder before it deletes the others."""
     s3.client().create_bucket(Bucket="lake")
     with Counting() as server:
         early = write_pipeline(tmp_path / "early", rows=[dict(r, id=f"old{i}") for i, r in
@@ -1011,7 +1025,9 @@ def test_source_changed_between_kill_and_resume_keeps_every_record_in_one_place(
     `f"{record.ordinal}:{record.id}"`; core/llm/answer_journal.py `_scoped`/`take`); after the
     reorder no record has that ordinal, so `take` finds nothing, the model is paid again, and
     the orphaned answer's call is counted nowhere (EarlierAttempts counts it only as
-    `answers`), so llm.calls falls short of what the server received."""
+    `answers`), so llm.calls falls short of what the server received.
+
+    Fixed (reorder): journaled answers are found by record id, not position."""
     from tests.pipelines import write_csv
     rows = _rows(40)
     rows[3]["reply"] = reply("negative")
