@@ -163,7 +163,11 @@ def test_transient_faults_at_10_to_20_percent_lose_nothing(tmp_path, llm_server,
     pipeline = write_pipeline(tmp_path / "p", rows=rows_for(120), base_url=llm_server.base_url,
                               transform={"concurrency": 16, "max_retries": 6, "timeout_s": 0.5})
     code, summary, err = run_cli(capsys, "--run", str(pipeline), "--json")
-    assert code == 0, err
+    # A record whose every attempt drew the fault (7 in a row) is not processed: the run says
+    # so (partial, exit 3) and keeps it for --resume. Nothing is lost either way.
+    records = summary["records"]
+    assert code == 0 or (code == 3 and records["skipped"] > 0 and "not processed" in
+                         summary["status_reason"]), (err, summary.get("status_reason"), records)
     assert_accounted(summary)
     assert summary["records"]["loaded"] >= 0.95 * 120
     assert summary["llm"]["retries"] > 0
