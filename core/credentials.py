@@ -40,10 +40,6 @@ _HEADLESS_HINT = ("on a headless machine install keyrings.alt or set PYTHON_KEYR
                   "(see docs/how-to/secrets.md)")
 
 
-def has_placeholder(text: str) -> bool:
-    return "${" in text
-
-
 def placeholder_names(value: Any) -> set[str]:
     """The secret names a YAML-shaped tree's `${NAME}` placeholders ask for (not `$${NAME}`,
     which is a literal, nor `${aws:…}`, which only AWS Secrets Manager answers)."""

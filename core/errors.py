@@ -78,10 +78,6 @@ class ConnectorError(LoomError):
     """A source or a sink that cannot be read or written."""
 
 
-class ExtractError(ConnectorError):
-    """One record that cannot be read (a malformed line): quarantined, not fatal."""
-
-
 class LoadError(ConnectorError):
     """A batch the sink refused."""
 
@@ -115,10 +111,6 @@ class CassetteMiss(ProviderError):
         super().__init__(message, retryable=retryable)
         self.cassette = cassette  # the cassette's path
         self.key = key  # the request's key (LLMRequest.key())
-
-
-class OutputValidationError(LoomError):
-    """A model answer that is not valid JSON or does not match output_schema."""
 
 
 class EvaluatorError(LoomError):

@@ -330,10 +330,6 @@ def _passed(verdict: Any) -> bool:
     return isinstance(verdict, dict) and verdict.get("passed") is True
 
 
-def run_options(run: PipelineRun) -> dict[str, Any]:
-    return dict(run.options or {})
-
-
 @dataclass
 class ResumeRequest:
     """Resume `run` (as found by `find_resumable`); `force`: even if the pipeline changed."""

@@ -74,9 +74,6 @@ class Shard:
     def label(self) -> str:
         return f"{self.index}/{self.count}"
 
-    def owns(self, record_id: str) -> bool:
-        return self.count == 1 or shard_of(record_id, self.count) == self.index
-
     def select(self, records: list["Record"]) -> list["Record"]:
         """This shard's records of a batch, in source order."""
         if self.count == 1:

@@ -1,4 +1,4 @@
-"""From the pipeline's `evaluate.evaluators` list to ready evaluators, and running them.
+"""From the pipeline's `evaluate.evaluators` list to ready evaluators.
 
 `EVALUATORS` maps a spec `type` to its class. A class may define
 `from_spec(spec, context: BuildContext)` when it needs more than its spec (the pipeline folder
@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from core.errors import EvaluatorError, PipelineError
+from core.errors import PipelineError
 from core.evaluate.base import Evaluator
 from core.evaluate.deterministic import (Contains, ExactMatch, Expression, JsonSchema, Length,
                                          OneOf, Range, Regex)
 from core.evaluate.judge_models import JudgeModels
 from core.evaluate.judges import JUDGES
-from core.records import Score
 from core.spec import LoadedSpec
 
 _CLASSES: tuple[type[Evaluator], ...] = (ExactMatch, OneOf, Regex, Contains, JsonSchema, Range,
@@ -58,16 +57,3 @@ def build_evaluators(loaded: LoadedSpec, params: dict[str, Any] | None = None, *
                             key=f"{where}.{exc.key}" if exc.key else where) from exc
         evaluators.append(evaluator)
     return evaluators
-
-
-async def evaluate_all(evaluators: list[Evaluator], input_data: dict[str, Any],
-                       output: Any) -> list[Score]:
-    """Every evaluator's score for one record, in order. An EvaluatorError propagates with the
-    evaluator's name in front; what to do with the record is the engine's decision."""
-    scores: list[Score] = []
-    for evaluator in evaluators:
-        try:
-            scores.append(await evaluator.score(input_data, output))
-        except EvaluatorError as exc:
-            raise EvaluatorError(f"{evaluator.name}: {exc.message}") from exc
-    return scores

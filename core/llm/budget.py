@@ -81,10 +81,6 @@ class Budget:
         # Per model, set once its first call in flight ends (see `first_call`).
         self._first_calls: dict[str, asyncio.Event] = {}
 
-    @property
-    def enforced(self) -> bool:
-        return self.max_cost_usd is not None
-
     def worst_case(self, model: str, input_tokens: int, output_tokens: int, *,
                    provider: str | None = None, base_url: str | None = None) -> float | None:
         """The call at the input and output prices (no cache discount: the worst case)."""

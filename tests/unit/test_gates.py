@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from core.evaluate.gates import apply_gate
-from core.evaluate.registry import build_evaluators, evaluate_all
+from core.evaluate.registry import build_evaluators
+from tests.support.gating import evaluate_all
 from core.records import Score
 from core.spec import EvaluateSpec, load_spec
 from tests.unit.test_evaluators import write_pipeline
